@@ -1,0 +1,111 @@
+"""Audio codecs shared by the connectors: G.711 mu-law / A-law, L16, a streaming
+anti-aliased resampler to 8 kHz, and WAV file decoding."""
+from __future__ import annotations
+
+import io
+import sys
+from fractions import Fraction
+
+import numpy as np
+from scipy.signal import firwin
+
+if sys.version_info >= (3, 13):  # pragma: no cover - audioop-lts provides it there
+    import audioop  # type: ignore[import-not-found]
+else:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+
+from connectors.base import SAMPLE_RATE, ConnectorError
+
+ENCODINGS = ("l16", "mulaw", "alaw")
+SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def decode(payload: bytes, encoding: str) -> np.ndarray:
+    """Wire bytes -> int16 samples. L16 is little-endian signed 16-bit."""
+    if encoding == "l16":
+        if len(payload) % 2:
+            raise ConnectorError("ODD_LENGTH", f"L16 audio needs an even number of bytes, got {len(payload)}", 1007)
+        return np.frombuffer(payload, dtype="<i2").astype(np.int16, copy=False)
+    if encoding == "mulaw":
+        return np.frombuffer(audioop.ulaw2lin(payload, 2), dtype="<i2")
+    if encoding == "alaw":
+        return np.frombuffer(audioop.alaw2lin(payload, 2), dtype="<i2")
+    raise ConnectorError("BAD_ENCODING", f"unsupported encoding {encoding!r}; use one of {', '.join(ENCODINGS)}", 1003)
+
+
+def encode_mulaw(samples: np.ndarray) -> bytes:
+    return audioop.lin2ulaw(np.asarray(samples, dtype="<i2").tobytes(), 2)
+
+
+class StreamResampler:
+    """Rational-ratio polyphase resampler with a Kaiser-windowed low-pass, keeping filter
+    history between chunks so a stream resampled in pieces equals the whole resampled at once."""
+
+    def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE, taps_per_phase: int = 24):
+        ratio = Fraction(rate_out, rate_in)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        self.identity = self.up == self.down == 1
+        if self.identity:
+            return
+        cutoff = 0.95 / max(self.up, self.down)  # normalised to the up-sampled Nyquist
+        n = taps_per_phase * max(self.up, self.down)
+        n += (-n) % self.up  # whole number of taps per phase
+        h = firwin(n, cutoff, window=("kaiser", 8.0)) * self.up
+        # Sub-filter per phase: phase p uses taps h[p], h[p + up], ...
+        self.phases = np.stack([h[p::self.up] for p in range(self.up)]).astype(np.float64)
+        self.k = self.phases.shape[1]
+        self.history = np.zeros(self.k - 1, np.float64)
+        self.next_out = 0       # index of the next output sample, in output samples
+        self.consumed = 0       # input samples consumed so far (history excluded)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if self.identity:
+            return x.astype(np.int16, copy=False)
+        buf = np.concatenate([self.history, x.astype(np.float64)])
+        total_in = self.consumed + len(x)
+        # output n uses input index floor(n * down / up) as its newest sample
+        last_n = (total_in * self.up - 1) // self.down if total_in else -1
+        n = np.arange(self.next_out, last_n + 1)
+        if len(n) == 0:
+            self.history = buf[-(self.k - 1):] if self.k > 1 else buf[:0]
+            self.consumed = total_in
+            return np.zeros(0, np.int16)
+        t = n * self.down
+        idx = t // self.up - self.consumed + (self.k - 1)   # position in buf of the newest input
+        phase = t % self.up
+        gather = buf[idx[:, None] - np.arange(self.k)[None, :]]
+        y = np.einsum("ij,ij->i", gather, self.phases[phase])
+        self.next_out = last_n + 1
+        self.history = buf[-(self.k - 1):]
+        self.consumed = total_in
+        return np.clip(np.round(y), -32768, 32767).astype(np.int16)
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode a WAV file (PCM 8/16/24/32-bit, float, mu-law, A-law; any channel count) to
+    int16 mono at its own rate. Multi-channel audio keeps channel 0 (Genesys recordings put
+    the customer first)."""
+    import soundfile as sf
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.format != "WAV":
+                raise ConnectorError("BAD_AUDIO", f"expected a WAV file, got {f.format}", 1003)
+            audio = f.read(dtype="int16", always_2d=True)
+            rate = f.samplerate
+    except ConnectorError:
+        raise
+    except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError for junk
+        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {exc}", 1003) from None
+    return np.ascontiguousarray(audio[:, 0]), rate
+
+
+def to_8k(samples: np.ndarray, rate: int) -> np.ndarray:
+    if rate == SAMPLE_RATE:
+        return samples.astype(np.int16, copy=False)
+    if rate not in SUPPORTED_RATES:
+        raise ConnectorError("BAD_SAMPLE_RATE", f"unsupported sample rate {rate}", 1003)
+    return StreamResampler(rate).process(samples)

@@ -1,0 +1,71 @@
+"""A small route table: each handler declares its method, path, auth and pydantic models,
+so the OpenAPI document is generated from the very models the handlers use."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+Auth = Literal["none", "pat", "session", "pat_or_session", "metrics"]
+
+
+@dataclass
+class RouteSpec:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    auth: Auth
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    query: dict[str, str] = field(default_factory=dict)   # name -> description
+    content: str = "application/json"                     # response media type
+    form: dict[str, str] | None = None                    # multipart fields
+    tags: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+
+class RouteTable:
+    def __init__(self):
+        self.specs: list[RouteSpec] = []
+
+    def route(self, method: str, path: str, *, summary: str, auth: Auth, body=None, response=None,
+              query=None, content="application/json", form=None, tags=(), aliases=()):
+        def deco(fn):
+            self.specs.append(RouteSpec(method, path, fn, summary, auth, body, response, query or {},
+                                        content, form, tags, aliases))
+            return fn
+        return deco
+
+    def install(self, app: web.Application) -> None:
+        for s in self.specs:
+            for p in (s.path, *s.aliases):
+                app.router.add_route(s.method, p, s.handler)
+
+
+async def parse_json(request: web.Request, model: type[M], max_bytes: int) -> M:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
+    try:
+        data: Any = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise ApiError(400, "MALFORMED_JSON", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        raise ApiError(400, "VALIDATION_ERROR", f"{loc}: {err['msg']}") from None
+
+
+def json_response(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")

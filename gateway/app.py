@@ -1,0 +1,144 @@
+"""The aiohttp application factory."""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+
+import ssl
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from engine import Engine
+from gateway.api import ocp, system
+from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
+from gateway.auth import Keyring, load_or_create_secret
+from gateway.config import Settings
+from gateway.core import Core
+from gateway.errors import ApiError, error_response
+from gateway.events import build_sink
+from gateway.metrics import Metrics
+from gateway.openapi import build_openapi
+from gateway.store.sqlite import SqliteRepository
+
+log = structlog.get_logger(__name__)
+ROUTE_TABLES = (ocp.routes, system.routes)
+
+
+def sw_version() -> str:
+    try:
+        return version("vbgw")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """No traceback ever reaches a client: known errors keep their code, the rest are 500
+    INTERNAL with a reference to the log line."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        request.app[CORE].metrics.inc("vbgw_errors_total", code=exc.code)
+        return exc.response()
+    except web.HTTPRequestEntityTooLarge as exc:
+        request.app[CORE].metrics.inc("vbgw_errors_total", code="BODY_TOO_LARGE")
+        return error_response(413, "BODY_TOO_LARGE", f"request bodies are limited to {exc.max_size} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, f"HTTP_{exc.status}")
+        return error_response(exc.status, code, exc.reason, headers={k: v for k, v in exc.headers.items()
+                                                                   if k.lower() == "allow"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        ref = secrets.token_hex(6)
+        log.exception("unhandled_error", ref=ref, path=request.path)
+        request.app[CORE].metrics.inc("vbgw_errors_total", code="INTERNAL")
+        return error_response(500, "INTERNAL", f"internal error (reference {ref})")
+
+
+def load_metrics_token(data_dir: Path) -> str:
+    path = data_dir / "metrics.token"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tok = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(tok)
+    return tok
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
+    """Build the app. `engine` may be shared (tests load the models once per process)."""
+    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[OPEN_SOCKETS] = set()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app[METRICS_TOKEN] = load_metrics_token(settings.data_dir)
+
+    async def lifecycle(app: web.Application):
+        own_engine = engine is None
+        eng = Engine.load(settings.engine) if own_engine else engine
+        if own_engine or not eng.ready:
+            await eng.start()
+        store = SqliteRepository(settings.sqlite_path)
+        await store.open()
+        sink = build_sink(settings.events)
+        await sink.start()
+        keyring = Keyring(load_or_create_secret(settings.data_dir, settings.auth.hash_secret.get_secret_value()))
+        metrics = Metrics()
+        core = Core(settings, store, eng, sink, keyring, metrics)
+        metrics.gauge("vbgw_live_dialogs", core.dialogs.live)
+        metrics.gauge("vbgw_dialogs", lambda: len(core.dialogs))
+        metrics.gauge("vbgw_engine_queue_depth", lambda: eng.stats().queue_depth)
+        metrics.gauge("vbgw_engine_overloaded", lambda: int(eng.stats().overloaded))
+        metrics.gauge("vbgw_bus_subscribers", core.bus.subscriber_count)
+        for p in await store.list_profiles():
+            n = await store.mark_re_enroll(p.id, eng.info.model, eng.info.extractor_version)
+            if n:
+                log.warning("users_need_re_enrolment", profile_id=p.id, users=n)
+        app[CORE] = core
+        core.dialogs.start()
+        log.info("gateway_started", model=eng.info.model, extractor=eng.info.extractor_version)
+        yield
+        # Graceful shutdown: streams already open get the grace period to finish.
+        await core.dialogs.wait_streams_done(settings.server.shutdown_grace_s)
+        for ws in list(app[OPEN_SOCKETS]):
+            await ws.close(code=1001, message=b"server shutting down")
+        await core.dialogs.close()
+        await sink.close()
+        await store.close()
+        if own_engine:
+            await eng.stop()
+        log.info("gateway_stopped")
+
+    app.cleanup_ctx.append(lifecycle)
+    for table in ROUTE_TABLES:
+        table.install(app)
+    app[system.OPENAPI_DOC] = build_openapi([s for t in ROUTE_TABLES for s in t.specs], sw_version())
+    return app
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.server.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    return ctx
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    web.run_app(app, host=settings.server.host, port=settings.server.port, ssl_context=ssl_context(settings),
+                access_log=None, print=lambda *_: None,
+                shutdown_timeout=settings.server.shutdown_grace_s + 5,
+                handle_signals=True)
+
+
+__all__ = ["create_app", "serve"]

@@ -1,0 +1,154 @@
+"""Configuration: config/default.toml, an optional file over it, then VBGW_* environment
+overrides (VBGW_SECTION__KEY=value), validated by pydantic. A bad value stops start-up with
+a message that names the key."""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from engine.config import EngineConfig
+from gateway.events import EventsConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+ENV_PREFIX = "VBGW_"
+
+
+class ConfigError(Exception):
+    """Raised with a message naming the offending key; the CLI prints it and exits 2."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(64 * 1024, ge=256)
+    shutdown_grace_s: float = Field(20.0, ge=0)
+    data_dir: Path = Path("var")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_paths_are_none(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("tls_cert", "tls_key"):
+                if data.get(key) == "":
+                    data[key] = None
+        return data
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        for p in (self.tls_cert, self.tls_key):
+            if p is not None and not p.is_file():
+                raise ValueError(f"TLS file not found: {p}")
+        return self
+
+
+class StorageConfig(_Section):
+    sqlite_path: Path = Path("vbgw.sqlite3")
+
+
+class AuthConfig(_Section):
+    token_idle_s: int = Field(3600, ge=10)
+    hash_secret: SecretStr = SecretStr("")
+
+
+class DialogsConfig(_Section):
+    retain_after_close_s: float = Field(900, ge=0)
+    max_frame_bytes: int = Field(65536, ge=320)
+
+
+class ProfileDefaults(_Section):
+    enrol_min_speech_ms: int = Field(10000, ge=1000)
+    verify_min_speech_ms: int = Field(5000, ge=500)
+    early_speech_ms: int = Field(2000, ge=500)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Settings(_Section):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    auth: AuthConfig = AuthConfig()
+    dialogs: DialogsConfig = DialogsConfig()
+    profile_defaults: ProfileDefaults = ProfileDefaults()
+    engine: EngineConfig = EngineConfig()
+    events: EventsConfig = EventsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    @property
+    def sqlite_path(self) -> Path:
+        p = self.storage.sqlite_path
+        return p if p.is_absolute() else self.server.data_dir / p
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are JSON when they parse as JSON (numbers, lists, booleans), else text."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict:
+    environ = os.environ if environ is None else environ
+    out: dict = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _env_value(raw)
+    return out
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None,
+                  overrides: dict | None = None) -> Settings:
+    data: dict = {}
+    for p in (DEFAULT_CONFIG, path):
+        if p is None:
+            continue
+        try:
+            data = _merge(data, tomllib.loads(Path(p).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    data = _merge(data, env_overrides(environ))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(root)"
+            lines.append(f"config key {key}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,310 @@
+"""The gateway's business logic, shared by every surface (REST, SSE, Socket.IO, connectors).
+HTTP handlers parse and render; this module decides."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from engine import Engine
+from engine.types import BandTargets, Embedding, SpeakerChange
+from gateway.api.schemas import BiokeyIn, TokenRequest
+from gateway.auth import Authenticator, Keyring, new_session_token, token_hash
+from gateway.bus import ResultsBus
+from gateway.config import Settings
+from gateway.dialogs import Dialog, DialogRegistry
+from gateway.errors import ApiError, forbidden, not_found
+from gateway.events import (
+    Biokey, EnrolledUser, EventSink, VbEnrolmentEvent, VbVerificationEvent, VerificationEnrolledUser,
+    VoiceprintBlock,
+)
+from gateway.metrics import Metrics
+from gateway.store.base import (
+    EnrolmentWrite, OptedOutError, Pat, Profile, Repository, SessionRecord, StoredBiokey, User,
+)
+
+log = structlog.get_logger(__name__)
+
+NO_DATA_MS = 500          # below this much net speech nothing is scored
+MAX_VERIFY_USERS = 5
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Caller:
+    """An authenticated session: its record, profile and token."""
+    session: SessionRecord
+    profile: Profile
+    token: str
+
+
+class Core:
+    def __init__(self, settings: Settings, store: Repository, engine: Engine, sink: EventSink,
+                 keyring: Keyring, metrics: Metrics | None = None):
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.sink = sink
+        self.keyring = keyring
+        self.metrics = metrics or Metrics()
+        self.bus = ResultsBus()
+        self.auth = Authenticator(store, settings.auth.token_idle_s)
+        self.dialogs = DialogRegistry(self, settings.dialogs.retain_after_close_s)
+        self._names: dict[str, str] = {}
+        self.audio_dir = settings.data_dir / "audio"
+
+    # -- names for events -------------------------------------------------------------------
+    async def tenant_name(self, tenant_id: str) -> str:
+        if tenant_id not in self._names:
+            t = await self.store.get_tenant(tenant_id)
+            self._names[tenant_id] = t.name if t else ""
+        return self._names[tenant_id]
+
+    async def group_name(self, group_id: str) -> str:
+        if group_id not in self._names:
+            g = await self.store.get_group(group_id)
+            self._names[group_id] = g.name if g else ""
+        return self._names[group_id]
+
+    # -- sessions ---------------------------------------------------------------------------
+    async def create_token(self, pat: Pat, req: TokenRequest) -> str:
+        tenant = await self.store.get_tenant(req.tenantId)
+        if tenant is None or tenant.id != pat.tenant_id:
+            raise forbidden("the personal access token does not belong to tenant " + repr(req.tenantId))
+        profile = await self.store.get_profile(tenant.id, req.vbProfile)
+        if profile is None or profile.group_id != pat.group_id:
+            # Same answer for "absent" and "another group's": no probing across groups.
+            raise not_found("PROFILE_NOT_FOUND", f"no VB profile {req.vbProfile!r} in this token's group")
+        token = new_session_token()
+        t = now_ms()
+        await self.store.create_session(SessionRecord(
+            token_hash(token), tenant.id, profile.group_id, profile.id, req.masterId, req.agentId,
+            req.agentSkill, req.ccaasProvider, dict(req.customProperties), t, t))
+        self.metrics.inc("vbgw_tokens_created_total")
+        return token
+
+    async def caller(self, rec: SessionRecord, token: str) -> Caller:
+        profile = await self.store.get_profile(rec.tenant_id, rec.profile_id)
+        if profile is None:
+            raise ApiError(401, "PROFILE_GONE", "the session's VB profile no longer exists")
+        return Caller(rec, profile, token)
+
+    def dialog_of(self, c: Caller, create: bool = False) -> Dialog | None:
+        if create:
+            return self.dialogs.get_or_create(c.session.tenant_id, c.session.master_id, c.profile)
+        d = self.dialogs.get(c.session.tenant_id, c.session.master_id)
+        if d is not None and d.profile is None:
+            d.profile = c.profile
+        return d
+
+    # -- users ------------------------------------------------------------------------------
+    def _stored_biokey(self, profile: Profile, key: str, value: str) -> StoredBiokey:
+        d = profile.settings.biokey(key)
+        if d is None:
+            raise ApiError(400, "UNKNOWN_BIOKEY", f"biokey {key!r} is not defined in VB profile {profile.name!r}")
+        if d.sensitive:
+            return StoredBiokey(key, self.keyring.biokey_value(profile.id, key, value), True)
+        return StoredBiokey(key, value, False)
+
+    async def user(self, c: Caller, user_id: str) -> User | None:
+        return await self.store.get_user(c.profile.id, user_id)
+
+    async def search(self, c: Caller, biokeys: list[BiokeyIn]) -> list[User]:
+        pairs: list[tuple[str, str]] = []
+        users_by_id: list[str] = []
+        for bk in biokeys:
+            d = c.profile.settings.biokey(bk.key)
+            if bk.is_user_id or (d is not None and d.is_user_id):
+                users_by_id.append(bk.value)
+                continue
+            pairs.append((bk.key, self._stored_biokey(c.profile, bk.key, bk.value).value))
+        found = await self.store.search_users(c.profile.id, pairs) if pairs else []
+        if users_by_id:
+            direct = [u for uid in users_by_id if (u := await self.store.get_user(c.profile.id, uid))]
+            found = [u for u in found if u.user_id in users_by_id] if pairs else direct
+        return found
+
+    def _enrol_biokeys(self, c: Caller, biokeys: list[BiokeyIn], user_id: str | None) -> tuple[str, list[StoredBiokey]]:
+        uid_key = next(b.key for b in c.profile.settings.biokeys if b.is_user_id)
+        flagged = [b.value for b in biokeys if b.is_user_id or b.key == uid_key]
+        if user_id is None and not flagged:
+            raise ApiError(400, "USER_ID_REQUIRED", "give user_id or a biokey with is_user_id true")
+        uid = user_id or flagged[0]
+        if any(v != uid for v in flagged):
+            raise ApiError(400, "USER_ID_MISMATCH", "user_id and the is_user_id biokey differ")
+        merged: dict[str, str] = {}
+        # Session customProperties that are profile biokeys count as biokeys too.
+        for k, v in c.session.custom_properties.items():
+            d = c.profile.settings.biokey(k)
+            if d is not None and not d.is_user_id:
+                merged[k] = v
+        for b in biokeys:
+            if not (b.is_user_id or b.key == uid_key):
+                merged[b.key] = b.value
+        stored = [self._stored_biokey(c.profile, k, v) for k, v in merged.items()]
+        stored.append(StoredBiokey(uid_key, uid, False))
+        return uid, stored
+
+    async def enrol_from_dialog(self, c: Caller, biokeys: list[BiokeyIn], user_id: str | None,
+                                opt_in: bool) -> tuple[User, int]:
+        uid, stored = self._enrol_biokeys(c, biokeys, user_id)
+        dialog = self.dialog_of(c)
+        if dialog is None:
+            raise ApiError(409, "NO_AUDIO", "no audio has been streamed for this session's masterId yet")
+        emb = await dialog.engine_session.embedding()
+        return await self._enrol(c.profile, uid, stored, emb, c.session.master_id, opt_in, c)
+
+    async def enrol_from_pcm(self, profile: Profile, user_id: str, biokeys: dict[str, str], pcm: np.ndarray,
+                             dialog_id: str, keep_audio: bool) -> tuple[User, int]:
+        uid_key = next(b.key for b in profile.settings.biokeys if b.is_user_id)
+        stored = [self._stored_biokey(profile, k, v) for k, v in biokeys.items() if k != uid_key]
+        stored.append(StoredBiokey(uid_key, user_id, False))
+        emb = await self.engine.embed_pcm(pcm)
+        paths = [self._save_audio(profile, user_id, pcm)] if keep_audio else []
+        try:
+            return await self._enrol(profile, user_id, stored, emb, dialog_id, False, None, paths)
+        except BaseException:
+            for p in paths:
+                Path(p).unlink(missing_ok=True)
+            raise
+
+    def _save_audio(self, profile: Profile, user_id: str, pcm: np.ndarray) -> str:
+        import soundfile as sf
+        folder = self.audio_dir / profile.id / self.keyring.bio_user_id(profile.id, user_id)[:32]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{now_ms()}-{os.urandom(4).hex()}.wav"
+        sf.write(path, pcm, 8000, subtype="PCM_16")
+        return str(path)
+
+    async def _enrol(self, profile: Profile, uid: str, stored: list[StoredBiokey], emb: Embedding | None,
+                     dialog_id: str, opt_in: bool, c: Caller | None, audio_paths: list[str] | None = None):
+        need = profile.settings.enrol_min_speech_ms
+        have = emb.speech_ms if emb is not None else 0
+        if emb is None or have < need:
+            raise ApiError(422, "LOW_DATA", f"enrolment needs {need} ms of clean speech; {have} ms so far, "
+                                            f"{need - have} ms missing")
+        existing = await self.store.get_user(profile.id, uid)
+        if existing is not None and existing.status == "OPTED_OUT" and not opt_in:
+            raise ApiError(409, "USER_OPTED_OUT", f"user {uid!r} opted out; enrolling again needs an explicit "
+                                                  "opt-in (\"opt_in\": true)")
+        if existing is not None and existing.status == "ENROLLED":
+            vps = await self.store.voiceprints(profile.id, [uid])
+            old = vps.get(uid)
+            if old is not None and old.model == emb.model:
+                emb = self.engine.merge(np.frombuffer(old.vector, np.float32), old.speech_ms, emb)
+        info = self.engine.info
+        try:
+            user, vp = await self.store.enrol(EnrolmentWrite(
+                profile.id, uid, stored, np.asarray(emb.vector, np.float32).tobytes(), emb.speech_ms,
+                emb.model, info.extractor_version, info.plda_version, dialog_id, opt_in, audio_paths or []))
+        except OptedOutError as exc:
+            raise ApiError(409, "USER_OPTED_OUT", str(exc)) from None
+        self.metrics.inc("vbgw_enrolments_total")
+        await self.sink.publish(VbEnrolmentEvent(
+            region=self.settings.events.region, vb_version=self.settings.events.vb_version,
+            dialog_id=dialog_id, session_id=token_hash(c.token)[:32] if c else "",
+            origin="Agent Side" if c else "Batch", group_name=await self.group_name(profile.group_id),
+            enrolled_user=EnrolledUser(user_id=uid, organization_name=await self.tenant_name(profile.tenant_id),
+                                       user_creation_ts=user.created_ms, opted_out=False,
+                                       optout_ts=user.opt_out_ts, optin_ts=user.opt_in_ts),
+            biokeys=[Biokey(key=b.key, value=b.value) for b in stored],
+            profile_id=profile.id,
+            voiceprint=VoiceprintBlock(voiceprint_id=vp.id, creation_ts=vp.created_ms,
+                                       extractor_version=info.extractor_version, method=info.method,
+                                       model=info.model, plda_version=info.plda_version,
+                                       speech_frames=emb.speech_frames, sw_version=info.sw_version,
+                                       vp_fail=False, vp_fail_reason=None)))
+        return user, emb.speech_ms
+
+    async def opt_out(self, c: Caller, user_id: str) -> User:
+        user, paths = await self.store.opt_out(c.profile.id, user_id)
+        for p in paths:
+            try:
+                Path(p).unlink(missing_ok=True)
+            except OSError:
+                log.error("audio_delete_failed", dialog_id=c.session.master_id)
+        self.metrics.inc("vbgw_optouts_total")
+        return user
+
+    # -- verification -----------------------------------------------------------------------
+    def band_targets(self, profile: Profile) -> BandTargets:
+        b = profile.settings.bands
+        return BandTargets(b.far_high, b.far_medium, b.far_low, b.frr_high, b.frr_medium, b.frr_low)
+
+    async def score_users(self, dialog: Dialog, emb: Embedding | None, user_ids: list[str],
+                          change: SpeakerChange | None, result_type: str = "ONDEMAND",
+                          delayed: bool = False) -> list[dict]:
+        """Per-user results, best first. Each dict carries every field any surface needs."""
+        profile = dialog.profile
+        assert profile is not None
+        speech = emb.speech_ms if emb is not None else 0
+        vps = await self.store.voiceprints(profile.id, user_ids)
+        targets = self.band_targets(profile)
+        out = []
+        for uid in user_ids:
+            r = {"user_id": uid, "bio_user_id": self.keyring.bio_user_id(profile.id, uid),
+                 "bio_result": "", "bio_score": 0.0, "llr": 0.0, "llr_norm": 0.0, "speech_millis": speech,
+                 "error_type": None, "user_changed": bool(change and change.user_changed),
+                 "scd_llr": change.scd_llr if change else None, "scd_nllr": change.scd_nllr if change else None,
+                 "voiceprint_id": None, "result_type": result_type, "delayed": delayed}
+            vp = vps.get(uid)
+            if vp is None or vp.model != self.engine.info.model:
+                user = await self.store.get_user(profile.id, uid)
+                r["bio_result"] = "NOT_SCORED"
+                r["error_type"] = ("RE_ENROLL" if vp is not None else
+                                   "OPTED_OUT" if user and user.status == "OPTED_OUT" else "NOT_ENROLLED")
+            elif emb is None or speech < NO_DATA_MS:
+                r["bio_result"], r["error_type"] = "NO_DATA", "NO_SPEECH"
+            elif speech < profile.settings.early_speech_ms:
+                r["bio_result"], r["error_type"] = "LOW_DATA", "NOT_ENOUGH_SPEECH"
+            else:
+                s = self.engine.score(emb, np.frombuffer(vp.vector, np.float32))
+                r.update(bio_score=round(s.bio_score, 4), llr=round(s.llr, 4), llr_norm=round(s.llr_norm, 4),
+                         bio_result=self.engine.classify(s.llr, targets), voiceprint_id=vp.id)
+            out.append(r)
+        out.sort(key=lambda r: (r["voiceprint_id"] is not None, r["llr"]), reverse=True)
+        return out
+
+    async def verify_ondemand(self, c: Caller, user_ids: list[str]) -> dict:
+        dialog = self.dialog_of(c)
+        if dialog is None:
+            dialog = self.dialog_of(c, create=True)   # no audio yet: NO_DATA, honestly
+        emb = await dialog.engine_session.embedding()
+        change = dialog.engine_session.speaker_change
+        results = await self.score_users(dialog, emb, user_ids, change)
+        best = results[0]
+        await self.emit_verification_event(dialog, best, emb, change)
+        self.metrics.inc("vbgw_verifications_total", result=best["bio_result"])
+        return best
+
+    async def emit_verification_event(self, dialog: Dialog, r: dict, emb: Embedding | None,
+                                      change: SpeakerChange | None) -> None:
+        profile = dialog.profile
+        assert profile is not None
+        info = self.engine.info
+        dialog.steps += 1
+        await self.sink.publish(VbVerificationEvent(
+            region=self.settings.events.region, vb_version=self.settings.events.vb_version,
+            dialog_id=dialog.dialog_id, dialog_step=dialog.steps,
+            enrolled_user=VerificationEnrolledUser(user_id=r["user_id"],
+                                                   organization_name=await self.tenant_name(profile.tenant_id)),
+            group_name=await self.group_name(profile.group_id),
+            voiceprint_ids=[r["voiceprint_id"]] if r["voiceprint_id"] is not None else [],
+            profile_id=profile.id, verification_id=await self.store.next_verification_id(),
+            extractor_version=info.extractor_version, frame_count=emb.speech_frames if emb else 0,
+            llr=r["llr"] if r["voiceprint_id"] is not None else None, method=info.method, model=info.model,
+            llr_norm=r["llr_norm"] if r["voiceprint_id"] is not None else None,
+            plda_version=info.plda_version,
+            verification_score=r["bio_score"] if r["voiceprint_id"] is not None else None,
+            sw_version=info.sw_version, verification_ts=now_ms(), user_changed=r["user_changed"],
+            verification_result=r["bio_result"],
+            fail_reason="OK" if r["error_type"] is None else r["error_type"],
+            scd_llr=change.scd_llr if change else None, scd_nllr=change.scd_nllr if change else None,
+            verification_origin="Agent Side", non_target=False))

@@ -1,0 +1,200 @@
+"""Dialogs: one per call, keyed by (tenant id, dialog id = masterId = conversationId).
+
+A dialog owns the call's state: its profile, status, the engine's per-call session, the
+users it is being verified against and its live results, which it publishes on the bus."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from connectors.base import Frame
+from engine.types import Milestone, SpeechLimits, SpeechProgress
+from gateway.store.base import Profile
+
+if TYPE_CHECKING:
+    from gateway.core import Core
+
+log = structlog.get_logger(__name__)
+
+# Call statuses, as the seed's /dialog-status lists them (meanings in docs/api.md).
+CALL_OPENED = "CALL_OPENED"
+BIO_ACTIVE = "BIO_ACTIVE"
+SYSTEM_ERROR = "SYSTEM_ERROR"
+CALL_CLOSED = "CALL_CLOSED"
+
+
+def limits_for(profile: Profile | None) -> SpeechLimits:
+    if profile is None:
+        return SpeechLimits()
+    s = profile.settings
+    return SpeechLimits(early_ms=s.early_speech_ms, verify_ms=s.verify_min_speech_ms,
+                        enrol_ms=s.enrol_min_speech_ms, refine_ms=s.refine_speech_ms)
+
+
+class Dialog:
+    def __init__(self, core: "Core", tenant_id: str, dialog_id: str, profile: Profile | None):
+        self.core = core
+        self.tenant_id = tenant_id
+        self.dialog_id = dialog_id
+        self.key = (tenant_id, dialog_id)
+        self.profile = profile
+        self.status = CALL_OPENED
+        self.created = time.time()
+        self.closed_at: float | None = None
+        self.active_streams = 0
+        self.frames = 0
+        self.samples_in = 0
+        self.steps = 0                        # dialog_step of vb_verification events
+        self.targets: list[str] = []          # users of the push verification
+        self.last_results: list[dict] | None = None
+        self.log = log.bind(dialog_id=dialog_id)
+        # (customer samples received, monotonic time) to measure result delays
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
+        self._tasks: set[asyncio.Task] = set()
+        self.engine_session = core.engine.open_session(dialog_id, limits_for(profile), self._on_engine_event)
+        self.publish_status(CALL_OPENED)
+
+    # -- audio in ---------------------------------------------------------------------------
+    def push(self, frame: Frame) -> None:
+        self.frames += 1
+        if frame.channel == "customer":
+            self.samples_in += len(frame.samples)
+            self._arrivals.append((self.samples_in, time.monotonic()))
+        self.engine_session.push(frame.channel, frame.samples)
+        self.core.metrics.inc("vbgw_frames_total")
+
+    def stream_started(self) -> None:
+        self.active_streams += 1
+        self.closed_at = None
+        if self.status in (CALL_CLOSED, SYSTEM_ERROR):
+            self.publish_status(CALL_OPENED)
+
+    async def stream_ended(self, reason: str) -> None:
+        self.active_streams = max(0, self.active_streams - 1)
+        if self.active_streams == 0:
+            self.closed_at = time.time()
+            self.publish_status(CALL_CLOSED if reason in ("completed", "disconnected") else SYSTEM_ERROR,
+                                reason=reason)
+
+    # -- results out ------------------------------------------------------------------------
+    def publish_status(self, status: str, **extra: Any) -> None:
+        self.status = status
+        self.core.bus.publish(self.key, "status", {"status": status, **extra})
+
+    def _on_engine_event(self, event) -> None:
+        """Called on the event loop by the engine."""
+        if isinstance(event, SpeechProgress):
+            if self.status == CALL_OPENED and event.speech_ms > 0:
+                self.publish_status(BIO_ACTIVE)
+            enough = self.profile is not None and event.speech_ms >= self.profile.settings.enrol_min_speech_ms
+            self.core.bus.publish(self.key, "clean_speech", {"speech_millis": event.speech_ms,
+                                                             "enough_speech": enough})
+        elif isinstance(event, Milestone):
+            self._spawn(self._score_milestone(event))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def arrival_time(self, samples: int) -> float | None:
+        """When the customer audio up to `samples` had arrived (for delay metrics)."""
+        for n, t in self._arrivals:
+            if n >= samples:
+                return t
+        return None
+
+    async def _score_milestone(self, m: Milestone) -> None:
+        try:
+            if m.kind == "NORMAL":
+                pos = getattr(m, "audio_samples", None)
+                t0 = self.arrival_time(pos) if pos else None
+                if t0 is not None:
+                    self.core.metrics.observe("vbgw_normal_result_delay_seconds", time.monotonic() - t0)
+            if not self.targets or self.profile is None:
+                return
+            results = await self.core.score_users(self, m.embedding, self.targets, m.speaker_change,
+                                                  result_type=m.kind, delayed=m.delayed)
+            self.last_results = results
+            self.core.bus.publish(self.key, "verification", {"result_type": m.kind, "results": results})
+            if m.kind == "NORMAL":
+                await self.core.emit_verification_event(self, results[0], m.embedding, m.speaker_change)
+        except Exception:
+            self.log.exception("milestone_scoring_failed")
+            self.publish_status(SYSTEM_ERROR, reason="ENGINE_ERROR")
+
+    async def set_targets(self, users: list[str]) -> None:
+        self.targets = users
+        self.core.bus.publish(self.key, "verification", {"result_type": "STARTING", "results": [
+            {"bio_result": "", "bio_score": 0.0, "bio_user_id": u, "llr": 0.0, "result_type": "STARTING",
+             "speech_millis": 0} for u in users]})
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await self.engine_session.close()
+
+
+class DialogRegistry:
+    def __init__(self, core: "Core", retain_after_close_s: float):
+        self.core = core
+        self.retain_after_close_s = retain_after_close_s
+        self._dialogs: dict[tuple[str, str], Dialog] = {}
+        self._reaper: asyncio.Task | None = None
+
+    def get(self, tenant_id: str, dialog_id: str) -> Dialog | None:
+        return self._dialogs.get((tenant_id, dialog_id))
+
+    def get_or_create(self, tenant_id: str, dialog_id: str, profile: Profile | None) -> Dialog:
+        d = self._dialogs.get((tenant_id, dialog_id))
+        if d is None:
+            d = Dialog(self.core, tenant_id, dialog_id, profile)
+            self._dialogs[d.key] = d
+            self.core.metrics.inc("vbgw_dialogs_opened_total")
+        elif d.profile is None and profile is not None:
+            d.profile = profile
+        return d
+
+    def live(self) -> int:
+        return sum(1 for d in self._dialogs.values() if d.active_streams > 0)
+
+    def __len__(self) -> int:
+        return len(self._dialogs)
+
+    async def retire(self, d: Dialog) -> None:
+        self._dialogs.pop(d.key, None)
+        await d.close()
+        self.core.bus.forget(d.key)
+
+    async def reap_once(self) -> None:
+        now = time.time()
+        for d in list(self._dialogs.values()):
+            if d.active_streams == 0 and d.closed_at is not None and now - d.closed_at > self.retain_after_close_s:
+                await self.retire(d)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, max(1.0, self.retain_after_close_s / 4)))
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("dialog_reaper_failed")
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_loop())
+
+    async def wait_streams_done(self, timeout: float) -> None:
+        """Graceful shutdown: let open streams finish for up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.live() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for d in list(self._dialogs.values()):
+            await self.retire(d)

@@ -1,0 +1,43 @@
+"""Every failed request gets `{"error": {"code": ..., "message": ...}}` with a stable code."""
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message)
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def unauthorized(message: str = "missing or invalid bearer token") -> ApiError:
+    return ApiError(401, "UNAUTHORIZED", message)
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "FORBIDDEN", message)
+
+
+def bad_request(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def not_found(code: str, message: str) -> ApiError:
+    return ApiError(404, code, message)

@@ -1,0 +1,242 @@
+"""Storage domain types and the repository interface. SQLite is the embedded default; a
+PostgreSQL implementation only has to implement `Repository`."""
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# OCP allows these characters in biokey keys and values.
+BIOKEY_RE = re.compile(r"^[0-9A-Za-z_+\-]{1,128}$")
+
+USER_STATUSES = ("ENROLLED", "NOT_ENROLLED", "OPTED_OUT", "RE_ENROLL")
+
+
+class BiokeyDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    is_user_id: bool = False
+    sensitive: bool = False
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not BIOKEY_RE.match(v):
+            raise ValueError("biokey keys use only 0-9 a-z A-Z _ + - (1 to 128 characters)")
+        return v
+
+
+class Bands(BaseModel):
+    """Result bands as target error rates (see docs/scoring.md)."""
+    model_config = ConfigDict(extra="forbid")
+    far_high: float = Field(0.0005, gt=0, lt=1)
+    far_medium: float = Field(0.005, gt=0, lt=1)
+    far_low: float = Field(0.02, gt=0, lt=1)
+    frr_high: float = Field(0.005, gt=0, lt=1)
+    frr_medium: float = Field(0.02, gt=0, lt=1)
+    frr_low: float = Field(0.10, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Bands":
+        if not (self.far_high <= self.far_medium <= self.far_low):
+            raise ValueError("need far_high <= far_medium <= far_low")
+        if not (self.frr_high <= self.frr_medium <= self.frr_low):
+            raise ValueError("need frr_high <= frr_medium <= frr_low")
+        return self
+
+
+def default_biokeys() -> list[BiokeyDef]:
+    return [BiokeyDef(key="user_id", is_user_id=True), BiokeyDef(key="Ani")]
+
+
+class ProfileSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enrol_min_speech_ms: int = Field(10000, ge=1000)
+    verify_min_speech_ms: int = Field(5000, ge=500)
+    early_speech_ms: int = Field(2000, ge=500)
+    refine_speech_ms: int = Field(5000, ge=1000)
+    bands: Bands = Bands()
+    biokeys: list[BiokeyDef] = Field(default_factory=default_biokeys)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ProfileSettings":
+        if not self.early_speech_ms <= self.verify_min_speech_ms:
+            raise ValueError("early_speech_ms must not exceed verify_min_speech_ms")
+        if sum(b.is_user_id for b in self.biokeys) != 1:
+            raise ValueError("exactly one biokey must have is_user_id = true")
+        if len({b.key for b in self.biokeys}) != len(self.biokeys):
+            raise ValueError("biokey keys must be unique")
+        return self
+
+    def biokey(self, key: str) -> BiokeyDef | None:
+        for b in self.biokeys:
+            if b.key == key:
+                return b
+        return None
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    tenant_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    id: str
+    tenant_id: str
+    group_id: str
+    name: str
+    settings: ProfileSettings
+
+
+@dataclass(frozen=True)
+class Pat:
+    id: str
+    tenant_id: str
+    group_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    token_hash: str
+    tenant_id: str
+    group_id: str
+    profile_id: str
+    master_id: str
+    agent_id: str
+    agent_skill: str
+    ccaas_provider: str
+    custom_properties: dict
+    created_ms: int
+    last_used_ms: int
+
+
+@dataclass(frozen=True)
+class StoredBiokey:
+    key: str
+    value: str          # plain, or the keyed hash for sensitive keys
+    sensitive: bool
+
+
+@dataclass(frozen=True)
+class User:
+    row_id: int
+    profile_id: str
+    user_id: str
+    status: str
+    created_ms: int
+    last_update_ms: int
+    opt_out_ts: int | None
+    opt_in_ts: int | None
+    biokeys: tuple[StoredBiokey, ...] = ()
+
+
+@dataclass(frozen=True)
+class Voiceprint:
+    id: int
+    user_row: int
+    vector: bytes        # float32 little-endian
+    speech_ms: int
+    model: str
+    extractor_version: str
+    plda_version: str
+    created_ms: int
+
+
+@dataclass
+class EnrolmentWrite:
+    """Everything one enrolment commits atomically."""
+    profile_id: str
+    user_id: str
+    biokeys: list[StoredBiokey]
+    vector: bytes
+    speech_ms: int
+    model: str
+    extractor_version: str
+    plda_version: str
+    dialog_id: str
+    opt_in: bool = False
+    audio_paths: list[str] = field(default_factory=list)
+
+
+class StoreError(Exception):
+    code = "STORE_ERROR"
+
+
+class OptedOutError(StoreError):
+    code = "USER_OPTED_OUT"
+
+
+class Conflict(StoreError):
+    code = "CONFLICT"
+
+
+class Repository(abc.ABC):
+    """What the gateway needs from storage. Every method is a coroutine."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+    @abc.abstractmethod
+    async def ping(self) -> bool: ...
+
+    # tenancy
+    @abc.abstractmethod
+    async def ensure_tenant(self, name: str) -> Tenant: ...
+    @abc.abstractmethod
+    async def get_tenant(self, id_or_name: str) -> Tenant | None: ...
+    @abc.abstractmethod
+    async def ensure_group(self, tenant_id: str, name: str) -> Group: ...
+    @abc.abstractmethod
+    async def get_group(self, group_id: str) -> Group | None: ...
+    @abc.abstractmethod
+    async def create_profile(self, tenant_id: str, group_id: str, name: str,
+                             settings: ProfileSettings) -> Profile: ...
+    @abc.abstractmethod
+    async def get_profile(self, tenant_id: str, id_or_name: str) -> Profile | None: ...
+    @abc.abstractmethod
+    async def list_profiles(self, tenant_id: str | None = None) -> list[Profile]: ...
+    @abc.abstractmethod
+    async def create_pat(self, tenant_id: str, group_id: str, name: str, token_hash: str) -> Pat: ...
+    @abc.abstractmethod
+    async def find_pat(self, token_hash: str) -> Pat | None: ...
+
+    # session tokens
+    @abc.abstractmethod
+    async def create_session(self, rec: SessionRecord) -> None: ...
+    @abc.abstractmethod
+    async def get_session(self, token_hash: str) -> SessionRecord | None: ...
+    @abc.abstractmethod
+    async def touch_session(self, token_hash: str, now_ms: int) -> None: ...
+    @abc.abstractmethod
+    async def purge_sessions(self, older_than_ms: int) -> int: ...
+
+    # users
+    @abc.abstractmethod
+    async def get_user(self, profile_id: str, user_id: str) -> User | None: ...
+    @abc.abstractmethod
+    async def search_users(self, profile_id: str, biokeys: list[tuple[str, str]]) -> list[User]: ...
+    @abc.abstractmethod
+    async def enrol(self, write: EnrolmentWrite) -> tuple[User, Voiceprint]: ...
+    @abc.abstractmethod
+    async def opt_out(self, profile_id: str, user_id: str) -> tuple[User, list[str]]: ...
+    @abc.abstractmethod
+    async def opt_in(self, profile_id: str, user_id: str) -> User: ...
+    @abc.abstractmethod
+    async def voiceprints(self, profile_id: str, user_ids: list[str]) -> dict[str, Voiceprint]: ...
+    @abc.abstractmethod
+    async def mark_re_enroll(self, profile_id: str, keep_model: str, keep_extractor: str) -> int: ...
+    @abc.abstractmethod
+    async def next_verification_id(self) -> int: ...
