@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway.api import ocp, system
+from gateway.api import ocp, sse, system
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
 from gateway.config import Settings
@@ -25,7 +25,7 @@ from gateway.openapi import build_openapi
 from gateway.store.sqlite import SqliteRepository
 
 log = structlog.get_logger(__name__)
-ROUTE_TABLES = (ocp.routes, system.routes)
+ROUTE_TABLES = (ocp.routes, sse.routes, system.routes)
 
 
 def sw_version() -> str:
@@ -79,14 +79,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[OPEN_SOCKETS] = set()
+    app[sse._VERIFICATION_STREAMS] = {}
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app[METRICS_TOKEN] = load_metrics_token(settings.data_dir)
 
     async def lifecycle(app: web.Application):
-        own_engine = engine is None
-        eng = Engine.load(settings.engine) if own_engine else engine
-        if own_engine or not eng.ready:
-            await eng.start()
+        eng = Engine.load(settings.engine) if engine is None else engine
+        await eng.start()
         store = SqliteRepository(settings.sqlite_path)
         await store.open()
         sink = build_sink(settings.events)
@@ -114,8 +113,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         await core.dialogs.close()
         await sink.close()
         await store.close()
-        if own_engine:
-            await eng.stop()
+        await eng.stop()
         log.info("gateway_stopped")
 
     app.cleanup_ctx.append(lifecycle)

@@ -1,0 +1,237 @@
+"""`vbgw bench stream --sessions N`: N concurrent direct streams paced in real time, each
+with push verification on (GET /verification SSE) against an enrolled user, against a
+gateway started in a subprocess. Reports whether the engine backlog grew, and the p95
+delay from the moment enough speech had arrived to the NORMAL result (measured inside the
+gateway: arrival time of the audio that completed the speech threshold -> result)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import soundfile as sf
+import websockets
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PROTOCOL = REPO.parent / "shared" / "data" / "protocols" / "ls-other-tel"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sessions", type=int, default=100, help="concurrent streams (the largest to try with --sweep)")
+    p.add_argument("--sweep", action="store_true", help="try 25%%, 50%%, 75%%, 100%% of --sessions and report the "
+                                                       "largest without backlog growth")
+    p.add_argument("--seconds", type=float, default=40.0, help="audio seconds per stream")
+    p.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
+    p.add_argument("--ramp", type=float, default=5.0, help="seconds over which streams start")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call_audio(protocol: Path, seconds: float) -> list[np.ndarray]:
+    """Calls of about `seconds` each, made of one speaker's test files back to back."""
+    rows = [line.split(",") for line in (protocol / "test.csv").read_text().splitlines()[1:]]
+    by_speaker: dict[str, list[Path]] = {}
+    for _, spk, path in rows:
+        by_speaker.setdefault(spk, []).append(protocol / path)
+    calls = []
+    for files in by_speaker.values():
+        pcm = np.concatenate([sf.read(f, dtype="int16")[0] for f in files])
+        reps = int(np.ceil(seconds * 8000 / len(pcm)))
+        calls.append(np.tile(pcm, reps)[: int(seconds * 8000)])
+    return calls
+
+
+def _parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+class Server:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def admin_bootstrap(self) -> str:
+        out = subprocess.run([sys.executable, "-m", "gateway.cli", "admin", "--data-dir", str(self.data_dir),
+                              "bootstrap", "--tenant", "bench", "--profile", "bench"],
+                             check=True, capture_output=True, text=True, cwd=REPO).stdout
+        return out.strip().splitlines()[-1].removeprefix("pat=")
+
+    async def start(self) -> None:
+        env = dict(os.environ, VBGW_EVENTS__JSONL_PATH=str(self.data_dir / "events.jsonl"),
+                   VBGW_LOGGING__LEVEL="warning")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port),
+                                      "--data-dir", str(self.data_dir)], cwd=REPO, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "server.log", "w"))
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                try:
+                    async with http.get(f"http://127.0.0.1:{self.port}/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError("gateway did not become ready; see " + str(self.data_dir / "server.log"))
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+async def _token(http, url, pat, master):
+    async with http.post(f"{url}/api/token/", headers={"Authorization": f"Bearer {pat}"},
+                         json={"agentId": "bench", "agentSkill": "bench", "masterId": master, "tenantId": "bench",
+                               "vbProfile": "bench", "ccaasProvider": "OTHER"}) as r:
+        return (await r.json())["data"]["token"]
+
+
+async def _stream(ws_url: str, token: str, dialog: str, pcm: np.ndarray, paced: bool) -> None:
+    frame = 1600  # 200 ms
+    async with websockets.connect(f"{ws_url}/agent-vb-mw/stream?token={token}", max_size=None) as ws:
+        await ws.send(json.dumps({"encoding": "l16", "sample_rate": 8000, "dialog_id": dialog}))
+        await ws.recv()
+        t0 = time.monotonic()
+        for i, start in enumerate(range(0, len(pcm), frame)):
+            await ws.send(pcm[start:start + frame].astype("<i2").tobytes())
+            if paced:
+                delay = t0 + (i + 1) * 0.2 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        await ws.send(b"")
+        async for _ in ws:
+            pass
+
+
+async def _verification(http, url, token, results: list) -> None:
+    async with http.get(f"{url}/verification", params={"users": "bench-user", "token": token},
+                        timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as r:
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if line.startswith("data:"):
+                data = json.loads(line[5:])
+                if isinstance(data, list) and data and data[0].get("result_type") == "NORMAL":
+                    results.append(data[0])
+
+
+async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[np.ndarray], server: Server) -> dict:
+    async with aiohttp.ClientSession() as http:
+        tokens = [await _token(http, url, pat, f"bench-{n}-{i}") for i in range(n)]
+        normal: list = []
+        sse = [asyncio.create_task(_verification(http, url, t, normal)) for t in tokens]
+        await asyncio.sleep(0.5)
+        cpu0, wall0 = server.cpu_seconds(), time.monotonic()
+        backlog: list[tuple[float, float]] = []
+        mtok = (server.data_dir / "metrics.token").read_text().strip()
+
+        async def sample():
+            while True:
+                async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {mtok}"}) as r:
+                    m = _parse_metrics(await r.text())
+                backlog.append((time.monotonic() - wall0, m.get("vbgw_engine_queue_depth", 0.0)))
+                await asyncio.sleep(1.0)
+
+        sampler = asyncio.create_task(sample())
+
+        async def one(i):
+            await asyncio.sleep(args.ramp * i / max(1, n))
+            await _stream(ws_url, tokens[i], f"bench-{n}-{i}", calls[i % len(calls)], paced=True)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        cpu = server.cpu_seconds() - cpu0
+        wall = time.monotonic() - wall0
+        sampler.cancel()
+        await asyncio.sleep(1.0)
+        for t in sse:
+            t.cancel()
+        async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {mtok}"}) as r:
+            text = await r.text()
+    # Backlog growth: engine queue in the last third of the streaming period vs the first third.
+    third = [d for t, d in backlog if args.ramp < t < wall / 3 + args.ramp] or [0.0]
+    last = [d for t, d in backlog if t > 2 * wall / 3] or [0.0]
+    grew = max(last) > max(third) * 2 + 8000  # > 1 s of audio more than early on
+    return {"sessions": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "cpu_per_stream": round(cpu / wall / n, 4) if n else 0.0,
+            "backlog_first_third": max(third), "backlog_last_third": max(last), "backlog_grew": grew,
+            "normal_results": len(normal), "metrics_text": text}
+
+
+def _p95_from_metrics(text: str, name: str) -> float | None:
+    buckets = []
+    count = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(f"{name}_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    if not count:
+        return None
+    for le, c in buckets:
+        if c >= 0.95 * count:
+            return le
+    return None
+
+
+async def amain(args) -> int:
+    data_dir = Path(tempfile.mkdtemp(prefix="vbgw-bench-"))
+    server = Server(data_dir)
+    pat = server.admin_bootstrap()
+    await server.start()
+    url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
+    try:
+        calls = _call_audio(args.protocol, args.seconds)
+        enrol_rows = [line.split(",") for line in (args.protocol / "enrol.csv").read_text().splitlines()[1:]]
+        enrol_pcm = np.concatenate([sf.read(args.protocol / p, dtype="int16")[0] for _, _, p in enrol_rows[:2]])
+        async with aiohttp.ClientSession() as http:
+            tok = await _token(http, url, pat, "bench-enrol")
+            await _stream(ws_url, tok, "bench-enrol", enrol_pcm, paced=False)
+            async with http.post(f"{url}/enrol", headers={"Authorization": f"Bearer {tok}"},
+                                 json={"user_id": "bench-user"}) as r:
+                if r.status != 200:
+                    print("enrolment failed:", await r.text())
+                    return 1
+        levels = ([max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions])
+        best = 0
+        for n in levels:
+            res = await run_level(n, args, url, ws_url, pat, calls, server)
+            text = res.pop("metrics_text")
+            res["normal_delay_p95_s_bucket"] = _p95_from_metrics(text, "vbgw_normal_result_delay_seconds")
+            print(json.dumps(res), flush=True)
+            if not res["backlog_grew"]:
+                best = n
+        print(f"largest N without backlog growth: {best}")
+        return 0
+    finally:
+        server.stop()
+
+
+def main(args) -> int:
+    return asyncio.run(amain(args))
