@@ -107,7 +107,7 @@ def cmd_admin(args) -> int:
     return asyncio.run(_admin(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vbgw", description="Voice-biometrics connector gateway")
     p.add_argument("--config", help="TOML file merged over config/default.toml")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     asub.add_parser("profiles", help="list profiles")
     a.set_defaults(fn=cmd_admin)
 
+    if include_bench:
+        _add_bench(sub)
+    return p
+
+
+def _add_bench(sub) -> None:
+    # Imported only when the parser is built for a bench command: the engine benches pull in
+    # matplotlib and the protocol readers, which `serve` and `admin` do not need.
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
     from engine.bench import accuracy, speed
@@ -162,11 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = bsub.add_parser("stream", help="concurrent real-time direct streams with verification")
     stream_bench.add_arguments(st)
     st.set_defaults(fn=stream_bench.main)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(include_bench="bench" in argv)
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args) or 0)

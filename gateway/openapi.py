@@ -52,8 +52,10 @@ def build_openapi(specs: list[RouteSpec], version: str) -> dict[str, Any]:
             ok["content"] = {s.content: {"schema": {"type": "string"}}}
         op["responses"] = {"200": ok, "default": {"description": "Error", "content": {
             "application/json": {"schema": err}}}}
-        for p in (s.path, *s.aliases):
-            paths.setdefault(p, {})[s.method.lower()] = op
+        paths.setdefault(s.path, {})[s.method.lower()] = op
+        for i, alias in enumerate(s.aliases, start=1):
+            paths.setdefault(alias, {})[s.method.lower()] = {
+                **op, "operationId": f"{op['operationId']}_alias{i}", "summary": f"Alias of {s.path}"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "vbgw: voice-biometrics gateway", "version": version,

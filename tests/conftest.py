@@ -51,7 +51,7 @@ def settings(tmp_path):
 
 async def admin(settings, *argv: str) -> str:
     from gateway.cli import _admin, build_parser
-    args = build_parser().parse_args(["admin", "--data-dir", str(settings.data_dir), *argv])
+    args = build_parser(include_bench=False).parse_args(["admin", "--data-dir", str(settings.data_dir), *argv])
     buf = io.StringIO()
     with redirect_stdout(buf):
         rc = await _admin(args)

@@ -98,10 +98,14 @@ class SqliteRepository(Repository):
         conn.execute("PRAGMA secure_delete=ON")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for i in range(version, len(MIGRATIONS)):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executescript("SAVEPOINT m;" + MIGRATIONS[i] + "RELEASE m;")
-            conn.execute(f"PRAGMA user_version={i + 1}")
-            conn.execute("COMMIT")
+            # One script, one transaction: a migration is applied whole or not at all.
+            try:
+                conn.executescript(f"BEGIN IMMEDIATE;{MIGRATIONS[i]};PRAGMA user_version={i + 1};COMMIT;")
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.close()
+                raise
         self._conn = conn
 
     async def open(self) -> None:
