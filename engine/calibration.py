@@ -1,0 +1,145 @@
+"""Score calibration: cosine -> llr = a * cosine + b, and llr thresholds for error targets.
+
+The parameters come from `engine/data/calibration-<encoder>.json`, written by
+`python -m engine.calibrate`. Besides (a, b) the file stores the tails of the target and
+non-target llr distributions measured on the dev protocols, so a target false-accept rate
+(FAR) or false-reject rate (FRR) can be turned into an llr threshold (see docs/scoring.md).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .types import BandTargets
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+# Error-rate grid at which the llr quantiles are stored (both tails).
+P_GRID = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05,
+          0.1, 0.2, 0.3, 0.5]
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def tail_quantiles(values: np.ndarray, upper: bool, min_count: int = 5) -> list[list[float]]:
+    """[[p, threshold]] on P_GRID. upper=True: P(v >= thr) = p (non-targets, FAR);
+    upper=False: P(v <= thr) = p (targets, FRR). Where the data hold fewer than `min_count`
+    trials beyond the threshold, the tail is a Gaussian fit (mean, std) instead."""
+    from scipy.stats import norm
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(v)
+    mu, sd = float(v.mean()), float(v.std(ddof=1)) if n > 1 else 1.0
+    out = []
+    for p in P_GRID:
+        if p * n >= min_count:
+            q = np.quantile(v, 1 - p if upper else p)
+        else:
+            z = norm.isf(p)
+            q = mu + z * sd if upper else mu - z * sd
+        out.append([p, float(q)])
+    # make it monotonic in p (upper tail: threshold falls as p grows; lower: rises)
+    vals = [q for _, q in out]
+    vals = list(np.minimum.accumulate(vals)) if upper else list(np.maximum.accumulate(vals))
+    return [[p, float(q)] for (p, _), q in zip(out, vals)]
+
+
+def _interp_tail(table: list[list[float]], p: float) -> float:
+    ps = np.log(np.array([t[0] for t in table]))
+    qs = np.array([t[1] for t in table])
+    lp = math.log(min(max(p, table[0][0]), table[-1][0]))
+    return float(np.interp(lp, ps, qs))
+
+
+@dataclass
+class Calibration:
+    id: str
+    encoder: str
+    a: float
+    b: float
+    far_table: list       # [[far, llr threshold]] from non-target llrs
+    frr_table: list       # [[frr, llr threshold]] from target llrs
+    extra: dict
+
+    @classmethod
+    def load(cls, encoder: str, path: Path | None = None) -> "Calibration":
+        path = path or DATA_DIR / f"calibration-{encoder}.json"
+        if not path.exists():
+            # Uncalibrated fallback: a neutral mapping centred on cosine 0.5 so the
+            # engine still runs; ModelInfo.plda_version says "uncalibrated".
+            far = [[p, 10.0 * (0.6 - 0.3 * math.log10(p) / 5) - 5] for p in P_GRID]
+            frr = [[p, 10.0 * (0.4 + 0.3 * math.log10(p) / 5) - 5] for p in P_GRID]
+            return cls("uncalibrated", encoder, 10.0, -5.0, far, frr, {})
+        d = json.loads(path.read_text())
+        return cls(d["id"], d["encoder"], float(d["a"]), float(d["b"]), d["far_table"],
+                   d["frr_table"], {k: v for k, v in d.items() if k not in
+                                    ("id", "encoder", "a", "b", "far_table", "frr_table")})
+
+    def llr(self, cosine: float | np.ndarray):
+        return self.a * cosine + self.b
+
+    def thr_far(self, far: float) -> float:
+        """llr threshold above which only `far` of non-target trials score."""
+        return _interp_tail(self.far_table, far)
+
+    def thr_frr(self, frr: float) -> float:
+        """llr threshold below which only `frr` of target trials score."""
+        return _interp_tail(self.frr_table, frr)
+
+    def thresholds(self, t: BandTargets) -> dict[str, float]:
+        """Monotonic llr thresholds for the six bands (see docs/scoring.md).
+
+        true_high >= true_medium >= true_low >= false_low >= false_medium >= false_high;
+        a FALSE threshold is capped at true_low so the bands never overlap."""
+        th = self.thr_far(t.far_high)
+        tm = min(self.thr_far(t.far_medium), th)
+        tl = min(self.thr_far(t.far_low), tm)
+        fl = min(self.thr_frr(t.frr_low), tl)
+        fm = min(self.thr_frr(t.frr_medium), fl)
+        fh = min(self.thr_frr(t.frr_high), fm)
+        return {"TRUE_HIGH": th, "TRUE_MEDIUM": tm, "TRUE_LOW": tl,
+                "FALSE_LOW": fl, "FALSE_MEDIUM": fm, "FALSE_HIGH": fh}
+
+    def classify(self, llr: float, t: BandTargets) -> str:
+        th = self.thresholds(t)
+        if llr >= th["TRUE_HIGH"]:
+            return "TRUE_HIGH"
+        if llr >= th["TRUE_MEDIUM"]:
+            return "TRUE_MEDIUM"
+        if llr >= th["TRUE_LOW"]:
+            return "TRUE_LOW"
+        if llr <= th["FALSE_HIGH"]:
+            return "FALSE_HIGH"
+        if llr <= th["FALSE_MEDIUM"]:
+            return "FALSE_MEDIUM"
+        return "FALSE_LOW"
+
+
+def fit_linear(cos: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None,
+               iters: int = 100) -> tuple[float, float]:
+    """Weighted logistic regression llr = a*cos + b at an effective prior of 0.5 (targets
+    and non-targets weighted to equal total mass), by Newton's method."""
+    x = np.asarray(cos, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = np.where(y > 0, w / w[y > 0].sum(), w / w[y == 0].sum())
+    X = np.stack([x, np.ones_like(x)], axis=1)
+    theta = np.array([10.0, -5.0])
+    for _ in range(iters):
+        z = X @ theta
+        p = 1.0 / (1.0 + np.exp(-z))
+        g = X.T @ (w * (p - y)) + 1e-6 * theta
+        H = (X * (w * p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(2)
+        step = np.linalg.solve(H, g)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])

@@ -1,0 +1,100 @@
+"""Speaker encoders behind one interface: int16 8 kHz speech segments -> L2-normalised vectors."""
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from . import campp as _campp
+from .audio import campp_features
+from .models import MODELS, model_path
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+class Encoder:
+    name: str            # "campp" | "ge2e"
+    model: str           # model name for ModelInfo / Embedding.model
+    dim: int
+    extractor_version: str
+    min_samples: int     # shortest 8 kHz input it can embed
+
+    def embed(self, pcms: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
+        raise NotImplementedError
+
+
+class CamppEncoder(Encoder):
+    name = "campp"
+    model = "campplus_cn_en_common"
+    dim = _campp.DIM
+    min_samples = 1600   # 0.2 s: enough frames for the statistics pooling
+
+    def __init__(self, model_dir: Path, runtime: str = "onnx", threads: int = 2):
+        wpath = model_path(model_dir, "campp")
+        self.weights = _campp.CamppWeights(wpath)
+        self.runtime = runtime
+        if runtime == "onnx":
+            key = hashlib.sha256(f"{MODELS['campp'].sha256}:{_campp.ONNX_BUILDER_VERSION}".encode()).hexdigest()[:12]
+            cache = Path(model_dir).expanduser() / f"campp-{key}.onnx"
+            self.net = _campp.CamppOnnx(self.weights, cache, threads=threads)
+            self.onnx_path = cache
+        elif runtime == "numpy":
+            self.net = _campp.CamppNumpy(self.weights)
+        else:
+            raise ValueError(f"unknown CAM++ runtime {runtime!r}")
+        self.extractor_version = f"campp-{runtime}-{_campp.ONNX_BUILDER_VERSION}"
+
+    def features(self, pcm: np.ndarray) -> np.ndarray:
+        return campp_features(pcm)
+
+    def embed(self, pcms: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
+        """Equal-length inputs are batched together (bucketed by frame count)."""
+        out = np.zeros((len(pcms), self.dim), np.float32)
+        buckets: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        for i, p in enumerate(pcms):
+            f = self.features(p)
+            if len(f) >= _campp.MIN_FRAMES:
+                buckets[len(f)].append((i, f))
+        for items in buckets.values():
+            for k in range(0, len(items), max_batch):
+                part = items[k:k + max_batch]
+                emb = self.net.forward_batch(np.stack([f for _, f in part]))
+                for (i, _), e in zip(part, emb):
+                    out[i] = e
+        return _l2(out)
+
+
+class Ge2eEncoder(Encoder):
+    name = "ge2e"
+    model = "resemblyzer_ge2e"
+    dim = 256
+    min_samples = 4000   # 0.5 s; shorter inputs are padded to one 1.6 s partial anyway
+    extractor_version = "ge2e-numpy-1"
+
+    def __init__(self, model_dir: Path, threads: int = 2):
+        from .ge2e import GE2EEncoder
+        self.net = GE2EEncoder(model_path(model_dir, "ge2e"))
+        self.runtime = "numpy"
+
+    def embed(self, pcms: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
+        from .ge2e import embed_pcm8k
+        if not pcms:
+            return np.zeros((0, self.dim), np.float32)
+        out = []
+        for k in range(0, len(pcms), max_batch):
+            out.append(embed_pcm8k(self.net, pcms[k:k + max_batch]))
+        return _l2(np.concatenate(out))
+
+
+def load_encoder(name: str, model_dir: Path, runtime: str = "onnx", threads: int = 2) -> Encoder:
+    if name == "campp":
+        return CamppEncoder(model_dir, runtime=runtime, threads=threads)
+    if name == "ge2e":
+        return Ge2eEncoder(model_dir, threads=threads)
+    raise ValueError(f"unknown encoder {name!r}")

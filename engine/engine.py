@@ -1,0 +1,589 @@
+"""The scoring engine: per-dialog sessions, one batching inference worker, scoring.
+
+Data flow (docs/scoring.md has the long version):
+
+  push() (event loop) -> session.pending (int16, arrival time)      cheap append
+  worker thread, each iteration:
+     take up to `ITER_CAP_S` of pending audio per session
+     silero VAD, batched across sessions (one ORT call per 32 ms chunk index)
+     speech chunks (+ padding) -> the session's current window buffer
+     full window (window_s of audio) -> encoder job; milestone reached -> encoder job
+     encoder jobs batched across sessions (equal lengths together)
+     results -> window embeddings, speaker change, Milestone / SpeechProgress events
+  events -> loop.call_soon_threadsafe(on_event, ...)
+
+A session keeps only the embeddings of its finished windows and the audio of the current
+window, so its memory is bounded (< 1 MB) whatever the call length.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .audio import check_pcm, coerce_frame
+from .calibration import Calibration, sigmoid
+from .config import EngineConfig
+from .encoders import Encoder, load_encoder
+from .models import model_path
+from .types import (SAMPLE_RATE, AudioError, BandTargets, Channel, Embedding, EngineError,
+                    EngineStats, Milestone, ModelInfo, Score, SessionEvent, SpeakerChange,
+                    SpeechLimits, SpeechProgress)
+from .vad import CHUNK, CHUNK_MS, SileroVad, VadStream
+
+log = logging.getLogger("vbgw.engine")
+
+ITER_CAP_S = 2.0            # audio per session taken by one worker iteration
+PROGRESS_EVERY_S = 0.2      # SpeechProgress rate limit (wall clock)
+DELAY_S = 1.0               # a milestone computed later than this after its audio arrived is "delayed"
+PARTIAL_QUANTUM = 800       # partial windows are cut to 100 ms multiples so they batch together
+MIN_PARTIAL_S = 0.5         # a partial window shorter than this is left out when windows exist
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("vbgw")
+    except Exception:  # noqa: BLE001
+        return "0.1.0"
+
+
+# ----------------------------------------------------------------------------- state
+@dataclass
+class _Window:
+    speech_ms: int
+    vector: np.ndarray | None = None
+
+
+class _Speech:
+    """Speech of one stream: finished windows' embeddings + the current window's audio."""
+
+    def __init__(self, window_samples: int):
+        self.window_samples = window_samples
+        self.windows: list[_Window] = []
+        self.buf: list[np.ndarray] = []
+        self.buf_samples = 0
+        self.buf_speech_ms = 0
+        self.speech_ms = 0
+
+    def add(self, audio: np.ndarray) -> list[tuple[_Window, np.ndarray]]:
+        """Append VAD-passed audio; returns windows that became full (to be embedded)."""
+        full = []
+        if len(audio):
+            self.buf.append(audio)
+            self.buf_samples += len(audio)
+        while self.buf_samples >= self.window_samples:
+            cat = np.concatenate(self.buf)
+            w = _Window(self.buf_speech_ms)
+            self.windows.append(w)
+            full.append((w, cat[: self.window_samples]))
+            rest = cat[self.window_samples:]
+            self.buf = [rest] if len(rest) else []
+            self.buf_samples = len(rest)
+            self.buf_speech_ms = 0
+        return full
+
+    def partial(self, quantum: int = 1) -> np.ndarray:
+        if not self.buf:
+            return np.zeros(0, np.int16)
+        cat = np.concatenate(self.buf)
+        self.buf = [cat]
+        n = len(cat) // quantum * quantum
+        return cat[:n]
+
+    def nbytes(self) -> int:
+        return (sum(b.nbytes for b in self.buf)
+                + sum(w.vector.nbytes + 64 for w in self.windows if w.vector is not None))
+
+
+@dataclass
+class _Job:
+    """One encoder input: a full window or the partial window of a milestone/flush."""
+    audio: np.ndarray
+    window: _Window | None = None           # full window: fill its vector
+    result: np.ndarray | None = None
+
+
+@dataclass
+class _MilestoneReq:
+    kind: str
+    n_windows: int
+    partial: _Job | None
+    partial_ms: int
+    speech_ms: int
+    arrived: float
+
+
+class _State:
+    def __init__(self, dialog_id: str, limits: SpeechLimits, on_event, window_samples: int):
+        self.dialog_id = dialog_id
+        self.limits = limits
+        self.on_event = on_event
+        self.pending: deque[tuple[float, np.ndarray]] = deque()
+        self.pending_samples = 0
+        self.carry = np.zeros(0, np.int16)          # < 256 samples left from the last take
+        self.carry_t = 0.0
+        self.vad = VadStream()
+        self.speech = _Speech(window_samples)
+        self.milestone_idx = 0
+        self.last_progress_ms = 0
+        self.last_progress_t = 0.0
+        self.change = SpeakerChange(False, None, None)
+        self.min_scd: float | None = None
+        self.agent_ms = 0
+        self.dropped_ms = 0
+        self.audio_ms = 0
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def next_milestone(self) -> tuple[str, int]:
+        L = self.limits
+        i = self.milestone_idx
+        if i == 0:
+            return "EARLY", L.early_ms
+        return "NORMAL", L.verify_ms + (i - 1) * max(1, L.refine_ms)
+
+    def take(self, max_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Pending audio in whole 256-sample chunks (the rest carried to the next take) and
+        the arrival time of each chunk."""
+        with self.lock:
+            parts, times = [], []
+            if len(self.carry):
+                parts.append(self.carry)
+                times.append(np.full(len(self.carry), self.carry_t))
+            n = len(self.carry)
+            while self.pending and (max_samples is None or n < max_samples):
+                t, a = self.pending.popleft()
+                self.pending_samples -= len(a)
+                parts.append(a)
+                times.append(np.full(len(a), t))
+                n += len(a)
+        if not parts:
+            return np.zeros(0, np.int16), np.zeros(0)
+        cat = np.concatenate(parts)
+        tt = np.concatenate(times)
+        k = len(cat) // CHUNK * CHUNK
+        self.carry = cat[k:].copy()
+        self.carry_t = float(tt[k]) if k < len(cat) else 0.0
+        return cat[:k], tt[:k:CHUNK]
+
+    def memory_bytes(self) -> int:
+        with self.lock:
+            pend = self.pending_samples * 2 + len(self.pending) * 64
+        return 2048 + pend + self.carry.nbytes + self.vad.nbytes() + self.speech.nbytes()
+
+
+# ----------------------------------------------------------------------------- core
+class _Core:
+    """Synchronous processing shared by the worker thread, embed_pcm and the benchmarks."""
+
+    def __init__(self, cfg: EngineConfig, encoder: Encoder, vad: SileroVad, cal: Calibration):
+        self.cfg = cfg
+        self.encoder = encoder
+        self.vad = vad
+        self.cal = cal
+        self.window_samples = int(round(cfg.window_s * SAMPLE_RATE)) // CHUNK * CHUNK
+        self.audio_s = 0.0
+        self.speech_s = 0.0
+
+    # -- encoder ---------------------------------------------------------------------
+    def run_jobs(self, jobs: list[_Job]) -> None:
+        todo = [j for j in jobs if len(j.audio) >= self.encoder.min_samples]
+        if todo:
+            vecs = self.encoder.embed([j.audio for j in todo], max_batch=self.cfg.max_batch)
+            for j, v in zip(todo, vecs):
+                j.result = v
+                self.speech_s += len(j.audio) / SAMPLE_RATE
+        for j in jobs:
+            if j.window is not None:
+                j.window.vector = j.result
+
+    def combine(self, windows: list[_Window], partial: np.ndarray | None, partial_ms: int,
+                total_ms: int) -> Embedding | None:
+        vecs, ws = [], []
+        for w in windows:
+            if w.vector is not None:
+                vecs.append(w.vector)
+                ws.append(max(w.speech_ms, 1))
+        if partial is not None and (not vecs or partial_ms >= MIN_PARTIAL_S * 1000):
+            vecs.append(partial)
+            ws.append(max(partial_ms, 1))
+        if not vecs:
+            return None
+        v = np.average(np.stack(vecs), axis=0, weights=np.asarray(ws, np.float64))
+        v = (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
+        return Embedding(vector=v, speech_ms=int(total_ms), model=self.encoder.model)
+
+    def _speaker_change(self, st: _State, new: _Window) -> None:
+        earlier = [w for w in st.speech.windows if w is not new and w.vector is not None]
+        if new.vector is None or not earlier:
+            return
+        ref = np.average(np.stack([w.vector for w in earlier]), axis=0,
+                         weights=[max(w.speech_ms, 1) for w in earlier])
+        ref /= max(np.linalg.norm(ref), 1e-12)
+        llr = float(self.cal.llr(float(ref @ new.vector)))
+        if st.min_scd is None or llr < st.min_scd:
+            st.min_scd = llr
+            nllr = llr / math.sqrt(max(new.speech_ms, 1) / 1000.0)
+            st.change = SpeakerChange(user_changed=llr < self.cfg.scd_threshold,
+                                      scd_llr=round(llr, 4), scd_nllr=round(nllr, 4))
+
+    # -- VAD + windows ---------------------------------------------------------------
+    def process(self, states: list[_State], max_samples: int | None, now: float | None = None,
+                milestones: bool = True) -> list[tuple[_State, SessionEvent]]:
+        """One pass: VAD over pending audio of `states`, embed full windows and milestones.
+        Returns the events to deliver, in order."""
+        now = time.monotonic() if now is None else now
+        takes = [st.take(max_samples) for st in states]
+        active = [(st, a, t) for st, (a, t) in zip(states, takes) if len(a)]
+        if not active:
+            return []
+        results = self.vad.process_many([st.vad for st, _, _ in active],
+                                        [a for _, a, _ in active])
+        jobs: list[_Job] = []
+        full_by_state: list[tuple[_State, _Window]] = []
+        reqs: list[tuple[_State, _MilestoneReq]] = []
+        grew: set[int] = set()
+        for (st, audio, times), decisions in zip(active, results):
+            st.audio_ms += len(audio) * 1000 // SAMPLE_RATE
+            self.audio_s += len(audio) / SAMPLE_RATE
+            for idx, pieces, is_speech in decisions:
+                for piece in pieces:
+                    for w, wa in st.speech.add(piece):
+                        jobs.append(_Job(wa, window=w))
+                        full_by_state.append((st, w))
+                if is_speech:
+                    st.speech.speech_ms += CHUNK_MS
+                    st.speech.buf_speech_ms += CHUNK_MS
+                    grew.add(id(st))
+                    if milestones:
+                        kind, at = st.next_milestone()
+                        if st.speech.speech_ms >= at:
+                            st.milestone_idx += 1
+                            part = st.speech.partial(PARTIAL_QUANTUM)
+                            pj = _Job(part) if len(part) else None
+                            if pj is not None:
+                                jobs.append(pj)
+                            reqs.append((st, _MilestoneReq(
+                                kind, len(st.speech.windows), pj, st.speech.buf_speech_ms,
+                                st.speech.speech_ms, float(times[idx]))))
+        self.run_jobs(jobs)
+        for st, w in full_by_state:
+            self._speaker_change(st, w)
+        events: list[tuple[_State, SessionEvent]] = []
+        done = time.monotonic()
+        with_ms = {id(st) for st, _ in reqs}
+        for st, _, _ in active:
+            if id(st) in grew and (id(st) in with_ms or now - st.last_progress_t >= PROGRESS_EVERY_S):
+                st.last_progress_t = now
+                st.last_progress_ms = st.speech.speech_ms
+                events.append((st, SpeechProgress(st.dialog_id, st.speech.speech_ms)))
+        for st, r in reqs:
+            emb = self.combine(st.speech.windows[: r.n_windows],
+                               r.partial.result if r.partial is not None else None,
+                               r.partial_ms, r.speech_ms)
+            if emb is None:
+                continue
+            events.append((st, Milestone(st.dialog_id, r.kind, emb, st.change,
+                                         delayed=(done - r.arrived) > DELAY_S)))
+        return events
+
+    def session_embedding(self, st: _State) -> Embedding | None:
+        """Whole-session embedding from the (already flushed) state."""
+        part = st.speech.partial()
+        job = _Job(part) if len(part) else None
+        if job is not None:
+            self.run_jobs([job])
+        if st.speech.speech_ms <= 0:
+            return None
+        return self.combine(st.speech.windows, job.result if job else None,
+                            st.speech.buf_speech_ms, st.speech.speech_ms)
+
+    def embed_many(self, pcms: list[np.ndarray]) -> list[Embedding | None]:
+        """Whole files (int16 8 kHz) through the session path, batched across files."""
+        states = []
+        for p in pcms:
+            st = _State("", SpeechLimits(), None, self.window_samples)
+            st.pending.append((0.0, np.asarray(p, np.int16)))
+            st.pending_samples = len(p)
+            states.append(st)
+        self.process(states, None, milestones=False)
+        # the < 256-sample tail is not a whole VAD chunk: ignored, as in a live session
+        parts = [st.speech.partial() for st in states]
+        jobs = [_Job(p) if len(p) else None for p in parts]
+        self.run_jobs([j for j in jobs if j is not None])
+        out = []
+        for st, j in zip(states, jobs):
+            if st.speech.speech_ms <= 0:
+                out.append(None)
+                continue
+            out.append(self.combine(st.speech.windows, j.result if j else None,
+                                    st.speech.buf_speech_ms, st.speech.speech_ms))
+        return out
+
+
+# ----------------------------------------------------------------------------- public
+class EngineSession:
+    """One dialog. push() from the event loop; results arrive through on_event."""
+
+    def __init__(self, engine: "Engine", state: _State):
+        self._engine = engine
+        self._st = state
+        self.dialog_id = state.dialog_id
+
+    @property
+    def speech_ms(self) -> int:
+        return self._st.speech.speech_ms
+
+    @property
+    def speaker_change(self) -> SpeakerChange:
+        return self._st.change
+
+    def push(self, channel: Channel, pcm: np.ndarray) -> None:
+        """Queue int16 8 kHz audio. Cheap and never raises."""
+        try:
+            st = self._st
+            if st.closed:
+                return
+            a = coerce_frame(pcm)
+            if not len(a):
+                return
+            if channel != "customer":
+                # agent audio is never embedded into the customer voice
+                st.agent_ms += len(a) * 1000 // SAMPLE_RATE
+                return
+            self._engine._enqueue(st, a)
+        except Exception:  # noqa: BLE001 - push must never raise into the gateway
+            log.exception("push failed for dialog %s", self.dialog_id)
+
+    async def embedding(self) -> Embedding | None:
+        return await self._engine._call(self._engine._flush_embedding, self._st)
+
+    async def close(self) -> None:
+        if self._st.closed:
+            return
+        await self._engine._call(self._engine._close_state, self._st)
+
+    def memory_bytes(self) -> int:
+        return self._st.memory_bytes()
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig, core: _Core, info: ModelInfo):
+        self.cfg = cfg
+        self._core = core
+        self.info = info
+        self.ready = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._states: dict[int, _State] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._calls: deque = deque()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._overloaded = False
+        self._dropped_ms = 0
+        self._last_error: str | None = None
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def load(cls, cfg: EngineConfig | None = None) -> "Engine":
+        cfg = cfg or EngineConfig()
+        _limit_threads(cfg.threads)
+        encoder = load_encoder(cfg.encoder, cfg.model_dir, runtime=cfg.runtime, threads=cfg.threads)
+        vad = SileroVad(model_path(cfg.model_dir, "silero_vad"), threads=1,
+                        threshold=cfg.vad_threshold, pad_chunks=cfg.vad_pad_ms // CHUNK_MS)
+        cal = Calibration.load(cfg.encoder)
+        info = ModelInfo(model=encoder.model, extractor_version=encoder.extractor_version,
+                         method="cosine+linear-calibration", plda_version=cal.id,
+                         sw_version=_version(), dim=encoder.dim)
+        return cls(cfg, _Core(cfg, encoder, vad, cal), info)
+
+    @property
+    def calibration(self) -> Calibration:
+        return self._core.cal
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="vbgw-engine", daemon=True)
+        self._thread.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        self._stop = True
+        self._wake.set()
+        t, self._thread = self._thread, None
+        if t is not None:
+            await asyncio.get_running_loop().run_in_executor(None, t.join, 10.0)
+
+    # -- sessions --------------------------------------------------------------------
+    def open_session(self, dialog_id: str, limits: SpeechLimits,
+                     on_event: Callable[[SessionEvent], None]) -> EngineSession:
+        st = _State(dialog_id, limits, on_event, self._core.window_samples)
+        with self._lock:
+            self._states[id(st)] = st
+        return EngineSession(self, st)
+
+    def _enqueue(self, st: _State, a: np.ndarray) -> None:
+        cap = int(self.cfg.max_pending_s * SAMPLE_RATE)
+        with st.lock:
+            st.pending.append((time.monotonic(), a))
+            st.pending_samples += len(a)
+            while st.pending_samples > cap and len(st.pending) > 1:
+                _, old = st.pending.popleft()
+                st.pending_samples -= len(old)
+                st.dropped_ms += len(old) * 1000 // SAMPLE_RATE
+                self._dropped_ms += len(old) * 1000 // SAMPLE_RATE
+                self._overloaded = True
+        self._wake.set()
+
+    # -- one-shot --------------------------------------------------------------------
+    async def embed_pcm(self, pcm: np.ndarray) -> Embedding | None:
+        """Embed a whole file (int16 mono 8 kHz). None when there is no speech."""
+        pcm = check_pcm(pcm)
+        if not len(pcm):
+            return None
+        return await self._call(lambda: self._core.embed_many([pcm])[0])
+
+    def embed_many_sync(self, pcms: list[np.ndarray]) -> list[Embedding | None]:
+        """Batch form of embed_pcm for scripts (calibration, benchmarks); not thread-safe
+        with a running worker."""
+        return self._core.embed_many([check_pcm(p) for p in pcms])
+
+    # -- scoring ---------------------------------------------------------------------
+    def score(self, embedding: Embedding, voiceprint: np.ndarray) -> Score:
+        vp = np.asarray(voiceprint, dtype=np.float32).reshape(-1)
+        if vp.shape[0] != embedding.vector.shape[0]:
+            raise EngineError(f"voiceprint has dim {vp.shape[0]}, model {self.info.model} "
+                              f"has {embedding.vector.shape[0]}")
+        n = float(np.linalg.norm(vp))
+        if not math.isfinite(n) or n == 0:
+            raise EngineError("voiceprint is zero or not finite")
+        cos = float(np.clip(embedding.vector @ vp / n, -1.0, 1.0))
+        llr = float(self._core.cal.llr(cos))
+        secs = max(embedding.speech_ms, 1) / 1000.0
+        return Score(cosine=cos, llr=llr, llr_norm=llr / math.sqrt(secs), bio_score=sigmoid(llr))
+
+    def classify(self, llr: float, targets: BandTargets) -> str:
+        return self._core.cal.classify(llr, targets)
+
+    def thresholds(self, targets: BandTargets) -> dict[str, float]:
+        return self._core.cal.thresholds(targets)
+
+    def merge(self, voiceprint: np.ndarray, voiceprint_speech_ms: int, new: Embedding) -> Embedding:
+        vp = np.asarray(voiceprint, dtype=np.float64).reshape(-1)
+        vp = vp / max(np.linalg.norm(vp), 1e-12)
+        a, b = max(int(voiceprint_speech_ms), 0), max(int(new.speech_ms), 0)
+        if a + b == 0:
+            a = b = 1
+        v = (vp * a + new.vector.astype(np.float64) * b) / (a + b)
+        v = (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
+        return Embedding(vector=v, speech_ms=int(voiceprint_speech_ms) + int(new.speech_ms),
+                         model=new.model)
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            states = list(self._states.values())
+        depth = sum(st.pending_samples for st in states)
+        backlog_s = depth / SAMPLE_RATE
+        overloaded = backlog_s > self.cfg.max_backlog_s or self._overloaded
+        return EngineStats(sessions=len(states), queue_depth=depth,
+                           audio_seconds=round(self._core.audio_s, 3),
+                           speech_seconds=round(self._core.speech_s, 3),
+                           overloaded=overloaded,
+                           extra={"backlog_s": round(backlog_s, 3),
+                                  "dropped_audio_s": self._dropped_ms / 1000.0,
+                                  "encoder": self.info.extractor_version,
+                                  "last_error": self._last_error})
+
+    # -- worker ----------------------------------------------------------------------
+    async def _call(self, fn, *args):
+        """Run fn(*args) on the worker thread (after its current iteration)."""
+        if self._thread is None:
+            raise EngineError("engine not started")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(res, exc):
+            if not fut.done():
+                fut.set_exception(exc) if exc is not None else fut.set_result(res)
+
+        self._calls.append((fn, args, loop, done))
+        self._wake.set()
+        return await fut
+
+    def _flush_embedding(self, st: _State) -> Embedding | None:
+        self._emit(self._core.process([st], None))
+        return self._core.session_embedding(st)
+
+    def _close_state(self, st: _State) -> None:
+        self._emit(self._core.process([st], None))
+        st.closed = True
+        with self._lock:
+            self._states.pop(id(st), None)
+        st.pending.clear()
+        st.speech = _Speech(1)
+
+    def _emit(self, events: list[tuple[_State, SessionEvent]]) -> None:
+        loop = self._loop
+        for st, ev in events:
+            if loop is not None and st.on_event is not None:
+                loop.call_soon_threadsafe(self._deliver, st, ev)
+
+    @staticmethod
+    def _deliver(st: _State, ev: SessionEvent) -> None:
+        if st.closed:
+            return
+        try:
+            st.on_event(ev)
+        except Exception:  # noqa: BLE001
+            log.exception("on_event callback failed for dialog %s", st.dialog_id)
+
+    def _run(self) -> None:
+        cap = int(ITER_CAP_S * SAMPLE_RATE)
+        while not self._stop:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            try:
+                while self._calls:
+                    fn, args, loop, done = self._calls.popleft()
+                    try:
+                        res, exc = fn(*args), None
+                    except Exception as e:  # noqa: BLE001
+                        res, exc = None, e
+                    loop.call_soon_threadsafe(done, res, exc)
+                with self._lock:
+                    states = [s for s in self._states.values() if s.pending_samples >= CHUNK]
+                if states:
+                    backlog = sum(s.pending_samples for s in states) / SAMPLE_RATE
+                    self._overloaded = backlog > self.cfg.max_backlog_s
+                    self._emit(self._core.process(states, cap))
+                    if any(s.pending_samples >= CHUNK for s in states):
+                        self._wake.set()
+            except Exception as e:  # noqa: BLE001 - keep the worker alive
+                self._last_error = f"{type(e).__name__}: {e}"
+                log.exception("engine worker iteration failed")
+        # fail pending calls on stop
+        while self._calls:
+            fn, args, loop, done = self._calls.popleft()
+            loop.call_soon_threadsafe(done, None, EngineError("engine stopped"))
+
+
+def _limit_threads(n: int) -> None:
+    """Cap BLAS threads (numpy is used for fbank and small matmuls in the worker)."""
+    try:
+        from threadpoolctl import threadpool_limits  # optional
+        threadpool_limits(n)
+    except Exception:  # noqa: BLE001
+        pass
