@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 
 import ssl
 from importlib.metadata import PackageNotFoundError, version
@@ -106,8 +107,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         core.dialogs.start()
         log.info("gateway_started", model=eng.info.model, extractor=eng.info.extractor_version)
         yield
-        # Graceful shutdown: streams already open get the grace period to finish.
-        await core.dialogs.wait_streams_done(settings.server.shutdown_grace_s)
         for ws in list(app[OPEN_SOCKETS]):
             await ws.close(code=1001, message=b"server shutting down")
         await core.dialogs.close()
@@ -131,12 +130,30 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def serve(settings: Settings) -> None:
+async def _serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully: stop listening, let the open
+    streams finish for up to server.shutdown_grace_s, then close what is left. (aiohttp's
+    own shutdown stops reading upgraded WebSockets at once, so it cannot do the middle step.)"""
     app = create_app(settings)
-    web.run_app(app, host=settings.server.host, port=settings.server.port, ssl_context=ssl_context(settings),
-                access_log=None, print=lambda *_: None,
-                shutdown_timeout=settings.server.shutdown_grace_s + 5,
-                handle_signals=True)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context(settings))
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutdown_started", open_streams=app[CORE].dialogs.live())
+        await site.stop()
+        await app[CORE].dialogs.wait_streams_done(settings.server.shutdown_grace_s)
+    finally:
+        await runner.cleanup()
+
+
+def serve(settings: Settings) -> None:
+    asyncio.run(_serve(settings))
 
 
 __all__ = ["create_app", "serve"]
