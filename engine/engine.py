@@ -292,7 +292,7 @@ class _Core:
             if emb is None:
                 continue
             events.append((st, Milestone(st.dialog_id, r.kind, emb, st.change,
-                                         delayed=(done - r.arrived) > DELAY_S)))
+                                         delayed=(done - r.arrived) > DELAY_S, arrived=r.arrived)))
         return events
 
     def session_embedding(self, st: _State) -> Embedding | None:

@@ -122,6 +122,7 @@ class Milestone:
     embedding: Embedding
     speaker_change: SpeakerChange
     delayed: bool = False    # computed late because the worker was overloaded
+    arrived: float | None = None  # time.monotonic() when the audio that reached it arrived
 
 
 SessionEvent = SpeechProgress | Milestone

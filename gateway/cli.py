@@ -172,9 +172,20 @@ def _add_bench(sub) -> None:
     st.set_defaults(fn=stream_bench.main)
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in argv (skipping the root --config option)."""
+    it = iter(argv)
+    for a in it:
+        if a == "--config":
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(include_bench="bench" in argv)
+    parser = build_parser(include_bench=_command(argv) == "bench")
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args) or 0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -52,8 +51,6 @@ class Dialog:
         self.targets: list[str] = []          # users of the push verification
         self.last_results: list[dict] | None = None
         self.log = log.bind(dialog_id=dialog_id)
-        # (customer samples received, monotonic time) to measure result delays
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
         self._tasks: set[asyncio.Task] = set()
         self.engine_session = core.engine.open_session(dialog_id, limits_for(profile), self._on_engine_event)
         self.publish_status(CALL_OPENED)
@@ -63,7 +60,6 @@ class Dialog:
         self.frames += 1
         if frame.channel == "customer":
             self.samples_in += len(frame.samples)
-            self._arrivals.append((self.samples_in, time.monotonic()))
         self.engine_session.push(frame.channel, frame.samples)
         self.core.metrics.inc("vbgw_frames_total")
 
@@ -101,26 +97,18 @@ class Dialog:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def arrival_time(self, samples: int) -> float | None:
-        """When the customer audio up to `samples` had arrived (for delay metrics)."""
-        for n, t in self._arrivals:
-            if n >= samples:
-                return t
-        return None
-
     async def _score_milestone(self, m: Milestone) -> None:
         try:
-            if m.kind == "NORMAL":
-                pos = getattr(m, "audio_samples", None)
-                t0 = self.arrival_time(pos) if pos else None
-                if t0 is not None:
-                    self.core.metrics.observe("vbgw_normal_result_delay_seconds", time.monotonic() - t0)
             if not self.targets or self.profile is None:
                 return
             results = await self.core.score_users(self, m.embedding, self.targets, m.speaker_change,
                                                   result_type=m.kind, delayed=m.delayed)
             self.last_results = results
             self.core.bus.publish(self.key, "verification", {"result_type": m.kind, "results": results})
+            self.core.metrics.inc("vbgw_results_total", type=m.kind, result=results[0]["bio_result"])
+            if m.arrived is not None:
+                # From the moment enough speech had arrived to the result leaving for its clients.
+                self.core.metrics.observe(f"vbgw_{m.kind.lower()}_result_delay_seconds", time.monotonic() - m.arrived)
             if m.kind == "NORMAL":
                 await self.core.emit_verification_event(self, results[0], m.embedding, m.speaker_change)
         except Exception:

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 
 class Histogram:
-    BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+    BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
     def __init__(self):
         self.counts = [0] * (len(self.BUCKETS) + 1)

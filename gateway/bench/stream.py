@@ -194,9 +194,14 @@ def _p95_from_metrics(text: str, name: str) -> float | None:
             count = float(line.rsplit(" ", 1)[1])
     if not count:
         return None
+    target, prev_le, prev_c = 0.95 * count, 0.0, 0.0
     for le, c in buckets:
-        if c >= 0.95 * count:
-            return le
+        if c >= target:
+            if le == float("inf"):
+                return prev_le
+            # linear interpolation inside the bucket, as Prometheus' histogram_quantile does
+            return prev_le + (le - prev_le) * (target - prev_c) / max(c - prev_c, 1e-9)
+        prev_le, prev_c = le, c
     return None
 
 
@@ -223,7 +228,8 @@ async def amain(args) -> int:
         for n in levels:
             res = await run_level(n, args, url, ws_url, pat, calls, server)
             text = res.pop("metrics_text")
-            res["normal_delay_p95_s_bucket"] = _p95_from_metrics(text, "vbgw_normal_result_delay_seconds")
+            p95 = _p95_from_metrics(text, "vbgw_normal_result_delay_seconds")
+            res["normal_result_delay_p95_s"] = round(p95, 3) if p95 is not None else None
             print(json.dumps(res), flush=True)
             if not res["backlog_grew"]:
                 best = n
