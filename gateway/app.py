@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway.api import ocp, sse, system
+from gateway.api import audiohook, ocp, sse, system
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
 from gateway.config import Settings
@@ -26,7 +26,7 @@ from gateway.openapi import build_openapi
 from gateway.store.sqlite import SqliteRepository
 
 log = structlog.get_logger(__name__)
-ROUTE_TABLES = (ocp.routes, sse.routes, system.routes)
+ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes)
 
 
 def sw_version() -> str:

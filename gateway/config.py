@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from connectors.audiohook import AudioHookConfig
 from engine.config import EngineConfig
 from gateway.events import EventsConfig
 
@@ -89,6 +90,7 @@ class Settings(_Section):
     engine: EngineConfig = EngineConfig()
     events: EventsConfig = EventsConfig()
     logging: LoggingConfig = LoggingConfig()
+    audiohook: AudioHookConfig = AudioHookConfig()
 
     @property
     def data_dir(self) -> Path:

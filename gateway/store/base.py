@@ -154,6 +154,19 @@ class Voiceprint:
     created_ms: int
 
 
+@dataclass(frozen=True)
+class AudioHookOrg:
+    """A Genesys organisation allowed to stream over AudioHook. The API key is stored only as
+    its SHA-256; the client secret (needed as the HMAC key) only encrypted (see
+    gateway/audiohook_orgs.py)."""
+    org_id: str                   # Genesys organisation UUID, lower-case
+    tenant_id: str
+    profile_id: str | None        # default VB profile for its calls (customConfig may override)
+    api_key_hash: str
+    secret_enc: str | None        # None: unsigned requests are accepted for this org
+    created_ms: int
+
+
 @dataclass
 class EnrolmentWrite:
     """Everything one enrolment commits atomically."""
@@ -240,3 +253,12 @@ class Repository(abc.ABC):
     async def mark_re_enroll(self, profile_id: str, keep_model: str, keep_extractor: str) -> int: ...
     @abc.abstractmethod
     async def next_verification_id(self) -> int: ...
+
+    # Genesys AudioHook organisations
+    @abc.abstractmethod
+    async def save_audiohook_org(self, org: AudioHookOrg, replace: bool = False) -> None:
+        """Insert (Conflict if the org exists and not replace) or replace an organisation."""
+    @abc.abstractmethod
+    async def audiohook_org_by_key(self, api_key_hash: str) -> AudioHookOrg | None: ...
+    @abc.abstractmethod
+    async def get_audiohook_org(self, org_id: str) -> AudioHookOrg | None: ...

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gateway.store.base import (
-    Conflict, EnrolmentWrite, Group, OptedOutError, Pat, Profile, ProfileSettings, Repository,
+    AudioHookOrg, Conflict, EnrolmentWrite, Group, OptedOutError, Pat, Profile, ProfileSettings, Repository,
     SessionRecord, StoredBiokey, Tenant, User, Voiceprint,
 )
 
@@ -50,6 +50,11 @@ MIGRATIONS: list[str] = [
         user_row INTEGER NOT NULL REFERENCES users(row_id) ON DELETE CASCADE,
         path TEXT NOT NULL, created_ms INTEGER NOT NULL);
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
+    # 2: Genesys AudioHook organisations (API key hashed, client secret encrypted).
+    """
+    CREATE TABLE audiohook_orgs (org_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        profile_id TEXT, api_key_hash TEXT NOT NULL UNIQUE, secret_enc TEXT, created_ms INTEGER NOT NULL);
     """,
 ]
 
@@ -357,3 +362,30 @@ class SqliteRepository(Repository):
                       " DO UPDATE SET value=value+1")
             return c.execute("SELECT value FROM counters WHERE name='verification'").fetchone()[0]
         return await self._tx(fn)
+
+    # -- Genesys AudioHook organisations -----------------------------------------------------
+    @staticmethod
+    def _audiohook_org(row) -> AudioHookOrg:
+        return AudioHookOrg(row["org_id"], row["tenant_id"], row["profile_id"], row["api_key_hash"],
+                            row["secret_enc"], row["created_ms"])
+
+    async def save_audiohook_org(self, org: AudioHookOrg, replace: bool = False) -> None:
+        def fn(c):
+            if not replace and c.execute("SELECT 1 FROM audiohook_orgs WHERE org_id=?", (org.org_id,)).fetchone():
+                raise Conflict(f"AudioHook organization {org.org_id} already exists (use --rotate to replace "
+                               "its credentials)")
+            c.execute("INSERT OR REPLACE INTO audiohook_orgs VALUES (?,?,?,?,?,?)",
+                      (org.org_id, org.tenant_id, org.profile_id, org.api_key_hash, org.secret_enc, org.created_ms))
+        await self._tx(fn)
+
+    async def audiohook_org_by_key(self, api_key_hash: str) -> AudioHookOrg | None:
+        def fn(c):
+            row = c.execute("SELECT * FROM audiohook_orgs WHERE api_key_hash=?", (api_key_hash,)).fetchone()
+            return self._audiohook_org(row) if row else None
+        return await self._run(fn)
+
+    async def get_audiohook_org(self, org_id: str) -> AudioHookOrg | None:
+        def fn(c):
+            row = c.execute("SELECT * FROM audiohook_orgs WHERE org_id=?", (org_id,)).fetchone()
+            return self._audiohook_org(row) if row else None
+        return await self._run(fn)

@@ -1,0 +1,633 @@
+"""Genesys Cloud AudioHook Monitor (protocol version 2), server side.
+
+`AudioHookSession` is the pure protocol state machine: JSON text messages and binary audio in,
+server messages and normalised `Frame`s out. `serve()` is the socket loop that runs it against a
+`SessionHandler` (the gateway's binding to a dialog). Nothing here imports the engine or a
+surface. Protocol notes: docs/genesys-audiohook.md and the protocol brief.
+
+States: PREPARING -> (open/opened) ACTIVE <-> PAUSED -> (close) CLOSING -> (closed) CLOSED.
+A protocol violation sends `disconnect {reason: error}` and moves to ERROR: further audio is
+dropped, nothing more is signalled, and a later `close` is still answered with `closed`."""
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Protocol
+
+import numpy as np
+import structlog
+from aiohttp import WSMsgType, web
+from pydantic import (
+    BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, field_validator,
+)
+
+
+from connectors.base import SAMPLE_RATE, Channel, ConnectorError, Frame
+from connectors.codecs import decode
+
+log = structlog.get_logger(__name__)
+
+PROTOCOL_VERSION = "2"
+NULL_UUID = "00000000-0000-0000-0000-000000000000"
+MAX_MESSAGE_CHARS = 65535            # both directions (reference client and server)
+MAX_INFO_CHARS = 1024
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+DURATION_PATTERN = r"^PT(?:\d*\.)?\d+S$"
+LANGUAGE_PATTERN = r"^[a-z]{2,3}-[A-Za-z]{2,3}$"
+Uuid = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
+Language = Annotated[str, StringConstraints(pattern=LANGUAGE_PATTERN)]
+_UUID_RE = re.compile(UUID_PATTERN)
+
+# Call statuses this connector reports (the gateway publishes them on the dialog; meanings in
+# docs/genesys-audiohook.md). ERR_CODE_01..06 are ours: Genesys defines no such codes.
+ERR_UNAUTHORIZED = "ERR_CODE_01"      # open.organizationId is not the API key's organisation
+ERR_PROTOCOL = "ERR_CODE_02"          # protocol violation by the client
+ERR_MEDIA = "ERR_CODE_03"             # no usable media offered
+ERR_MISSED_PINGS = "ERR_CODE_04"      # the client stopped pinging
+ERR_CLIENT = "ERR_CODE_05"            # the client reported an error / closed with reason error
+ERR_DROPPED = "ERR_CODE_06"           # socket dropped without a close transaction
+SYSTEM_ERROR = "SYSTEM_ERROR"
+
+
+class AudioHookConfig(BaseModel):
+    """The `[audiohook]` section of the configuration (documented in config/default.toml)."""
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    path: str = "/audiohook/ws"
+    clock_skew_s: int = Field(3, ge=0, le=300)
+    max_signature_age_s: int = Field(10, ge=1, le=3600)
+    min_nonce_length: int = Field(22, ge=8, le=256)
+    nonce_cache_size: int = Field(100_000, ge=100)
+    signature_failure_delay_s: float = Field(0.5, ge=0, le=10)
+    max_frame_bytes: int = Field(65536, ge=320, le=1 << 20)
+    open_timeout_s: float = Field(10.0, gt=0)
+    ping_timeout_s: float = Field(30.0, ge=0)
+    close_timeout_s: float = Field(5.0, gt=0, le=9)
+    linger_s: float = Field(5.0, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in "?#{} "):
+            raise ValueError("path must start with / and contain no query, fragment, braces or spaces")
+        return v
+
+
+# -- durations --------------------------------------------------------------------------------
+
+def parse_duration(text: str) -> float:
+    return float(text[2:-1])
+
+
+def format_duration(seconds: float) -> str:
+    s = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return f"PT{s or '0'}S"
+
+
+def duration_samples(text: str) -> int:
+    return int(round(parse_duration(text) * SAMPLE_RATE))
+
+
+# -- message models -----------------------------------------------------------------------------
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ClientEnvelope(_Model):
+    """Every client message: `{version, id, type, seq, serverseq, position, parameters}`."""
+    version: Literal["2"]
+    id: Uuid
+    type: str
+    seq: StrictInt = Field(ge=1)
+    serverseq: StrictInt = Field(ge=0)
+    position: Duration
+    parameters: dict[str, Any]
+
+
+class MediaOffer(_Model):
+    type: Literal["audio"]
+    format: Literal["PCMU", "L16"]
+    channels: list[Literal["external", "internal"]] = Field(min_length=1, max_length=2)
+    rate: Literal[8000]
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("channels must be distinct")
+        return v
+
+
+class Participant(_Model):
+    id: Uuid
+    ani: str = Field("", max_length=256)
+    aniName: str = Field("", max_length=256)
+    dnis: str = Field("", max_length=256)
+
+
+class OpenParameters(_Model):
+    organizationId: Uuid
+    conversationId: Uuid
+    participant: Participant
+    media: list[dict[str, Any]] = Field(max_length=32)
+    language: Language | None = None
+    supportedLanguages: StrictBool | None = None
+    customConfig: dict[str, Any] | None = None
+
+
+class CloseParameters(_Model):
+    reason: Literal["end", "error", "disconnect", "reconnect"] = "end"
+
+
+class PingParameters(_Model):
+    rtt: Duration | None = None
+
+
+class UpdateParameters(_Model):
+    language: Language | None = None
+
+
+class EmptyParameters(_Model):
+    pass
+
+
+class DiscardParameters(_Model):
+    """`resumed` and `discarded`: where the gap starts and how long it is."""
+    start: Duration
+    discarded: Duration
+
+
+class ErrorParameters(_Model):
+    code: StrictInt = Field(ge=400, le=9999)
+    message: str = Field(max_length=4096)
+    retryAfter: Duration | None = None
+
+
+CLIENT_PARAMETERS: dict[str, type[BaseModel]] = {
+    "open": OpenParameters, "close": CloseParameters, "ping": PingParameters, "update": UpdateParameters,
+    "paused": EmptyParameters, "resumed": DiscardParameters, "discarded": DiscardParameters,
+    "error": ErrorParameters,
+}
+
+
+class ServerEnvelope(BaseModel):
+    """Every server message: `{version, id, type, seq, clientseq, parameters}` (no position)."""
+    model_config = ConfigDict(extra="forbid")
+    version: Literal["2"] = PROTOCOL_VERSION
+    id: Uuid
+    type: Literal["opened", "closed", "pong", "pause", "resume", "disconnect", "updated", "event", "reconnect"]
+    seq: int = Field(ge=1)
+    clientseq: int = Field(ge=0)
+    parameters: dict[str, Any]
+
+
+class OpenedParameters(BaseModel):
+    media: list[dict[str, Any]] = Field(max_length=1)
+    startPaused: bool = False
+    supportedLanguages: list[str] | None = None
+
+
+class DisconnectParameters(BaseModel):
+    reason: Literal["completed", "unauthorized", "error"]
+    info: str | None = Field(None, max_length=MAX_INFO_CHARS)
+
+
+# -- errors and events --------------------------------------------------------------------------
+
+class AudioHookError(ConnectorError):
+    """A reason to end the session with `disconnect`. `status` is the call status to publish;
+    `reason` the disconnect reason; the message goes to the client as `info`."""
+
+    def __init__(self, code: str, message: str, status: str = ERR_PROTOCOL,
+                 reason: Literal["error", "unauthorized", "completed"] = "error"):
+        super().__init__(code, message, 1008)
+        self.status = status
+        self.reason = reason
+
+
+def _protocol_error(code: str, message: str) -> AudioHookError:
+    return AudioHookError(code, "Client Error: " + message)
+
+
+class State(enum.Enum):
+    PREPARING = "PREPARING"
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+    ERROR = "SIGNALED-ERROR"
+
+
+@dataclass
+class OpenRequest:
+    params: OpenParameters
+    offer: dict[str, Any] | None         # the chosen offer, exactly as received
+    media: MediaOffer | None
+    probe: bool
+    problem: AudioHookError | None = None
+
+
+@dataclass
+class CloseRequest:
+    reason: str
+
+
+@dataclass
+class ClientEvent:
+    """Something the gateway may want to know: pause, resume, discard, update, client error."""
+    type: str
+    params: BaseModel
+    position: int
+
+
+@dataclass
+class Outcome:
+    replies: list[str] = field(default_factory=list)
+    event: OpenRequest | CloseRequest | ClientEvent | None = None
+
+
+_CHANNEL: dict[str, Channel] = {"external": "customer", "internal": "agent"}
+
+
+def choose_media(offers: list[dict[str, Any]]) -> tuple[dict[str, Any], MediaOffer] | None:
+    """Prefer stereo PCMU external+internal, then stereo L16, then mono external PCMU, then mono
+    external L16. Offers without the external (customer) channel are not usable for biometrics."""
+    valid: list[tuple[dict, MediaOffer]] = []
+    for raw in offers:
+        try:
+            valid.append((raw, MediaOffer.model_validate(raw)))
+        except ValidationError:
+            continue
+
+    def rank(m: MediaOffer) -> tuple[int, int, int] | None:
+        if "external" not in m.channels:
+            return None
+        return (0 if len(m.channels) == 2 else 1, 0 if m.format == "PCMU" else 1,
+                0 if m.channels[0] == "external" else 1)
+
+    ranked = [(r, i, raw, m) for i, (raw, m) in enumerate(valid) if (r := rank(m)) is not None]
+    if not ranked:
+        return None
+    _, _, raw, m = min(ranked, key=lambda t: (t[0], t[1]))
+    return raw, m
+
+
+class AudioHookSession:
+    """One AudioHook session (one WebSocket connection), as a pure state machine."""
+
+    def __init__(self, session_id: str, org_id: str, max_frame_bytes: int = 65536):
+        self.session_id = session_id
+        self.org_id = org_id.lower()
+        self.max_frame_bytes = max_frame_bytes
+        self.state = State.PREPARING
+        self.server_seq = 0
+        self.client_seq = 0
+        self.media: MediaOffer | None = None
+        self.conversation_id: str | None = None
+        self.probe = False
+        self.samples = 0                 # timeline, in samples per channel, incl. discarded audio
+        self.audio_bytes = 0
+        self.discarded_samples = 0
+        self.position_drift_max = 0      # largest |client position - our timeline|, in samples
+        self.language: str | None = None
+        self.last_ping = time.monotonic()
+        self.opened_at: float | None = None
+        self.pong_count = 0
+
+    # -- server messages ---------------------------------------------------------------------
+    def _message(self, type_: str, parameters: BaseModel | dict) -> str:
+        self.server_seq += 1
+        params = parameters if isinstance(parameters, dict) else parameters.model_dump(exclude_none=True)
+        env = ServerEnvelope(id=self.session_id, type=type_, seq=self.server_seq, clientseq=self.client_seq,
+                             parameters=params)
+        text = env.model_dump_json()
+        if len(text) > MAX_MESSAGE_CHARS:   # never reached with our own messages; guard anyway
+            raise AudioHookError("MESSAGE_TOO_LARGE", f"Server error: a {type_} message would exceed 64 KiB",
+                                 status=SYSTEM_ERROR)
+        return text
+
+    def disconnect(self, reason: Literal["completed", "unauthorized", "error"], info: str | None = None) -> str | None:
+        """The `disconnect` message, or None if one was already signalled or the session closed."""
+        if self.state in (State.ERROR, State.CLOSED, State.CLOSING):
+            return None
+        if info is not None and len(info) > MAX_INFO_CHARS:
+            info = info[: MAX_INFO_CHARS - 3] + "..."
+        self.state = State.ERROR if reason != "completed" else self.state
+        return self._message("disconnect", DisconnectParameters(reason=reason, info=info))
+
+    def closed(self) -> str:
+        self.state = State.CLOSED
+        return self._message("closed", {})
+
+    def pause(self) -> str:
+        return self._message("pause", {})
+
+    def resume(self) -> str:
+        return self._message("resume", {})
+
+    def accept(self, req: OpenRequest) -> str:
+        """The `opened` answer for an open request without a problem."""
+        self.media = req.media
+        self.state = State.ACTIVE
+        self.opened_at = self.last_ping = time.monotonic()
+        return self._message("opened", OpenedParameters(media=[req.offer] if req.offer is not None else [],
+                                                        startPaused=False))
+
+    # -- client messages ---------------------------------------------------------------------
+    def on_text(self, text: str) -> Outcome:
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise _protocol_error("MESSAGE_TOO_LARGE", f"text message of {len(text)} characters exceeds 65535")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise _protocol_error("MALFORMED_JSON", "message is not well-formed JSON") from None
+        if not isinstance(data, dict):
+            raise _protocol_error("INVALID_MESSAGE", "message is not a JSON object")
+        try:
+            env = ClientEnvelope.model_validate(data)
+        except ValidationError as exc:
+            raise _protocol_error("INVALID_MESSAGE", "Invalid Message: " + _first_error(exc)) from None
+        if env.id.lower() != self.session_id.lower():
+            raise _protocol_error("SESSION_ID_MISMATCH", "message id does not match Audiohook-Session-Id")
+        if env.seq != self.client_seq + 1:
+            raise _protocol_error("SEQ_GAP", f"expected seq={self.client_seq + 1}, got seq={env.seq}")
+        if env.serverseq > self.server_seq:
+            raise _protocol_error("SERVERSEQ_AHEAD", f"serverseq={env.serverseq} but the last server message "
+                                                     f"had seq={self.server_seq}")
+        self.client_seq = env.seq
+        model = CLIENT_PARAMETERS.get(env.type)
+        if model is None:
+            raise _protocol_error("UNKNOWN_TYPE", f"Invalid Message: unknown message type {env.type!r}")
+        try:
+            params = model.model_validate(env.parameters)
+        except ValidationError as exc:
+            raise _protocol_error("INVALID_PARAMETERS", f"Invalid Message: {env.type}: {_first_error(exc)}") from None
+        return getattr(self, "_on_" + env.type)(env, params)
+
+    def _check_position(self, env: ClientEnvelope) -> None:
+        drift = abs(duration_samples(env.position) - self.samples)
+        self.position_drift_max = max(self.position_drift_max, drift)
+
+    def _on_open(self, env: ClientEnvelope, p: OpenParameters) -> Outcome:
+        if self.state is not State.PREPARING:
+            log.info("audiohook_second_open_ignored", session_id=self.session_id)
+            return Outcome()
+        self.conversation_id = p.conversationId.lower()
+        self.probe = p.conversationId == NULL_UUID and p.participant.id == NULL_UUID
+        self.language = p.language
+        chosen = choose_media(p.media)
+        req = OpenRequest(p, chosen[0] if chosen else None, chosen[1] if chosen else None, self.probe)
+        if p.organizationId.lower() != self.org_id:
+            req.problem = AudioHookError("ORG_MISMATCH", "organizationId does not match the API key's organization",
+                                         status=ERR_UNAUTHORIZED, reason="unauthorized")
+        elif chosen is None and not self.probe:
+            req.problem = AudioHookError("UNSUPPORTED_MEDIA", "Client Error: no supported media offered (need "
+                                         "PCMU or L16 at 8000 Hz with the external channel)", status=ERR_MEDIA)
+        return Outcome(event=req)
+
+    def _on_ping(self, env: ClientEnvelope, p: PingParameters) -> Outcome:
+        self.last_ping = time.monotonic()
+        self.pong_count += 1
+        return Outcome(replies=[self._message("pong", {})])
+
+    def _on_close(self, env: ClientEnvelope, p: CloseParameters) -> Outcome:
+        if self.state in (State.CLOSING, State.CLOSED):
+            return Outcome()
+        self._check_position(env)
+        self.state = State.CLOSING
+        return Outcome(event=CloseRequest(p.reason))
+
+    def _require(self, env: ClientEnvelope, *states: State) -> bool:
+        if self.state is State.ERROR:
+            return False
+        if self.state not in states:
+            log.info("audiohook_unexpected_message", type=env.type, state=self.state.value,
+                     session_id=self.session_id)
+            return False
+        return True
+
+    def _on_update(self, env: ClientEnvelope, p: UpdateParameters) -> Outcome:
+        if p.language:
+            self.language = p.language
+        return Outcome(event=ClientEvent("update", p, self.samples))
+
+    def _on_paused(self, env: ClientEnvelope, p: EmptyParameters) -> Outcome:
+        if self._require(env, State.ACTIVE, State.PAUSED):
+            self.state = State.PAUSED
+        return Outcome(event=ClientEvent("paused", p, self.samples))
+
+    def _on_resumed(self, env: ClientEnvelope, p: DiscardParameters) -> Outcome:
+        if not self._require(env, State.PAUSED, State.ACTIVE):
+            return Outcome()
+        self.state = State.ACTIVE
+        return self._skip(env, p, "resumed")
+
+    def _on_discarded(self, env: ClientEnvelope, p: DiscardParameters) -> Outcome:
+        if not self._require(env, State.ACTIVE, State.PAUSED):
+            return Outcome()
+        return self._skip(env, p, "discarded")
+
+    def _skip(self, env: ClientEnvelope, p: DiscardParameters, type_: str) -> Outcome:
+        n = duration_samples(p.discarded)
+        self.samples += n
+        self.discarded_samples += n
+        self._check_position(env)
+        return Outcome(event=ClientEvent(type_, p, self.samples))
+
+    def _on_error(self, env: ClientEnvelope, p: ErrorParameters) -> Outcome:
+        return Outcome(event=ClientEvent("error", p, self.samples))
+
+    # -- audio -------------------------------------------------------------------------------
+    def on_audio(self, data: bytes, dialog_id: str) -> list[Frame]:
+        if self.state in (State.ERROR, State.CLOSING, State.CLOSED):
+            return []        # after an error or close: dropped, nothing more is signalled
+        if self.state is not State.ACTIVE:
+            raise _protocol_error("AUDIO_NOT_ALLOWED", f"Received audio in state {self.state.value}")
+        if self.media is None:
+            raise _protocol_error("AUDIO_NOT_ALLOWED", "Received audio but no media was selected")
+        if len(data) > self.max_frame_bytes:
+            raise _protocol_error("FRAME_TOO_LARGE", f"audio frame of {len(data)} bytes exceeds "
+                                                     f"{self.max_frame_bytes}")
+        nch = len(self.media.channels)
+        bps = 1 if self.media.format == "PCMU" else 2
+        if len(data) % (nch * bps):
+            raise _protocol_error("PARTIAL_SAMPLE", f"audio frame of {len(data)} bytes is not a whole number of "
+                                                    f"{nch * bps}-byte sample frames")
+        if not data:
+            return []
+        samples = decode(data, "mulaw" if bps == 1 else "l16").reshape(-1, nch)
+        pos = self.samples
+        self.samples += samples.shape[0]
+        self.audio_bytes += len(data)
+        return [Frame(dialog_id, _CHANNEL[name], pos, np.ascontiguousarray(samples[:, k]))
+                for k, name in enumerate(self.media.channels)]
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "message"
+    return f"{loc}: {err['msg']}"
+
+
+def is_uuid(text: str | None) -> bool:
+    return bool(text) and bool(_UUID_RE.match(text))
+
+
+# -- the socket loop ----------------------------------------------------------------------------
+
+class SessionHandler(Protocol):
+    """The gateway's side of one session."""
+
+    dialog_id: str
+
+    async def open(self, req: OpenRequest) -> None:
+        """Bind the session (fast: `opened` waits for it). Raise AudioHookError to refuse."""
+
+    def push(self, frame: Frame) -> None: ...
+
+    def status(self, status: str, **extra: Any) -> None: ...
+
+    def event(self, ev: ClientEvent) -> None: ...
+
+    async def finish(self, reason: str) -> None:
+        """Compute final results; `serve` bounds it by close_timeout_s."""
+
+    async def end(self, outcome: str) -> None:
+        """Always called once, last: "completed", "disconnected" or an error code."""
+
+
+async def serve(ws: web.WebSocketResponse, session: AudioHookSession, handler: SessionHandler,
+                cfg: AudioHookConfig) -> str:
+    """Run one AudioHook session until the socket closes. Returns the outcome. Never raises for
+    peer misbehaviour; every path ends in `handler.end()`."""
+    slog = log.bind(session_id=session.session_id)
+    outcome: str | None = None           # set once the session ends or an error is signalled
+    closed_sent = asyncio.Event()
+    finisher: asyncio.Task | None = None
+    started = time.monotonic()
+
+    async def send(text: str | None) -> None:
+        if text is not None and not ws.closed:
+            await ws.send_str(text)
+
+    async def signal(err: AudioHookError) -> None:
+        nonlocal outcome
+        if session.state in (State.ERROR, State.CLOSED, State.CLOSING):
+            return
+        outcome = err.code
+        slog.info("audiohook_disconnect", code=err.code, reason=err.reason, status=err.status,
+                  conversation_id=session.conversation_id)
+        handler.status(err.status, reason=err.code)
+        await send(session.disconnect(err.reason, err.message))
+
+    async def finish_and_close(reason: str) -> None:
+        try:
+            await asyncio.wait_for(handler.finish(reason), cfg.close_timeout_s)
+        except asyncio.TimeoutError:
+            slog.warning("audiohook_final_results_timeout", timeout_s=cfg.close_timeout_s)
+        except Exception:
+            slog.exception("audiohook_final_results_failed")
+        await send(session.closed())
+        closed_sent.set()
+
+    async def watchdog() -> None:
+        closed_at: float | None = None
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            if session.state is State.PREPARING and now - started > cfg.open_timeout_s:
+                slog.info("audiohook_no_open", timeout_s=cfg.open_timeout_s)
+                await ws.close(code=1008, message=b"no open message")
+                return
+            if (cfg.ping_timeout_s and session.state in (State.ACTIVE, State.PAUSED)
+                    and now - session.last_ping > cfg.ping_timeout_s):
+                await signal(AudioHookError("MISSED_PINGS", f"Client Error: no ping for {cfg.ping_timeout_s:g} s",
+                                            status=ERR_MISSED_PINGS))
+            if closed_sent.is_set() or session.state is State.ERROR:
+                closed_at = closed_at or now
+                if now - closed_at > cfg.linger_s:
+                    await ws.close(code=1000)
+                    return
+
+    dog = asyncio.create_task(watchdog())
+    try:
+        async for msg in ws:
+            try:
+                if msg.type == WSMsgType.BINARY:
+                    for frame in session.on_audio(msg.data, handler.dialog_id):
+                        handler.push(frame)
+                    continue
+                if msg.type != WSMsgType.TEXT:
+                    if msg.type == WSMsgType.ERROR:
+                        slog.info("audiohook_socket_error", error=str(ws.exception()))
+                    continue
+                out = session.on_text(msg.data)
+                for r in out.replies:                    # pong: sent before anything else happens
+                    await send(r)
+                ev = out.event
+                if isinstance(ev, OpenRequest):
+                    if not ev.probe:
+                        await handler.open(ev)
+                    else:
+                        slog.info("audiohook_connection_probe")
+                    if ev.problem is not None:
+                        await signal(ev.problem)
+                    else:
+                        await send(session.accept(ev))
+                        if not ev.probe:
+                            slog.info("audiohook_opened", conversation_id=session.conversation_id,
+                                      media=ev.media.model_dump() if ev.media else None)
+                elif isinstance(ev, CloseRequest):
+                    if ev.reason == "error":
+                        handler.status(ERR_CLIENT, reason="CLIENT_CLOSED_WITH_ERROR")
+                    finisher = asyncio.create_task(finish_and_close(ev.reason))
+                elif isinstance(ev, ClientEvent):
+                    if ev.type == "error":
+                        p = ev.params
+                        slog.warning("audiohook_client_error", code=p.code, message=p.message[:300])
+                        handler.status(ERR_CLIENT, reason="CLIENT_ERROR", client_code=p.code)
+                    handler.event(ev)
+            except AudioHookError as err:
+                await signal(err)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        slog.exception("audiohook_session_failed")
+        outcome = "SYSTEM_ERROR"
+        handler.status(SYSTEM_ERROR, reason="INTERNAL")
+        try:
+            await send(session.disconnect("error", "Server error: internal error"))
+        except Exception:
+            pass
+    finally:
+        dog.cancel()
+        if finisher is not None:
+            try:
+                await finisher
+            except Exception:
+                pass
+        if outcome is None:
+            if closed_sent.is_set():
+                outcome = "completed"
+            else:
+                outcome = "disconnected"
+                if session.opened_at is not None and not session.probe:
+                    # An abrupt drop is cleaned up like a close: final results, then the end.
+                    handler.status(ERR_DROPPED, reason="SOCKET_DROPPED")
+                    try:
+                        await asyncio.wait_for(handler.finish("dropped"), cfg.close_timeout_s)
+                    except Exception:
+                        slog.warning("audiohook_final_results_failed_after_drop")
+        if not ws.closed:
+            await ws.close()
+        await handler.end(outcome)
+        slog.info("audiohook_session_ended", outcome=outcome, audio_bytes=session.audio_bytes,
+                  pongs=session.pong_count, position_drift_max=session.position_drift_max)
+    return outcome
