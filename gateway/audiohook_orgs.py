@@ -81,8 +81,8 @@ async def add_org(store: Repository, box: SecretBox, org_id: str, tenant: str | 
 
 
 def print_instructions(org: AudioHookOrg, tenant_name: str, profile_name: str | None, api_key: str,
-                       secret: str | None, uri: str, out=sys.stdout) -> None:
-    p = lambda s="": print(s, file=out)  # noqa: E731
+                       secret: str | None, uri: str, out=None) -> None:
+    p = lambda s="": print(s, file=out or sys.stdout)  # noqa: E731
     p(f"AudioHook organization {org.org_id} -> tenant {tenant_name} ({org.tenant_id}), "
       f"default VB profile: {profile_name or '(none: set customConfig.vbProfile)'}")
     p()
@@ -99,3 +99,4 @@ def print_instructions(org: AudioHookOrg, tenant_name: str, profile_name: str | 
     p()
     p(f"api_key={api_key}")
     p(f"client_secret={secret or ''}")
+

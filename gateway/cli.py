@@ -149,6 +149,9 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     asub.add_parser("profiles", help="list profiles")
     a.set_defaults(fn=cmd_admin)
 
+    from gateway.audiohook_cli import add_cli as _add_audiohook
+    _add_audiohook(sub, _settings)
+
     if include_bench:
         _add_bench(sub)
     return p
@@ -170,6 +173,10 @@ def _add_bench(sub) -> None:
     st = bsub.add_parser("stream", help="concurrent real-time direct streams with verification")
     stream_bench.add_arguments(st)
     st.set_defaults(fn=stream_bench.main)
+    from gateway.bench import audiohook as audiohook_bench
+    ah = bsub.add_parser("audiohook", help="concurrent real-time AudioHook calls with verification")
+    audiohook_bench.add_arguments(ah)
+    ah.set_defaults(fn=audiohook_bench.main)
 
 
 def _command(argv: list[str]) -> str | None:
