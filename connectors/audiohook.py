@@ -356,9 +356,13 @@ class AudioHookSession:
             raise _protocol_error("INVALID_MESSAGE", "Invalid Message: " + _first_error(exc)) from None
         if env.id.lower() != self.session_id.lower():
             raise _protocol_error("SESSION_ID_MISMATCH", "message id does not match Audiohook-Session-Id")
-        if env.seq != self.client_seq + 1:
+        if self.state is State.ERROR:
+            # After a signalled error the numbering may be broken for good (that may have been the
+            # error); resynchronise so the client's close is still answered with closed.
+            pass
+        elif env.seq != self.client_seq + 1:
             raise _protocol_error("SEQ_GAP", f"expected seq={self.client_seq + 1}, got seq={env.seq}")
-        if env.serverseq > self.server_seq:
+        elif env.serverseq > self.server_seq:
             raise _protocol_error("SERVERSEQ_AHEAD", f"serverseq={env.serverseq} but the last server message "
                                                      f"had seq={self.server_seq}")
         self.client_seq = env.seq
@@ -592,7 +596,7 @@ async def serve(ws: web.WebSocketResponse, session: AudioHookSession, handler: S
                     if ev.type == "error":
                         p = ev.params
                         slog.warning("audiohook_client_error", code=p.code, message=p.message[:300])
-                        handler.status(ERR_CLIENT, reason="CLIENT_ERROR", client_code=p.code)
+                        handler.status(ERR_CLIENT, reason=f"CLIENT_ERROR_{p.code}")
                     handler.event(ev)
             except AudioHookError as err:
                 await signal(err)
