@@ -1,0 +1,86 @@
+"""AudioHook with real speech: the stereo channel order decides who is scored, session tokens
+bind to the call's dialog whether created before or after the AudioHook session, and
+customConfig / the participant's ANI get a call scored with no agent action."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+from ah_support import org_for, speech
+
+from connectors.codecs import encode_mulaw
+
+A, B = "1688", "1998"
+
+
+def call_of(spk: str, *parts: int) -> np.ndarray:
+    return np.concatenate([speech(f"{spk}_test{i}") for i in parts])
+
+
+async def enrol_a(gw) -> None:
+    """Speaker A enrolled through the OCP direct stream and POST /enrol, with an Ani biokey."""
+    tok = await gw.token("enrol-a", custom={"Ani": "5551688"})
+    await gw.stream(tok, "enrol-a", encode_mulaw(speech(f"{A}_enrol0")))
+    status, body = await gw.call("POST", "/enrol", tok, json={"user_id": "cust-a"})
+    assert status == 200, body
+
+
+async def ondemand(gw, token: str) -> dict:
+    status, body = await gw.call("GET", "/verification/ondemand", params={"users": "cust-a", "token": token})
+    assert status == 200, body
+    return body
+
+
+async def test_channel_order_and_token_binding(gateway):
+    gw = gateway
+    await enrol_a(gw)
+    org = await org_for(gw)
+
+    # A on external (customer), B on internal (agent); token created before the session opens.
+    conv1 = str(uuid.uuid4())
+    tok1 = await gw.token(conv1)
+    rep = await org.run(call_of(A, 1, 2), call_of(B, 0, 1), conversation_id=conv1)
+    assert rep.ok, rep.summary()
+    same = await ondemand(gw, tok1)
+    assert same["bio_result"].startswith("TRUE_"), same
+    assert same["speech_millis"] > 3000
+
+    # Swapped channel order: B is the customer now; token created after the session ended.
+    conv2 = str(uuid.uuid4())
+    rep = await org.run(call_of(B, 0, 1), call_of(A, 1, 2), conversation_id=conv2)
+    assert rep.ok, rep.summary()
+    other = await ondemand(gw, await gw.token(conv2))
+    assert other["bio_result"].startswith("FALSE_"), other
+
+    # The same call offered with the channels in the other order: split by the selected order.
+    conv3 = str(uuid.uuid4())
+    order = {"type": "audio", "format": "PCMU", "channels": ["internal", "external"], "rate": 8000}
+    rep = await org.run(call_of(A, 1, 2), call_of(B, 0, 1), conversation_id=conv3, offers=[order])
+    assert rep.ok and rep.opened["media"] == [order], rep.summary()
+    assert (await ondemand(gw, await gw.token(conv3)))["bio_result"].startswith("TRUE_")
+
+
+async def test_custom_config_and_ani_score_without_agent_action(gateway):
+    gw = gateway
+    await enrol_a(gw)
+    org = await org_for(gw)
+    conv = str(uuid.uuid4())
+    rep = await org.run(call_of(A, 1, 2, 3), None, conversation_id=conv, ani="tel:555-1688",
+                        custom_config={"vbProfile": "retail", "aniBiokey": "Ani"})
+    assert rep.ok, rep.summary()
+    events = [json.loads(line) for line in (gw.settings.data_dir / "events.jsonl").read_text().splitlines()]
+    ver = [e for e in events if e["message_type"] == "vb_verification" and e["dialog_id"] == conv]
+    assert ver and ver[-1]["enrolled_user"]["user_id"] == "cust-a"
+    assert ver[-1]["verification_result"].startswith("TRUE_"), ver[-1]
+
+    # customConfig naming the user directly; the final results are computed before `closed`.
+    conv2 = str(uuid.uuid4())
+    tok = await gw.token(conv2)
+    rep = await org.run(call_of(B, 0, 1, 2), None, conversation_id=conv2, custom_config={"userIds": ["cust-a"]})
+    assert rep.ok, rep.summary()
+    async with gw.http.get(f"{gw.url}/verification", params={"users": "cust-a", "token": tok}) as r:
+        text = await r.text()
+    finals = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
+    scored = [x for batch in finals if isinstance(batch, list) for x in batch if x["result_type"] == "NORMAL"]
+    assert scored and scored[-1]["bio_result"].startswith("FALSE_"), finals
