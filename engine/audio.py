@@ -5,6 +5,7 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 from scipy.signal import resample_poly
 
 from .types import SAMPLE_RATE, AudioError
@@ -123,7 +124,7 @@ def fbank(wav: np.ndarray, sr: int = 16000, num_mel_bins: int = 80, frame_ms: fl
     fr = fr - fr.mean(1, keepdims=True)
     prev = np.concatenate([fr[:, :1], fr[:, :-1]], axis=1)
     fr = (fr - preemph * prev) * win
-    spec = np.fft.rfft(fr, n=n_fft, axis=1)
+    spec = scipy.fft.rfft(fr, n=n_fft, axis=1)   # float32 in, complex64 out
     power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
     feat = np.log(np.maximum(power @ banks, np.finfo(np.float32).eps))
     if mean_norm:

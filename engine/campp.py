@@ -23,7 +23,7 @@ from . import torchload
 
 EPS = 1e-5
 SEG_LEN = 100
-ONNX_BUILDER_VERSION = 1
+ONNX_BUILDER_VERSION = 2
 DIM = 192
 
 
@@ -195,6 +195,7 @@ def build_onnx(W: CamppWeights):
 
     nodes, inits = [], []
     counter = [0]
+    stage = ["head"]          # node-name prefix, for profiling
 
     def name(prefix):
         counter[0] += 1
@@ -207,7 +208,7 @@ def build_onnx(W: CamppWeights):
 
     def node(op, inputs, prefix=None, **attrs):
         out = name(prefix or op.lower())
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        nodes.append(helper.make_node(op, inputs, [out], name=f"{stage[0]}/{out}", **attrs))
         return out
 
     def conv(x, w, b=None, strides=None, pads=None, dilations=None):
@@ -224,9 +225,13 @@ def build_onnx(W: CamppWeights):
         return node("Conv", ins, **attrs)
 
     def affine_relu(x, s, sh):
-        """per-channel scale/shift then ReLU on (B, C, T)."""
-        y = node("Mul", [x, const(s[:, None].astype(np.float32), "s")])
-        y = node("Add", [y, const(sh[:, None].astype(np.float32), "sh")])
+        """per-channel scale/shift (an inference BatchNorm) then ReLU on (B, C, T)."""
+        c = len(s)
+        y = node("BatchNormalization", [x, const(s.astype(np.float32), "s"),
+                                        const(sh.astype(np.float32), "sh"),
+                                        const(np.zeros(c, np.float32), "m"),
+                                        const(np.ones(c, np.float32) - 1e-5, "v")],
+                 epsilon=1e-5)
         return node("Relu", [y])
 
     i64 = lambda v: const(np.asarray(v, dtype=np.int64), "i")  # noqa: E731
@@ -250,33 +255,40 @@ def build_onnx(W: CamppWeights):
     w, b = W.h_conv2
     x = node("Relu", [conv(x, w, b, strides=[2, 1], pads=[1, 1, 1, 1])])  # (B, 32, 10, T)
     x = node("Reshape", [x, i64([0, 320, -1])])                         # (B, 320, T)
+    stage[0] = "tdnn"
     w, b = W.tdnn
     x = node("Relu", [conv(x, w, b, strides=[2], pads=[2, 2])])         # (B, 128, T')
 
-    for layers, (ts, tsh), tw in W.blocks:
+    for bi, (layers, (ts, tsh), tw) in enumerate(W.blocks, start=1):
         for L in layers:
+            stage[0] = f"block{bi}"
             h = affine_relu(x, *L["bn1"])
             w, b = L["lin1"]
             h = node("Relu", [conv(h, w, b)])
             d = L["dil"]
             y = conv(h, L["local"], pads=[d, d], dilations=[d])
-            # context: global mean + segment means (100 frames, last one partial)
-            gm = node("ReduceMean", [h, i64([2])], keepdims=1)
+            # context = global mean + mean of the frame's 100-frame segment (last one
+            # partial). It is constant within a segment, so the two 1x1 convs and the
+            # sigmoid run once per segment and the mask is then expanded to all frames
+            # (the same result as per frame, at 1/100 of the cost).
+            gm = node("ReduceMean", [h, i64([2])], keepdims=1)                # (B, C, 1)
             seg = node("AveragePool", [h], kernel_shape=[SEG_LEN], strides=[SEG_LEN],
                        ceil_mode=1, count_include_pad=0)                       # (B, C, n)
-            seg = node("Unsqueeze", [seg, i64([3])])                          # (B, C, n, 1)
-            shp = node("Shape", [seg])
-            tgt = node("Concat", [node("Slice", [shp, i64([0]), i64([3])]), i64([SEG_LEN])], axis=0)
-            seg = node("Expand", [seg, tgt])                                  # (B, C, n, 100)
-            seg = node("Reshape", [seg, i64([0, 0, -1])])                     # (B, C, n*100)
-            tlen = node("Slice", [node("Shape", [h]), i64([2]), i64([3])])
-            seg = node("Slice", [seg, i64([0]), tlen, i64([2])])              # (B, C, T)
             ctx = node("Add", [gm, seg])
             w1, b1 = L["l1"]
             w2, b2 = L["l2"]
-            m = node("Sigmoid", [conv(node("Relu", [conv(ctx, w1, b1)]), w2, b2)])
+            m = node("Sigmoid", [conv(node("Relu", [conv(ctx, w1, b1)]), w2, b2)])  # (B, 32, n)
+            m = node("Unsqueeze", [m, i64([3])])                              # (B, 32, n, 1)
+            shp = node("Shape", [m])
+            tgt = node("Concat", [node("Slice", [shp, i64([0]), i64([3])]), i64([SEG_LEN])], axis=0)
+            m = node("Expand", [m, tgt])                                      # (B, 32, n, 100)
+            m = node("Reshape", [m, i64([0, 0, -1])])                         # (B, 32, n*100)
+            tlen = node("Slice", [node("Shape", [h]), i64([2]), i64([3])])
+            m = node("Slice", [m, i64([0]), tlen, i64([2])])                  # (B, 32, T)
             x = node("Concat", [x, node("Mul", [y, m])], axis=1)
+        stage[0] = f"transit{bi}"
         x = conv(affine_relu(x, ts, tsh), tw)
+    stage[0] = "pool"
     x = affine_relu(x, *W.out_bn)                                              # (B, 512, T)
     mean = node("ReduceMean", [x, i64([2])], keepdims=1)
     diff = node("Sub", [x, mean])
@@ -300,12 +312,19 @@ def build_onnx(W: CamppWeights):
 
 
 class CamppOnnx:
-    """CAM++ through onnxruntime (graph built from the same folded weights)."""
+    """CAM++ through onnxruntime (graph built from the same folded weights).
+
+    Measured on the 2-core target (docs/benchmarks.md): large batches are *slower* per
+    second of audio than single utterances (activations of a 32 x 6 s batch no longer fit
+    in cache), and ORT's intra-op threading loses ~25 % to synchronisation on this graph
+    of ~900 small nodes. So a batch is run as single-utterance runs spread over `threads`
+    single-threaded runs in parallel (one InferenceSession; concurrent run() is safe), and
+    a lone utterance uses a session with `threads` intra-op threads for latency.
+    """
 
     runtime = "onnx"
 
     def __init__(self, weights: CamppWeights, cache_path: Path, threads: int = 2):
-        import onnxruntime as ort
         cache_path = Path(cache_path)
         if not cache_path.exists():
             import onnx
@@ -313,17 +332,47 @@ class CamppOnnx:
             tmp = cache_path.with_name(cache_path.name + f".{os.getpid()}.part")
             onnx.save(model, str(tmp))
             os.replace(tmp, cache_path)
+        self.threads = max(1, int(threads))
+        self.sess_lat = self._session(cache_path, self.threads)
+        self.sess_one = self._session(cache_path, 1) if self.threads > 1 else self.sess_lat
+        self._pool = None
+        if self.threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vbgw-campp")
+
+    @staticmethod
+    def _session(path: Path, threads: int):
+        import onnxruntime as ort
         o = ort.SessionOptions()
         o.intra_op_num_threads = threads
         o.inter_op_num_threads = 1
         o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.sess = ort.InferenceSession(str(cache_path), sess_options=o,
-                                         providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=o, providers=["CPUExecutionProvider"])
+
+    def _run(self, sess, feats: np.ndarray) -> np.ndarray:
+        return sess.run(None, {"feats": np.ascontiguousarray(feats, dtype=np.float32)})[0]
+
+    def map(self, fn, items: list):
+        """fn(item) for each item on the encoder's thread pool (inline when 1 thread)."""
+        if self._pool is None or len(items) <= 1:
+            return [fn(i) for i in items]
+        return list(self._pool.map(fn, items))
+
+    def forward_many(self, feats_list: list[np.ndarray]) -> np.ndarray:
+        """Utterances of any lengths (T_i, 80) -> (N, 192)."""
+        if len(feats_list) == 1:
+            return self._run(self.sess_lat, feats_list[0][None])
+        out = self.map(lambda f: self._run(self.sess_one, f[None])[0], feats_list)
+        return np.stack(out) if out else np.zeros((0, DIM), np.float32)
 
     def forward_batch(self, feats: np.ndarray) -> np.ndarray:
         """feats: (B, T, 80) float32 -> (B, 192)."""
-        return self.sess.run(None, {"feats": np.ascontiguousarray(feats, dtype=np.float32)})[0]
+        return self.forward_many(list(feats))
+
+    def forward_batch_raw(self, feats: np.ndarray, threads: str = "lat") -> np.ndarray:
+        """One ORT run over the whole batch (for the speed comparison)."""
+        return self._run(self.sess_lat if threads == "lat" else self.sess_one, feats)
 
     def forward(self, feats: np.ndarray) -> np.ndarray:
-        return self.forward_batch(feats[None])[0]
+        return self._run(self.sess_lat, feats[None])[0]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -54,19 +53,24 @@ class CamppEncoder(Encoder):
         return campp_features(pcm)
 
     def embed(self, pcms: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
-        """Equal-length inputs are batched together (bucketed by frame count)."""
+        """Features and embeddings; with the ONNX runtime each utterance is one run and
+        the runs are spread over the encoder's threads (see CamppOnnx)."""
         out = np.zeros((len(pcms), self.dim), np.float32)
-        buckets: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        if self.runtime == "onnx":
+            def one(p):
+                f = self.features(p)
+                if len(f) < _campp.MIN_FRAMES:
+                    return None
+                return self.net._run(self.net.sess_one if len(pcms) > 1 else self.net.sess_lat,
+                                     f[None])[0]
+            for i, e in enumerate(self.net.map(one, list(pcms))):
+                if e is not None:
+                    out[i] = e
+            return _l2(out)
         for i, p in enumerate(pcms):
             f = self.features(p)
             if len(f) >= _campp.MIN_FRAMES:
-                buckets[len(f)].append((i, f))
-        for items in buckets.values():
-            for k in range(0, len(items), max_batch):
-                part = items[k:k + max_batch]
-                emb = self.net.forward_batch(np.stack([f for _, f in part]))
-                for (i, _), e in zip(part, emb):
-                    out[i] = e
+                out[i] = self.net.forward(f)
         return _l2(out)
 
 

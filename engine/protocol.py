@@ -40,12 +40,17 @@ class TrialScores:
     cosine: np.ndarray
     labels: np.ndarray
     speech_ms: np.ndarray      # test-side speech
-    missing: int               # trials with no embedding on one side (scored as cosine -1)
+    missing: int               # trials not scored (NO_DATA on one side; cosine set to -1)
 
 
-def score_protocol(engine, proto: Protocol, batch_files: int = 32) -> TrialScores:
+NO_DATA_MS = 500   # the gateway answers NO_DATA below this much customer speech
+
+
+def score_protocol(engine, proto: Protocol, batch_files: int = 32,
+                   min_speech_ms: int = NO_DATA_MS) -> TrialScores:
     """Embed every enrol and test file through the engine's session path, cosine-score
-    every trial."""
+    every trial. A side with less than `min_speech_ms` of speech makes the trial
+    not scored, as the product would answer NO_DATA."""
     def embed_all(items):
         out = {}
         for k in range(0, len(items), batch_files):
@@ -59,7 +64,7 @@ def score_protocol(engine, proto: Protocol, batch_files: int = 32) -> TrialScore
     missing = 0
     for m, t, y in proto.trials:
         a, b = enr.get(m), tst.get(t)
-        if a is None or b is None:
+        if a is None or b is None or min(a.speech_ms, b.speech_ms) < min_speech_ms:
             missing += 1
             cos.append(-1.0)
             sp.append(0)

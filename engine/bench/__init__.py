@@ -1,0 +1,1 @@
+"""Engine benchmarks (`vbgw bench accuracy|speed`)."""
