@@ -98,6 +98,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         metrics.gauge("vbgw_dialogs", lambda: len(core.dialogs))
         metrics.gauge("vbgw_engine_queue_depth", lambda: eng.stats().queue_depth)
         metrics.gauge("vbgw_engine_overloaded", lambda: int(eng.stats().overloaded))
+        metrics.gauge("vbgw_engine_dropped_audio_seconds", lambda: eng.stats().extra.get("dropped_audio_s", 0.0))
         metrics.gauge("vbgw_bus_subscribers", core.bus.subscriber_count)
         for p in await store.list_profiles():
             n = await store.mark_re_enroll(p.id, eng.info.model, eng.info.extractor_version)
