@@ -348,6 +348,9 @@ class CamppOnnx:
         o.inter_op_num_threads = 1
         o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting of idle intra-op threads: they would steal the other core from
+        # the VAD, the front end and the event loop between runs
+        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(path), sess_options=o, providers=["CPUExecutionProvider"])
 
     def _run(self, sess, feats: np.ndarray) -> np.ndarray:

@@ -396,7 +396,8 @@ class Engine:
     @classmethod
     def load(cls, cfg: EngineConfig | None = None) -> "Engine":
         cfg = cfg or EngineConfig()
-        _limit_threads(cfg.threads)
+        import scipy.signal  # noqa: F401  (load scipy's OpenBLAS before capping it)
+        _limit_threads(1)
         encoder = load_encoder(cfg.encoder, cfg.model_dir, runtime=cfg.runtime, threads=cfg.threads)
         vad = SileroVad(model_path(cfg.model_dir, "silero_vad"), threads=1,
                         threshold=cfg.vad_threshold, pad_chunks=cfg.vad_pad_ms // CHUNK_MS)
@@ -581,9 +582,29 @@ class Engine:
 
 
 def _limit_threads(n: int) -> None:
-    """Cap BLAS threads (numpy is used for fbank and small matmuls in the worker)."""
+    """Cap the OpenBLAS threads of numpy/scipy (used for the fbank and small matmuls).
+
+    Idle OpenBLAS threads busy-wait after each call and would steal the cores the encoder
+    and the VAD run on. Like threadpoolctl (not a dependency), this calls
+    `*openblas_set_num_threads*` in every OpenBLAS library loaded in the process."""
+    import ctypes
+    import re
     try:
-        from threadpoolctl import threadpool_limits  # optional
-        threadpool_limits(n)
-    except Exception:  # noqa: BLE001
-        pass
+        with open("/proc/self/maps") as fh:
+            libs = sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", fh.read())))
+    except OSError:
+        return
+    for lib in libs:
+        try:
+            h = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                    "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(h, sym, None)
+            if fn is not None:
+                try:
+                    fn(ctypes.c_int(max(1, int(n))))
+                except Exception:  # noqa: BLE001
+                    pass
+                break

@@ -43,6 +43,7 @@ class SileroVad:
         o.intra_op_num_threads = threads
         o.inter_op_num_threads = 1
         o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sess = ort.InferenceSession(str(path), sess_options=o,
                                          providers=["CPUExecutionProvider"])
         self.on = float(threshold)
