@@ -32,24 +32,35 @@ def sigmoid(x: float) -> float:
 
 def tail_quantiles(values: np.ndarray, upper: bool, min_count: int = 5) -> list[list[float]]:
     """[[p, threshold]] on P_GRID. upper=True: P(v >= thr) = p (non-targets, FAR);
-    upper=False: P(v <= thr) = p (targets, FRR). Where the data hold fewer than `min_count`
-    trials beyond the threshold, the tail is a Gaussian fit (mean, std) instead."""
+    upper=False: P(v <= thr) = p (targets, FRR).
+
+    Empirical quantiles where at least `min_count` trials lie beyond the threshold. Further
+    out, the tail is extrapolated linearly in the probit domain (threshold against the
+    normal deviate of p), with the slope fitted on the empirical tail between the last
+    reliable point and p = 0.1, so the table stays continuous and monotonic."""
     from scipy.stats import norm
     v = np.sort(np.asarray(values, dtype=np.float64))
     n = len(v)
-    mu, sd = float(v.mean()), float(v.std(ddof=1)) if n > 1 else 1.0
+    sign = 1.0 if upper else -1.0
+    p_min = min_count / max(n, 1)
+
+    def emp(p):
+        return float(np.quantile(v, 1 - p if upper else p))
+    fit_p = [p for p in np.geomspace(max(p_min, 1e-6), 0.1, 12) if p >= p_min]
+    if len(fit_p) >= 3:
+        z = norm.isf(fit_p)
+        q = np.array([emp(p) for p in fit_p])
+        slope = float(np.polyfit(z, q, 1)[0])
+        slope = sign * max(sign * slope, 1e-3)     # thresholds move outwards with z
+    else:
+        slope = sign * float(v.std(ddof=1)) if n > 1 else sign
+    q0, z0 = (emp(p_min), norm.isf(p_min)) if n else (0.0, 0.0)
     out = []
     for p in P_GRID:
-        if p * n >= min_count:
-            q = np.quantile(v, 1 - p if upper else p)
-        else:
-            z = norm.isf(p)
-            q = mu + z * sd if upper else mu - z * sd
-        out.append([p, float(q)])
-    # make it monotonic in p (upper tail: threshold falls as p grows; lower: rises)
-    vals = [q for _, q in out]
-    vals = list(np.minimum.accumulate(vals)) if upper else list(np.maximum.accumulate(vals))
-    return [[p, float(q)] for (p, _), q in zip(out, vals)]
+        q = emp(p) if p >= p_min else q0 + slope * (norm.isf(p) - z0)
+        out.append(q)
+    out = list(np.minimum.accumulate(out)) if upper else list(np.maximum.accumulate(out))
+    return [[p, float(q)] for p, q in zip(P_GRID, out)]
 
 
 def _interp_tail(table: list[list[float]], p: float) -> float:
