@@ -139,7 +139,7 @@ class OpenParameters(_Model):
     media: list[dict[str, Any]] = Field(max_length=32)
     language: Language | None = None
     supportedLanguages: StrictBool | None = None
-    customConfig: dict[str, Any] | None = None
+    customConfig: Any = None            # free-form; the gateway reads the keys it knows
 
 
 class CloseParameters(_Model):
@@ -612,26 +612,49 @@ async def serve(ws: web.WebSocketResponse, session: AudioHookSession, handler: S
             pass
     finally:
         dog.cancel()
-        if finisher is not None:
-            try:
-                await finisher
-            except Exception:
-                pass
-        if outcome is None:
-            if closed_sent.is_set():
-                outcome = "completed"
-            else:
-                outcome = "disconnected"
-                if session.opened_at is not None and not session.probe:
-                    # An abrupt drop is cleaned up like a close: final results, then the end.
-                    handler.status(ERR_DROPPED, reason="SOCKET_DROPPED")
-                    try:
-                        await asyncio.wait_for(handler.finish("dropped"), cfg.close_timeout_s)
-                    except Exception:
-                        slog.warning("audiohook_final_results_failed_after_drop")
+        # aiohttp cancels the handler once the peer has gone; the cleanup (final results, the
+        # dialog's end) must run to completion anyway, so it runs in its own task.
+        cleanup = asyncio.ensure_future(_cleanup(ws, session, handler, cfg, outcome, finisher,
+                                                 closed_sent.is_set(), slog))
+        _CLEANUPS.add(cleanup)
+        cleanup.add_done_callback(_CLEANUPS.discard)
+        outcome = await asyncio.shield(cleanup)
+    return outcome
+
+
+_CLEANUPS: set[asyncio.Task] = set()
+
+
+async def _cleanup(ws: web.WebSocketResponse, session: AudioHookSession, handler: SessionHandler,
+                   cfg: AudioHookConfig, outcome: str | None, finisher: asyncio.Task | None, closed_sent: bool,
+                   slog) -> str:
+    if finisher is not None:
+        try:
+            await finisher
+            closed_sent = True
+        except Exception:
+            pass
+    if outcome is None:
+        if closed_sent:
+            outcome = "completed"
+        else:
+            outcome = "disconnected"
+            if session.opened_at is not None and not session.probe:
+                # An abrupt drop is cleaned up like a close: final results, then the end.
+                handler.status(ERR_DROPPED, reason="SOCKET_DROPPED")
+                try:
+                    await asyncio.wait_for(handler.finish("dropped"), cfg.close_timeout_s)
+                except Exception:
+                    slog.warning("audiohook_final_results_failed_after_drop")
+    try:
         if not ws.closed:
             await ws.close()
+    except Exception:
+        pass
+    try:
         await handler.end(outcome)
-        slog.info("audiohook_session_ended", outcome=outcome, audio_bytes=session.audio_bytes,
-                  pongs=session.pong_count, position_drift_max=session.position_drift_max)
+    except Exception:
+        slog.exception("audiohook_end_failed")
+    slog.info("audiohook_session_ended", outcome=outcome, audio_bytes=session.audio_bytes,
+              pongs=session.pong_count, position_drift_max=session.position_drift_max)
     return outcome

@@ -27,7 +27,6 @@ from pydantic import ValidationError
 from connectors.audiohook import MAX_MESSAGE_CHARS, ServerEnvelope, format_duration
 from connectors.audiohook_signature import authority_of, new_nonce, sign
 from connectors.codecs import encode_mulaw, to_8k
-from gateway.audiohook_cli import SIM_FAULTS as FAULTS  # noqa: F401  (re-exported for callers)
 
 STEREO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}
 MONO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}

@@ -138,7 +138,9 @@ class _AudioHookPort:
 
     async def open(self, req: OpenRequest) -> None:
         p = req.params
-        custom = p.customConfig or {}
+        custom = p.customConfig if isinstance(p.customConfig, dict) else {}
+        if p.customConfig is not None and not isinstance(p.customConfig, dict):
+            self.log.warning("audiohook_custom_config_invalid", error="not a JSON object")
         profile = await self._profile(custom)
         dialog = self.core.dialogs.get_or_create(self.org.tenant_id, p.conversationId, profile)
         if dialog.active_streams > 0:

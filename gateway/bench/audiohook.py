@@ -19,11 +19,10 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-import soundfile as sf
 
 from gateway.audiohook_sim import SimOptions, run_load
 from gateway.bench.stream import (
-    DEFAULT_PROTOCOL, REPO, Server, _call_audio, _p95_from_metrics, _parse_metrics, _stream, _token,
+    DEFAULT_PROTOCOL, REPO, Server, _call_audio, _p95_from_metrics, _parse_metrics, enrol_bench_user,
 )
 
 LATE_PONG_S = 1.0
@@ -64,7 +63,7 @@ async def run_level(n: int, args, url: str, ws_url: str, org: tuple[str, str, st
     mtok = (server.data_dir / "metrics.token").read_text().strip()
     async with aiohttp.ClientSession() as http:
         m0, _ = await _metrics(http, url, mtok)
-        cpu0, wall0 = server.cpu_seconds(), time.monotonic()
+        cpu0, wall0, client0 = server.cpu_seconds(), time.monotonic(), time.process_time()
 
         def opts(i: int) -> SimOptions:
             return SimOptions(uri=f"{ws_url}/audiohook/ws", api_key=key, client_secret=secret, org_id=org_id,
@@ -73,6 +72,7 @@ async def run_level(n: int, args, url: str, ws_url: str, org: tuple[str, str, st
         pairs = [(calls[i % len(calls)], calls[(i + 1) % len(calls)]) for i in range(len(calls))]
         reports = await run_load(opts, pairs, n, rate=n / args.ramp if args.ramp > 0 else 0)
         cpu, wall = server.cpu_seconds() - cpu0, time.monotonic() - wall0
+        client_cpu = time.process_time() - client0
         await asyncio.sleep(1.0)
         m1, text = await _metrics(http, url, mtok)
     rtts = [x for r in reports for x in r.rtts]
@@ -83,7 +83,7 @@ async def run_level(n: int, args, url: str, ws_url: str, org: tuple[str, str, st
     violations = sum(len(r.violations) for r in reports)
     not_ok = sum(not r.ok for r in reports)
     return {"sessions": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "cpu_per_call": round(cpu / wall / n, 4) if n else 0.0,
+            "cpu_per_call": round(cpu / wall / n, 4) if n else 0.0, "client_cpu_s": round(client_cpu, 1),
             "pongs": len(rtts), "pong_p50_ms": round((_pct(rtts, 0.5) or 0) * 1000, 1),
             "pong_p99_ms": round((_pct(rtts, 0.99) or 0) * 1000, 1),
             "pong_max_ms": round(max(rtts, default=0) * 1000, 1), "late_pongs": late,
@@ -106,16 +106,8 @@ async def amain(args) -> int:
     url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
     try:
         calls = _call_audio(args.protocol, args.seconds)
-        enrol_rows = [line.split(",") for line in (args.protocol / "enrol.csv").read_text().splitlines()[1:]]
-        enrol_pcm = np.concatenate([sf.read(args.protocol / p, dtype="int16")[0] for _, _, p in enrol_rows[:2]])
-        async with aiohttp.ClientSession() as http:
-            tok = await _token(http, url, pat, "bench-enrol")
-            await _stream(ws_url, tok, "bench-enrol", enrol_pcm, paced=False)
-            async with http.post(f"{url}/enrol", headers={"Authorization": f"Bearer {tok}"},
-                                 json={"user_id": "bench-user"}) as r:
-                if r.status != 200:
-                    print("enrolment failed:", await r.text())
-                    return 1
+        if not await enrol_bench_user(url, ws_url, pat, args.protocol):
+            return 1
         levels = [max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions]
         best = 0
         for n in levels:

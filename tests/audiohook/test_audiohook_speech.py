@@ -3,6 +3,7 @@ bind to the call's dialog whether created before or after the AudioHook session,
 customConfig / the participant's ANI get a call scored with no agent action."""
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -74,13 +75,26 @@ async def test_custom_config_and_ani_score_without_agent_action(gateway):
     assert ver and ver[-1]["enrolled_user"]["user_id"] == "cust-a"
     assert ver[-1]["verification_result"].startswith("TRUE_"), ver[-1]
 
-    # customConfig naming the user directly; the final results are computed before `closed`.
+    # customConfig naming the user directly; an agent desktop listening on /verification since
+    # before the call sees the results, the final one computed before `closed`.
     conv2 = str(uuid.uuid4())
     tok = await gw.token(conv2)
+    listener = asyncio.create_task(sse_results(gw, tok))
+    await asyncio.sleep(0.3)
     rep = await org.run(call_of(B, 0, 1, 2), None, conversation_id=conv2, custom_config={"userIds": ["cust-a"]})
     assert rep.ok, rep.summary()
-    async with gw.http.get(f"{gw.url}/verification", params={"users": "cust-a", "token": tok}) as r:
-        text = await r.text()
-    finals = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
-    scored = [x for batch in finals if isinstance(batch, list) for x in batch if x["result_type"] == "NORMAL"]
-    assert scored and scored[-1]["bio_result"].startswith("FALSE_"), finals
+    batches = await asyncio.wait_for(listener, 20)
+    normal = [x for batch in batches for x in batch if x["result_type"] == "NORMAL"]
+    assert normal and all(x["bio_result"].startswith("FALSE_") for x in normal), batches
+
+
+async def sse_results(gw, token: str) -> list[list[dict]]:
+    out = []
+    async with gw.http.get(f"{gw.url}/verification", params={"users": "cust-a", "token": token}) as r:
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if line.startswith("data:"):
+                data = json.loads(line[5:])
+                if isinstance(data, list):
+                    out.append(data)
+    return out
