@@ -205,6 +205,21 @@ def _p95_from_metrics(text: str, name: str) -> float | None:
     return None
 
 
+async def enrol_bench_user(url: str, ws_url: str, pat: str, protocol: Path) -> bool:
+    """Enrol `bench-user` from the protocol's first two enrolment files (direct stream + /enrol)."""
+    enrol_rows = [line.split(",") for line in (protocol / "enrol.csv").read_text().splitlines()[1:]]
+    enrol_pcm = np.concatenate([sf.read(protocol / p, dtype="int16")[0] for _, _, p in enrol_rows[:2]])
+    async with aiohttp.ClientSession() as http:
+        tok = await _token(http, url, pat, "bench-enrol")
+        await _stream(ws_url, tok, "bench-enrol", enrol_pcm, paced=False)
+        async with http.post(f"{url}/enrol", headers={"Authorization": f"Bearer {tok}"},
+                             json={"user_id": "bench-user"}) as r:
+            if r.status != 200:
+                print("enrolment failed:", await r.text())
+                return False
+    return True
+
+
 async def amain(args) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="vbgw-bench-"))
     server = Server(data_dir)
@@ -213,16 +228,8 @@ async def amain(args) -> int:
     url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
     try:
         calls = _call_audio(args.protocol, args.seconds)
-        enrol_rows = [line.split(",") for line in (args.protocol / "enrol.csv").read_text().splitlines()[1:]]
-        enrol_pcm = np.concatenate([sf.read(args.protocol / p, dtype="int16")[0] for _, _, p in enrol_rows[:2]])
-        async with aiohttp.ClientSession() as http:
-            tok = await _token(http, url, pat, "bench-enrol")
-            await _stream(ws_url, tok, "bench-enrol", enrol_pcm, paced=False)
-            async with http.post(f"{url}/enrol", headers={"Authorization": f"Bearer {tok}"},
-                                 json={"user_id": "bench-user"}) as r:
-                if r.status != 200:
-                    print("enrolment failed:", await r.text())
-                    return 1
+        if not await enrol_bench_user(url, ws_url, pat, args.protocol):
+            return 1
         levels = ([max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions])
         best = 0
         for n in levels:
