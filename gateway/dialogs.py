@@ -72,9 +72,28 @@ class Dialog:
     async def stream_ended(self, reason: str) -> None:
         self.active_streams = max(0, self.active_streams - 1)
         if self.active_streams == 0:
+            # In a task of the dialog's own: the connection's handler may be cancelled once its
+            # socket has closed, and the end status must still be published.
+            await asyncio.shield(self._spawn(self._end_call(reason)))
+
+    async def _end_call(self, reason: str) -> None:
+        await self._drain()
+        if self.active_streams == 0:
             self.closed_at = time.time()
             self.publish_status(CALL_CLOSED if reason in ("completed", "disconnected") else SYSTEM_ERROR,
                                 reason=reason)
+
+    async def _drain(self, timeout: float = 10.0) -> None:
+        """Let the engine finish the call's audio and its results go out, so live clients see
+        them before the call's end status (a fast sender can be ahead of the engine)."""
+        try:
+            await asyncio.wait_for(self.engine_session.embedding(), timeout)
+            await asyncio.sleep(0)                 # the engine's events are delivered first
+            others = [t for t in self._tasks if t is not asyncio.current_task()]
+            if others:
+                await asyncio.wait(others, timeout=timeout)
+        except Exception:                          # noqa: BLE001 - the end must still be published
+            self.log.warning("drain_failed")
 
     # -- results out ------------------------------------------------------------------------
     def publish_status(self, status: str, **extra: Any) -> None:
@@ -92,10 +111,11 @@ class Dialog:
         elif isinstance(event, Milestone):
             self._spawn(self._score_milestone(event))
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _score_milestone(self, m: Milestone) -> None:
         try:
@@ -118,8 +138,15 @@ class Dialog:
     async def set_targets(self, users: list[str]) -> None:
         self.targets = users
         self.core.bus.publish(self.key, "verification", {"result_type": "STARTING", "results": [
-            {"bio_result": "", "bio_score": 0.0, "bio_user_id": u, "llr": 0.0, "result_type": "STARTING",
-             "speech_millis": 0} for u in users]})
+            {"bio_result": "", "bio_score": 0.0, "bio_user_id": u, "user_id": u, "llr": 0.0,
+             "result_type": "STARTING", "speech_millis": 0, "error_type": None} for u in users]})
+        # A request made after the speech milestones passed gets the score of the speech so far
+        # at once, instead of waiting for the next refinement (or forever, if the call ended).
+        if self.profile is not None and self.engine_session.speech_ms >= self.profile.settings.early_speech_ms:
+            emb = await self.engine_session.embedding()
+            if emb is not None:
+                kind = "NORMAL" if emb.speech_ms >= self.profile.settings.verify_min_speech_ms else "EARLY"
+                await self._score_milestone(Milestone(self.dialog_id, kind, emb, self.engine_session.speaker_change))
 
     async def close(self) -> None:
         for t in list(self._tasks):

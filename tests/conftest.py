@@ -72,6 +72,7 @@ class Gateway:
     http: aiohttp.ClientSession
     settings: object
     pat: str
+    app: object = None     # the aiohttp app (tests that publish on its results bus)
 
     async def token(self, master_id: str, profile: str = "retail", tenant: str = "acme", pat: str | None = None,
                     custom: dict | None = None) -> str:
@@ -117,7 +118,7 @@ async def gateway(settings, engine, aiohttp_server):
     server = await aiohttp_server(app)
     base = f"http://127.0.0.1:{server.port}"
     async with aiohttp.ClientSession() as http:
-        yield Gateway(base, f"ws://127.0.0.1:{server.port}", http, settings, pat)
+        yield Gateway(base, f"ws://127.0.0.1:{server.port}", http, settings, pat, server.app)
 
 
 @pytest.fixture

@@ -45,7 +45,11 @@ def _user_info(u: User | None, user_id: str) -> UserInfo:
 
 
 def _users_param(request: web.Request) -> list[str]:
-    raw = request.query.get("users", "")
+    return parse_users(request.query.get("users", ""))
+
+
+def parse_users(raw: str) -> list[str]:
+    """`users` of a verification request (query parameter or Socket.IO payload)."""
     users = [u.strip() for u in raw.split(",") if u.strip()]
     if not users:
         raise bad_request("USERS_REQUIRED", "give users=<user id>[,<user id>...] (1 to 5)")

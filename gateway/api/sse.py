@@ -1,34 +1,37 @@
 """Server-sent events of the OCP API: GET /dialog-status and GET /verification.
 
-Each event carries `id: <bus sequence>` so a client reconnecting with Last-Event-ID gets
-what it missed (from the dialog's recent history). A comment line is sent as a heartbeat.
-A new /verification request for the same session stops the previous stream."""
+- Payloads are the seed's, sent as default ("message") events so `EventSource.onmessage` sees
+  them: `{"status": ...}` on /dialog-status, the JSON array of results on /verification.
+- Each event carries `id: <bus sequence>`. A client reconnecting with `Last-Event-ID` (or
+  `?lastEventId=`) gets what it missed from the dialog's recent history; if that history no
+  longer reaches back far enough it gets the current state instead.
+- A comment line (`: heartbeat`) is sent every HEARTBEAT_S seconds of silence.
+- The stream ends cleanly when the call is over (CALL_CLOSED, or an error status once no audio
+  flows), when a newer /verification request for the same dialog replaces it, or when the dialog
+  is retired: a last `event: end` carries `{"reason": ...}`, then the response completes. A
+  reconnection with `Last-Event-ID` that has nothing more to get is answered 204, which tells a
+  browser's EventSource to stop reconnecting.
+"""
 from __future__ import annotations
 
-import asyncio
 import json
+from typing import Any, Callable
 
 from aiohttp import web
 
+from gateway.api import live
 from gateway.api.ocp import _caller, _core, _users_param
 from gateway.api.routing import RouteTable
-from gateway.bus import BusMessage
-from gateway.dialogs import CALL_CLOSED
+from gateway.bus import BusMessage, Subscription
+from gateway.dialogs import Dialog
 
 routes = RouteTable()
 HEARTBEAT_S = 15.0
+RETRY_MS = 3000
+# dialog key -> the subscription of that dialog's current /verification stream
 _VERIFICATION_STREAMS: web.AppKey[dict] = web.AppKey("verification_streams", dict)
-
-
-async def _open(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    return resp
-
-
-async def _send(resp: web.StreamResponse, seq: int, event: str, data) -> None:
-    await resp.write(f"id: {seq}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+_STOP = BusMessage("_stop", {})
+Render = Callable[[dict], Any]
 
 
 def _last_event_id(request: web.Request) -> int:
@@ -36,65 +39,135 @@ def _last_event_id(request: web.Request) -> int:
     return int(raw) if raw.isdigit() else 0
 
 
-def verification_items(msg: BusMessage) -> list[dict]:
-    return [{"bio_result": r["bio_result"], "bio_score": r["bio_score"], "bio_user_id": r["bio_user_id"],
-             "llr": r["llr"], "result_type": msg.data["result_type"], "speech_millis": r["speech_millis"]}
-            for r in msg.data["results"]]
+class _Replay:
+    """What a (re)connecting client is owed: the dialog's messages of the wanted kinds after
+    `after`, and whether the bounded history may have dropped some of them."""
+
+    def __init__(self, request: web.Request, dialog: Dialog, kinds: set[str], after: int):
+        bus = _core(request).bus
+        full = bus.history(dialog.key)
+        self.latest_seq = full[-1].seq if full else 0
+        self.truncated = after > 0 and len(full) >= bus._history_len and full[0].seq > after + 1
+        self.messages = [m for m in full if m.seq > after and m.kind in kinds]
 
 
-async def _pump(request, resp, dialog, kinds: set[str], render, stop: asyncio.Event | None = None) -> None:
-    core = _core(request)
-    sub = core.bus.subscribe(dialog.key)
-    try:
-        for msg in core.bus.history(dialog.key, _last_event_id(request)):
-            if msg.kind in kinds:
-                await _send(resp, msg.seq, msg.kind, render(msg))
-        while stop is None or not stop.is_set():
-            msg = await sub.get(timeout=HEARTBEAT_S)
+class _EventStream:
+    def __init__(self, request: web.Request, dialog: Dialog, render: dict[str, Render]):
+        self.request, self.dialog, self.render = request, dialog, render
+        self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                "X-Accel-Buffering": "no"})
+        self.last = 0
+
+    async def open(self) -> None:
+        await self.resp.prepare(self.request)
+        await self.resp.write(f"retry: {RETRY_MS}\n\n".encode())
+
+    async def send(self, seq: int, data: Any, event: str | None = None) -> None:
+        head = f"id: {seq}\n" if seq else ""
+        if event:
+            head += f"event: {event}\n"
+        await self.resp.write(f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+        self.last = max(self.last, seq)
+
+    async def send_msg(self, msg: BusMessage) -> None:
+        await self.send(msg.seq, self.render[msg.kind](msg.data))
+
+    async def pump(self, sub: Subscription, replay: list[BusMessage]) -> str:
+        """Send `replay`, then live messages, until the call is over; return why it ended."""
+        core = _core(self.request)
+        for msg in replay:
+            await self.send_msg(msg)
+        # Joined after the call was over: send what is already queued (e.g. STARTING and the
+        # score of the call's speech), then end.
+        over = live.call_over(self.dialog.status, self.dialog)
+        while True:
+            msg = (sub.queue.get_nowait() if not sub.queue.empty() else None) if over else \
+                await sub.get(timeout=HEARTBEAT_S)
+            if msg is None and over:
+                return self.dialog.status
             if msg is None:
-                await resp.write(b": heartbeat\n\n")
+                if core.dialogs.get(*self.dialog.key) is not self.dialog:
+                    return "DIALOG_RETIRED"
+                await self.resp.write(b": heartbeat\n\n")
                 continue
-            if msg.kind in kinds:
-                await _send(resp, msg.seq, msg.kind, render(msg))
-            if msg.kind == "status" and msg.data["status"] == CALL_CLOSED:
-                break
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        sub.close()
+            if msg is _STOP:
+                return "SUPERSEDED"
+            if msg.seq <= self.last:
+                continue
+            if msg.kind in self.render:
+                await self.send_msg(msg)
+            if msg.kind == "status" and live.call_over(msg.data["status"], self.dialog):
+                return msg.data["status"]
+
+    async def run(self, sub: Subscription, replay: list[BusMessage]) -> web.StreamResponse:
+        try:
+            reason = await self.pump(sub, replay)
+            await self.send(0, {"reason": reason}, event="end")
+            await self.resp.write_eof()
+        except ConnectionError:
+            pass                    # the client went away
+        finally:
+            sub.close()
+        return self.resp
+
+
+def _nothing_more(replay: _Replay, dialog: Dialog, after: int) -> bool:
+    return after > 0 and not replay.messages and not replay.truncated and live.call_over(dialog.status, dialog)
 
 
 @routes.route("GET", "/dialog-status", summary="Call status as server-sent events", auth="session",
               content="text/event-stream", tags=("sse",), query={"token": "Session token"})
 async def dialog_status(request: web.Request) -> web.StreamResponse:
     c = await _caller(request)
-    dialog = _core(request).dialog_of(c, create=True)
-    resp = await _open(request)
-    if _last_event_id(request) == 0:
-        await _send(resp, 0, "status", {"status": dialog.status, "dialog_id": dialog.dialog_id})
-    await _pump(request, resp, dialog, {"status"}, lambda m: {**m.data, "dialog_id": dialog.dialog_id})
-    return resp
+    core = _core(request)
+    dialog = core.dialog_of(c, create=True)
+    after = _last_event_id(request)
+    replay = _Replay(request, dialog, {"status"}, after)
+    if _nothing_more(replay, dialog, after):
+        return web.Response(status=204)
+    sub = core.bus.subscribe(dialog.key)
+    stream = _EventStream(request, dialog, {"status": live.status_payload})
+    await stream.open()
+    messages = replay.messages
+    if after == 0 or replay.truncated:
+        # A fresh client (or one we cannot replay exactly) starts from the current status.
+        await stream.send(replay.latest_seq, {"status": dialog.status})
+        messages = []
+    return await stream.run(sub, messages)
 
 
 @routes.route("GET", "/verification", summary="Push verification as server-sent events (STARTING, EARLY, "
-              "NORMAL)", auth="session", content="text/event-stream", tags=("sse",),
-              query={"users": "Comma-separated user ids (1 to 5)", "token": "Session token"})
+              "NORMAL); a new request stops the previous stream", auth="session", content="text/event-stream",
+              tags=("sse",), query={"users": "Comma-separated user ids (1 to 5)", "token": "Session token"})
 async def verification(request: web.Request) -> web.StreamResponse:
     c = await _caller(request)
     users = _users_param(request)
-    dialog = _core(request).dialog_of(c, create=True)
+    core = _core(request)
+    dialog = core.dialog_of(c, create=True)
+    after = _last_event_id(request)
     streams = request.app[_VERIFICATION_STREAMS]
-    previous = streams.get(c.token)
-    if previous is not None:
-        previous.set()           # a new request stops the previous stream
-    stop = asyncio.Event()
-    streams[c.token] = stop
-    resp = await _open(request)
+    replay = _Replay(request, dialog, {"verification"}, after)
+    if after > 0 and (users != dialog.targets or _nothing_more(replay, dialog, after)):
+        # A reconnection to a verification that a newer request replaced, or that is over.
+        return web.Response(status=204)
+    sub = core.bus.subscribe(dialog.key)
+    if after == 0:
+        previous = streams.get(dialog.key)
+        if previous is not None:
+            previous.offer(_STOP)       # a new request stops the previous stream
+        streams[dialog.key] = sub
+    stream = _EventStream(request, dialog, {"verification": live.sse_verification})
     try:
-        await dialog.set_targets(users)
-        await _pump(request, resp, dialog, {"verification", "status"},
-                    lambda m: verification_items(m) if m.kind == "verification" else m.data, stop)
+        await stream.open()
+        messages = replay.messages
+        if after == 0:
+            messages = []
+            await dialog.set_targets(users)      # publishes STARTING, which the stream sends
+        elif replay.truncated and dialog.last_results:
+            messages = []
+            await stream.send(replay.latest_seq, live.sse_verification(
+                {"result_type": dialog.last_results[0]["result_type"], "results": dialog.last_results}))
+        return await stream.run(sub, messages)
     finally:
-        if streams.get(c.token) is stop:
-            del streams[c.token]
-    return resp
+        if streams.get(dialog.key) is sub:
+            del streams[dialog.key]

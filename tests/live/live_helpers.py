@@ -1,0 +1,133 @@
+"""Helpers for the live-results tests: paced streaming, an SSE reader, enrolment, Node."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+
+from conftest import protocol_audio, read_mulaw_bytes
+
+P = "ls-other-tel"
+NODE_DIR = Path(__file__).resolve().parent / "node"
+CHROMIUM = Path("/usr/bin/chromium")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def speech(name: str) -> bytes:
+    return read_mulaw_bytes(protocol_audio(P, name))
+
+
+async def paced_stream(gw, token: str, dialog_id: str, payload: bytes, speed: float = 1.0,
+                       frame_bytes: int = 1600, end: bool = True) -> None:
+    """Stream mu-law audio like a live call: one 200 ms frame every 200 ms / `speed`."""
+    async with websockets.connect(f"{gw.ws_url}/agent-vb-mw/stream?token={token}") as ws:
+        await ws.send(json.dumps({"encoding": "mulaw", "sample_rate": 8000, "dialog_id": dialog_id}))
+        await ws.recv()
+        t0 = time.monotonic()
+        period = frame_bytes / 8000 / speed
+        for i, start in enumerate(range(0, len(payload), frame_bytes)):
+            await ws.send(payload[start:start + frame_bytes])
+            delay = t0 + (i + 1) * period - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if end:
+            await ws.send(b"")
+            async for _ in ws:
+                pass
+
+
+async def enrol(gw, user_id: str = "cust-1688", dialog: str = "enrol-call") -> str:
+    tok = await gw.token(dialog)
+    await gw.stream(tok, dialog, speech("1688_enrol0"))
+    status, body = await gw.call("POST", "/enrol", tok, json={"user_id": user_id})
+    assert status == 200, body
+    return user_id
+
+
+async def call_closed(gw, token: str) -> None:
+    """Wait for the call's CALL_CLOSED (published once the engine has finished its audio)."""
+    async with gw.http.get(f"{gw.url}/dialog-status", params={"token": token}) as resp:
+        await SseReader(resp).until(lambda e: e["data"].get("status") == "CALL_CLOSED")
+
+
+class SseReader:
+    """Reads one text/event-stream response into events: {"id", "event", "data"} dicts, and
+    {"comment": ...} for comment lines (heartbeats)."""
+
+    def __init__(self, resp):
+        self.resp = resp
+        self.events: list[dict] = []
+
+    async def next(self, timeout: float = 10.0) -> dict | None:
+        """The next event or comment; None at the end of the stream."""
+        ev: dict = {}
+        while True:
+            raw = await asyncio.wait_for(self.resp.content.readline(), timeout)
+            if not raw:
+                return ev or None
+            line = raw.decode().rstrip("\r\n")
+            if not line:
+                if ev:
+                    self.events.append(ev)
+                    return ev
+                continue
+            if line.startswith(":"):
+                return {"comment": line[1:].strip()}
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                ev["data"] = json.loads(value)
+            elif name in ("id", "event", "retry"):
+                ev[name] = value
+
+    async def until(self, pred, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = await self.next(max(0.1, deadline - time.monotonic()))
+            if ev is None:
+                raise AssertionError(f"stream ended before the expected event; got {self.events}")
+            if "data" in ev and pred(ev):
+                return ev
+
+    async def rest(self, timeout: float = 20.0) -> list[dict]:
+        """Every event until the end of the stream."""
+        out = []
+        while (ev := await self.next(timeout)) is not None:
+            if "data" in ev:
+                out.append(ev)
+        return out
+
+
+def node_or_skip() -> str:
+    """The node binary with tests/live/node installed by `npm ci`, or a skip (a failure in CI)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        msg = "node and npm are needed for the Node socket.io-client and browser tests"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: a missing toolchain is a failure)")
+        pytest.skip(msg)
+    stamp = NODE_DIR / "node_modules" / ".vbgw-lock"
+    lock = (NODE_DIR / "package-lock.json").read_bytes()
+    if not stamp.exists() or stamp.read_bytes() != lock:
+        r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR,
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            pytest.fail(f"npm ci failed in {NODE_DIR}:\n{r.stderr[-2000:]}")
+        stamp.write_bytes(lock)
+    return node
+
+
+def chromium_or_skip() -> Path:
+    if not CHROMIUM.exists():
+        msg = f"no browser at {CHROMIUM} (Debian's chromium package: apt-get install -y chromium)"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: a missing browser is a failure)")
+        pytest.skip(msg)
+    return CHROMIUM

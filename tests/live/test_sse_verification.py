@@ -1,0 +1,103 @@
+"""GET /verification: STARTING, EARLY, NORMAL exactly as the seed (JSON arrays), a new request
+stops the previous stream, Last-Event-ID resume, a late request gets the score so far, and the
+stream ends cleanly when the call closes."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from live_helpers import SseReader, call_closed, enrol, speech
+
+NO_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
+SEED_KEYS = ["bio_result", "bio_score", "bio_user_id", "llr", "result_type", "speech_millis"]
+
+
+async def _open(gw, token, users, last_event_id=None):
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    return await gw.http.get(f"{gw.url}/verification", params={"users": users, "token": token}, headers=headers,
+                             timeout=NO_READ_TIMEOUT)
+
+
+async def test_starting_early_normal_as_the_seed_then_the_end(gateway):
+    gw = gateway
+    user = await enrol(gw)
+    tok = await gw.token("v-1")
+    resp = await _open(gw, tok, user)
+    assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+    r = SseReader(resp)
+    starting = await r.until(lambda e: True)
+    assert starting["data"] == [{"bio_result": "", "bio_score": 0.0, "bio_user_id": user, "llr": 0.0,
+                                 "result_type": "STARTING", "speech_millis": 0}]
+    await gw.stream(tok, "v-1", speech("1688_enrol1"))       # the same speaker, another recording
+    rest = await r.rest()
+    results = [e["data"] for e in rest if "event" not in e]
+    assert rest[-1] == {"event": "end", "data": {"reason": "CALL_CLOSED"}}
+    kinds = [d[0]["result_type"] for d in results]
+    assert kinds[0] == "EARLY" and "NORMAL" in kinds and kinds.index("NORMAL") > 0, kinds
+    for d in results:
+        assert isinstance(d, list) and len(d) == 1 and sorted(d[0]) == SEED_KEYS
+        assert d[0]["bio_user_id"] == user and 0.0 <= d[0]["bio_score"] <= 1.0
+    early, normal = results[0][0], results[kinds.index("NORMAL")][0]
+    assert 2000 <= early["speech_millis"] < 5000 <= normal["speech_millis"]
+    assert normal["bio_result"].startswith("TRUE_"), normal
+    assert isinstance(normal["llr"], float)
+
+
+async def test_a_new_request_stops_the_previous_stream(gateway):
+    gw = gateway
+    tok = await gw.token("v-2")
+    first = SseReader(await _open(gw, tok, "alice"))
+    assert (await first.until(lambda e: True))["data"][0]["bio_user_id"] == "alice"
+    t0 = time.monotonic()
+    second = SseReader(await _open(gw, tok, "bob,carol"))
+    assert [x["bio_user_id"] for x in (await second.until(lambda e: True))["data"]] == ["bob", "carol"]
+    assert await first.rest(5.0) == [{"event": "end", "data": {"reason": "SUPERSEDED"}}]
+    assert time.monotonic() - t0 < 2.0
+    # A reconnection of the replaced stream is told to stop (204), not allowed to take over.
+    resp = await _open(gw, tok, "alice", last_event_id=1)
+    assert resp.status == 204
+    second.resp.close()
+
+
+async def test_a_late_request_gets_the_score_so_far_and_resume_replays(gateway):
+    gw = gateway
+    user = await enrol(gw)
+    tok = await gw.token("v-3")
+    await gw.stream(tok, "v-3", speech("1688_enrol1"))       # the call is over before anyone asks
+    await call_closed(gw, tok)
+    r = SseReader(await _open(gw, tok, user))
+    events = await r.rest()
+    assert [e["data"][0]["result_type"] for e in events[:-1]] == ["STARTING", "NORMAL"]
+    assert events[1]["data"][0]["bio_result"].startswith("TRUE_")
+    assert events[-1]["data"] == {"reason": "CALL_CLOSED"}
+    # Resume after STARTING: the NORMAL result again, then the end; after the last id: 204.
+    r = SseReader(await _open(gw, tok, user, last_event_id=events[0]["id"]))
+    again = await r.rest()
+    assert [e["data"] for e in again] == [events[1]["data"], {"reason": "CALL_CLOSED"}]
+    assert (await _open(gw, tok, user, last_event_id=events[1]["id"])).status == 204
+
+
+async def test_bad_users_and_tokens(gateway):
+    gw = gateway
+    tok = await gw.token("v-4")
+    for params, status, code in [({"users": "a", "token": "nope"}, 401, "UNAUTHORIZED"),
+                                 ({"token": tok}, 400, "USERS_REQUIRED"),
+                                 ({"users": "a,b,c,d,e,f", "token": tok}, 400, "TOO_MANY_USERS"),
+                                 ({"users": "a b", "token": tok}, 400, "BAD_USER_ID")]:
+        resp = await gw.http.get(f"{gw.url}/verification", params=params)
+        assert resp.status == status and (await resp.json())["error"]["code"] == code
+
+
+async def test_heartbeats_keep_an_idle_verification_stream_open(gateway, monkeypatch):
+    from gateway.api import sse
+    monkeypatch.setattr(sse, "HEARTBEAT_S", 0.2)
+    gw = gateway
+    tok = await gw.token("v-5")
+    r = SseReader(await _open(gw, tok, "alice"))
+    await r.until(lambda e: True)
+    beats = [await r.next(2.0) for _ in range(3)]
+    assert beats == [{"comment": "heartbeat"}] * 3
+    r.resp.close()
+    await asyncio.sleep(0.3)
