@@ -14,7 +14,8 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway.api import audiohook, ocp, sse, system
+from gateway.api import audiohook, ocp, sse, system, widget
+from gateway.api import socketio as socketio_api
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
 from gateway.config import Settings
@@ -26,7 +27,7 @@ from gateway.openapi import build_openapi
 from gateway.store.sqlite import SqliteRepository
 
 log = structlog.get_logger(__name__)
-ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes)
+ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes)
 
 
 def sw_version() -> str:
@@ -119,6 +120,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app.cleanup_ctx.append(lifecycle)
     for table in ROUTE_TABLES:
         table.install(app)
+    socketio_api.install(app)    # Socket.IO for agent desktops, on the same app and port
     app[system.OPENAPI_DOC] = build_openapi([s for t in ROUTE_TABLES for s in t.specs], sw_version())
     return app
 

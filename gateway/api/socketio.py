@@ -1,0 +1,242 @@
+"""Socket.IO surface for agent desktops (seed: ocp-vb-socketio-api.txt).
+
+python-socketio's AsyncServer on the gateway's own aiohttp app: path /agent-socket/socket.io,
+namespace /agent-socket/socket. A client emits `verification` or `status` with
+{"token", "users", "time"}; once the token is valid the client joins its token's rooms and
+receives `<event>-<token>` events (see gateway.api.live.SOCKETIO_EVENTS):
+
+    status                 -> status-{token}                       (room "status")
+    verification           -> verification-{token}                 (room "verification")
+    either                 -> clean-speech-, TTS-Detection-, blocklist-Detection-{token} (room "any")
+
+Events go to rooms named after a hash of the token, never to everyone, so a client receives a
+dialog's results only after presenting a valid token for it. A bad payload or an invalid token
+gets an `error` event ({"code", "message", "event"}) and the same answer as the ack; the
+connection stays up. A connection that presents no valid token within AUTH_GRACE_S is closed.
+
+One bus subscription per dialog with listeners feeds every listener of that dialog: a result is
+rendered and encoded once per token, whatever the number of clients."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+import structlog
+from aiohttp import web
+
+from gateway.api import live
+from gateway.api.ocp import parse_users
+from gateway.appkeys import CORE
+from gateway.auth import token_hash
+from gateway.bus import DialogKey, Subscription
+from gateway.errors import ApiError
+
+log = structlog.get_logger(__name__)
+
+PATH = "/agent-socket/socket.io"
+NAMESPACE = "/agent-socket/socket"
+AUTH_GRACE_S = 30.0
+MAX_TOKENS_PER_CLIENT = 8
+HUB: web.AppKey["LiveHub"] = web.AppKey("socketio_hub")
+
+
+class BadPayload(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class Request:
+    token: str
+    users: list[str]
+
+
+def parse_request(data: Any, need_users: bool) -> Request:
+    if not isinstance(data, dict):
+        raise BadPayload("BAD_PAYLOAD", 'the payload must be an object {"token", "users", "time"}')
+    token = data.get("token")
+    if not isinstance(token, str) or not token.strip():
+        raise BadPayload("TOKEN_REQUIRED", "token (the session token, a string) is required")
+    users_raw = data.get("users", "")
+    if not isinstance(users_raw, str):
+        raise BadPayload("BAD_USERS", 'users must be a string of comma-separated user ids, e.g. "user1, user2"')
+    if "time" in data and not isinstance(data["time"], str):
+        raise BadPayload("BAD_TIME", "time must be a string timestamp, e.g. 2024-09-02T12:00:00Z")
+    users: list[str] = []
+    if need_users or users_raw.strip():
+        try:
+            users = parse_users(users_raw)
+        except ApiError as exc:
+            raise BadPayload(exc.code, exc.message) from None
+    return Request(token.strip(), users)
+
+
+def room(audience: str, th: str) -> str:
+    return f"{audience}:{th}"
+
+
+@dataclass
+class _Feed:
+    """One dialog's bus subscription and the tokens (hash -> token) listening to it."""
+    key: DialogKey
+    sub: Subscription
+    tokens: dict[str, str] = field(default_factory=dict)
+    task: asyncio.Task | None = None
+
+
+class LiveHub:
+    def __init__(self, app: web.Application):
+        self.app = app
+        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
+        self.sio.attach(app, socketio_path=PATH)
+        self.feeds: dict[DialogKey, _Feed] = {}
+        self.watchers: dict[str, set[str]] = {}          # token hash -> sids
+        self.clients: dict[str, dict[str, DialogKey]] = {}   # sid -> token hash -> dialog key
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self.sio.on("connect", self.on_connect, namespace=NAMESPACE)
+        self.sio.on("disconnect", self.on_disconnect, namespace=NAMESPACE)
+        self.sio.on("verification", self.on_verification, namespace=NAMESPACE)
+        self.sio.on("status", self.on_status, namespace=NAMESPACE)
+
+    @property
+    def core(self):
+        return self.app[CORE]
+
+    # -- connections ------------------------------------------------------------------------
+    async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+        self.clients[sid] = {}
+        loop = asyncio.get_running_loop()
+        self._grace[sid] = loop.call_later(AUTH_GRACE_S, self._expire, sid)
+        self.core.metrics.inc("vbgw_socketio_connections_total")
+
+    def _expire(self, sid: str) -> None:
+        self._grace.pop(sid, None)
+        if sid in self.clients and not self.clients[sid]:
+            asyncio.ensure_future(self.sio.disconnect(sid, namespace=NAMESPACE))
+
+    async def on_disconnect(self, sid: str, *_reason) -> None:
+        handle = self._grace.pop(sid, None)
+        if handle:
+            handle.cancel()
+        for th, key in self.clients.pop(sid, {}).items():
+            sids = self.watchers.get(th, set())
+            sids.discard(sid)
+            if not sids:
+                self.watchers.pop(th, None)
+                feed = self.feeds.get(key)
+                if feed is not None:
+                    feed.tokens.pop(th, None)
+                    if not feed.tokens:
+                        self._drop_feed(feed)
+
+    def clients_count(self) -> int:
+        return len(self.clients)
+
+    # -- requests ---------------------------------------------------------------------------
+    async def on_verification(self, sid: str, data: Any = None) -> dict:
+        return await self._request(sid, data, "verification")
+
+    async def on_status(self, sid: str, data: Any = None) -> dict:
+        return await self._request(sid, data, "status")
+
+    async def _error(self, sid: str, event: str, code: str, message: str) -> dict:
+        body = {"code": code, "message": message, "event": event}
+        self.core.metrics.inc("vbgw_errors_total", code=code)
+        await self.sio.emit("error", body, to=sid, namespace=NAMESPACE)
+        return {"error": body}
+
+    async def _request(self, sid: str, data: Any, channel: str) -> dict:
+        core = self.core
+        try:
+            req = parse_request(data, need_users=channel == "verification")
+            rec = await core.auth.session_for(req.token)
+            caller = await core.caller(rec, req.token)
+        except BadPayload as exc:
+            return await self._error(sid, channel, exc.code, exc.message)
+        except ApiError as exc:
+            return await self._error(sid, channel, exc.code, exc.message)
+        th = token_hash(req.token)
+        watching = self.clients.get(sid)
+        if watching is None:
+            return {"error": {"code": "DISCONNECTED", "message": "not connected", "event": channel}}
+        if th not in watching and len(watching) >= MAX_TOKENS_PER_CLIENT:
+            return await self._error(sid, channel, "TOO_MANY_TOKENS",
+                                     f"one connection follows at most {MAX_TOKENS_PER_CLIENT} sessions")
+        dialog = core.dialog_of(caller, create=True)
+        self._watch(sid, th, req.token, dialog.key)
+        await self.sio.enter_room(sid, room(channel, th), namespace=NAMESPACE)
+        await self.sio.enter_room(sid, room("any", th), namespace=NAMESPACE)
+        token = req.token
+        if channel == "status":
+            await self.sio.emit(f"status-{token}", {"status": dialog.status}, to=sid, namespace=NAMESPACE)
+        # Bring a late joiner up to date with the latest clean speech and fraud signals.
+        latest = {m.kind: m for m in core.bus.history(dialog.key) if m.kind in live.SNAPSHOT_KINDS}
+        for kind in live.SNAPSHOT_KINDS:
+            if kind in latest:
+                ev = live.SOCKETIO_EVENTS[kind]
+                await self.sio.emit(f"{ev.name}-{token}", ev.render(latest[kind].data), to=sid, namespace=NAMESPACE)
+        if channel == "verification":
+            await dialog.set_targets(req.users)       # STARTING (and the score so far) reach the room
+        return {"ok": True}
+
+    def _watch(self, sid: str, th: str, token: str, key: DialogKey) -> None:
+        self.clients[sid][th] = key
+        handle = self._grace.pop(sid, None)
+        if handle:
+            handle.cancel()
+        self.watchers.setdefault(th, set()).add(sid)
+        feed = self.feeds.get(key)
+        if feed is None:
+            feed = self.feeds[key] = _Feed(key, self.core.bus.subscribe(key, maxsize=1024))
+            feed.task = asyncio.create_task(self._pump(feed))
+        feed.tokens[th] = token
+
+    def _drop_feed(self, feed: _Feed) -> None:
+        self.feeds.pop(feed.key, None)
+        feed.sub.close()
+        if feed.task is not None:
+            feed.task.cancel()
+
+    # -- results out ------------------------------------------------------------------------
+    async def _pump(self, feed: _Feed) -> None:
+        metrics = self.core.metrics
+        while True:
+            msg = await feed.sub.get()
+            ev = live.SOCKETIO_EVENTS.get(msg.kind)
+            if ev is None:
+                continue
+            try:
+                payload = ev.render(msg.data)
+                for th, token in list(feed.tokens.items()):
+                    await self.sio.emit(f"{ev.name}-{token}", payload, to=room(ev.audience, th), namespace=NAMESPACE)
+                metrics.observe("vbgw_socketio_delivery_seconds", time.time() - msg.ts)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("socketio_emit_failed", kind=msg.kind)
+
+    async def close(self) -> None:
+        for feed in list(self.feeds.values()):
+            self._drop_feed(feed)
+        for handle in self._grace.values():
+            handle.cancel()
+        try:
+            await self.sio.shutdown()
+        except Exception:   # noqa: BLE001 - shutting down anyway
+            pass
+
+
+def install(app: web.Application) -> LiveHub:
+    hub = LiveHub(app)
+    app[HUB] = hub
+
+    async def lifecycle(app: web.Application):
+        yield
+        await hub.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return hub
