@@ -52,6 +52,7 @@
     var score = $("score");
     score.dataset.band = r.bioResult || "NONE";
     score.dataset.kind = kind;
+    score.dataset.user = r.bioUserId || "";
     var scored = /^(TRUE|FALSE)_/.test(r.bioResult || "");
     $("score-value").textContent = scored ? Math.round(r.bioScore * 100) + "%" : "–";
     $("score-band").textContent = BAND_TEXT[r.bioResult] !== undefined ? BAND_TEXT[r.bioResult] : r.bioResult;
@@ -111,7 +112,11 @@
     socket.on("status-" + token, function (p) { setStatus(p.status); });
     socket.on("clean-speech-" + token, function (p) { setSpeech(p.cleanSpeechDuration, p.enoughSpeechDetected); });
     socket.on("verification-" + token, function (list) {
-      if (list && list.length) { showResult(list[0], list[0].limitType); }
+      if (!list || !list.length) { return; }
+      var r = list[0];
+      // STARTING only announces a new verification; keep showing a score already there for the same user.
+      if (r.limitType === "STARTING" && $("score").dataset.band !== "NONE" && $("score").dataset.user === r.bioUserId) { return; }
+      showResult(r, r.limitType);
     });
     socket.on("TTS-Detection-" + token, onTts);
     socket.on("blocklist-Detection-" + token, onBlocklist);

@@ -131,3 +131,36 @@ def chromium_or_skip() -> Path:
             pytest.fail(msg + " (CI=true: a missing browser is a failure)")
         pytest.skip(msg)
     return CHROMIUM
+
+
+class NodeScript:
+    """A Node script from tests/live/node that prints JSON lines: {"ready": true, ...} once it is
+    listening, then its result."""
+
+    def __init__(self, node: str, script: str, *args: str):
+        self.cmd = [node, str(NODE_DIR / script), *args]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 30.0) -> dict:
+        self.proc = await asyncio.create_subprocess_exec(*self.cmd, cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE,
+                                                         stderr=asyncio.subprocess.PIPE)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            err = (await self.proc.stderr.read()).decode()[-2000:]
+            raise AssertionError(f"{self.cmd[1]} ended before it was ready: {err}")
+        first = json.loads(line)
+        if not first.get("ready"):
+            raise AssertionError(f"{self.cmd[1]} failed: {first}")
+        return first
+
+    async def result(self, timeout: float = 60.0) -> dict:
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            await asyncio.wait_for(self.proc.wait(), 15)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+        if not line:
+            raise AssertionError(f"{self.cmd[1]} printed no result: {(await self.proc.stderr.read()).decode()[-2000:]}")
+        return json.loads(line)
