@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from conftest import protocol_audio, read_mulaw_bytes
+from support import protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import admin, pat_of, protocol_audio
+from support import admin, pat_of, protocol_audio
 
 
 async def test_every_endpoint_authenticates(gateway):
@@ -101,7 +101,7 @@ async def test_bad_requests_get_stable_codes(gateway):
 
 async def test_low_data_enrolment_says_how_much_is_missing(gateway):
     gw = gateway
-    from conftest import read_mulaw_bytes
+    from support import read_mulaw_bytes
     tok = await gw.token("short-call")
     await gw.stream(tok, "short-call", read_mulaw_bytes(protocol_audio("ls-other-tel2s", "1688_test0")))
     status, body = await gw.call("POST", "/enrol", tok, json={"user_id": "shorty"})

@@ -12,7 +12,7 @@ import pytest
 import structlog
 import websockets
 
-from conftest import protocol_audio, read_mulaw_bytes
+from support import protocol_audio, read_mulaw_bytes
 
 
 async def test_logs_never_carry_tokens_biokeys_or_pats(gateway, capsys):
@@ -41,7 +41,7 @@ async def test_logs_never_carry_tokens_biokeys_or_pats(gateway, capsys):
 
 
 async def test_sensitive_biokeys_are_stored_hashed_and_still_searchable(settings, engine, aiohttp_server):
-    from conftest import Gateway, admin, pat_of
+    from support import Gateway, admin, pat_of
     from gateway.app import create_app
     profile = settings.data_dir.parent / "profile.json"
     profile.write_text(json.dumps({"biokeys": [{"key": "user_id", "is_user_id": True},
@@ -73,7 +73,7 @@ async def test_sensitive_biokeys_are_stored_hashed_and_still_searchable(settings
 
 
 async def test_session_tokens_expire_after_idle_time(settings, engine, aiohttp_server):
-    from conftest import Gateway, admin, pat_of
+    from support import Gateway, admin, pat_of
     from gateway.app import create_app
     settings.auth.token_idle_s = 10
     pat = pat_of(await admin(settings, "bootstrap", "--tenant", "acme", "--profile", "retail"))
@@ -95,7 +95,7 @@ async def test_tls_serves_https_and_wss(settings, engine, tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    from conftest import admin, pat_of
+    from support import admin, pat_of
     from gateway.app import create_app, ssl_context
     from gateway.config import load_settings
     s = load_settings(environ={}, overrides={"server": {"data_dir": str(settings.data_dir), "port": 0,

@@ -13,7 +13,7 @@ import sys
 import aiohttp
 import websockets
 
-from conftest import REPO
+from support import REPO
 
 
 def _free_port() -> int:

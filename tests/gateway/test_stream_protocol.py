@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import websockets
 
-from conftest import protocol_audio, read_mulaw_bytes
+from support import protocol_audio, read_mulaw_bytes
 
 
 async def _expect_error(ws, code: str, close_code: int):

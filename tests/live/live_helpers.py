@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from conftest import protocol_audio, read_mulaw_bytes
+from support import protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"
 NODE_DIR = Path(__file__).resolve().parent / "node"

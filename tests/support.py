@@ -1,0 +1,92 @@
+"""Helpers shared by the test packages (a uniquely named module: several conftest.py exist)."""
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import soundfile as sf
+import websockets
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PROTOCOLS = SHARED / "data" / "protocols"
+
+
+def protocol_audio(protocol: str, name: str) -> Path:
+    return PROTOCOLS / protocol / "audio" / f"{name}.wav"
+
+
+def read_mulaw_bytes(path: Path) -> bytes:
+    """The raw G.711 mu-law payload of a protocol WAV (format tag 7), as a telephony peer sends it."""
+    import audioop_compat  # noqa: F401  (see tests/audioop_compat.py)
+    data, rate = sf.read(path, dtype="int16")
+    assert rate == 8000
+    return audioop_compat.lin2ulaw(data)
+
+
+async def admin(settings, *argv: str) -> str:
+    from gateway.cli import _admin, build_parser
+    args = build_parser(include_bench=False).parse_args(["admin", "--data-dir", str(settings.data_dir), *argv])
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = await _admin(args)
+    assert rc == 0, buf.getvalue()
+    return buf.getvalue()
+
+
+def pat_of(output: str) -> str:
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("pat="), output
+    return last[4:]
+
+
+@dataclass
+class Gateway:
+    url: str
+    ws_url: str
+    http: aiohttp.ClientSession
+    settings: object
+    pat: str
+    app: object = None     # the aiohttp app (tests that publish on its results bus)
+
+    async def token(self, master_id: str, profile: str = "retail", tenant: str = "acme", pat: str | None = None,
+                    custom: dict | None = None) -> str:
+        r = await self.http.post(f"{self.url}/api/token/", headers={"Authorization": f"Bearer {pat or self.pat}"},
+                                 json={"agentId": "a1", "agentSkill": "s", "masterId": master_id, "tenantId": tenant,
+                                       "vbProfile": profile, "ccaasProvider": "GENESYS",
+                                       "customProperties": custom or {"Ani": "5551234"}})
+        body = await r.json()
+        assert r.status == 200, body
+        return body["data"]["token"]
+
+    async def call(self, method: str, path: str, token: str | None = None, **kw):
+        headers = kw.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        r = await self.http.request(method, f"{self.url}{path}", headers=headers, **kw)
+        try:
+            body = await r.json(content_type=None)
+        except json.JSONDecodeError:
+            body = await r.text()
+        return r.status, body
+
+    async def stream(self, token: str, dialog_id: str, payload: bytes, encoding: str = "mulaw",
+                     sample_rate: int = 8000, frame_bytes: int = 1600) -> list:
+        """Stream like a real client: config, 200 ms frames, empty message; returns server messages."""
+        received = []
+        async with websockets.connect(f"{self.ws_url}/agent-vb-mw/stream?token={token}") as ws:
+            await ws.send(json.dumps({"encoding": encoding, "sample_rate": sample_rate, "dialog_id": dialog_id}))
+            received.append(json.loads(await ws.recv()))
+            for i in range(0, len(payload), frame_bytes):
+                await ws.send(payload[i:i + frame_bytes])
+            await ws.send(b"")
+            async for msg in ws:
+                received.append(json.loads(msg))
+        return received
+
+
