@@ -533,8 +533,12 @@ class Engine:
         st.closed = True
         with self._lock:
             self._states.pop(id(st), None)
-        st.pending.clear()
-        st.speech = _Speech(1)
+        with st.lock:
+            st.pending.clear()
+            st.pending_samples = 0
+        done = _Speech(1)                 # free the audio, keep the counters
+        done.speech_ms = st.speech.speech_ms
+        st.speech = done
 
     def _emit(self, events: list[tuple[_State, SessionEvent]]) -> None:
         loop = self._loop

@@ -46,6 +46,7 @@ async def test_milestones_in_order_and_scores(engine):
     prog = [e.speech_ms for e in events if isinstance(e, SpeechProgress)]
     assert prog and prog == sorted(prog)
     assert emb is not None and emb.speech_ms >= ms[-1].embedding.speech_ms
+    assert sess.speech_ms == emb.speech_ms          # counters survive close()
     n_events = len(events)
     sess.push("customer", a[:16000])      # after close: ignored, no events
     await asyncio.sleep(0.1)
@@ -155,3 +156,22 @@ async def test_stats_and_info(engine):
     info = engine.info
     assert info.plda_version.startswith("cal-") and info.sw_version
     assert info.method == "cosine+linear-calibration"
+
+
+def test_delayed_flag(engine_sync):
+    """A milestone computed more than 1 s after its audio arrived says delayed=True."""
+    import time
+
+    from engine.engine import _State
+    core = engine_sync._core
+    a = speaker_audio(speakers()[5], 1)[: 8000 * 6]
+    fresh = _State("fresh", SpeechLimits(), None, core.window_samples)
+    old = _State("old", SpeechLimits(), None, core.window_samples)
+    fresh.pending.append((time.monotonic(), a))
+    old.pending.append((time.monotonic() - 5.0, a))
+    fresh.pending_samples = old.pending_samples = len(a)
+    events = core.process([fresh, old], None)
+    ms = {(st.dialog_id, e.kind): e for st, e in events if isinstance(e, Milestone)}
+    assert ms[("fresh", "EARLY")].delayed is False
+    assert ms[("old", "EARLY")].delayed is True
+    assert ms[("old", "EARLY")].embedding.speech_ms == ms[("fresh", "EARLY")].embedding.speech_ms
