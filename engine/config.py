@@ -22,5 +22,5 @@ class EngineConfig(BaseModel):
     # Additions (not in the gateway contract, all optional):
     runtime: Literal["onnx", "numpy"] = "onnx"   # CAM++ runtime; numpy is the reference
     vad_pad_ms: int = 1024                       # audio kept around speech for the encoder
-    scd_threshold: float = -2.0                  # speaker change when window llr < this
+    scd_threshold: float = 4.0                   # speaker change when a window's llr < this (docs/scoring.md)
     max_pending_s: float = 20.0                  # per-session cap on unprocessed audio

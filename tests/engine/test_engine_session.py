@@ -175,3 +175,15 @@ def test_delayed_flag(engine_sync):
     assert ms[("fresh", "EARLY")].delayed is False
     assert ms[("old", "EARLY")].delayed is True
     assert ms[("old", "EARLY")].embedding.speech_ms == ms[("fresh", "EARLY")].embedding.speech_ms
+
+
+def test_no_speaker_change_for_one_speaker(engine_sync):
+    from engine.engine import _State
+    core = engine_sync._core
+    a = speaker_audio(speakers()[6], 3)
+    st = _State("one", SpeechLimits(), None, core.window_samples)
+    st.pending.append((0.0, a))
+    st.pending_samples = len(a)
+    core.process([st], None, milestones=False)
+    assert len(st.speech.windows) >= 2
+    assert st.change.scd_llr is not None and not st.change.user_changed
