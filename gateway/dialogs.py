@@ -83,7 +83,7 @@ class Dialog:
             self.publish_status(CALL_CLOSED if reason in ("completed", "disconnected") else SYSTEM_ERROR,
                                 reason=reason)
 
-    async def _drain(self, timeout: float = 10.0) -> None:
+    async def _drain(self, timeout: float = 5.0) -> None:
         """Let the engine finish the call's audio and its results go out, so live clients see
         them before the call's end status (a fast sender can be ahead of the engine)."""
         try:

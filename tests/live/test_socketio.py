@@ -122,7 +122,7 @@ async def test_events_reach_only_clients_with_a_valid_token_for_the_dialog(gatew
             await c.close()
 
 
-async def test_bad_payloads_get_an_error_event_and_the_connection_stays_up(gateway):
+async def test_bad_payloads_get_an_error_event_and_the_connection_stays_up(gateway, capsys):
     gw = gateway
     tok = await gw.token("bad-1")
     agent = await Agent().connect(gw)
@@ -146,6 +146,8 @@ async def test_bad_payloads_get_an_error_event_and_the_connection_stays_up(gatew
         await agent.wait(lambda ev: ev[f"status-{tok}"])
     finally:
         await agent.close()
+    logs = capsys.readouterr()
+    assert tok not in logs.out + logs.err                                 # tokens are never logged
 
 
 async def test_late_joiners_catch_up_and_listeners_are_cleaned_up(gateway):
