@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -33,7 +33,7 @@ from .calibration import Calibration, sigmoid
 from .config import EngineConfig
 from .encoders import Encoder, load_encoder
 from .models import model_path
-from .types import (SAMPLE_RATE, AudioError, BandTargets, Channel, Embedding, EngineError,
+from .types import (SAMPLE_RATE, BandTargets, Channel, Embedding, EngineError,
                     EngineStats, Milestone, ModelInfo, Score, SessionEvent, SpeakerChange,
                     SpeechLimits, SpeechProgress)
 from .vad import CHUNK, CHUNK_MS, SileroVad, VadStream
