@@ -27,6 +27,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--protocol", default=None,
+                    help="also time the engine end to end (VAD, windows, encoder) on the "
+                         "enrol + test files of this protocol directory, 32 files at a time")
 
 
 def _speechlike(n: int, seed: int) -> np.ndarray:
@@ -111,6 +114,8 @@ def main(args: argparse.Namespace) -> int:
     _row(f"batched over {B} streams",
          *_measure(lambda: vad.process_many([VadStream() for _ in many], many), S * B,
                    args.repeat))
+    if args.protocol:
+        _e2e(cfg, args)
     if args.encoder == "campp" and not args.no_torch:
         _torch_rows(cfg, model_path(cfg.model_dir, "campp"), one, feats, S, B, args)
 
@@ -137,3 +142,18 @@ def _torch_rows(cfg, weights, one, feats, S, B, args) -> None:
     print(f"PyTorch original (torch {torch.__version__}, {args.threads} threads, network only):")
     _row("one stream (features precomputed)", *_measure(lambda: run(f1), S, args.repeat))
     _row(f"batch of {B} in one run", *_measure(lambda: run(fb), S * B, args.repeat))
+
+
+def _e2e(cfg, args) -> None:
+    from .. import Engine
+    from ..protocol import Protocol
+    proto = Protocol.read(args.protocol)
+    pcms = [proto.audio(p) for _, _, p in proto.enrol + proto.test]
+    total = sum(len(p) for p in pcms) / 8000.0
+    eng = Engine.load(cfg)
+
+    def run():
+        for k in range(0, len(pcms), 32):
+            eng.embed_many_sync(pcms[k:k + 32])
+    print(f"engine end to end on {proto.name} ({len(pcms)} files, {total:.0f} s of audio):")
+    _row("VAD + windows + encoder, 32 files per batch", *_measure(run, total, 1))
