@@ -177,6 +177,10 @@ def _add_bench(sub) -> None:
     ah = bsub.add_parser("audiohook", help="concurrent real-time AudioHook calls with verification")
     audiohook_bench.add_arguments(ah)
     ah.set_defaults(fn=audiohook_bench.main)
+    from gateway.bench import live as live_bench
+    lv = bsub.add_parser("live", help="Socket.IO and SSE agent clients following live calls: result delivery delay")
+    live_bench.add_arguments(lv)
+    lv.set_defaults(fn=live_bench.main)
 
 
 def _command(argv: list[str]) -> str | None:

@@ -75,10 +75,11 @@ class Server:
                              check=True, capture_output=True, text=True, cwd=REPO).stdout
         return out.strip().splitlines()[-1].removeprefix("pat=")
 
-    async def start(self) -> None:
+    async def start(self, module: str = "gateway.cli") -> None:
+        """Run `python -m <module> serve` (a bench may wrap the CLI to instrument the gateway)."""
         env = dict(os.environ, VBGW_EVENTS__JSONL_PATH=str(self.data_dir / "events.jsonl"),
                    VBGW_LOGGING__LEVEL="warning")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port),
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(self.port),
                                       "--data-dir", str(self.data_dir)], cwd=REPO, env=env,
                                      stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "server.log", "w"))
         async with aiohttp.ClientSession() as http:
