@@ -324,21 +324,31 @@ class CamppOnnx:
 
     runtime = "onnx"
 
-    def __init__(self, weights: CamppWeights, cache_path: Path, threads: int = 2):
+    def __init__(self, weights, cache_path: Path, threads: int = 2):
+        """weights: CamppWeights, or a callable returning them (only called when the
+        cached graph has to be built)."""
         cache_path = Path(cache_path)
-        if not cache_path.exists():
-            import onnx
-            model = build_onnx(weights)
-            tmp = cache_path.with_name(cache_path.name + f".{os.getpid()}.part")
-            onnx.save(model, str(tmp))
-            os.replace(tmp, cache_path)
         self.threads = max(1, int(threads))
-        self.sess_lat = self._session(cache_path, self.threads)
+        if not cache_path.exists():
+            self._build(weights, cache_path)
+        try:
+            self.sess_lat = self._session(cache_path, self.threads)
+        except Exception:  # noqa: BLE001 - a damaged cache file: rebuild it once
+            self._build(weights, cache_path)
+            self.sess_lat = self._session(cache_path, self.threads)
         self.sess_one = self._session(cache_path, 1) if self.threads > 1 else self.sess_lat
         self._pool = None
         if self.threads > 1:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vbgw-campp")
+
+    @staticmethod
+    def _build(weights, cache_path: Path) -> None:
+        import onnx
+        model = build_onnx(weights() if callable(weights) else weights)
+        tmp = cache_path.with_name(cache_path.name + f".{os.getpid()}.part")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, cache_path)
 
     @staticmethod
     def _session(path: Path, threads: int):

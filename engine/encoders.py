@@ -35,16 +35,17 @@ class CamppEncoder(Encoder):
     min_samples = 1600   # 0.2 s: enough frames for the statistics pooling
 
     def __init__(self, model_dir: Path, runtime: str = "onnx", threads: int = 2):
-        wpath = model_path(model_dir, "campp")
-        self.weights = _campp.CamppWeights(wpath)
+        wpath = model_path(model_dir, "campp")      # sha256-verified weights
         self.runtime = runtime
         if runtime == "onnx":
+            # the graph is built from the verified weights once and cached under a name
+            # derived from their sha256 and the builder version
             key = hashlib.sha256(f"{MODELS['campp'].sha256}:{_campp.ONNX_BUILDER_VERSION}".encode()).hexdigest()[:12]
             cache = Path(model_dir).expanduser() / f"campp-{key}.onnx"
-            self.net = _campp.CamppOnnx(self.weights, cache, threads=threads)
+            self.net = _campp.CamppOnnx(lambda: _campp.CamppWeights(wpath), cache, threads=threads)
             self.onnx_path = cache
         elif runtime == "numpy":
-            self.net = _campp.CamppNumpy(self.weights)
+            self.net = _campp.CamppNumpy(_campp.CamppWeights(wpath))
         else:
             raise ValueError(f"unknown CAM++ runtime {runtime!r}")
         self.extractor_version = f"campp-{runtime}-{_campp.ONNX_BUILDER_VERSION}"

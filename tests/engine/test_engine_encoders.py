@@ -89,3 +89,11 @@ def _first_test(proto, k):
         rows = list(csv.DictReader(fh))
     spk = sorted({r["speaker"] for r in rows})[k]
     return next(r["path"] for r in rows if r["speaker"] == spk).split("/")[-1]
+
+
+def test_damaged_onnx_cache_is_rebuilt(weights, tmp_path):
+    bad = tmp_path / "campp.onnx"
+    bad.write_bytes(b"not an onnx file")
+    onx = CamppOnnx(lambda: weights, bad, threads=1)
+    f = np.random.default_rng(1).standard_normal((120, 80)).astype(np.float32)
+    assert _cos(onx.forward(f), CamppNumpy(weights).forward(f)) > 0.99999
