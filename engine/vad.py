@@ -60,22 +60,27 @@ class SileroVad:
         out = [np.empty(k, np.float32) for k in n]
         if not streams or max(n, default=0) == 0:
             return out
-        order = np.argsort(n)[::-1]           # longest first: active set is a prefix
+        order = np.argsort(n, kind="stable")[::-1]   # longest first: active set is a prefix
         ns = np.array(n)[order]
+        B, T = len(order), int(ns[0])
+        x = np.zeros((B, T, CHUNK), np.float32)               # padded, stacked once
+        for j, i in enumerate(order):
+            x[j, : n[i]] = chunks[i]
         state = np.stack([streams[i].state for i in order], axis=1)          # (2, B, 128)
         ctx = np.stack([streams[i].context for i in order])                  # (B, 32)
-        for t in range(int(ns[0])):
-            b = int((ns > t).sum())
-            x = np.stack([chunks[order[j]][t] for j in range(b)])            # (b, 256)
-            inp = np.concatenate([ctx[:b], x], axis=1)
+        probs = np.zeros((B, T), np.float32)
+        active = (ns[None, :] > np.arange(T)[:, None]).sum(1)                # streams per step
+        for t in range(T):
+            b = int(active[t])
+            inp = np.concatenate([ctx[:b], x[:b, t]], axis=1)
             p, st = self.sess.run(None, {"input": inp, "state": state[:, :b], "sr": self._sr})
             state[:, :b] = st
-            ctx[:b] = x[:, -CONTEXT:]
-            for j in range(b):
-                out[order[j]][t] = p[j, 0]
+            ctx[:b] = x[:b, t, -CONTEXT:]
+            probs[:b, t] = p[:, 0]
         for j, i in enumerate(order):
             streams[i].state = np.ascontiguousarray(state[:, j])
             streams[i].context = ctx[j].copy()
+            out[i] = probs[j, : n[i]]
         return out
 
     # -- decisions -----------------------------------------------------------------
