@@ -133,6 +133,7 @@ class _State:
         self.vad = VadStream()
         self.speech = _Speech(window_samples)
         self.milestone_idx = 0
+        self.last_milestone_ms = 0
         self.last_progress_ms = 0
         self.last_progress_t = 0.0
         self.change = SpeakerChange(False, None, None)
@@ -143,12 +144,20 @@ class _State:
         self.closed = False
         self.lock = threading.Lock()
 
-    def next_milestone(self) -> tuple[str, int]:
+    def next_milestone(self) -> tuple[str, int] | None:
+        """The next speech-count milestone: EARLY, then the first NORMAL. Refined NORMALs
+        come with finished windows instead (see _Core.process), so they reuse the window
+        embeddings already computed rather than re-embedding a partial window."""
         L = self.limits
-        i = self.milestone_idx
-        if i == 0:
+        if self.milestone_idx == 0:
             return "EARLY", L.early_ms
-        return "NORMAL", L.verify_ms + (i - 1) * max(1, L.refine_ms)
+        if self.milestone_idx == 1:
+            return "NORMAL", L.verify_ms
+        return None
+
+    def refine_due(self) -> bool:
+        return (self.milestone_idx >= 2
+                and self.speech.speech_ms - self.last_milestone_ms >= max(1, self.limits.refine_ms))
 
     def take(self, max_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Pending audio in whole 256-sample chunks (the rest carried to the next take) and
@@ -259,21 +268,27 @@ class _Core:
                     for w, wa in st.speech.add(piece):
                         jobs.append(_Job(wa, window=w))
                         full_by_state.append((st, w))
+                        if milestones and st.refine_due():
+                            # A refined NORMAL from the finished windows alone: no extra encoder work.
+                            st.milestone_idx += 1
+                            st.last_milestone_ms = st.speech.speech_ms
+                            reqs.append((st, _MilestoneReq("NORMAL", len(st.speech.windows), None, 0,
+                                                           st.speech.speech_ms, float(times[idx]))))
                 if is_speech:
                     st.speech.speech_ms += CHUNK_MS
                     st.speech.buf_speech_ms += CHUNK_MS
                     grew.add(id(st))
-                    if milestones:
-                        kind, at = st.next_milestone()
-                        if st.speech.speech_ms >= at:
-                            st.milestone_idx += 1
-                            part = st.speech.partial(PARTIAL_QUANTUM)
-                            pj = _Job(part) if len(part) else None
-                            if pj is not None:
-                                jobs.append(pj)
-                            reqs.append((st, _MilestoneReq(
-                                kind, len(st.speech.windows), pj, st.speech.buf_speech_ms,
-                                st.speech.speech_ms, float(times[idx]))))
+                    nxt = st.next_milestone() if milestones else None
+                    if nxt is not None and st.speech.speech_ms >= nxt[1]:
+                        st.milestone_idx += 1
+                        st.last_milestone_ms = st.speech.speech_ms
+                        part = st.speech.partial(PARTIAL_QUANTUM)
+                        pj = _Job(part) if len(part) else None
+                        if pj is not None:
+                            jobs.append(pj)
+                        reqs.append((st, _MilestoneReq(
+                            nxt[0], len(st.speech.windows), pj, st.speech.buf_speech_ms,
+                            st.speech.speech_ms, float(times[idx]))))
         self.run_jobs(jobs)
         for st, w in full_by_state:
             self._speaker_change(st, w)
@@ -365,6 +380,12 @@ class EngineSession:
 
     async def embedding(self) -> Embedding | None:
         return await self._engine._call(self._engine._flush_embedding, self._st)
+
+    async def flush(self) -> None:
+        """Process all pending audio (VAD, finished windows, milestones) without embedding
+        the partial window: cheap, for draining a call at its end."""
+        if not self._st.closed:
+            await self._engine._call(self._engine._flush, self._st)
 
     async def close(self) -> None:
         if self._st.closed:
@@ -523,6 +544,9 @@ class Engine:
         self._calls.append((fn, args, loop, done))
         self._wake.set()
         return await fut
+
+    def _flush(self, st: _State) -> None:
+        self._emit(self._core.process([st], None))
 
     def _flush_embedding(self, st: _State) -> Embedding | None:
         self._emit(self._core.process([st], None))

@@ -87,7 +87,7 @@ class Dialog:
         """Let the engine finish the call's audio and its results go out, so live clients see
         them before the call's end status (a fast sender can be ahead of the engine)."""
         try:
-            await asyncio.wait_for(self.engine_session.embedding(), timeout)
+            await asyncio.wait_for(self.engine_session.flush(), timeout)
             await asyncio.sleep(0)                 # the engine's events are delivered first
             others = [t for t in self._tasks if t is not asyncio.current_task()]
             if others:

@@ -31,17 +31,24 @@ async def feed(sess, pcm, realtime=False, channel="customer", engine=None):
 
 async def test_milestones_in_order_and_scores(engine):
     spk = speakers()
-    a = speaker_audio(spk[0], 3)          # ~40 s of one speaker
+    a = speaker_audio(spk[0], 3)          # ~29 s of one speaker (two enrol files)
     events = []
-    limits = SpeechLimits(early_ms=2000, verify_ms=5000, refine_ms=5000)
+    limits = SpeechLimits(early_ms=2000, verify_ms=5000, refine_ms=3000)
     sess = engine.open_session("d1", limits, events.append)
-    await feed(sess, a[: 8000 * 14])
+    # the first 14 s four times over: enough finished windows for refined NORMALs, while
+    # a[20 s:26 s] below stays audio the session never heard
+    await feed(sess, np.tile(a[: 8000 * 14], 4), engine=engine)
     emb = await sess.embedding()
     await sess.close()
     kinds = [e.kind for e in events if isinstance(e, Milestone)]
     assert kinds[:2] == ["EARLY", "NORMAL"] and set(kinds) == {"EARLY", "NORMAL"}
     ms = [e for e in events if isinstance(e, Milestone)]
     assert ms[0].embedding.speech_ms >= 2000 and ms[1].embedding.speech_ms >= 5000
+    # refined NORMALs come with finished windows, at least refine_ms of speech apart
+    refined = [m.embedding.speech_ms for m in ms[2:]]
+    assert len(refined) >= 2, kinds
+    gaps = [y - x for x, y in zip([ms[1].embedding.speech_ms] + refined, refined)]
+    assert min(gaps) >= limits.refine_ms, gaps
     assert all(m.dialog_id == "d1" for m in ms)
     prog = [e.speech_ms for e in events if isinstance(e, SpeechProgress)]
     assert prog and prog == sorted(prog)
