@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", action="store_true", help="try 25%%, 50%%, 75%%, 100%% of --sessions and report the "
                                                        "largest without backlog growth")
     p.add_argument("--seconds", type=float, default=40.0, help="audio seconds per stream")
+    p.add_argument("--speech-ratio", type=float, default=0.5,
+                   help="share of each call that is customer speech (the rest: agent turns, line noise)")
     p.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
     p.add_argument("--ramp", type=float, default=5.0, help="seconds over which streams start")
 
@@ -40,17 +42,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _call_audio(protocol: Path, seconds: float) -> list[np.ndarray]:
-    """Calls of about `seconds` each, made of one speaker's test files back to back."""
+def _call_audio(protocol: Path, seconds: float, speech_ratio: float = 0.5, seed: int = 0) -> list[np.ndarray]:
+    """One customer channel per speaker of the protocol, about `seconds` long: the
+    speaker's test utterances as turns, separated by the agent's turns, during which the
+    customer channel carries only line noise (-60 dBFS), so that customer speech is about
+    `speech_ratio` of the call (1.0: back-to-back speech, as no real call has)."""
+    rng = np.random.default_rng(seed)
     rows = [line.split(",") for line in (protocol / "test.csv").read_text().splitlines()[1:]]
     by_speaker: dict[str, list[Path]] = {}
     for _, spk, path in rows:
         by_speaker.setdefault(spk, []).append(protocol / path)
     calls = []
+    total = int(seconds * 8000)
     for files in by_speaker.values():
-        pcm = np.concatenate([sf.read(f, dtype="int16")[0] for f in files])
-        reps = int(np.ceil(seconds * 8000 / len(pcm)))
-        calls.append(np.tile(pcm, reps)[: int(seconds * 8000)])
+        utts = [sf.read(f, dtype="int16")[0] for f in files]
+        parts, n, i = [], 0, 0
+        while n < total:
+            u = utts[i % len(utts)]
+            gap = int(len(u) * (1 - speech_ratio) / max(speech_ratio, 1e-3))
+            noise = np.clip(rng.normal(0, 33, gap), -32768, 32767).astype(np.int16)   # ~ -60 dBFS
+            parts += [u, noise]
+            n += len(u) + gap
+            i += 1
+        calls.append(np.concatenate(parts)[:total])
     return calls
 
 
@@ -228,7 +242,7 @@ async def amain(args) -> int:
     await server.start()
     url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
     try:
-        calls = _call_audio(args.protocol, args.seconds)
+        calls = _call_audio(args.protocol, args.seconds, args.speech_ratio)
         if not await enrol_bench_user(url, ws_url, pat, args.protocol):
             return 1
         levels = ([max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions])
