@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway.api import audiohook, ocp, sse, system, widget
+from gateway.api import audiohook, blocklists, ocp, sse, system, widget
 from gateway.api import socketio as socketio_api
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
@@ -27,7 +27,7 @@ from gateway.openapi import build_openapi
 from gateway.store.sqlite import SqliteRepository
 
 log = structlog.get_logger(__name__)
-ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes)
+ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes, blocklists.routes)
 
 
 def sw_version() -> str:
@@ -112,6 +112,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         for ws in list(app[OPEN_SOCKETS]):
             await ws.close(code=1001, message=b"server shutting down")
         await core.dialogs.close()
+        await core.fraud.close()
         await sink.close()
         await store.close()
         await eng.stop()

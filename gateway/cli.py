@@ -151,6 +151,8 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
 
     from gateway.audiohook_cli import add_cli as _add_audiohook
     _add_audiohook(sub, _settings)
+    from gateway.blocklist_cli import add_cli as _add_blocklist
+    _add_blocklist(sub, _settings)
 
     if include_bench:
         _add_bench(sub)
@@ -181,6 +183,8 @@ def _add_bench(sub) -> None:
     lv = bsub.add_parser("live", help="Socket.IO and SSE agent clients following live calls: result delivery delay")
     live_bench.add_arguments(lv)
     lv.set_defaults(fn=live_bench.main)
+    from gateway.bench import fraud as fraud_bench
+    fraud_bench.add_benches(bsub)
 
 
 def _command(argv: list[str]) -> str | None:

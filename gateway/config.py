@@ -81,6 +81,17 @@ class LoggingConfig(_Section):
     format: Literal["json", "console"] = "json"
 
 
+class FraudConfig(_Section):
+    """Fraud signals (docs/fraud-signals.md)."""
+    # A blocklist entry matches when the call's llr against it reaches the threshold at which
+    # this share of other speakers would match (calibration tails; see docs/benchmarks.md).
+    blocklist_far: float = Field(0.001, gt=0, lt=0.5)
+    tts_enabled: bool = True
+    tts_weights: str = ""                  # empty: engine/data/tts-detector.npz
+    tts_threshold: float | None = Field(None, ge=0, le=1)   # None: the one shipped with the weights
+    keep_verify_fingerprints: int = Field(20, ge=1, le=1000)  # per user, most recent calls
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -91,6 +102,7 @@ class Settings(_Section):
     events: EventsConfig = EventsConfig()
     logging: LoggingConfig = LoggingConfig()
     audiohook: AudioHookConfig = AudioHookConfig()
+    fraud: FraudConfig = FraudConfig()
 
     @property
     def data_dir(self) -> Path:

@@ -22,6 +22,7 @@ from gateway.events import (
     Biokey, EnrolledUser, EventSink, VbEnrolmentEvent, VbVerificationEvent, VerificationEnrolledUser,
     VoiceprintBlock,
 )
+from gateway.fraud import FraudService
 from gateway.metrics import Metrics
 from gateway.store.base import (
     EnrolmentWrite, OptedOutError, Pat, Profile, Repository, SessionRecord, StoredBiokey, User,
@@ -55,6 +56,7 @@ class Core:
         self.keyring = keyring
         self.metrics = metrics or Metrics()
         self.bus = ResultsBus()
+        self.fraud = FraudService(self)
         self.auth = Authenticator(store, settings.auth.token_idle_s)
         self.dialogs = DialogRegistry(self, settings.dialogs.retain_after_close_s)
         self._names: dict[str, str] = {}
@@ -159,7 +161,8 @@ class Core:
         if dialog is None:
             raise ApiError(409, "NO_AUDIO", "no audio has been streamed for this session's masterId yet")
         emb = await dialog.engine_session.embedding()
-        return await self._enrol(c.profile, uid, stored, emb, c.session.master_id, opt_in, c)
+        fp = await self.fraud.dialog_fingerprint(dialog)
+        return await self._enrol(c.profile, uid, stored, emb, c.session.master_id, opt_in, c, fingerprint=fp)
 
     async def enrol_from_pcm(self, profile: Profile, user_id: str, biokeys: dict[str, str], pcm: np.ndarray,
                              dialog_id: str, keep_audio: bool) -> tuple[User, int]:
@@ -167,9 +170,10 @@ class Core:
         stored = [self._stored_biokey(profile, k, v) for k, v in biokeys.items() if k != uid_key]
         stored.append(StoredBiokey(uid_key, user_id, False))
         emb = await self.engine.embed_pcm(pcm)
+        fp = await self.fraud.pcm_fingerprint(pcm)
         paths = [self._save_audio(profile, user_id, pcm)] if keep_audio else []
         try:
-            return await self._enrol(profile, user_id, stored, emb, dialog_id, False, None, paths)
+            return await self._enrol(profile, user_id, stored, emb, dialog_id, False, None, paths, fingerprint=fp)
         except BaseException:
             for p in paths:
                 Path(p).unlink(missing_ok=True)
@@ -184,7 +188,8 @@ class Core:
         return str(path)
 
     async def _enrol(self, profile: Profile, uid: str, stored: list[StoredBiokey], emb: Embedding | None,
-                     dialog_id: str, opt_in: bool, c: Caller | None, audio_paths: list[str] | None = None):
+                     dialog_id: str, opt_in: bool, c: Caller | None, audio_paths: list[str] | None = None,
+                     fingerprint: bytes | None = None):
         need = profile.settings.enrol_min_speech_ms
         have = emb.speech_ms if emb is not None else 0
         if emb is None or have < need:
@@ -203,7 +208,8 @@ class Core:
         try:
             user, vp = await self.store.enrol(EnrolmentWrite(
                 profile.id, uid, stored, np.asarray(emb.vector, np.float32).tobytes(), emb.speech_ms,
-                emb.model, info.extractor_version, info.plda_version, dialog_id, opt_in, audio_paths or []))
+                emb.model, info.extractor_version, info.plda_version, dialog_id, opt_in, audio_paths or [],
+                fingerprint))
         except OptedOutError as exc:
             raise ApiError(409, "USER_OPTED_OUT", str(exc)) from None
         self.metrics.inc("vbgw_enrolments_total")
@@ -270,6 +276,7 @@ class Core:
                          bio_result=self.engine.classify(s.llr, targets), voiceprint_id=vp.id)
             out.append(r)
         out.sort(key=lambda r: (r["voiceprint_id"] is not None, r["llr"]), reverse=True)
+        await self.fraud.annotate(dialog, out, result_type)    # pad_detected (Aculab), see gateway/fraud.py
         return out
 
     async def verify_ondemand(self, c: Caller, user_ids: list[str]) -> dict:

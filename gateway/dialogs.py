@@ -53,6 +53,7 @@ class Dialog:
         self.log = log.bind(dialog_id=dialog_id)
         self._tasks: set[asyncio.Task] = set()
         self.engine_session = core.engine.open_session(dialog_id, limits_for(profile), self._on_engine_event)
+        self.fraud = core.fraud.open()         # fraud signals (gateway/fraud.py)
         self.publish_status(CALL_OPENED)
 
     # -- audio in ---------------------------------------------------------------------------
@@ -60,6 +61,7 @@ class Dialog:
         self.frames += 1
         if frame.channel == "customer":
             self.samples_in += len(frame.samples)
+            self.fraud.push(frame.samples)
         self.engine_session.push(frame.channel, frame.samples)
         self.core.metrics.inc("vbgw_frames_total")
 
@@ -78,6 +80,10 @@ class Dialog:
 
     async def _end_call(self, reason: str) -> None:
         await self._drain()
+        try:
+            await self.core.fraud.call_ended(self)      # fingerprints of the users verified
+        except Exception:                              # noqa: BLE001 - the end must still be published
+            self.log.exception("fraud_call_end_failed")
         if self.active_streams == 0:
             self.closed_at = time.time()
             self.publish_status(CALL_CLOSED if reason in ("completed", "disconnected") else SYSTEM_ERROR,
@@ -110,6 +116,7 @@ class Dialog:
                                                              "enough_speech": enough})
         elif isinstance(event, Milestone):
             self._spawn(self._score_milestone(event))
+            self._spawn(self._fraud_milestone(event))
 
     def _spawn(self, coro) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
@@ -134,6 +141,12 @@ class Dialog:
         except Exception:
             self.log.exception("milestone_scoring_failed")
             self.publish_status(SYSTEM_ERROR, reason="ENGINE_ERROR")
+
+    async def _fraud_milestone(self, m: Milestone) -> None:
+        try:
+            await self.core.fraud.on_milestone(self, m.kind, m.embedding)
+        except Exception:
+            self.log.exception("fraud_signals_failed")
 
     async def set_targets(self, users: list[str]) -> None:
         self.targets = users

@@ -167,6 +167,50 @@ class AudioHookOrg:
     created_ms: int
 
 
+RISK_LEVELS = ("LOW_RISK", "MEDIUM_RISK", "HIGH_RISK")
+FINGERPRINT_KINDS = ("ENROL", "VERIFY")
+
+
+@dataclass(frozen=True)
+class Blocklist:
+    """A group's list of fraudster voices (docs/fraud-signals.md)."""
+    id: str
+    tenant_id: str
+    group_id: str
+    name: str
+    description: str
+    risk_level: str               # LOW_RISK | MEDIUM_RISK | HIGH_RISK
+    custom_ui_message: str
+    custom_agent_message: str
+    active: bool
+    created_ms: int
+    updated_ms: int
+    entries: int = 0
+
+
+@dataclass(frozen=True)
+class BlocklistEntry:
+    """One fraudster voiceprint of a blocklist (from a WAV file or a past dialog)."""
+    id: int
+    blocklist_id: str
+    label: str
+    source: str                   # "wav:<file name>" | "dialog:<dialog id>"
+    vector: bytes                 # float32 little-endian
+    speech_ms: int
+    model: str
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class StoredFingerprint:
+    """Landmark hashes of one enrolment or verification audio of a user (never audio)."""
+    id: int
+    kind: str                     # ENROL | VERIFY
+    dialog_id: str
+    hashes: bytes                 # engine.fraud.fingerprint.pack() form
+    created_ms: int
+
+
 @dataclass
 class EnrolmentWrite:
     """Everything one enrolment commits atomically."""
@@ -181,6 +225,7 @@ class EnrolmentWrite:
     dialog_id: str
     opt_in: bool = False
     audio_paths: list[str] = field(default_factory=list)
+    fingerprint: bytes | None = None     # landmark hashes of the enrolment audio (ENROL)
 
 
 class StoreError(Exception):
@@ -262,3 +307,34 @@ class Repository(abc.ABC):
     async def audiohook_org_by_key(self, api_key_hash: str) -> AudioHookOrg | None: ...
     @abc.abstractmethod
     async def get_audiohook_org(self, org_id: str) -> AudioHookOrg | None: ...
+
+    # fraud signals: blocklists (per group) and audio fingerprints (per user)
+    @abc.abstractmethod
+    async def create_blocklist(self, bl: Blocklist) -> Blocklist:
+        """Conflict if the group already has a list of that name."""
+    @abc.abstractmethod
+    async def list_blocklists(self, group_id: str, active_only: bool = False) -> list[Blocklist]: ...
+    @abc.abstractmethod
+    async def get_blocklist(self, group_id: str, blocklist_id: str) -> Blocklist | None:
+        """The list only if it belongs to `group_id` (another group's looks absent)."""
+    @abc.abstractmethod
+    async def update_blocklist(self, group_id: str, blocklist_id: str, changes: dict) -> Blocklist | None: ...
+    @abc.abstractmethod
+    async def delete_blocklist(self, group_id: str, blocklist_id: str) -> bool: ...
+    @abc.abstractmethod
+    async def add_blocklist_entry(self, group_id: str, blocklist_id: str, label: str, source: str,
+                                  vector: bytes, speech_ms: int, model: str) -> BlocklistEntry | None: ...
+    @abc.abstractmethod
+    async def blocklist_entries(self, group_id: str, blocklist_id: str) -> list[BlocklistEntry]: ...
+    @abc.abstractmethod
+    async def delete_blocklist_entry(self, group_id: str, blocklist_id: str, entry_id: int) -> bool: ...
+    @abc.abstractmethod
+    async def active_blocklist_entries(self, group_id: str) -> list[tuple[Blocklist, list[BlocklistEntry]]]:
+        """Every active list of the group with its entries (the live check's input)."""
+    @abc.abstractmethod
+    async def add_fingerprint(self, profile_id: str, user_id: str, kind: str, dialog_id: str, hashes: bytes,
+                              keep_verify: int = 20) -> bool:
+        """Store a fingerprint for an enrolled user (False if the user is not enrolled); keeps
+        the `keep_verify` most recent VERIFY fingerprints of the user."""
+    @abc.abstractmethod
+    async def fingerprints(self, profile_id: str, user_id: str) -> list[StoredFingerprint]: ...

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gateway.store.base import (
-    AudioHookOrg, Conflict, EnrolmentWrite, Group, OptedOutError, Pat, Profile, ProfileSettings, Repository,
-    SessionRecord, StoredBiokey, Tenant, User, Voiceprint,
+    AudioHookOrg, Blocklist, BlocklistEntry, Conflict, EnrolmentWrite, Group, OptedOutError, Pat, Profile,
+    ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User, Voiceprint,
 )
 
 # Versioned schema migrations: index i brings the schema from version i to i + 1.
@@ -55,6 +55,24 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE audiohook_orgs (org_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
         profile_id TEXT, api_key_hash TEXT NOT NULL UNIQUE, secret_enc TEXT, created_ms INTEGER NOT NULL);
+    """,
+    # 3: fraud signals: blocklists (per group) with fraudster voiceprints, and audio
+    # fingerprints (landmark hashes, never audio) of each user's enrolment and verification audio.
+    """
+    CREATE TABLE blocklists (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        group_id TEXT NOT NULL REFERENCES groups(id), name TEXT NOT NULL, description TEXT NOT NULL,
+        risk_level TEXT NOT NULL, custom_ui_message TEXT NOT NULL, custom_agent_message TEXT NOT NULL,
+        active INTEGER NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        UNIQUE (group_id, name));
+    CREATE TABLE blocklist_entries (id INTEGER PRIMARY KEY AUTOINCREMENT,
+        blocklist_id TEXT NOT NULL REFERENCES blocklists(id) ON DELETE CASCADE, label TEXT NOT NULL,
+        source TEXT NOT NULL, vector BLOB NOT NULL, speech_ms INTEGER NOT NULL, model TEXT NOT NULL,
+        created_ms INTEGER NOT NULL);
+    CREATE INDEX blocklist_entries_list ON blocklist_entries (blocklist_id);
+    CREATE TABLE fingerprints (id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_row INTEGER NOT NULL REFERENCES users(row_id) ON DELETE CASCADE, kind TEXT NOT NULL,
+        dialog_id TEXT NOT NULL, hashes BLOB NOT NULL, n INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+    CREATE INDEX fingerprints_user ON fingerprints (user_row, kind);
     """,
 ]
 
@@ -297,13 +315,17 @@ class SqliteRepository(Repository):
             vp_id = c.execute("SELECT last_insert_rowid()").fetchone()[0]
             for p in w.audio_paths:
                 c.execute("INSERT INTO audio (user_row, path, created_ms) VALUES (?,?,?)", (row_id, p, t))
+            if w.fingerprint:
+                c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms)"
+                          " VALUES (?,?,?,?,?,?)", (row_id, "ENROL", w.dialog_id, w.fingerprint,
+                                                    len(w.fingerprint) // 8, t))
             user = self._user(c, c.execute("SELECT * FROM users WHERE row_id=?", (row_id,)).fetchone())
             return user, Voiceprint(vp_id, row_id, w.vector, w.speech_ms, w.model, w.extractor_version,
                                     w.plda_version, t)
         return await self._tx(fn)
 
     async def opt_out(self, profile_id, user_id) -> tuple[User, list[str]]:
-        """Deletes voiceprints, biokeys and audio records; keeps an OPTED_OUT tombstone (the
+        """Deletes voiceprints, biokeys, audio records and audio fingerprints; keeps an OPTED_OUT tombstone (the
         user id and timestamps only). Returns the audio file paths the caller must unlink."""
         def fn(c):
             t = now_ms()
@@ -315,7 +337,7 @@ class SqliteRepository(Repository):
                 return self._user(c, row), []
             rid = row["row_id"]
             paths = [r["path"] for r in c.execute("SELECT path FROM audio WHERE user_row=?", (rid,))]
-            for table in ("voiceprints", "biokeys", "audio"):
+            for table in ("voiceprints", "biokeys", "audio", "fingerprints"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
             c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=?, last_update_ms=? WHERE row_id=?", (t, t, rid))
             return self._user(c, c.execute("SELECT * FROM users WHERE row_id=?", (rid,)).fetchone()), paths
@@ -388,4 +410,133 @@ class SqliteRepository(Repository):
         def fn(c):
             row = c.execute("SELECT * FROM audiohook_orgs WHERE org_id=?", (org_id,)).fetchone()
             return self._audiohook_org(row) if row else None
+        return await self._run(fn)
+
+    # -- fraud signals: blocklists and fingerprints ------------------------------------------
+    @staticmethod
+    def _blocklist(row, entries: int = 0) -> Blocklist:
+        return Blocklist(row["id"], row["tenant_id"], row["group_id"], row["name"], row["description"],
+                         row["risk_level"], row["custom_ui_message"], row["custom_agent_message"],
+                         bool(row["active"]), row["created_ms"], row["updated_ms"], entries)
+
+    @staticmethod
+    def _entry(row) -> BlocklistEntry:
+        return BlocklistEntry(row["id"], row["blocklist_id"], row["label"], row["source"], row["vector"],
+                              row["speech_ms"], row["model"], row["created_ms"])
+
+    _BL_SELECT = ("SELECT b.*, (SELECT count(*) FROM blocklist_entries e WHERE e.blocklist_id=b.id) AS n"
+                  " FROM blocklists b")
+
+    async def create_blocklist(self, bl: Blocklist) -> Blocklist:
+        def fn(c):
+            if c.execute("SELECT 1 FROM blocklists WHERE group_id=? AND name=?", (bl.group_id, bl.name)).fetchone():
+                raise Conflict(f"the group already has a blocklist named {bl.name!r}")
+            t = now_ms()
+            bid = "bl_" + uuid.uuid4().hex[:12]
+            c.execute("INSERT INTO blocklists VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                      (bid, bl.tenant_id, bl.group_id, bl.name, bl.description, bl.risk_level,
+                       bl.custom_ui_message, bl.custom_agent_message, int(bl.active), t, t))
+            return self._blocklist(c.execute("SELECT * FROM blocklists WHERE id=?", (bid,)).fetchone())
+        return await self._tx(fn)
+
+    async def list_blocklists(self, group_id, active_only=False) -> list[Blocklist]:
+        def fn(c):
+            sql = self._BL_SELECT + " WHERE b.group_id=?" + (" AND b.active=1" if active_only else "")
+            return [self._blocklist(r, r["n"]) for r in c.execute(sql + " ORDER BY b.created_ms, b.id", (group_id,))]
+        return await self._run(fn)
+
+    async def get_blocklist(self, group_id, blocklist_id) -> Blocklist | None:
+        def fn(c):
+            r = c.execute(self._BL_SELECT + " WHERE b.group_id=? AND b.id=?", (group_id, blocklist_id)).fetchone()
+            return self._blocklist(r, r["n"]) if r else None
+        return await self._run(fn)
+
+    async def update_blocklist(self, group_id, blocklist_id, changes) -> Blocklist | None:
+        allowed = {"name", "description", "risk_level", "custom_ui_message", "custom_agent_message", "active"}
+        bad = set(changes) - allowed
+        if bad:
+            raise ValueError(f"cannot change {sorted(bad)}")
+
+        def fn(c):
+            row = c.execute("SELECT * FROM blocklists WHERE group_id=? AND id=?", (group_id, blocklist_id)).fetchone()
+            if row is None:
+                return None
+            if "name" in changes and changes["name"] != row["name"] and c.execute(
+                    "SELECT 1 FROM blocklists WHERE group_id=? AND name=?", (group_id, changes["name"])).fetchone():
+                raise Conflict(f"the group already has a blocklist named {changes['name']!r}")
+            for k, v in changes.items():
+                c.execute(f"UPDATE blocklists SET {k}=? WHERE id=?", (int(v) if k == "active" else v, blocklist_id))
+            c.execute("UPDATE blocklists SET updated_ms=? WHERE id=?", (now_ms(), blocklist_id))
+            r = c.execute(self._BL_SELECT + " WHERE b.id=?", (blocklist_id,)).fetchone()
+            return self._blocklist(r, r["n"])
+        return await self._tx(fn)
+
+    async def delete_blocklist(self, group_id, blocklist_id) -> bool:
+        def fn(c):
+            return c.execute("DELETE FROM blocklists WHERE group_id=? AND id=?", (group_id, blocklist_id)).rowcount > 0
+        return await self._tx(fn)
+
+    async def add_blocklist_entry(self, group_id, blocklist_id, label, source, vector, speech_ms,
+                                  model) -> BlocklistEntry | None:
+        def fn(c):
+            if not c.execute("SELECT 1 FROM blocklists WHERE group_id=? AND id=?", (group_id, blocklist_id)).fetchone():
+                return None
+            t = now_ms()
+            c.execute("INSERT INTO blocklist_entries (blocklist_id, label, source, vector, speech_ms, model, created_ms)"
+                      " VALUES (?,?,?,?,?,?,?)", (blocklist_id, label, source, vector, speech_ms, model, t))
+            eid = c.execute("SELECT last_insert_rowid()").fetchone()[0]
+            c.execute("UPDATE blocklists SET updated_ms=? WHERE id=?", (t, blocklist_id))
+            return self._entry(c.execute("SELECT * FROM blocklist_entries WHERE id=?", (eid,)).fetchone())
+        return await self._tx(fn)
+
+    async def blocklist_entries(self, group_id, blocklist_id) -> list[BlocklistEntry]:
+        def fn(c):
+            return [self._entry(r) for r in c.execute(
+                "SELECT e.* FROM blocklist_entries e JOIN blocklists b ON b.id=e.blocklist_id"
+                " WHERE b.group_id=? AND b.id=? ORDER BY e.id", (group_id, blocklist_id))]
+        return await self._run(fn)
+
+    async def delete_blocklist_entry(self, group_id, blocklist_id, entry_id) -> bool:
+        def fn(c):
+            return c.execute(
+                "DELETE FROM blocklist_entries WHERE id=? AND blocklist_id IN"
+                " (SELECT id FROM blocklists WHERE group_id=? AND id=?)",
+                (entry_id, group_id, blocklist_id)).rowcount > 0
+        return await self._tx(fn)
+
+    async def active_blocklist_entries(self, group_id) -> list[tuple[Blocklist, list[BlocklistEntry]]]:
+        def fn(c):
+            out = []
+            for r in c.execute(self._BL_SELECT + " WHERE b.group_id=? AND b.active=1 ORDER BY b.created_ms, b.id",
+                               (group_id,)).fetchall():
+                entries = [self._entry(e) for e in c.execute(
+                    "SELECT * FROM blocklist_entries WHERE blocklist_id=? ORDER BY id", (r["id"],))]
+                out.append((self._blocklist(r, len(entries)), entries))
+            return out
+        return await self._run(fn)
+
+    async def add_fingerprint(self, profile_id, user_id, kind, dialog_id, hashes, keep_verify=20) -> bool:
+        def fn(c):
+            row = c.execute("SELECT row_id FROM users WHERE profile_id=? AND user_id=? AND status='ENROLLED'",
+                            (profile_id, user_id)).fetchone()
+            if row is None:
+                return False
+            rid = row["row_id"]
+            # one fingerprint per (user, kind, dialog): a later one of the same call replaces it
+            c.execute("DELETE FROM fingerprints WHERE user_row=? AND kind=? AND dialog_id=?", (rid, kind, dialog_id))
+            c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms) VALUES (?,?,?,?,?,?)",
+                      (rid, kind, dialog_id, hashes, len(hashes) // 8, now_ms()))
+            if kind == "VERIFY":
+                c.execute("DELETE FROM fingerprints WHERE user_row=? AND kind='VERIFY' AND id NOT IN"
+                          " (SELECT id FROM fingerprints WHERE user_row=? AND kind='VERIFY' ORDER BY id DESC LIMIT ?)",
+                          (rid, rid, keep_verify))
+            return True
+        return await self._tx(fn)
+
+    async def fingerprints(self, profile_id, user_id) -> list[StoredFingerprint]:
+        def fn(c):
+            return [StoredFingerprint(r["id"], r["kind"], r["dialog_id"], r["hashes"], r["created_ms"])
+                    for r in c.execute("SELECT f.* FROM fingerprints f JOIN users u ON u.row_id=f.user_row"
+                                       " WHERE u.profile_id=? AND u.user_id=? AND u.status='ENROLLED'"
+                                       " ORDER BY f.id", (profile_id, user_id))]
         return await self._run(fn)

@@ -1,0 +1,223 @@
+"""Robust audio fingerprints (spectral-peak landmark hashes, Shazam-style) of 8 kHz audio.
+
+A fingerprint is a set of (hash, time) pairs, never audio: it cannot be turned back into
+sound or speech. The log-magnitude spectrogram (64 ms Hann window, 16 ms hop) is searched for
+local maxima (the largest value in a ±NB_F bins x ±NB_T frames neighbourhood, at least
+PEAK_FLOOR_DB above the frame's noise floor and above an absolute floor). Each peak (anchor)
+is paired with up to FAN_OUT later peaks within DT_MAX frames and ±DF_MAX bins; a pair gives
+a 32-bit hash (f1: 8 bits, f2 - f1: 8 bits, dt: 6 bits) and the anchor's frame index.
+
+Two recordings of the same audio share many hashes at one constant time offset, whatever the
+gain (peaks are local maxima), the codec (mu-law/A-law/L16), a time shift or trimming (the
+offset absorbs it) and mild noise (strong peaks survive). Different audio shares a handful of
+hashes at scattered offsets. `match()` counts the hashes that agree on the best offset.
+
+`Fingerprinter.add()` takes audio in pieces of any size and emits exactly the landmarks a
+single pass would: peaks are purely local, and the frames that could still change (the last
+HOLD frames) are kept until more audio arrives or `finish()` is called."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+from scipy.ndimage import maximum_filter
+
+SR = 8000
+NFFT = 512
+HOP = 128                      # 16 ms
+NB_F, NB_T = 12, 8             # peak neighbourhood half-sizes (bins, frames)
+DT_MAX = 40                    # target zone: up to 640 ms after the anchor
+DF_MAX = 48                    # ... and within ±48 bins (±750 Hz)
+FAN_OUT = 5
+ABS_FLOOR_DB = -75.0           # dBFS per bin, roughly; quieter is silence
+PEAK_FLOOR_DB = 10.0           # a peak must stand this far above its frame's median
+F_LO, F_HI = 4, 240            # bins used: ~60 Hz to ~3.75 kHz
+HOLD = DT_MAX + NB_T + 1       # frames kept back until more audio arrives
+MIN_MATCH = 12                 # hashes on one offset for a match (see docs/fraud-signals.md)
+MIN_MATCH_FRACTION = 0.04      # ... and at least this share of the query's hashes
+MAX_HASHES = 40000             # per stream (~10 min of speech); beyond that nothing is added
+
+_WIN = np.hanning(NFFT)
+
+
+def _spectrogram(x: np.ndarray) -> np.ndarray:
+    """(frames, NFFT/2+1) log-magnitude in dB of float audio in [-1, 1)."""
+    n = 1 + (len(x) - NFFT) // HOP
+    fr = np.lib.stride_tricks.as_strided(x, (n, NFFT), (x.strides[0] * HOP, x.strides[0]))
+    mag = np.abs(scipy.fft.rfft(fr * _WIN, axis=1)) / (NFFT / 4)
+    return 20 * np.log10(mag + 1e-9)
+
+
+def _peaks(spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frame and bin indices of the landmark peaks of a spectrogram block."""
+    s = spec[:, F_LO:F_HI]
+    local = maximum_filter(s, size=(2 * NB_T + 1, 2 * NB_F + 1), mode="constant", cval=-1e9)
+    floor = np.median(s, axis=1, keepdims=True) + PEAK_FLOOR_DB
+    is_peak = (s == local) & (s > floor) & (s > ABS_FLOOR_DB)
+    t, f = np.nonzero(is_peak)
+    return t, f + F_LO
+
+
+def _pairs(t: np.ndarray, f: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes and anchor frames for the peaks selected by the boolean mask `anchors`."""
+    order = np.lexsort((f, t))
+    t, f, anchors = t[order], f[order], anchors[order]
+    hashes, times = [], []
+    idx = np.nonzero(anchors)[0]
+    for i in idx:
+        n = 0
+        j = i + 1
+        while j < len(t) and t[j] - t[i] <= DT_MAX and n < FAN_OUT:
+            dt = t[j] - t[i]
+            df = int(f[j]) - int(f[i])
+            if dt >= 1 and abs(df) <= DF_MAX:
+                hashes.append((int(f[i]) << 14) | ((df + 128) << 6) | int(dt))
+                times.append(int(t[i]))
+                n += 1
+            j += 1
+    return np.asarray(hashes, np.uint32), np.asarray(times, np.uint32)
+
+
+class Fingerprinter:
+    """Streaming landmark extraction for one audio stream (int16 8 kHz in any piece sizes)."""
+
+    def __init__(self, max_hashes: int = MAX_HASHES):
+        self.buf = np.zeros(0, np.float32)
+        self.buf_frame0 = 0          # absolute frame index of buf[0]
+        self.done_upto = 0           # anchors with frame < this are emitted
+        self.max_hashes = max_hashes
+        self._h: list[np.ndarray] = []
+        self._t: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, pcm) -> None:
+        x = np.asarray(pcm)
+        x = x.astype(np.float32) / np.float32(32768.0) if x.dtype == np.int16 else np.asarray(x, np.float32)
+        if not len(x) or self.count >= self.max_hashes:
+            return
+        self.buf = np.concatenate([self.buf, x])
+        # work in blocks of >= 2 s of new frames, so the per-call overhead stays small
+        if self._frames_in_buf() - (self.done_upto - self.buf_frame0) >= HOLD + 125:
+            self._process(final=False)
+
+    def finish(self) -> None:
+        """Emit the held-back landmarks: the stream has ended (later audio would continue
+        without the right-hand context those peaks were found with)."""
+        self._process(final=True)
+
+    def _frames_in_buf(self) -> int:
+        return 0 if len(self.buf) < NFFT else 1 + (len(self.buf) - NFFT) // HOP
+
+    def _extract(self, final: bool) -> tuple[np.ndarray, np.ndarray, int]:
+        """Landmarks of the anchors not yet emitted (up to the hold-back unless final), and
+        the absolute frame up to which they go."""
+        nfr = self._frames_in_buf()
+        lo = self.done_upto - self.buf_frame0
+        if nfr == 0:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint32), self.done_upto
+        end = nfr if final else nfr - HOLD
+        if end <= lo:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint32), self.done_upto
+        t, f = _peaks(_spectrogram(self.buf))
+        # The buffer keeps NB_T frames of left context before done_upto (see _process), and
+        # anchors stop HOLD frames before its end, so every peak used has its whole
+        # neighbourhood: the result equals a single pass over the whole stream.
+        h, tt = _pairs(t, f, (t >= lo) & (t < end))
+        return h, tt + np.uint32(self.buf_frame0), self.buf_frame0 + end
+
+    def _process(self, final: bool) -> None:
+        h, tt, new_done = self._extract(final)
+        if len(h):
+            room = self.max_hashes - self.count
+            self._h.append(h[:room])
+            self._t.append(tt[:room])
+            self.count += min(len(h), room)
+        self.done_upto = new_done
+        keep_from = max(0, (new_done - self.buf_frame0) - NB_T)
+        self.buf = self.buf[keep_from * HOP:]
+        self.buf_frame0 += keep_from
+
+    def landmarks(self, include_tail: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes uint32, anchor frames uint32) emitted so far; with include_tail, also the
+        held-back part as it stands now (for a check in the middle of a call), without
+        changing the stream's state."""
+        parts_h, parts_t = list(self._h), list(self._t)
+        if include_tail:
+            h, tt, _ = self._extract(final=True)
+            parts_h.append(h[: max(0, self.max_hashes - self.count)])
+            parts_t.append(tt[: max(0, self.max_hashes - self.count)])
+        if not parts_h:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        if len(self._h) > 1:
+            self._h = [np.concatenate(self._h)]
+            self._t = [np.concatenate(self._t)]
+        return np.concatenate(parts_h).astype(np.uint32), np.concatenate(parts_t).astype(np.uint32)
+
+    def nbytes(self) -> int:
+        return int(self.buf.nbytes + 8 * self.count + 64)
+
+
+def fingerprint(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-signal fingerprint of int16 8 kHz audio."""
+    fp = Fingerprinter()
+    fp.add(pcm)
+    fp.finish()
+    return fp.landmarks()
+
+
+def pack(hashes: np.ndarray, times: np.ndarray) -> bytes:
+    """Storage form: little-endian uint32 pairs (hash, frame)."""
+    return np.stack([np.asarray(hashes, "<u4"), np.asarray(times, "<u4")], axis=1).tobytes()
+
+
+def unpack(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    a = np.frombuffer(blob, "<u4").reshape(-1, 2)
+    return a[:, 0].astype(np.uint32), a[:, 1].astype(np.uint32)
+
+
+@dataclass(frozen=True)
+class Match:
+    matches: int          # hashes agreeing on the best offset (±1 frame)
+    query_hashes: int
+    offset_frames: int    # reference time - query time at the best offset
+
+    @property
+    def fraction(self) -> float:
+        return self.matches / max(self.query_hashes, 1)
+
+    @property
+    def is_match(self) -> bool:
+        return self.matches >= MIN_MATCH and self.fraction >= MIN_MATCH_FRACTION
+
+
+def match(query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> Match:
+    qh, qt = query
+    rh, rt = ref
+    if not len(qh) or not len(rh):
+        return Match(0, len(qh), 0)
+    order = np.argsort(rh, kind="stable")
+    rh_s, rt_s = rh[order], rt[order].astype(np.int64)
+    lo = np.searchsorted(rh_s, qh, "left")
+    hi = np.searchsorted(rh_s, qh, "right")
+    cnt = hi - lo
+    if not cnt.any():
+        return Match(0, len(qh), 0)
+    qi = np.repeat(np.arange(len(qh)), cnt)
+    starts = np.repeat(lo, cnt)
+    within = np.arange(len(qi)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    ri = starts + within
+    d = rt_s[ri] - qt.astype(np.int64)[qi]
+    vals, counts = np.unique(d, return_counts=True)
+    # tolerate ±1 frame of jitter (a time shift that is not a whole hop)
+    tot = counts.copy()
+    pos = {int(v): i for i, v in enumerate(vals)}
+    for k, v in enumerate(vals):
+        for nb in (v - 1, v + 1):
+            j = pos.get(int(nb))
+            if j is not None:
+                tot[k] += counts[j]
+    best = int(np.argmax(tot))
+    # count each query hash once at that offset window
+    sel = np.abs(d - vals[best]) <= 1
+    return Match(int(len(np.unique(qi[sel]))), len(qh), int(vals[best]))

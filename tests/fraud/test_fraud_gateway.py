@@ -1,0 +1,201 @@
+"""Fraud signals through the real gateway: blocklist REST (auth, group isolation, bad input),
+live blocklist and TTS results on the bus for a streamed call, a fraudster added from a past
+call, replay detection (pad_detected TypeA) and the CLI."""
+from __future__ import annotations
+
+import asyncio
+import io
+import sqlite3
+
+import aiohttp
+import soundfile as sf
+
+from gateway.appkeys import CORE
+from support import admin, pat_of, protocol_audio, read_mulaw_bytes
+
+P = "ls-other-tel"
+
+
+def wav_bytes(name: str) -> bytes:
+    data, rate = sf.read(protocol_audio(P, name), dtype="int16")
+    buf = io.BytesIO()
+    sf.write(buf, data, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+async def post_wav(gw, list_id: str, name: str, pat: str | None = None, label: str | None = None):
+    form = aiohttp.FormData()
+    form.add_field("file", wav_bytes(name), filename=f"{name}.wav", content_type="audio/wav")
+    if label:
+        form.add_field("label", label)
+    return await gw.call("POST", f"/api/blocklists/{list_id}/fraudsters", pat or gw.pat, data=form)
+
+
+def bus(gw, dialog_id: str, kind: str) -> list[dict]:
+    core = gw.app[CORE]
+    tenant = next(iter({k[0] for k in core.bus._history}))
+    return [m.data for m in core.bus.history((tenant, dialog_id)) if m.kind == kind]
+
+
+async def stream_call(gw, token: str, dialog_id: str, payload: bytes) -> None:
+    """Stream, then wait for the call's end status: the engine finishes the call's audio (and
+    its results go out) before CALL_CLOSED is published."""
+    await gw.stream(token, dialog_id, payload)
+    for _ in range(300):
+        if any(d["status"] == "CALL_CLOSED" for d in bus(gw, dialog_id, "status")):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{dialog_id}: no CALL_CLOSED")
+
+
+async def test_blocklist_rest_auth_isolation_and_errors(gateway):
+    gw = gateway
+    other = pat_of(await admin(gw.settings, "bootstrap", "--tenant", "acme", "--profile", "vip", "--group", "vipdesk"))
+    # auth: a PAT is required (a session token is not one)
+    assert (await gw.call("GET", "/api/blocklists"))[0] == 401
+    tok = await gw.token("call-x")
+    status, body = await gw.call("GET", "/api/blocklists", tok)
+    assert status == 401 and body["error"]["code"] == "UNAUTHORIZED"
+    status, bl = await gw.call("POST", "/api/blocklists", gw.pat, json={
+        "name": "fraudsters", "description": "known", "risk_level": "MEDIUM_RISK",
+        "custom_ui_message": "blocklisted", "custom_agent_message": "Blocklisted voice has been detected"})
+    assert status == 201 and bl["risk_level"] == "MEDIUM_RISK" and bl["active"] and bl["entries"] == 0
+    # bad input: stable codes
+    for body, code in (({"name": "x", "risk_level": "EXTREME"}, "VALIDATION_ERROR"), ({}, "VALIDATION_ERROR"),
+                       ({"name": "x", "extra": 1}, "VALIDATION_ERROR")):
+        status, err = await gw.call("POST", "/api/blocklists", gw.pat, json=body)
+        assert (status, err["error"]["code"]) == (400, code)
+    status, err = await gw.call("POST", "/api/blocklists", gw.pat, data=b"{not json",
+                                headers={"Content-Type": "application/json"})
+    assert (status, err["error"]["code"]) == (400, "MALFORMED_JSON")
+    status, err = await gw.call("POST", "/api/blocklists", gw.pat, json={"name": "fraudsters"})
+    assert (status, err["error"]["code"]) == (409, "BLOCKLIST_EXISTS")
+    status, err = await gw.call("PATCH", f"/api/blocklists/{bl['id']}", gw.pat, json={})
+    assert (status, err["error"]["code"]) == (400, "NOTHING_TO_CHANGE")
+    # another group's PAT sees nothing and can change nothing
+    status, lists = await gw.call("GET", "/api/blocklists", other)
+    assert status == 200 and lists["blocklists"] == []
+    for method, path, kw in (("GET", f"/api/blocklists/{bl['id']}", {}),
+                             ("PATCH", f"/api/blocklists/{bl['id']}", {"json": {"active": False}}),
+                             ("DELETE", f"/api/blocklists/{bl['id']}", {}),
+                             ("POST", f"/api/blocklists/{bl['id']}/fraudsters/from-dialog", {"json": {"dialog_id": "x"}})):
+        status, err = await gw.call(method, path, other, **kw)
+        assert (status, err["error"]["code"]) == (404, "BLOCKLIST_NOT_FOUND"), (method, path, err)
+    status, err = await post_wav(gw, bl["id"], "1998_enrol0", pat=other)
+    assert (status, err["error"]["code"]) == (404, "BLOCKLIST_NOT_FOUND")
+    # bad audio and too little speech
+    form = aiohttp.FormData()
+    form.add_field("file", b"RIFF....not a wav", filename="x.wav")
+    status, err = await gw.call("POST", f"/api/blocklists/{bl['id']}/fraudsters", gw.pat, data=form)
+    assert status == 415, err
+    status, err = await gw.call("POST", f"/api/blocklists/{bl['id']}/fraudsters/from-dialog", gw.pat,
+                                json={"dialog_id": "never-streamed"})
+    assert (status, err["error"]["code"]) == (404, "DIALOG_NOT_FOUND")
+    status, err = await gw.call("DELETE", f"/api/blocklists/{bl['id']}/fraudsters/abc", gw.pat)
+    assert (status, err["error"]["code"]) == (400, "BAD_ENTRY_ID")
+    # update, deactivate, delete
+    status, upd = await gw.call("PATCH", f"/api/blocklists/{bl['id']}", gw.pat,
+                                json={"risk_level": "HIGH_RISK", "active": False})
+    assert status == 200 and upd["risk_level"] == "HIGH_RISK" and upd["active"] is False
+    status, _ = await gw.call("DELETE", f"/api/blocklists/{bl['id']}", gw.pat)
+    assert status == 200
+    assert (await gw.call("GET", f"/api/blocklists/{bl['id']}", gw.pat))[0] == 404
+
+
+async def test_live_call_blocklist_tts_and_replay(gateway):
+    gw = gateway
+    status, bl = await gw.call("POST", "/api/blocklists", gw.pat, json={
+        "name": "known", "risk_level": "HIGH_RISK", "custom_ui_message": "blocklisted",
+        "custom_agent_message": "Blocklisted voice has been detected"})
+    status, entry = await post_wav(gw, bl["id"], "1998_enrol0", label="fraudster-1998")
+    assert status == 201 and entry["speech_ms"] > 3000 and entry["label"] == "fraudster-1998", entry
+    status, empty = await gw.call("POST", "/api/blocklists", gw.pat, json={"name": "inactive", "active": False})
+    await post_wav(gw, empty["id"], "1688_enrol1")        # inactive: never checked
+
+    # A call from the listed speaker: MATCH at EARLY and at NORMAL, with the list's messages.
+    tok = await gw.token("call-fraud")
+    await stream_call(gw, tok, "call-fraud", read_mulaw_bytes(protocol_audio(P, "1998_enrol1")))
+    rows = bus(gw, "call-fraud", "blocklist")
+    assert [r["result_type"] for r in rows][:2] == ["EARLY", "NORMAL"], rows
+    first = rows[0]["results"]
+    assert len(first) == 1 and first[0]["label"] == "MATCH" and first[0]["status"] == "CHECKED"
+    assert first[0]["risk_level"] == "HIGH_RISK" and first[0]["custom_ui_message"] == "blocklisted"
+    assert first[0]["custom_agent_message"] == "Blocklisted voice has been detected"
+    tts = bus(gw, "call-fraud", "tts")
+    assert tts and tts[-1]["label"] == "No_TTS_Detected" and 0 <= tts[-1]["detectionScore"] <= 1
+
+    # Another speaker: NO_MATCH, no messages.
+    tok2 = await gw.token("call-ok")
+    await stream_call(gw, tok2, "call-ok", read_mulaw_bytes(protocol_audio(P, "1688_enrol0")))
+    rows = bus(gw, "call-ok", "blocklist")
+    assert len(rows) >= 2 and all(r["results"][0]["label"] == "NO_MATCH" for r in rows), rows
+    assert rows[0]["results"][0]["custom_agent_message"] == ""
+
+    # A past call's customer voice becomes a fraudster entry.
+    status, e2 = await gw.call("POST", f"/api/blocklists/{bl['id']}/fraudsters/from-dialog", gw.pat,
+                               json={"dialog_id": "call-ok", "label": "caller of call-ok"})
+    assert status == 201 and e2["source"] == "dialog:call-ok", e2
+    status, detail = await gw.call("GET", f"/api/blocklists/{bl['id']}", gw.pat)
+    assert detail["entries"] == 2 and [f["id"] for f in detail["fraudsters"]] == [entry["id"], e2["id"]]
+    assert "vector" not in detail["fraudsters"][0]
+
+    # Replay: 1688 enrols on call-ok (its fingerprint is kept), is verified on a new call;
+    # then that verification audio is played again on a third call: TypeA. Fresh audio: none.
+    status, _ = await gw.call("POST", "/enrol", tok2, json={"user_id": "cust-1688"})
+    assert status == 200
+    core = gw.app[CORE]
+    tok3 = await gw.token("call-v1")
+    await stream_call(gw, tok3, "call-v1", read_mulaw_bytes(protocol_audio(P, "1688_test1")))
+    d1 = core.dialogs.get(next(iter({k[0] for k in core.bus._history})), "call-v1")
+    r = await core.score_users(d1, await d1.engine_session.embedding(), ["cust-1688"], None)
+    assert r[0]["bio_result"].startswith("TRUE_") and r[0]["pad_detected"] is None, r[0]
+    await core.fraud.call_ended(d1)
+    tok4 = await gw.token("call-replay")
+    await stream_call(gw, tok4, "call-replay", read_mulaw_bytes(protocol_audio(P, "1688_test1")))
+    d2 = core.dialogs.get(d1.tenant_id, "call-replay")
+    r = await core.score_users(d2, await d2.engine_session.embedding(), ["cust-1688"], None)
+    assert r[0]["pad_detected"] == {"type": "TypeA"}, r[0]
+    # the enrolment audio replayed: TypeB
+    tok5 = await gw.token("call-replay-enrol")
+    await stream_call(gw, tok5, "call-replay-enrol", read_mulaw_bytes(protocol_audio(P, "1688_enrol0"))[40000:80000])
+    d3 = core.dialogs.get(d1.tenant_id, "call-replay-enrol")
+    r = await core.score_users(d3, await d3.engine_session.embedding(), ["cust-1688"], None)
+    assert r[0]["pad_detected"] == {"type": "TypeB"}, r[0]
+
+    # Opt-out deletes the user's fingerprints.
+    db = sqlite3.connect(gw.settings.sqlite_path)
+    assert db.execute("SELECT count(*) FROM fingerprints").fetchone()[0] >= 2
+    await gw.call("POST", "/users/optout", tok2, json={"user_id": "cust-1688"})
+    assert db.execute("SELECT count(*) FROM fingerprints").fetchone()[0] == 0
+    db.close()
+
+
+async def test_blocklist_cli(settings, engine):
+    await admin(settings, "bootstrap", "--tenant", "acme", "--profile", "retail")
+    from gateway.blocklist_cli import _main
+    from gateway.cli import build_parser
+    import contextlib
+
+    async def run(*argv):
+        args = build_parser(include_bench=False).parse_args(
+            ["blocklist", "--data-dir", str(settings.data_dir), "--tenant", "acme", *argv])
+        buf, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+            rc = await _main(args, settings)
+        return rc, buf.getvalue() + err.getvalue()
+
+    rc, out = await run("create", "--name", "cli-list", "--risk", "LOW_RISK", "--ui-message", "check id")
+    assert rc == 0 and "LOW_RISK" in out
+    list_id = out.split("\t")[0]
+    rc, out = await run("list")
+    assert rc == 0 and list_id in out and "active" in out
+    rc, out = await run("set", list_id, "--deactivate", "--agent-message", "Ask for ID")
+    assert rc == 0 and "inactive" in out
+    rc, out = await run("add", list_id, str(protocol_audio(P, "1998_enrol0")), "/nonexistent.wav")
+    assert rc == 2 and "added" in out and "nonexistent" in out
+    rc, out = await run("show", list_id)
+    assert rc == 0 and "1998_enrol0.wav" in out and "Ask for ID" in out
+    rc, out = await run("create", "--name", "cli-list")
+    assert rc == 2 and "already" in out
+    rc, out = await run("show", "bl_nope")
+    assert rc == 2
