@@ -85,7 +85,7 @@ class FraudConfig(_Section):
     """Fraud signals (docs/fraud-signals.md)."""
     # A blocklist entry matches when the call's llr against it reaches the threshold at which
     # this share of other speakers would match (calibration tails; see docs/benchmarks.md).
-    blocklist_far: float = Field(0.001, gt=0, lt=0.5)
+    blocklist_far: float = Field(0.0005, gt=0, lt=0.5)
     tts_enabled: bool = True
     tts_weights: str = ""                  # empty: engine/data/tts-detector.npz
     tts_threshold: float | None = Field(None, ge=0, le=1)   # None: the one shipped with the weights

@@ -211,12 +211,10 @@ def match(query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarra
     vals, counts = np.unique(d, return_counts=True)
     # tolerate ±1 frame of jitter (a time shift that is not a whole hop)
     tot = counts.copy()
-    pos = {int(v): i for i, v in enumerate(vals)}
-    for k, v in enumerate(vals):
-        for nb in (v - 1, v + 1):
-            j = pos.get(int(nb))
-            if j is not None:
-                tot[k] += counts[j]
+    for nb in (-1, 1):
+        j = np.searchsorted(vals, vals + nb)
+        ok = (j < len(vals)) & (vals[np.minimum(j, len(vals) - 1)] == vals + nb)
+        tot[ok] += counts[j[ok]]
     best = int(np.argmax(tot))
     # count each query hash once at that offset window
     sel = np.abs(d - vals[best]) <= 1

@@ -37,10 +37,23 @@ def bus(gw, dialog_id: str, kind: str) -> list[dict]:
     return [m.data for m in core.bus.history((tenant, dialog_id)) if m.kind == kind]
 
 
-async def stream_call(gw, token: str, dialog_id: str, payload: bytes) -> None:
-    """Stream, then wait for the call's end status: the engine finishes the call's audio (and
-    its results go out) before CALL_CLOSED is published."""
-    await gw.stream(token, dialog_id, payload)
+async def stream_call(gw, token: str, dialog_id: str, payload: bytes, pace_s: float = 0.0) -> None:
+    """Stream (200 ms frames, `pace_s` between frames: the engine keeps at most 20 s of
+    unprocessed audio per call, so long calls must not be sent all at once), then wait for the
+    call's end status: the engine finishes the call's audio before CALL_CLOSED is published."""
+    import json
+
+    import websockets
+    async with websockets.connect(f"{gw.ws_url}/agent-vb-mw/stream?token={token}") as ws:
+        await ws.send(json.dumps({"encoding": "mulaw", "sample_rate": 8000, "dialog_id": dialog_id}))
+        await ws.recv()
+        for i in range(0, len(payload), 1600):
+            await ws.send(payload[i:i + 1600])
+            if pace_s:
+                await asyncio.sleep(pace_s)
+        await ws.send(b"")
+        async for _ in ws:
+            pass
     for _ in range(300):
         if any(d["status"] == "CALL_CLOSED" for d in bus(gw, dialog_id, "status")):
             return
@@ -161,6 +174,20 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     d3 = core.dialogs.get(d1.tenant_id, "call-replay-enrol")
     r = await core.score_users(d3, await d3.engine_session.embedding(), ["cust-1688"], None)
     assert r[0]["pad_detected"] == {"type": "TypeB"}, r[0]
+
+    # Speaker change: 1688 speaks, then 1998 takes over the customer channel. user_changed,
+    # scd_llr and scd_nllr reach the on-demand result and the vb_verification event.
+    tok6 = await gw.token("call-splice")
+    spliced = b"".join(read_mulaw_bytes(protocol_audio(P, n)) for n in ("1688_enrol0", "1688_enrol1", "1998_enrol0", "1998_enrol1"))
+    await stream_call(gw, tok6, "call-splice", spliced, pace_s=0.02)
+    status, res = await gw.call("GET", "/verification/ondemand", params={"users": "cust-1688", "token": tok6})
+    dd = gw.app[CORE].dialogs.get(d1.tenant_id, "call-splice")
+    assert status == 200 and res["user_changed"] is True, (res, dd.engine_session.speaker_change, dd.engine_session.speech_ms)
+    import json
+    ev = [json.loads(x) for x in (gw.settings.data_dir / "events.jsonl").read_text().splitlines()]
+    last = [e for e in ev if e["message_type"] == "vb_verification"][-1]
+    assert last["dialog_id"] == "call-splice" and last["user_changed"] is True
+    assert last["scd_llr"] is not None and last["scd_llr"] < 4.0 and last["scd_nllr"] is not None
 
     # Opt-out deletes the user's fingerprints.
     db = sqlite3.connect(gw.settings.sqlite_path)

@@ -56,6 +56,11 @@ async def test_enrol_verify_optout_end_to_end(gateway):
     assert [v["verification_result"] for v in ver] == [same["bio_result"], other["bio_result"]]
     assert ver[0]["frame_count"] > 200 and ver[0]["voiceprint_ids"] == [enrol[0]["voiceprint"]["voiceprint_id"]]
 
+    # The enrolment audio's fingerprint (landmark hashes, for replay detection) is kept...
+    db = sqlite3.connect(gw.settings.sqlite_path)
+    assert db.execute("SELECT count(*) FROM fingerprints WHERE kind='ENROL'").fetchone()[0] == 1
+    db.close()
+
     # Opt-out: irrevocable; only the OPTED_OUT tombstone remains.
     status, body = await gw.call("POST", "/users/optout", tok2, json={"user_id": "cust-1688"})
     assert (status, body) == (200, {"data": "User opted-out"})
@@ -69,6 +74,7 @@ async def test_enrol_verify_optout_end_to_end(gateway):
     assert db.execute("SELECT count(*) FROM voiceprints").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM biokeys").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM audio").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM fingerprints").fetchone()[0] == 0     # ...until opt-out
     assert db.execute("SELECT status FROM users WHERE user_id='cust-1688'").fetchone()[0] == "OPTED_OUT"
     db.close()
     audio_dir = gw.settings.data_dir / "audio"
