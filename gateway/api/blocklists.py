@@ -127,20 +127,24 @@ def _label(raw: str, default: str) -> str:
     return label
 
 
-async def add_entry_from_pcm(engine, store, group_id: str, blocklist_id: str, pcm: np.ndarray, label: str,
-                             source: str) -> BlocklistEntry:
-    """Embed a fraudster recording (int16 8 kHz) and add it to a list (shared with the CLI)."""
-    emb = await engine.embed_pcm(pcm)
+async def add_entry(store, group_id: str, blocklist_id: str, emb, label: str, source: str,
+                    what: str = "the recording") -> BlocklistEntry:
+    """Store a fraudster voiceprint (an engine Embedding, or None without speech)."""
     have = emb.speech_ms if emb is not None else 0
     if emb is None or have < MIN_ENTRY_SPEECH_MS:
         raise ApiError(422, "LOW_DATA", f"a blocklist voiceprint needs {MIN_ENTRY_SPEECH_MS} ms of speech; "
-                                        f"the recording has {have} ms")
+                                        f"{what} has {have} ms")
     entry = await store.add_blocklist_entry(group_id, blocklist_id, label, source,
-                                                 np.asarray(emb.vector, np.float32).tobytes(), emb.speech_ms,
-                                                 emb.model)
+                                            np.asarray(emb.vector, np.float32).tobytes(), emb.speech_ms, emb.model)
     if entry is None:
         raise not_found("BLOCKLIST_NOT_FOUND", "no such blocklist in this token's group")
     return entry
+
+
+async def add_entry_from_pcm(engine, store, group_id: str, blocklist_id: str, pcm: np.ndarray, label: str,
+                             source: str) -> BlocklistEntry:
+    """Embed a fraudster recording (int16 8 kHz) and add it to a list (shared with the CLI)."""
+    return await add_entry(store, group_id, blocklist_id, await engine.embed_pcm(pcm), label, source)
 
 
 @routes.route("POST", "/api/blocklists", summary="Create a blocklist in the token's group", auth="pat",
@@ -251,17 +255,8 @@ async def add_from_dialog(request: web.Request) -> web.Response:
         raise not_found("DIALOG_NOT_FOUND", "no retained call with that dialog id in this token's group "
                                             f"(calls are kept {core.settings.dialogs.retain_after_close_s:.0f} s "
                                             "after they end)")
-    emb = await dialog.engine_session.embedding()
-    have = emb.speech_ms if emb is not None else 0
-    if emb is None or have < MIN_ENTRY_SPEECH_MS:
-        raise ApiError(422, "LOW_DATA", f"a blocklist voiceprint needs {MIN_ENTRY_SPEECH_MS} ms of speech; "
-                                        f"the call has {have} ms")
-    entry = await core.store.add_blocklist_entry(pat.group_id, bl.id, _label(body.label, body.dialog_id),
-                                                 f"dialog:{body.dialog_id}",
-                                                 np.asarray(emb.vector, np.float32).tobytes(), emb.speech_ms,
-                                                 emb.model)
-    if entry is None:
-        raise not_found("BLOCKLIST_NOT_FOUND", "no such blocklist in this token's group")
+    entry = await add_entry(core.store, pat.group_id, bl.id, await dialog.engine_session.embedding(),
+                            _label(body.label, body.dialog_id), f"dialog:{body.dialog_id}", what="the call")
     log.info("blocklist_entry_added", blocklist_id=bl.id, entry_id=entry.id, dialog_id=body.dialog_id)
     return json_response(_entry(entry), status=201)
 

@@ -117,9 +117,8 @@ def _to_i16(x: np.ndarray) -> np.ndarray:
 
 
 def _codec(x: np.ndarray, law: str) -> np.ndarray:
+    from connectors import codecs as cc      # its audioop import covers Python 3.13 too
     from connectors.codecs import decode
-    import audioop as _a  # noqa: F401  (connectors.codecs handles the 3.13 import)
-    from connectors import codecs as cc
     b = np.asarray(x, "<i2").tobytes()
     enc = cc.audioop.lin2ulaw(b, 2) if law == "mulaw" else cc.audioop.lin2alaw(b, 2)
     return decode(enc, law).astype(np.int16)
@@ -154,7 +153,7 @@ TRANSFORMS = {
     "same audio, A-law re-encode": lambda x, rng: _codec(x, "alaw"),
     "gain -12 dB + mu-law": lambda x, rng: _codec(_to_i16(x * 0.25), "mulaw"),
     "gain +6 dB (clipping) + shift 3 ms": lambda x, rng: _to_i16(np.concatenate([np.zeros(24), x * 2.0])),
-    "trimmed to 4 s at a random point": None,     # handled by the cropping below (every case is cropped)
+    "crop only (no other change)": None,         # every case is a crop at a random point
     "noise 20 dB SNR": lambda x, rng: _to_i16(_noise(x, 20, rng)),
     "noise 10 dB SNR": lambda x, rng: _to_i16(_noise(x, 10, rng)),
     "loudspeaker + room + 25 dB noise": _loudspeaker_room,

@@ -17,7 +17,9 @@ async def test_node_socketio_client_follows_a_live_call(gateway):
     out = await script.result()
     assert out["why"] == "closed", out
     names = {e["event"] for e in out["events"]}
-    assert names == {f"status-{tok}", f"verification-{tok}", f"clean-speech-{tok}"}, names
+    # TTS-Detection: the live synthetic-speech detector's results (real speech here)
+    assert names == {f"status-{tok}", f"verification-{tok}", f"clean-speech-{tok}", f"TTS-Detection-{tok}"}, names
+    assert all(e["data"]["label"] == "No_TTS_Detected" for e in out["events"] if e["event"] == f"TTS-Detection-{tok}")
     statuses = [e["data"]["status"] for e in out["events"] if e["event"] == f"status-{tok}"]
     assert statuses == ["CALL_OPENED", "BIO_ACTIVE", "CALL_CLOSED"]
     results = [e["data"][0] for e in out["events"] if e["event"] == f"verification-{tok}"]
