@@ -157,7 +157,8 @@ async def _verification(http, url, token, results: list) -> None:
 
 
 async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[np.ndarray], server: Server) -> dict:
-    async with aiohttp.ClientSession() as http:
+    # No connection cap: N long-lived SSE streams plus the metrics sampler share this session.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         tokens = [await _token(http, url, pat, f"bench-{n}-{i}") for i in range(n)]
         normal: list = []
         sse = [asyncio.create_task(_verification(http, url, t, normal)) for t in tokens]
