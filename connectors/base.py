@@ -40,4 +40,10 @@ class DialogPort(Protocol):
 
     def push(self, frame: Frame) -> None: ...
 
+    async def wait_capacity(self) -> None:
+        """Return when the dialog can take more audio. A connector whose peer may send faster
+        than real time awaits this after each frame, so TCP slows the sender down instead of
+        the engine dropping audio."""
+        ...
+
     async def end(self, reason: str) -> None: ...

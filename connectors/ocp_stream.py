@@ -128,6 +128,7 @@ async def serve(ws: web.WebSocketResponse, port: DialogPort, max_frame_bytes: in
             if isinstance(out, Frame):
                 if len(out.samples):
                     port.push(out)
+                    await port.wait_capacity()
             elif isinstance(out, RecognitionConfig):
                 await ws.send_str(json.dumps({"event": "session_started", "dialog_id": out.dialog_id,
                                               "encoding": out.encoding, "sample_rate": out.sample_rate}))

@@ -361,6 +361,11 @@ class EngineSession:
     def speaker_change(self) -> SpeakerChange:
         return self._st.change
 
+    @property
+    def pending_s(self) -> float:
+        """Audio pushed but not yet through the VAD, in seconds (for connector backpressure)."""
+        return self._st.pending_samples / SAMPLE_RATE
+
     def push(self, channel: Channel, pcm: np.ndarray) -> None:
         """Queue int16 8 kHz audio. Cheap and never raises."""
         try:

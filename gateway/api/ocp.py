@@ -2,7 +2,9 @@
 the direct audio stream endpoint. Handlers parse and render; gateway.core decides."""
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
 import structlog
 from aiohttp import web
@@ -207,6 +209,10 @@ async def batch_enrol(request: web.Request) -> web.Response:
     return json_response(BatchEnrolResponse(data="Enroll user accepted", user_id=user.user_id, speech_millis=speech))
 
 
+BACKPRESSURE_S = 4.0          # unprocessed audio per direct stream before reading pauses
+BACKPRESSURE_MAX_WAIT_S = 30.0
+
+
 class _StreamPort:
     """Binds one OCP stream connection to its dialog."""
 
@@ -216,6 +222,13 @@ class _StreamPort:
 
     def push(self, frame: Frame) -> None:
         self.dialog.push(frame)
+
+    async def wait_capacity(self) -> None:
+        # Keep at most BACKPRESSURE_S of unprocessed audio per stream; past the deadline the
+        # engine's own overload rule (drop the oldest, flagged in metrics) applies instead.
+        deadline = time.monotonic() + BACKPRESSURE_MAX_WAIT_S
+        while self.dialog.engine_session.pending_s > BACKPRESSURE_S and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def end(self, reason: str) -> None:
         await self.dialog.stream_ended(reason)

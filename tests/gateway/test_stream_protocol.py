@@ -110,3 +110,19 @@ async def test_stream_needs_a_valid_token_and_one_stream_per_dialog(gateway):
             async with websockets.connect(f"{gw.ws_url}/agent-vb-mw/stream?token={tok}"):
                 pass
         assert exc.value.response.status_code == 409
+
+
+async def test_a_fast_sender_is_slowed_down_not_dropped(gateway, engine):
+    """60 s of audio sent as fast as the socket allows: backpressure keeps every sample."""
+    import soundfile as sf
+    from support import protocol_audio as pa
+    pcm = np.concatenate([sf.read(pa("ls-other-tel", n), dtype="int16")[0]
+                          for n in ("1688_enrol0", "1688_enrol1", "1998_enrol0", "1998_enrol1")])[: 8000 * 60]
+    gw = gateway
+    dropped_before = engine.stats().extra["dropped_audio_s"]
+    tok = await gw.token("fast-call")
+    await gw.stream(tok, "fast-call", pcm.astype("<i2").tobytes(), encoding="l16", frame_bytes=16000)
+    _, r = await gw.call("GET", "/verification/ondemand", params={"users": "u1", "token": tok})
+    whole = await engine.embed_pcm(pcm)
+    assert abs(r["speech_millis"] - whole.speech_ms) <= 64, (r["speech_millis"], whole.speech_ms)
+    assert engine.stats().extra["dropped_audio_s"] == dropped_before
