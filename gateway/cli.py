@@ -159,30 +159,27 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+# (name, module, help): each module has add_arguments(parser) and main(args).
+BENCHES = (
+    ("accuracy", "engine.bench.accuracy", "EER and minDCF on a trial protocol"),
+    ("speed", "engine.bench.speed", "encoder and VAD CPU cost"),
+    ("stream", "gateway.bench.stream", "concurrent real-time direct streams with verification"),
+    ("audiohook", "gateway.bench.audiohook", "concurrent real-time AudioHook calls with verification"),
+    ("live", "gateway.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
+)
+
+
 def _add_bench(sub) -> None:
-    # Imported only when the parser is built for a bench command: the engine benches pull in
+    # Imported only when the parser is built for a bench command: the benches pull in
     # matplotlib and the protocol readers, which `serve` and `admin` do not need.
+    import importlib
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
-    from engine.bench import accuracy, speed
-    acc = bsub.add_parser("accuracy", help="EER and minDCF on a trial protocol")
-    accuracy.add_arguments(acc)
-    acc.set_defaults(fn=accuracy.main)
-    sp = bsub.add_parser("speed", help="encoder and VAD CPU cost")
-    speed.add_arguments(sp)
-    sp.set_defaults(fn=speed.main)
-    from gateway.bench import stream as stream_bench
-    st = bsub.add_parser("stream", help="concurrent real-time direct streams with verification")
-    stream_bench.add_arguments(st)
-    st.set_defaults(fn=stream_bench.main)
-    from gateway.bench import audiohook as audiohook_bench
-    ah = bsub.add_parser("audiohook", help="concurrent real-time AudioHook calls with verification")
-    audiohook_bench.add_arguments(ah)
-    ah.set_defaults(fn=audiohook_bench.main)
-    from gateway.bench import live as live_bench
-    lv = bsub.add_parser("live", help="Socket.IO and SSE agent clients following live calls: result delivery delay")
-    live_bench.add_arguments(lv)
-    lv.set_defaults(fn=live_bench.main)
+    for name, module, help_ in BENCHES:
+        mod = importlib.import_module(module)
+        p = bsub.add_parser(name, help=help_)
+        mod.add_arguments(p)
+        p.set_defaults(fn=mod.main)
     from gateway.bench import fraud as fraud_bench
     fraud_bench.add_benches(bsub)
 
