@@ -23,7 +23,7 @@ from gateway.core import MAX_VERIFY_USERS, Caller, Core
 from gateway.dialogs import Dialog
 from gateway.errors import ApiError, bad_request, forbidden, not_found
 from gateway.logging import token_ref
-from gateway.store.base import BIOKEY_RE, User
+from gateway.store.base import BIOKEY_CHARS_MESSAGE, BIOKEY_RE, User
 
 log = structlog.get_logger(__name__)
 routes = RouteTable()
@@ -59,7 +59,7 @@ def parse_users(raw: str) -> list[str]:
         raise bad_request("TOO_MANY_USERS", f"at most {MAX_VERIFY_USERS} users per verification")
     for u in users:
         if not BIOKEY_RE.match(u):
-            raise bad_request("BAD_USER_ID", "user ids use only 0-9 a-z A-Z _ + - (1 to 128 characters)")
+            raise bad_request("BAD_USER_ID", "user ids: " + BIOKEY_CHARS_MESSAGE)
     return list(dict.fromkeys(users))
 
 
@@ -84,7 +84,7 @@ async def user_info(request: web.Request) -> web.Response:
     c = await _caller(request)
     uid = request.match_info["userID"]
     if not BIOKEY_RE.match(uid):
-        raise bad_request("BAD_USER_ID", "user ids use only 0-9 a-z A-Z _ + - (1 to 128 characters)")
+        raise bad_request("BAD_USER_ID", "user ids: " + BIOKEY_CHARS_MESSAGE)
     return json_response(_user_info(await _core(request).user(c, uid), uid))
 
 
@@ -168,7 +168,7 @@ async def batch_enrol(request: web.Request) -> web.Response:
         m = _BIOKEY_FIELD.match(name)
         if m:
             if not BIOKEY_RE.match(value):
-                raise bad_request("BAD_BIOKEY", f"biokeys[{m.group(1)}]: use only 0-9 a-z A-Z _ + - (1 to 128)")
+                raise bad_request("BAD_BIOKEY", f"biokeys[{m.group(1)}]: {BIOKEY_CHARS_MESSAGE}")
             biokeys[m.group(1)] = value
         elif name.startswith("biokeys["):
             raise bad_request("BAD_BIOKEY", f"malformed biokey field name {name!r}")

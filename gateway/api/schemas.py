@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.store.base import BIOKEY_RE
+from gateway.store.base import BiokeyStr
 
 _ID = dict(min_length=1, max_length=256)
 
@@ -43,16 +43,9 @@ class UserInfo(BaseModel):
 
 
 class BiokeyIn(_In):
-    key: str
-    value: str
+    key: BiokeyStr
+    value: BiokeyStr
     is_user_id: bool = False
-
-    @field_validator("key", "value")
-    @classmethod
-    def _chars(cls, v: str) -> str:
-        if not BIOKEY_RE.match(v):
-            raise ValueError("use only 0-9 a-z A-Z _ + - (1 to 128 characters)")
-        return v
 
 
 class SearchRequest(_In):
@@ -66,26 +59,12 @@ class SearchResponse(BaseModel):
 
 class EnrolRequest(_In):
     biokeys: list[BiokeyIn] = Field(default_factory=list, max_length=20)
-    user_id: str | None = None
+    user_id: BiokeyStr | None = None
     opt_in: bool = Field(False, description="Explicit opt-in; required to enrol a user who opted out")
-
-    @field_validator("user_id")
-    @classmethod
-    def _uid(cls, v: str | None) -> str | None:
-        if v is not None and not BIOKEY_RE.match(v):
-            raise ValueError("use only 0-9 a-z A-Z _ + - (1 to 128 characters)")
-        return v
 
 
 class UserIdRequest(_In):
-    user_id: str
-
-    @field_validator("user_id")
-    @classmethod
-    def _uid(cls, v: str) -> str:
-        if not BIOKEY_RE.match(v):
-            raise ValueError("use only 0-9 a-z A-Z _ + - (1 to 128 characters)")
-        return v
+    user_id: BiokeyStr
 
 
 class DataMessage(BaseModel):

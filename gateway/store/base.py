@@ -6,26 +6,32 @@ import abc
 import re
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # OCP allows these characters in biokey keys and values.
 BIOKEY_RE = re.compile(r"^[0-9A-Za-z_+\-]{1,128}$")
+BIOKEY_CHARS_MESSAGE = "use only 0-9 a-z A-Z _ + - (1 to 128 characters)"
+
+
+def _biokey_chars(v: str) -> str:
+    if not BIOKEY_RE.match(v):
+        raise ValueError(BIOKEY_CHARS_MESSAGE)
+    return v
+
+
+# A string that may be a biokey key or value, or a user id.
+BiokeyStr = Annotated[str, AfterValidator(_biokey_chars)]
 
 USER_STATUSES = ("ENROLLED", "NOT_ENROLLED", "OPTED_OUT", "RE_ENROLL")
 
 
 class BiokeyDef(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    key: str
+    key: BiokeyStr
     is_user_id: bool = False
     sensitive: bool = False
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, v: str) -> str:
-        if not BIOKEY_RE.match(v):
-            raise ValueError("biokey keys use only 0-9 a-z A-Z _ + - (1 to 128 characters)")
-        return v
 
 
 class Bands(BaseModel):
