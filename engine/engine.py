@@ -45,6 +45,7 @@ PROGRESS_EVERY_S = 0.2      # SpeechProgress rate limit (wall clock)
 DELAY_S = 1.0               # a milestone computed later than this after its audio arrived is "delayed"
 PARTIAL_QUANTUM = 800       # partial windows are cut to 100 ms multiples so they batch together
 MIN_PARTIAL_S = 0.5         # a partial window shorter than this is left out when windows exist
+MAX_WINDOWS = 64            # finished windows kept per call before the oldest are folded (memory bound)
 
 
 def _version() -> str:
@@ -101,6 +102,23 @@ class _Speech:
     def nbytes(self) -> int:
         return (sum(b.nbytes for b in self.buf)
                 + sum(w.vector.nbytes + 64 for w in self.windows if w.vector is not None))
+
+    def fold(self, keep: int = MAX_WINDOWS) -> None:
+        """Bound a long call's memory: merge the two oldest embedded windows into one whose
+        vector is their speech-weighted mean and whose weight is their sum, so every later
+        weighted mean over the windows (session embedding, speaker-change reference) is
+        unchanged."""
+        while len(self.windows) > keep:
+            a, b = self.windows[0], self.windows[1]
+            if a.vector is None or b.vector is None:
+                if a.vector is None:
+                    del self.windows[0]            # nothing was embedded: carries no weight
+                    continue
+                del self.windows[1]
+                continue
+            wa, wb = max(a.speech_ms, 1), max(b.speech_ms, 1)
+            merged = ((a.vector.astype(np.float64) * wa + b.vector * wb) / (wa + wb)).astype(np.float32)
+            self.windows[:2] = [_Window(wa + wb, merged)]
 
 
 @dataclass
@@ -308,6 +326,8 @@ class _Core:
                 continue
             events.append((st, Milestone(st.dialog_id, r.kind, emb, st.change,
                                          delayed=(done - r.arrived) > DELAY_S, arrived=r.arrived)))
+        for st, _, _ in active:
+            st.speech.fold()
         return events
 
     def session_embedding(self, st: _State) -> Embedding | None:

@@ -194,3 +194,22 @@ def test_no_speaker_change_for_one_speaker(engine_sync):
     core.process([st], None, milestones=False)
     assert len(st.speech.windows) >= 2
     assert st.change.scd_llr is not None and not st.change.user_changed
+
+
+def test_folding_old_windows_keeps_the_session_embedding():
+    """Long calls: folding windows bounds memory and leaves every weighted mean unchanged."""
+    from engine.engine import _Speech, _Window
+    rng = np.random.default_rng(3)
+    sp = _Speech(80000)
+    sp.windows = [_Window(int(rng.integers(2000, 10000)), rng.normal(size=192).astype(np.float32))
+                  for _ in range(200)]
+    sp.windows[5].vector = None                       # a window too short to embed
+
+    def mean(ws):
+        vs = [w for w in ws if w.vector is not None]
+        return np.average(np.stack([w.vector for w in vs]), axis=0, weights=[w.speech_ms for w in vs])
+
+    before, nbytes = mean(sp.windows), sp.nbytes()
+    sp.fold(keep=16)
+    assert len(sp.windows) == 16 and sp.nbytes() < nbytes / 10
+    assert np.allclose(mean(sp.windows), before, atol=1e-5)
