@@ -210,7 +210,7 @@ async def batch_enrol(request: web.Request) -> web.Response:
 
 
 BACKPRESSURE_S = 4.0          # unprocessed audio per direct stream before reading pauses
-BACKPRESSURE_MAX_WAIT_S = 30.0
+BACKPRESSURE_MAX_WAIT_S = 10.0  # < common WebSocket keepalive timeouts (20 s): pings are read between waits
 
 
 class _StreamPort:

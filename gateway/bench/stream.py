@@ -186,13 +186,18 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
 
         sampler = asyncio.create_task(sample())
 
+        errors: list[str] = []
+
         async def one(i):
             await asyncio.sleep(ramp * i / max(1, n))
             for k in range(args.calls_per_stream):
                 dialog = f"bench-{n}-{i}-{k}"
                 tok = await _token(http, url, pat, dialog)
                 sse = asyncio.create_task(_verification(http, url, tok, normal))
-                await _stream(ws_url, tok, dialog, calls[(i + k) % len(calls)], paced=True)
+                try:
+                    await _stream(ws_url, tok, dialog, calls[(i + k) % len(calls)], paced=True)
+                except (websockets.WebSocketException, OSError) as exc:
+                    errors.append(type(exc).__name__)      # a failed call fails the level
                 await asyncio.sleep(0.5)
                 sse.cancel()
 
@@ -217,8 +222,9 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
             "backlog_per_stream_s_first_third": round(max(first), 2),
             "backlog_per_stream_s_last_third": round(max(last), 2), "backlog_per_stream_s_max": round(worst, 2),
             "backlog_grew": grew, "dropped_audio_s": dropped, "normal_results": len(normal),
+            "failed_calls": len(errors),
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
-            "passes": (not grew and worst < 2.0 and dropped == 0 and p95 is not None and p95 < 1.0)}
+            "passes": (not grew and worst < 2.0 and dropped == 0 and not errors and p95 is not None and p95 < 1.0)}
 
 
 def _histogram(text: str, name: str) -> tuple[list[tuple[float, float]], float]:
