@@ -11,13 +11,12 @@ import binascii
 import json
 from typing import Literal
 
-import numpy as np
 import structlog
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.base import ConnectorError, DialogPort, Frame
-from connectors.codecs import ENCODINGS, SUPPORTED_RATES, StreamResampler, decode
+from connectors.codecs import SUPPORTED_RATES, StreamResampler, decode
 
 log = structlog.get_logger(__name__)
 

@@ -100,20 +100,21 @@ async def _main(args, settings) -> int:
             from engine import Engine
             from engine.types import AudioError
             from gateway.api.blocklists import add_entry_from_pcm
-            from gateway.errors import ApiError
+            from gateway.errors import ApiError, decode_upload
             engine = Engine.load(settings.engine)
             await engine.start()
             failed = 0
             for path in args.wav:
                 try:
-                    from engine.audio import read_wav_8k
-                    pcm = read_wav_8k(path)
+                    # the same decoding as the REST upload (gateway.errors.decode_upload)
+                    pcm = await decode_upload(Path(path).read_bytes())
                     e = await add_entry_from_pcm(engine, store, gid, bl.id, pcm, args.label or Path(path).name,
                                                  f"wav:{Path(path).name}")
                     print(f"added {e.id}\t{e.label}\t{e.speech_ms} ms")
-                except (AudioError, ApiError) as exc:
+                except (AudioError, ApiError, OSError) as exc:
                     failed += 1
-                    print(f"error: {path}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+                    msg = exc.strerror if isinstance(exc, OSError) else getattr(exc, "message", exc)
+                    print(f"error: {path}: {msg}", file=sys.stderr)
             return 2 if failed else 0
         elif cmd == "remove":
             if not await store.delete_blocklist_entry(gid, bl.id, args.entry_id):

@@ -2,6 +2,7 @@
 HTTP handlers parse and render; this module decides."""
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -32,6 +33,17 @@ log = structlog.get_logger(__name__)
 
 NO_DATA_MS = 500          # below this much net speech nothing is scored
 MAX_VERIFY_USERS = 5
+
+
+def _unlink_all(paths: list[str]) -> int:
+    """Remove files; returns how many could not be removed."""
+    failed = 0
+    for p in paths:
+        try:
+            Path(p).unlink(missing_ok=True)
+        except OSError:
+            failed += 1
+    return failed
 
 
 def now_ms() -> int:
@@ -118,18 +130,18 @@ class Core:
     async def user(self, c: Caller, user_id: str) -> User | None:
         return await self.store.get_user(c.profile.id, user_id)
 
-    async def search(self, c: Caller, biokeys: list[BiokeyIn]) -> list[User]:
+    async def search(self, profile: Profile, biokeys: list[BiokeyIn]) -> list[User]:
         pairs: list[tuple[str, str]] = []
         users_by_id: list[str] = []
         for bk in biokeys:
-            d = c.profile.settings.biokey(bk.key)
+            d = profile.settings.biokey(bk.key)
             if bk.is_user_id or (d is not None and d.is_user_id):
                 users_by_id.append(bk.value)
                 continue
-            pairs.append((bk.key, self._stored_biokey(c.profile, bk.key, bk.value).value))
-        found = await self.store.search_users(c.profile.id, pairs) if pairs else []
+            pairs.append((bk.key, self._stored_biokey(profile, bk.key, bk.value).value))
+        found = await self.store.search_users(profile.id, pairs) if pairs else []
         if users_by_id:
-            direct = [u for uid in users_by_id if (u := await self.store.get_user(c.profile.id, uid))]
+            direct = [u for uid in users_by_id if (u := await self.store.get_user(profile.id, uid))]
             found = [u for u in found if u.user_id in users_by_id] if pairs else direct
         return found
 
@@ -171,12 +183,11 @@ class Core:
         stored.append(StoredBiokey(uid_key, user_id, False))
         emb = await self.engine.embed_pcm(pcm)
         fp = await self.fraud.pcm_fingerprint(pcm)
-        paths = [self._save_audio(profile, user_id, pcm)] if keep_audio else []
+        paths = [await asyncio.to_thread(self._save_audio, profile, user_id, pcm)] if keep_audio else []
         try:
             return await self._enrol(profile, user_id, stored, emb, dialog_id, False, None, paths, fingerprint=fp)
         except BaseException:
-            for p in paths:
-                Path(p).unlink(missing_ok=True)
+            await asyncio.to_thread(_unlink_all, paths)
             raise
 
     def _save_audio(self, profile: Profile, user_id: str, pcm: np.ndarray) -> str:
@@ -231,11 +242,9 @@ class Core:
 
     async def opt_out(self, c: Caller, user_id: str) -> User:
         user, paths = await self.store.opt_out(c.profile.id, user_id)
-        for p in paths:
-            try:
-                Path(p).unlink(missing_ok=True)
-            except OSError:
-                log.error("audio_delete_failed", dialog_id=c.session.master_id)
+        failed = await asyncio.to_thread(_unlink_all, paths)
+        if failed:
+            log.error("audio_delete_failed", dialog_id=c.session.master_id, files=failed)
         self.metrics.inc("vbgw_optouts_total")
         return user
 

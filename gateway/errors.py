@@ -27,6 +27,23 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
+async def decode_upload(data: bytes):
+    """An uploaded WAV file as int16 8 kHz mono, decoded and resampled off the event loop
+    (a 50 MB upload takes seconds); unusable audio is a 415 with the codec's code."""
+    import asyncio
+
+    from connectors.base import ConnectorError
+    from connectors.codecs import read_wav, to_8k
+
+    def decode():
+        pcm, rate = read_wav(data)
+        return to_8k(pcm, rate)
+    try:
+        return await asyncio.to_thread(decode)
+    except ConnectorError as exc:
+        raise ApiError(415, exc.code, exc.message) from None
+
+
 def unauthorized(message: str = "missing or invalid bearer token") -> ApiError:
     return ApiError(401, "UNAUTHORIZED", message)
 

@@ -3,7 +3,6 @@ real gateway on a loopback port per test, with its own data directory."""
 from __future__ import annotations
 
 import aiohttp
-import numpy as np
 import pytest
 
 from support import Gateway, admin, pat_of
@@ -36,8 +35,3 @@ async def gateway(settings, engine, aiohttp_server):
     base = f"http://127.0.0.1:{server.port}"
     async with aiohttp.ClientSession() as http:
         yield Gateway(base, f"ws://127.0.0.1:{server.port}", http, settings, pat, server.app)
-
-
-@pytest.fixture
-def silence_8k():
-    return np.zeros(8000, np.int16)

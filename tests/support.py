@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import soundfile as sf
 import websockets
 

@@ -25,10 +25,10 @@ from gateway.api.schemas import BiokeyIn
 from gateway.appkeys import CORE, OPEN_SOCKETS, SETTINGS
 from gateway.audiohook_orgs import SecretBox, api_key_hash
 from gateway.auth import load_or_create_secret
-from gateway.core import Caller, Core
+from gateway.core import Core
 from gateway.dialogs import Dialog
 from gateway.errors import ApiError, bad_request
-from gateway.store.base import AudioHookOrg, Profile, SessionRecord
+from gateway.store.base import AudioHookOrg, Profile
 
 log = structlog.get_logger(__name__)
 MAX_TARGETS = 5
@@ -173,10 +173,7 @@ class _AudioHookPort:
                 if ani_key and ani and ani_key not in pairs and profile.settings.biokey(ani_key) is not None:
                     pairs[ani_key] = ani
                 if pairs:
-                    caller = Caller(SessionRecord("", profile.tenant_id, profile.group_id, profile.id,
-                                                  dialog.dialog_id, "audiohook", "", "GENESYS", {}, 0, 0),
-                                    profile, "")
-                    found = await self.core.search(caller, [BiokeyIn(key=k, value=v) for k, v in pairs.items()])
+                    found = await self.core.search(profile, [BiokeyIn(key=k, value=v) for k, v in pairs.items()])
                     users = [u.user_id for u in found if u.status == "ENROLLED"][:MAX_TARGETS]
         except (ValidationError, ApiError, KeyError, TypeError, ValueError, AttributeError) as exc:
             self.log.warning("audiohook_custom_config_invalid", error=type(exc).__name__)

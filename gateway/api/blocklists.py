@@ -13,12 +13,10 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.base import ConnectorError
-from connectors.codecs import read_wav, to_8k
 from gateway.api.routing import RouteTable, json_response, parse_json
 from gateway.appkeys import CORE, SETTINGS
 from gateway.core import Core
-from gateway.errors import ApiError, bad_request, not_found
+from gateway.errors import ApiError, bad_request, not_found, decode_upload
 from gateway.store.base import Blocklist, BlocklistEntry, Conflict, Pat
 
 log = structlog.get_logger(__name__)
@@ -230,11 +228,7 @@ async def add_from_wav(request: web.Request) -> web.Response:
             raise bad_request("UNKNOWN_FIELD", f"unexpected form field {part.name!r} (use file and label)")
     if not audio:
         raise bad_request("FILE_REQUIRED", "a non-empty file field is required")
-    try:
-        pcm, rate = read_wav(audio)
-        pcm = to_8k(pcm, rate)
-    except ConnectorError as exc:
-        raise ApiError(415, exc.code, exc.message) from None
+    pcm = await decode_upload(audio)
     name = re.sub(r"[^0-9A-Za-z._+\-]", "_", filename)[-100:]
     entry = await add_entry_from_pcm(core.engine, core.store, pat.group_id, bl.id, pcm, _label(label, name), f"wav:{name}")
     log.info("blocklist_entry_added", blocklist_id=bl.id, entry_id=entry.id, speech_ms=entry.speech_ms)

@@ -10,8 +10,7 @@ import structlog
 from aiohttp import web
 
 from connectors import ocp_stream
-from connectors.base import ConnectorError, Frame
-from connectors.codecs import read_wav, to_8k
+from connectors.base import Frame
 from gateway.api.routing import RouteTable, json_response, parse_json
 from gateway.api.schemas import (
     BatchEnrolResponse, DataMessage, EnrolRequest, OnDemandResponse, SearchRequest, SearchResponse,
@@ -21,7 +20,7 @@ from gateway.appkeys import CORE, OPEN_SOCKETS, SETTINGS
 from gateway.auth import PAT_PREFIX, bearer
 from gateway.core import MAX_VERIFY_USERS, Caller, Core
 from gateway.dialogs import Dialog
-from gateway.errors import ApiError, bad_request, forbidden, not_found
+from gateway.errors import ApiError, bad_request, decode_upload, forbidden, not_found
 from gateway.logging import token_ref
 from gateway.store.base import BIOKEY_CHARS_MESSAGE, BIOKEY_RE, User
 
@@ -93,7 +92,7 @@ async def user_info(request: web.Request) -> web.Response:
 async def search_users(request: web.Request) -> web.Response:
     c = await _caller(request)
     body = await parse_json(request, SearchRequest, _max_json(request))
-    found = await _core(request).search(c, body.biokeys)
+    found = await _core(request).search(c.profile, body.biokeys)
     status = "NOT_FOUND" if not found else "FOUND_ONE" if len(found) == 1 else "FOUND_MANY"
     return json_response(SearchResponse(users=[_user_info(u, u.user_id) for u in found], response_status=status))
 
@@ -199,11 +198,7 @@ async def batch_enrol(request: web.Request) -> web.Response:
         raise bad_request("FILE_REQUIRED", "a non-empty file field is required")
     if filename.lower().endswith(".mp4"):
         raise ApiError(415, "UNSUPPORTED_MEDIA", ".mp4 recordings (NICE) are not supported yet; send a .wav")
-    try:
-        pcm, rate = read_wav(audio)
-        pcm = to_8k(pcm, rate)
-    except ConnectorError as exc:
-        raise ApiError(415, exc.code, exc.message) from None
+    pcm = await decode_upload(audio)
     user, speech = await core.enrol_from_pcm(profile, user_id, biokeys, pcm, dialog_id, keep_audio=True)
     log.info("batch_enrolled", dialog_id=dialog_id, speech_ms=speech)
     return json_response(BatchEnrolResponse(data="Enroll user accepted", user_id=user.user_id, speech_millis=speech))

@@ -23,7 +23,6 @@ from pathlib import Path
 import aiohttp
 
 from gateway.api.socketio import NAMESPACE, PATH
-from gateway.bench.live_server import match_key
 from gateway.bench.stream import DEFAULT_PROTOCOL, Server, _call_audio, _p95_from_metrics, _stream, _token
 from gateway.bench.stream import enrol_bench_user
 

@@ -6,20 +6,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import aiohttp
 import websockets
 
+from gateway.bench.stream import _free_port
 from support import REPO
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_sigterm_lets_open_streams_finish(tmp_path):
