@@ -571,10 +571,20 @@ class Engine:
         return await fut
 
     def _flush(self, st: _State) -> None:
-        self._emit(self._core.process([st], None))
+        self._emit(self._core.process([st], None) + self._trailing_progress(st))
+
+    @staticmethod
+    def _trailing_progress(st: _State) -> list[tuple[_State, SessionEvent]]:
+        """SpeechProgress is rate-limited (PROGRESS_EVERY_S); a flush publishes the last value
+        that the limit held back, so listeners end with the session's true speech total."""
+        if st.speech.speech_ms > st.last_progress_ms:
+            st.last_progress_ms = st.speech.speech_ms
+            st.last_progress_t = time.monotonic()
+            return [(st, SpeechProgress(st.dialog_id, st.speech.speech_ms))]
+        return []
 
     def _flush_embedding(self, st: _State) -> Embedding | None:
-        self._emit(self._core.process([st], None))
+        self._emit(self._core.process([st], None) + self._trailing_progress(st))
         return self._core.session_embedding(st)
 
     def _close_state(self, st: _State) -> None:

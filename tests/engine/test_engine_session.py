@@ -213,3 +213,16 @@ def test_folding_old_windows_keeps_the_session_embedding():
     sp.fold(keep=16)
     assert len(sp.windows) == 16 and sp.nbytes() < nbytes / 10
     assert np.allclose(mean(sp.windows), before, atol=1e-5)
+
+
+async def test_flush_publishes_the_speech_total_the_rate_limit_held_back(engine):
+    """Audio faster than real time: progress is rate-limited, but after flush() the last
+    SpeechProgress equals the session's speech total (the agent's clean-speech bar ends right)."""
+    events = []
+    sess = engine.open_session("d-progress", SpeechLimits(), events.append)
+    await feed(sess, speaker_audio(speakers()[0], 1), engine=engine)
+    await sess.flush()
+    await asyncio.sleep(0.05)                       # deliveries are call_soon_threadsafe
+    prog = [e.speech_ms for e in events if isinstance(e, SpeechProgress)]
+    assert prog and prog[-1] == sess.speech_ms > 5000
+    await sess.close()
