@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway.api import audiohook, blocklists, ocp, sse, system, widget
+from gateway.api import aculab, audiohook, blocklists, ocp, sse, system, widget
 from gateway.api import socketio as socketio_api
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
@@ -27,7 +27,8 @@ from gateway.openapi import build_openapi
 from gateway.store.sqlite import SqliteRepository
 
 log = structlog.get_logger(__name__)
-ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes, blocklists.routes)
+ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes, blocklists.routes,
+                aculab.routes)
 
 
 def sw_version() -> str:

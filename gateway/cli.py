@@ -92,6 +92,19 @@ async def _admin(args) -> int:
             rec = await store.create_pat(tenant.id, group.id, args.pat_name, token_hash(pat))
             print(f"created personal access token {rec.id}; it is shown once:")
             print(f"pat={pat}")
+        elif args.admin_cmd == "user-group-key":
+            from gateway.aculab import new_user_group_key
+            tenant = await store.get_tenant(args.tenant)
+            profile = await store.get_profile(tenant.id, args.profile) if tenant else None
+            if profile is None:
+                print(f"no VB profile {args.profile!r} in tenant {args.tenant!r}", file=sys.stderr)
+                return 2
+            key = new_user_group_key()
+            rec = await store.create_user_group_key(tenant.id, profile.group_id, profile.id, args.key_name,
+                                                    token_hash(key))
+            print(f"created user group key {rec.id} for profile {profile.name} ({profile.id}); "
+                  f"Aculab Users API username: {tenant.name}/<any name>; the key is shown once:")
+            print(f"key={key}")
         elif args.admin_cmd == "profiles":
             for p in await store.list_profiles():
                 print(f"{p.id}\t{p.tenant_id}\t{p.group_id}\t{p.name}\t{p.settings.model_dump_json()}")
@@ -146,6 +159,11 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     pt.add_argument("--tenant", required=True)
     pt.add_argument("--group", default="default")
     pt.add_argument("--pat-name", default="cli")
+    ug = asub.add_parser("user-group-key", help="create an Aculab Users API user group key for one VB profile; "
+                                                "print it as key=<KEY>")
+    ug.add_argument("--tenant", required=True)
+    ug.add_argument("--profile", required=True)
+    ug.add_argument("--key-name", default="cli")
     asub.add_parser("profiles", help="list profiles")
     a.set_defaults(fn=cmd_admin)
 

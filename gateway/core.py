@@ -26,7 +26,7 @@ from gateway.events import (
 from gateway.fraud import FraudService
 from gateway.metrics import Metrics
 from gateway.store.base import (
-    EnrolmentWrite, OptedOutError, Pat, Profile, Repository, SessionRecord, StoredBiokey, User,
+    Conflict, EnrolmentWrite, OptedOutError, Pat, Profile, Repository, SessionRecord, StoredBiokey, User,
 )
 
 log = structlog.get_logger(__name__)
@@ -178,17 +178,25 @@ class Core:
 
     async def enrol_from_pcm(self, profile: Profile, user_id: str, biokeys: dict[str, str], pcm: np.ndarray,
                              dialog_id: str, keep_audio: bool) -> tuple[User, int]:
-        uid_key = next(b.key for b in profile.settings.biokeys if b.is_user_id)
-        stored = [self._stored_biokey(profile, k, v) for k, v in biokeys.items() if k != uid_key]
-        stored.append(StoredBiokey(uid_key, user_id, False))
         emb = await self.engine.embed_pcm(pcm)
         fp = await self.fraud.pcm_fingerprint(pcm)
         paths = [await asyncio.to_thread(self._save_audio, profile, user_id, pcm)] if keep_audio else []
         try:
-            return await self._enrol(profile, user_id, stored, emb, dialog_id, False, None, paths, fingerprint=fp)
+            return await self.enrol_embedding(profile, user_id, biokeys, emb, dialog_id, fp, audio_paths=paths)
         except BaseException:
             await asyncio.to_thread(_unlink_all, paths)
             raise
+
+    async def enrol_embedding(self, profile: Profile, user_id: str, biokeys: dict[str, str], emb: Embedding | None,
+                              dialog_id: str, fingerprint: bytes | None, *, audio_paths: list[str] | None = None,
+                              opt_in: bool = False, require_new: bool = False,
+                              origin: str = "Batch") -> tuple[User, int]:
+        """Enrol (or merge into) `user_id` from an embedding of uploaded audio (no session)."""
+        uid_key = next(b.key for b in profile.settings.biokeys if b.is_user_id)
+        stored = [self._stored_biokey(profile, k, v) for k, v in biokeys.items() if k != uid_key]
+        stored.append(StoredBiokey(uid_key, user_id, False))
+        return await self._enrol(profile, user_id, stored, emb, dialog_id, opt_in, None, audio_paths,
+                                 fingerprint=fingerprint, require_new=require_new, origin=origin)
 
     def _save_audio(self, profile: Profile, user_id: str, pcm: np.ndarray) -> str:
         import soundfile as sf
@@ -200,7 +208,7 @@ class Core:
 
     async def _enrol(self, profile: Profile, uid: str, stored: list[StoredBiokey], emb: Embedding | None,
                      dialog_id: str, opt_in: bool, c: Caller | None, audio_paths: list[str] | None = None,
-                     fingerprint: bytes | None = None):
+                     fingerprint: bytes | None = None, require_new: bool = False, origin: str = "Batch"):
         need = profile.settings.enrol_min_speech_ms
         have = emb.speech_ms if emb is not None else 0
         if emb is None or have < need:
@@ -220,14 +228,16 @@ class Core:
             user, vp = await self.store.enrol(EnrolmentWrite(
                 profile.id, uid, stored, np.asarray(emb.vector, np.float32).tobytes(), emb.speech_ms,
                 emb.model, info.extractor_version, info.plda_version, dialog_id, opt_in, audio_paths or [],
-                fingerprint))
+                fingerprint, require_new))
         except OptedOutError as exc:
             raise ApiError(409, "USER_OPTED_OUT", str(exc)) from None
+        except Conflict as exc:
+            raise ApiError(400, "USER_EXISTS", str(exc)) from None
         self.metrics.inc("vbgw_enrolments_total")
         await self.sink.publish(VbEnrolmentEvent(
             region=self.settings.events.region, vb_version=self.settings.events.vb_version,
             dialog_id=dialog_id, session_id=token_hash(c.token)[:32] if c else "",
-            origin="Agent Side" if c else "Batch", group_name=await self.group_name(profile.group_id),
+            origin="Agent Side" if c else origin, group_name=await self.group_name(profile.group_id),
             enrolled_user=EnrolledUser(user_id=uid, organization_name=await self.tenant_name(profile.tenant_id),
                                        user_creation_ts=user.created_ms, opted_out=False,
                                        optout_ts=user.opt_out_ts, optin_ts=user.opt_in_ts),
@@ -241,10 +251,13 @@ class Core:
         return user, emb.speech_ms
 
     async def opt_out(self, c: Caller, user_id: str) -> User:
-        user, paths = await self.store.opt_out(c.profile.id, user_id)
+        return await self.opt_out_user(c.profile, user_id, c.session.master_id)
+
+    async def opt_out_user(self, profile: Profile, user_id: str, dialog_id: str) -> User:
+        user, paths = await self.store.opt_out(profile.id, user_id)
         failed = await asyncio.to_thread(_unlink_all, paths)
         if failed:
-            log.error("audio_delete_failed", dialog_id=c.session.master_id, files=failed)
+            log.error("audio_delete_failed", dialog_id=dialog_id, files=failed)
         self.metrics.inc("vbgw_optouts_total")
         return user
 
@@ -257,8 +270,15 @@ class Core:
                           change: SpeakerChange | None, result_type: str = "ONDEMAND",
                           delayed: bool = False) -> list[dict]:
         """Per-user results, best first. Each dict carries every field any surface needs."""
-        profile = dialog.profile
-        assert profile is not None
+        assert dialog.profile is not None
+        out = await self.score_profile_users(dialog.profile, emb, user_ids, change, result_type, delayed)
+        await self.fraud.annotate(dialog, out, result_type)    # pad_detected (Aculab), see gateway/fraud.py
+        return out
+
+    async def score_profile_users(self, profile: Profile, emb: Embedding | None, user_ids: list[str],
+                                  change: SpeakerChange | None, result_type: str = "ONDEMAND",
+                                  delayed: bool = False) -> list[dict]:
+        """score_users without a dialog (audio uploaded as a file): no live fraud signals."""
         speech = emb.speech_ms if emb is not None else 0
         vps = await self.store.voiceprints(profile.id, user_ids)
         targets = self.band_targets(profile)
@@ -285,7 +305,6 @@ class Core:
                          bio_result=self.engine.classify(s.llr, targets), voiceprint_id=vp.id)
             out.append(r)
         out.sort(key=lambda r: (r["voiceprint_id"] is not None, r["llr"]), reverse=True)
-        await self.fraud.annotate(dialog, out, result_type)    # pad_detected (Aculab), see gateway/fraud.py
         return out
 
     async def verify_ondemand(self, c: Caller, user_ids: list[str]) -> dict:
@@ -302,13 +321,17 @@ class Core:
 
     async def emit_verification_event(self, dialog: Dialog, r: dict, emb: Embedding | None,
                                       change: SpeakerChange | None) -> None:
-        profile = dialog.profile
-        assert profile is not None
-        info = self.engine.info
+        assert dialog.profile is not None
         dialog.steps += 1
+        await self.publish_verification_event(dialog.profile, dialog.dialog_id, dialog.steps, r, emb, change)
+
+    async def publish_verification_event(self, profile: Profile, dialog_id: str, step: int, r: dict,
+                                         emb: Embedding | None, change: SpeakerChange | None,
+                                         origin: str = "Agent Side") -> None:
+        info = self.engine.info
         await self.sink.publish(VbVerificationEvent(
             region=self.settings.events.region, vb_version=self.settings.events.vb_version,
-            dialog_id=dialog.dialog_id, dialog_step=dialog.steps,
+            dialog_id=dialog_id, dialog_step=step,
             enrolled_user=VerificationEnrolledUser(user_id=r["user_id"],
                                                    organization_name=await self.tenant_name(profile.tenant_id)),
             group_name=await self.group_name(profile.group_id),
@@ -323,4 +346,4 @@ class Core:
             verification_result=r["bio_result"],
             fail_reason="OK" if r["error_type"] is None else r["error_type"],
             scd_llr=change.scd_llr if change else None, scd_nllr=change.scd_nllr if change else None,
-            verification_origin="Agent Side", non_target=False))
+            verification_origin=origin, non_target=False))

@@ -13,6 +13,7 @@ _SECURITY = {
     "session": [{"session": []}, {"session_query": []}],
     "pat_or_session": [{"pat": []}, {"session": []}],
     "metrics": [{"metrics": []}],
+    "user_group_key": [{"user_group_key": []}],
     "none": [],
 }
 
@@ -32,7 +33,8 @@ def build_openapi(specs: list[RouteSpec], version: str) -> dict[str, Any]:
     for s in specs:
         op: dict[str, Any] = {"summary": s.summary, "operationId": s.handler.__name__,
                               "security": _SECURITY[s.auth], "tags": list(s.tags)}
-        params = [{"name": n, "in": "query", "required": n != "Last-Event-ID", "description": d,
+        params = [{"name": n, "in": "query", "required": n != "Last-Event-ID" and n not in s.optional_query,
+                   "description": d,
                    "schema": {"type": "string"}} for n, d in s.query.items()]
         params += [{"name": seg.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
                    for seg in s.path.split("/") if seg.startswith("{")]
@@ -51,7 +53,7 @@ def build_openapi(specs: list[RouteSpec], version: str) -> dict[str, Any]:
         elif s.content != "application/json":
             ok["content"] = {s.content: {"schema": {"type": "string"}}}
         op["responses"] = {"200": ok, "default": {"description": "Error", "content": {
-            "application/json": {"schema": err}}}}
+            "application/json": {"schema": ref(s.error) if s.error is not None else err}}}}
         paths.setdefault(s.path, {})[s.method.lower()] = op
         for i, alias in enumerate(s.aliases, start=1):
             paths.setdefault(alias, {})[s.method.lower()] = {
@@ -67,5 +69,7 @@ def build_openapi(specs: list[RouteSpec], version: str) -> dict[str, Any]:
             "session": {"type": "http", "scheme": "bearer", "description": "Session token from POST /api/token/"},
             "session_query": {"type": "apiKey", "in": "query", "name": "token"},
             "metrics": {"type": "http", "scheme": "bearer", "description": "Metrics token"},
+            "user_group_key": {"type": "http", "scheme": "basic",
+                               "description": "Aculab Users API: cloudID/username and a user group key"},
         }},
     }

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
-Auth = Literal["none", "pat", "session", "pat_or_session", "metrics"]
+Auth = Literal["none", "pat", "session", "pat_or_session", "metrics", "user_group_key"]
 
 
 @dataclass
@@ -29,6 +29,8 @@ class RouteSpec:
     form: dict[str, str] | None = None                    # multipart fields
     tags: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    optional_query: tuple[str, ...] = ()                  # query parameters that may be left out
+    error: type[BaseModel] | None = None                  # error body, if not ErrorResponse
 
 
 class RouteTable:
@@ -36,10 +38,11 @@ class RouteTable:
         self.specs: list[RouteSpec] = []
 
     def route(self, method: str, path: str, *, summary: str, auth: Auth, body=None, response=None,
-              query=None, content="application/json", form=None, tags=(), aliases=()):
+              query=None, content="application/json", form=None, tags=(), aliases=(), optional_query=(),
+              error=None):
         def deco(fn):
             self.specs.append(RouteSpec(method, path, fn, summary, auth, body, response, query or {},
-                                        content, form, tags, aliases))
+                                        content, form, tags, aliases, tuple(optional_query), error))
             return fn
         return deco
 

@@ -217,6 +217,25 @@ class StoredFingerprint:
     created_ms: int
 
 
+@dataclass(frozen=True)
+class UserGroupKey:
+    """An Aculab-style User Group Key (HTTP Basic password of the Aculab Users API): reaches
+    the users of one VB profile only. Stored only as its SHA-256, like PATs."""
+    id: str
+    tenant_id: str
+    group_id: str
+    profile_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class VerificationStats:
+    """Counts of a user's verifications through the Aculab Users API (its `stats`)."""
+    attempts: int
+    passed: int
+    last_ms: int
+
+
 @dataclass
 class EnrolmentWrite:
     """Everything one enrolment commits atomically."""
@@ -232,6 +251,7 @@ class EnrolmentWrite:
     opt_in: bool = False
     audio_paths: list[str] = field(default_factory=list)
     fingerprint: bytes | None = None     # landmark hashes of the enrolment audio (ENROL)
+    require_new: bool = False            # Conflict if the user is already enrolled (Aculab register)
 
 
 class StoreError(Exception):
@@ -344,3 +364,15 @@ class Repository(abc.ABC):
         the `keep_verify` most recent VERIFY fingerprints of the user."""
     @abc.abstractmethod
     async def fingerprints(self, profile_id: str, user_id: str) -> list[StoredFingerprint]: ...
+
+    # Aculab Users API: user group keys and per-user verification counts
+    @abc.abstractmethod
+    async def create_user_group_key(self, tenant_id: str, group_id: str, profile_id: str, name: str,
+                                    key_hash: str) -> UserGroupKey: ...
+    @abc.abstractmethod
+    async def find_user_group_key(self, key_hash: str) -> UserGroupKey | None: ...
+    @abc.abstractmethod
+    async def record_verification(self, profile_id: str, user_id: str, passed: bool) -> None:
+        """Count one verification of an enrolled user (deleted with the user on opt-out)."""
+    @abc.abstractmethod
+    async def verification_stats(self, profile_id: str, user_id: str) -> VerificationStats | None: ...

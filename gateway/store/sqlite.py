@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, EnrolmentWrite, Group, OptedOutError, Pat, Profile,
-    ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User, Voiceprint,
+    ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User, UserGroupKey,
+    VerificationStats, Voiceprint,
 )
 
 # Versioned schema migrations: index i brings the schema from version i to i + 1.
@@ -73,6 +74,16 @@ MIGRATIONS: list[str] = [
         user_row INTEGER NOT NULL REFERENCES users(row_id) ON DELETE CASCADE, kind TEXT NOT NULL,
         dialog_id TEXT NOT NULL, hashes BLOB NOT NULL, n INTEGER NOT NULL, created_ms INTEGER NOT NULL);
     CREATE INDEX fingerprints_user ON fingerprints (user_row, kind);
+    """,
+    # 4: Aculab Users API: user group keys (hashed; bound to one VB profile) and per-user
+    # verification counts (its `stats`), deleted with the user's other data on opt-out.
+    """
+    CREATE TABLE user_group_keys (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        group_id TEXT NOT NULL REFERENCES groups(id), profile_id TEXT NOT NULL REFERENCES profiles(id),
+        name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE verification_stats (user_row INTEGER PRIMARY KEY REFERENCES users(row_id) ON DELETE CASCADE,
+        attempts INTEGER NOT NULL, passed INTEGER NOT NULL, last_ms INTEGER NOT NULL);
     """,
 ]
 
@@ -299,6 +310,8 @@ class SqliteRepository(Repository):
                 row_id = c.execute("SELECT last_insert_rowid()").fetchone()[0]
             else:
                 row_id = row["row_id"]
+                if w.require_new and row["status"] in ("ENROLLED", "RE_ENROLL"):
+                    raise Conflict(f"user {w.user_id!r} is already enrolled")
                 if row["status"] == "OPTED_OUT" and not w.opt_in:
                     raise OptedOutError(f"user {w.user_id!r} opted out; enrolling again needs an explicit opt-in")
                 opt_in_ts = t if (w.opt_in and row["status"] == "OPTED_OUT") else row["opt_in_ts"]
@@ -325,7 +338,7 @@ class SqliteRepository(Repository):
         return await self._tx(fn)
 
     async def opt_out(self, profile_id, user_id) -> tuple[User, list[str]]:
-        """Deletes voiceprints, biokeys, audio records and audio fingerprints; keeps an OPTED_OUT tombstone (the
+        """Deletes voiceprints, biokeys, audio records, audio fingerprints and verification counts; keeps an OPTED_OUT tombstone (the
         user id and timestamps only). Returns the audio file paths the caller must unlink."""
         def fn(c):
             t = now_ms()
@@ -337,7 +350,7 @@ class SqliteRepository(Repository):
                 return self._user(c, row), []
             rid = row["row_id"]
             paths = [r["path"] for r in c.execute("SELECT path FROM audio WHERE user_row=?", (rid,))]
-            for table in ("voiceprints", "biokeys", "audio", "fingerprints"):
+            for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
             c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=?, last_update_ms=? WHERE row_id=?", (t, t, rid))
             return self._user(c, c.execute("SELECT * FROM users WHERE row_id=?", (rid,)).fetchone()), paths
@@ -539,4 +552,37 @@ class SqliteRepository(Repository):
                     for r in c.execute("SELECT f.* FROM fingerprints f JOIN users u ON u.row_id=f.user_row"
                                        " WHERE u.profile_id=? AND u.user_id=? AND u.status='ENROLLED'"
                                        " ORDER BY f.id", (profile_id, user_id))]
+        return await self._run(fn)
+
+    # -- Aculab Users API: user group keys and verification counts ----------------------------
+    async def create_user_group_key(self, tenant_id, group_id, profile_id, name, key_hash) -> UserGroupKey:
+        def fn(c):
+            k = UserGroupKey("ugk_" + uuid.uuid4().hex[:12], tenant_id, group_id, profile_id, name)
+            c.execute("INSERT INTO user_group_keys (id, tenant_id, group_id, profile_id, name, key_hash, created_ms)"
+                      " VALUES (?,?,?,?,?,?,?)", (k.id, tenant_id, group_id, profile_id, name, key_hash, now_ms()))
+            return k
+        return await self._tx(fn)
+
+    async def find_user_group_key(self, key_hash) -> UserGroupKey | None:
+        def fn(c):
+            r = c.execute("SELECT * FROM user_group_keys WHERE key_hash=? AND revoked=0", (key_hash,)).fetchone()
+            return UserGroupKey(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["name"]) if r else None
+        return await self._run(fn)
+
+    async def record_verification(self, profile_id, user_id, passed) -> None:
+        def fn(c):
+            row = c.execute("SELECT row_id FROM users WHERE profile_id=? AND user_id=? AND status='ENROLLED'",
+                            (profile_id, user_id)).fetchone()
+            if row is None:
+                return
+            c.execute("INSERT INTO verification_stats VALUES (?,1,?,?) ON CONFLICT (user_row) DO UPDATE SET"
+                      " attempts=attempts+1, passed=passed+excluded.passed, last_ms=excluded.last_ms",
+                      (row["row_id"], int(passed), now_ms()))
+        await self._tx(fn)
+
+    async def verification_stats(self, profile_id, user_id) -> VerificationStats | None:
+        def fn(c):
+            r = c.execute("SELECT s.* FROM verification_stats s JOIN users u ON u.row_id=s.user_row"
+                          " WHERE u.profile_id=? AND u.user_id=?", (profile_id, user_id)).fetchone()
+            return VerificationStats(r["attempts"], r["passed"], r["last_ms"]) if r else None
         return await self._run(fn)
