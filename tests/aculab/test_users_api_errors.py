@@ -126,3 +126,28 @@ def test_confidence_is_one_at_the_threshold():
     assert confidence(-1.0 - 1e-6, -1.0, 3.0) == (False, 0.999)
     # degenerate bands: the span is at least one llr unit
     assert confidence(0.0, -1.0, -1.0) == (True, 2.0)
+
+
+async def test_user_group_key_cli(settings):
+    import io
+    import sqlite3
+    from contextlib import redirect_stderr
+
+    from gateway.cli import _admin, build_parser
+    await admin(settings, "bootstrap", "--tenant", "acme", "--profile", "retail")
+    key = (await admin(settings, "user-group-key", "--tenant", "acme", "--profile", "retail")).strip().splitlines()[-1]
+    assert key.startswith("key=ak-")
+    db = sqlite3.connect(settings.sqlite_path)
+    try:
+        (stored,) = db.execute("SELECT key_hash FROM user_group_keys").fetchone()
+        dump = "\n".join(db.iterdump())
+    finally:
+        db.close()
+    assert len(stored) == 64 and key[4:] not in dump          # kept only as its SHA-256
+    for tenant, profile in (("acme", "nope"), ("nobody", "retail")):
+        args = build_parser(include_bench=False).parse_args(
+            ["admin", "--data-dir", str(settings.data_dir), "user-group-key", "--tenant", tenant, "--profile", profile])
+        err = io.StringIO()
+        with redirect_stderr(err):
+            assert await _admin(args) == 2
+        assert "no VB profile" in err.getvalue()
