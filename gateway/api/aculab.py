@@ -36,9 +36,10 @@ DOC_LINK = "https://www.aculab.com/cloud/web-services/voice-biometrics/users?tar
 # The seed's error texts start with these words ("Bad Request: ...", "Not found: ...").
 PHRASES = {400: "Bad Request", 401: "Unauthorized", 404: "Not found", 405: "Method Not Allowed", 409: "Conflict",
            413: "Request Entity Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Entity",
-           500: "Internal Server Error", 501: "Not Implemented"}
+           500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
 SOURCE_NAME_RE = re.compile(r"^Source[1-9][0-9]{0,2}$")
 TICKET_TTL_S = 60.0
+MAX_OPEN_TICKETS = 10000       # unused WebSocket URLs held in memory at once
 
 
 def aculab_datetime(t: float) -> str:
@@ -240,6 +241,9 @@ def _issue_ticket(request: web.Request, action: str, scope: KeyScope, params: Us
     now = time.monotonic()
     for h in [h for h, t in tickets.items() if t.expires < now]:
         del tickets[h]
+    if len(tickets) >= MAX_OPEN_TICKETS:
+        raise ApiError(503, "TOO_MANY_OPEN_URLS", f"{MAX_OPEN_TICKETS} WebSocket URLs are waiting to be used; "
+                                                  f"use them or let them expire ({TICKET_TTL_S:.0f} s)")
     token = secrets.token_urlsafe(32)
     tickets[token_hash(token)] = Ticket(action, scope, params, instance_id, now + TICKET_TTL_S)
     return token
