@@ -27,6 +27,13 @@ class Encoder:
     def embed(self, pcms: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
         raise NotImplementedError
 
+    def embed_one(self, pcm: np.ndarray) -> np.ndarray | None:
+        """One segment on the calling thread only (the engine's scheduler threads call it
+        concurrently); None when it is too short to embed."""
+        if len(pcm) < self.min_samples:
+            return None
+        return self.embed([pcm])[0]
+
 
 class CamppEncoder(Encoder):
     name = "campp"
@@ -73,6 +80,15 @@ class CamppEncoder(Encoder):
             if len(f) >= _campp.MIN_FRAMES:
                 out[i] = self.net.forward(f)
         return _l2(out)
+
+    def embed_one(self, pcm: np.ndarray) -> np.ndarray | None:
+        f = self.features(pcm)
+        if len(f) < _campp.MIN_FRAMES:
+            return None
+        if self.runtime == "onnx":
+            # single-threaded session: the scheduler runs one segment per thread
+            return _l2(self.net._run(self.net.sess_one, f[None]))[0]
+        return _l2(self.net.forward(f)[None])[0]
 
 
 class Ge2eEncoder(Encoder):

@@ -1,19 +1,24 @@
-"""The scoring engine: per-dialog sessions, one batching inference worker, scoring.
+"""The scoring engine: per-dialog sessions, a VAD coordinator, an encoder scheduler, scoring.
 
 Data flow (docs/scoring.md has the long version):
 
   push() (event loop) -> session.pending (int16, arrival time)      cheap append
-  worker thread, each iteration:
+  coordinator thread ("vbgw-engine"), every FEED_EVERY_S:
      take up to `ITER_CAP_S` of pending audio per session
      silero VAD, batched across sessions (one ORT call per 32 ms chunk index)
      speech chunks (+ padding) -> the session's current window buffer
-     full window (window_s of audio) -> encoder job; milestone reached -> encoder job
-     encoder jobs batched across sessions (equal lengths together)
-     results -> window embeddings, speaker change, Milestone / SpeechProgress events
+     full window (window_s of audio) -> encoder job + window ticket
+     EARLY -> partial-window job; first NORMAL -> the window is cut there (one job)
+     milestone -> ticket on the session's in-order ticket queue
+  encoder threads ("vbgw-encoder-N", cfg.threads): jobs one per thread, urgent first
+     (milestones and what they wait for), then background windows
+  coordinator, as jobs finish: the session's ready tickets in order -> window embeddings,
+     speaker change, Milestone events; SpeechProgress straight from the VAD pass
   events -> loop.call_soon_threadsafe(on_event, ...)
 
-A session keeps only the embeddings of its finished windows and the audio of the current
-window, so its memory is bounded (< 1 MB) whatever the call length.
+VAD, bookkeeping and encoding overlap on different cores. A session keeps only the
+embeddings of its finished windows and the audio of the current window (plus windows
+queued for the encoder), so its memory is bounded whatever the call length.
 """
 from __future__ import annotations
 
@@ -41,10 +46,13 @@ from .vad import CHUNK, CHUNK_MS, SileroVad, VadStream
 log = logging.getLogger("vbgw.engine")
 
 ITER_CAP_S = 2.0            # audio per session taken by one worker iteration
+FEED_EVERY_S = 0.1          # the worker's VAD cadence (a pass batches every stream's new audio)
+ENCODER_QUEUE_CAP_S = 120.0 # audio queued for the encoder beyond which new audio waits
 PROGRESS_EVERY_S = 0.2      # SpeechProgress rate limit (wall clock)
 DELAY_S = 1.0               # a milestone computed later than this after its audio arrived is "delayed"
 PARTIAL_QUANTUM = 800       # partial windows are cut to 100 ms multiples so they batch together
 MIN_PARTIAL_S = 0.5         # a partial window shorter than this is left out when windows exist
+_EMPTY = np.zeros(0, np.int16)
 MAX_WINDOWS = 64            # finished windows kept per call before the oldest are folded (memory bound)
 
 
@@ -61,6 +69,7 @@ def _version() -> str:
 class _Window:
     speech_ms: int
     vector: np.ndarray | None = None
+    done: bool = True             # False while its encoder job is queued or running
 
 
 class _Speech:
@@ -82,7 +91,7 @@ class _Speech:
             self.buf_samples += len(audio)
         while self.buf_samples >= self.window_samples:
             cat = np.concatenate(self.buf)
-            w = _Window(self.buf_speech_ms)
+            w = _Window(self.buf_speech_ms, done=False)
             self.windows.append(w)
             full.append((w, cat[: self.window_samples]))
             rest = cat[self.window_samples:]
@@ -90,6 +99,16 @@ class _Speech:
             self.buf_samples = len(rest)
             self.buf_speech_ms = 0
         return full
+
+    def cut(self) -> tuple[_Window, np.ndarray] | None:
+        """Close the current buffer as a (short) window now."""
+        if not self.buf:
+            return None
+        cat = np.concatenate(self.buf)
+        w = _Window(self.buf_speech_ms, done=False)
+        self.windows.append(w)
+        self.buf, self.buf_samples, self.buf_speech_ms = [], 0, 0
+        return w, cat
 
     def partial(self, quantum: int = 1) -> np.ndarray:
         if not self.buf:
@@ -110,6 +129,8 @@ class _Speech:
         unchanged."""
         while len(self.windows) > keep:
             a, b = self.windows[0], self.windows[1]
+            if not (a.done and b.done):
+                break                              # still being embedded: fold later
             if a.vector is None or b.vector is None:
                 if a.vector is None:
                     del self.windows[0]            # nothing was embedded: carries no weight
@@ -121,22 +142,32 @@ class _Speech:
             self.windows[:2] = [_Window(wa + wb, merged)]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    """One encoder input: a full window or the partial window of a milestone/flush."""
+    """One encoder input: a full (or cut) window, or the partial window of a milestone."""
     audio: np.ndarray
-    window: _Window | None = None           # full window: fill its vector
+    window: _Window | None = None           # window job: fill its vector
     result: np.ndarray | None = None
+    done: bool = False
+    urgent: bool = False                     # a milestone waits for it (scheduler priority)
+    state: "_State | None" = None
 
 
-@dataclass
-class _MilestoneReq:
-    kind: str
-    n_windows: int
-    partial: _Job | None
-    partial_ms: int
-    speech_ms: int
-    arrived: float
+@dataclass(eq=False)
+class _Ticket:
+    """An entry of a state's in-order result queue: a window whose embedding is awaited
+    (speaker change) or a milestone (EARLY/NORMAL) awaiting its jobs. Tickets of a state
+    resolve strictly in order, so a milestone always sees every earlier window embedded."""
+    job: _Job | None = None                 # window ticket: the window's job
+    kind: str | None = None                 # milestone ticket: "EARLY" | "NORMAL"
+    windows: list[_Window] | None = None    # milestone: the windows it combines
+    partial: _Job | None = None             # milestone: its partial-window job, if any
+    partial_ms: int = 0
+    speech_ms: int = 0
+    arrived: float = 0.0
+
+    def ready(self) -> bool:
+        return (self.job is None or self.job.done) and (self.partial is None or self.partial.done)
 
 
 class _State:
@@ -156,11 +187,13 @@ class _State:
         self.last_progress_t = 0.0
         self.change = SpeakerChange(False, None, None)
         self.min_scd: float | None = None
+        self.scd_ref: np.ndarray | None = None          # speaker-change reference (first window)
         self.agent_ms = 0
         self.dropped_ms = 0
         self.audio_ms = 0
         self.closed = False
         self.lock = threading.Lock()
+        self.tickets: deque[_Ticket] = deque()     # coordinator thread only
 
     def next_milestone(self) -> tuple[str, int] | None:
         """The next speech-count milestone: EARLY, then the first NORMAL. Refined NORMALs
@@ -219,18 +252,33 @@ class _Core:
         self.window_samples = int(round(cfg.window_s * SAMPLE_RATE)) // CHUNK * CHUNK
         self.audio_s = 0.0
         self.speech_s = 0.0
+        self._stats_lock = threading.Lock()
 
     # -- encoder ---------------------------------------------------------------------
     def run_jobs(self, jobs: list[_Job]) -> None:
+        """Embed jobs inline (batched over the encoder's threads): the synchronous path."""
         todo = [j for j in jobs if len(j.audio) >= self.encoder.min_samples]
         if todo:
             vecs = self.encoder.embed([j.audio for j in todo], max_batch=self.cfg.max_batch)
             for j, v in zip(todo, vecs):
                 j.result = v
-                self.speech_s += len(j.audio) / SAMPLE_RATE
         for j in jobs:
-            if j.window is not None:
-                j.window.vector = j.result
+            self.finish_job(j)
+
+    def run_job(self, job: _Job) -> None:
+        """Embed one job (a scheduler thread); thread-safe."""
+        if len(job.audio) >= self.encoder.min_samples:
+            job.result = self.encoder.embed_one(job.audio)
+        self.finish_job(job)
+
+    def finish_job(self, job: _Job) -> None:
+        if job.result is not None:
+            with self._stats_lock:                # encoder threads finish jobs concurrently
+                self.speech_s += len(job.audio) / SAMPLE_RATE
+        if job.window is not None:
+            job.window.vector = job.result
+        job.audio = _EMPTY                    # the audio is not needed any more
+        job.done = True
 
     def combine(self, windows: list[_Window], partial: np.ndarray | None, partial_ms: int,
                 total_ms: int) -> Embedding | None:
@@ -249,13 +297,16 @@ class _Core:
         return Embedding(vector=v, speech_ms=int(total_ms), model=self.encoder.model)
 
     def _speaker_change(self, st: _State, new: _Window) -> None:
-        earlier = [w for w in st.speech.windows if w is not new and w.vector is not None]
-        if new.vector is None or not earlier:
+        """Each window against the call's first window: with the first NORMAL cutting it,
+        that is the speech the caller was first verified on. (A growing mean of all earlier
+        windows let a window straddling the change contaminate the reference, so the new
+        speaker's later windows no longer stood out.)"""
+        if new.vector is None:
             return
-        ref = np.average(np.stack([w.vector for w in earlier]), axis=0,
-                         weights=[max(w.speech_ms, 1) for w in earlier])
-        ref /= max(np.linalg.norm(ref), 1e-12)
-        llr = float(self.cal.llr(float(ref @ new.vector)))
+        if st.scd_ref is None:
+            st.scd_ref = new.vector
+            return
+        llr = float(self.cal.llr(float(st.scd_ref @ new.vector)))
         if st.min_scd is None or llr < st.min_scd:
             st.min_scd = llr
             nllr = llr / math.sqrt(max(new.speech_ms, 1) / 1000.0)
@@ -263,71 +314,104 @@ class _Core:
                                       scd_llr=round(llr, 4), scd_nllr=round(nllr, 4))
 
     # -- VAD + windows ---------------------------------------------------------------
-    def process(self, states: list[_State], max_samples: int | None, now: float | None = None,
-                milestones: bool = True) -> list[tuple[_State, SessionEvent]]:
-        """One pass: VAD over pending audio of `states`, embed full windows and milestones.
-        Returns the events to deliver, in order."""
+    def feed(self, states: list[_State], max_samples: int | None, now: float | None = None,
+             milestones: bool = True) -> tuple[list[_Job], list[tuple[_State, SessionEvent]]]:
+        """VAD over the pending audio of `states`; full windows and milestones become
+        encoder jobs and in-order tickets on their states. Returns the new jobs and the
+        events that need no encoder (SpeechProgress)."""
         now = time.monotonic() if now is None else now
         takes = [st.take(max_samples) for st in states]
         active = [(st, a, t) for st, (a, t) in zip(states, takes) if len(a)]
         if not active:
-            return []
+            return [], []
         results = self.vad.process_many([st.vad for st, _, _ in active],
                                         [a for _, a, _ in active])
         jobs: list[_Job] = []
-        full_by_state: list[tuple[_State, _Window]] = []
-        reqs: list[tuple[_State, _MilestoneReq]] = []
-        grew: set[int] = set()
+        events: list[tuple[_State, SessionEvent]] = []
+
+        def window_job(st: _State, w: _Window, wa: np.ndarray, urgent: bool) -> _Job:
+            j = _Job(wa, window=w, urgent=urgent, state=st)
+            jobs.append(j)
+            st.tickets.append(_Ticket(job=j))
+            return j
+
         for (st, audio, times), decisions in zip(active, results):
             st.audio_ms += len(audio) * 1000 // SAMPLE_RATE
             self.audio_s += len(audio) / SAMPLE_RATE
+            grew = milestone = False
             for idx, pieces, is_speech in decisions:
                 for piece in pieces:
                     for w, wa in st.speech.add(piece):
-                        jobs.append(_Job(wa, window=w))
-                        full_by_state.append((st, w))
+                        window_job(st, w, wa, urgent=False)
                         if milestones and st.refine_due():
                             # A refined NORMAL from the finished windows alone: no extra encoder work.
                             st.milestone_idx += 1
                             st.last_milestone_ms = st.speech.speech_ms
-                            reqs.append((st, _MilestoneReq("NORMAL", len(st.speech.windows), None, 0,
-                                                           st.speech.speech_ms, float(times[idx]))))
-                if is_speech:
-                    st.speech.speech_ms += CHUNK_MS
-                    st.speech.buf_speech_ms += CHUNK_MS
-                    grew.add(id(st))
-                    nxt = st.next_milestone() if milestones else None
-                    if nxt is not None and st.speech.speech_ms >= nxt[1]:
-                        st.milestone_idx += 1
-                        st.last_milestone_ms = st.speech.speech_ms
-                        part = st.speech.partial(PARTIAL_QUANTUM)
-                        pj = _Job(part) if len(part) else None
-                        if pj is not None:
-                            jobs.append(pj)
-                        reqs.append((st, _MilestoneReq(
-                            nxt[0], len(st.speech.windows), pj, st.speech.buf_speech_ms,
-                            st.speech.speech_ms, float(times[idx]))))
-        self.run_jobs(jobs)
-        for st, w in full_by_state:
-            self._speaker_change(st, w)
-        events: list[tuple[_State, SessionEvent]] = []
-        done = time.monotonic()
-        with_ms = {id(st) for st, _ in reqs}
-        for st, _, _ in active:
-            if id(st) in grew and (id(st) in with_ms or now - st.last_progress_t >= PROGRESS_EVERY_S):
+                            st.tickets.append(_Ticket(kind="NORMAL", windows=list(st.speech.windows),
+                                                      speech_ms=st.speech.speech_ms,
+                                                      arrived=float(times[idx])))
+                if not is_speech:
+                    continue
+                st.speech.speech_ms += CHUNK_MS
+                st.speech.buf_speech_ms += CHUNK_MS
+                grew = True
+                nxt = st.next_milestone() if milestones else None
+                if nxt is None or st.speech.speech_ms < nxt[1]:
+                    continue
+                milestone = True
+                st.milestone_idx += 1
+                st.last_milestone_ms = st.speech.speech_ms
+                arrived = float(times[idx])
+                if nxt[0] == "NORMAL":
+                    # The first NORMAL closes the current window early, so its audio is
+                    # embedded once, as a window, instead of once as a partial and again
+                    # inside a 10 s window (~30 % of a call's encoder work).
+                    cut = st.speech.cut()
+                    if cut is not None:
+                        window_job(st, cut[0], cut[1], urgent=True)
+                    st.tickets.append(_Ticket(kind="NORMAL", windows=list(st.speech.windows),
+                                              speech_ms=st.speech.speech_ms, arrived=arrived))
+                else:
+                    part = st.speech.partial(PARTIAL_QUANTUM)
+                    pj = _Job(part, urgent=True, state=st) if len(part) else None
+                    if pj is not None:
+                        jobs.append(pj)
+                    st.tickets.append(_Ticket(kind=nxt[0], windows=list(st.speech.windows),
+                                              partial=pj, partial_ms=st.speech.buf_speech_ms,
+                                              speech_ms=st.speech.speech_ms, arrived=arrived))
+            if grew and (milestone or now - st.last_progress_t >= PROGRESS_EVERY_S):
                 st.last_progress_t = now
                 st.last_progress_ms = st.speech.speech_ms
                 events.append((st, SpeechProgress(st.dialog_id, st.speech.speech_ms)))
-        for st, r in reqs:
-            emb = self.combine(st.speech.windows[: r.n_windows],
-                               r.partial.result if r.partial is not None else None,
-                               r.partial_ms, r.speech_ms)
-            if emb is None:
+        return jobs, events
+
+    def resolve(self, st: _State, now: float | None = None) -> list[tuple[_State, SessionEvent]]:
+        """Results of `st`'s tickets whose jobs are done, in order (coordinator thread)."""
+        events: list[tuple[_State, SessionEvent]] = []
+        done = time.monotonic() if now is None else now
+        while st.tickets and st.tickets[0].ready():
+            t = st.tickets.popleft()
+            if t.kind is None:
+                w = t.job.window
+                w.done = True
+                self._speaker_change(st, w)
                 continue
-            events.append((st, Milestone(st.dialog_id, r.kind, emb, st.change,
-                                         delayed=(done - r.arrived) > DELAY_S, arrived=r.arrived)))
-        for st, _, _ in active:
-            st.speech.fold()
+            emb = self.combine(t.windows, t.partial.result if t.partial is not None else None,
+                               t.partial_ms, t.speech_ms)
+            if emb is not None:
+                events.append((st, Milestone(st.dialog_id, t.kind, emb, st.change,
+                                             delayed=(done - t.arrived) > DELAY_S, arrived=t.arrived)))
+        st.speech.fold()
+        return events
+
+    def process(self, states: list[_State], max_samples: int | None, now: float | None = None,
+                milestones: bool = True) -> list[tuple[_State, SessionEvent]]:
+        """feed + encoder inline + resolve: the synchronous path (one-shot embedding,
+        benchmarks, tests). Returns the events to deliver, in order."""
+        jobs, events = self.feed(states, max_samples, now, milestones)
+        self.run_jobs(jobs)
+        for st in states:
+            events += self.resolve(st)
         return events
 
     def session_embedding(self, st: _State) -> Embedding | None:
@@ -362,6 +446,84 @@ class _Core:
             out.append(self.combine(st.speech.windows, j.result if j else None,
                                     st.speech.buf_speech_ms, st.speech.speech_ms))
         return out
+
+
+# ----------------------------------------------------------------------------- scheduler
+class _Scheduler:
+    """Runs encoder jobs on `threads` threads of their own, urgent (milestone) jobs first.
+
+    The engine worker (the coordinator) only queues jobs and collects finished ones, so
+    the VAD of new audio, the window bookkeeping and the encoder run at the same time on
+    different cores (ONNX Runtime releases the GIL) instead of one after the other."""
+
+    def __init__(self, core: "_Core", threads: int, on_done: Callable[[], None]):
+        self._core = core
+        self._on_done = on_done
+        self._cv = threading.Condition()
+        self._urgent: deque[_Job] = deque()
+        self._background: deque[_Job] = deque()
+        self._running = 0
+        self._stop = False
+        self.queued_samples = 0
+        self.finished: deque[_Job] = deque()      # appended by encoder threads, drained by the coordinator
+        self._threads = [threading.Thread(target=self._loop, name=f"vbgw-encoder-{i}", daemon=True)
+                         for i in range(max(1, threads))]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        with self._cv:
+            for j in jobs:
+                (self._urgent if j.urgent else self._background).append(j)
+                self.queued_samples += len(j.audio)
+            self._cv.notify(len(jobs))
+
+    def promote(self, states: set[int]) -> None:
+        """Queued jobs of these states (ids) jump the queue: a milestone waits for them."""
+        with self._cv:
+            rest: deque[_Job] = deque()
+            for j in self._background:
+                if id(j.state) in states:
+                    j.urgent = True
+                    self._urgent.append(j)
+                else:
+                    rest.append(j)
+            self._background = rest
+
+    def idle(self) -> bool:
+        with self._cv:
+            return not (self._urgent or self._background or self._running)
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(5.0)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not (self._urgent or self._background):
+                    self._cv.wait()
+                if self._stop:
+                    return
+                job = self._urgent.popleft() if self._urgent else self._background.popleft()
+                self.queued_samples -= len(job.audio)
+                self._running += 1
+            try:
+                self._core.run_job(job)
+            except Exception:  # noqa: BLE001 - a failed job yields no embedding, never a dead thread
+                log.exception("encoder job failed")
+                job.result = None
+                self._core.finish_job(job)
+            finally:
+                with self._cv:
+                    self._running -= 1
+                self.finished.append(job)
+                self._on_done()
 
 
 # ----------------------------------------------------------------------------- public
@@ -437,6 +599,7 @@ class Engine:
         self._overloaded = False
         self._dropped_ms = 0
         self._last_error: str | None = None
+        self._sched: _Scheduler | None = None
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -462,6 +625,7 @@ class Engine:
             return
         self._loop = asyncio.get_running_loop()
         self._stop = False
+        self._sched = _Scheduler(self._core, self.cfg.threads, self._wake.set)
         self._thread = threading.Thread(target=self._run, name="vbgw-engine", daemon=True)
         self._thread.start()
         self.ready = True
@@ -473,6 +637,9 @@ class Engine:
         t, self._thread = self._thread, None
         if t is not None:
             await asyncio.get_running_loop().run_in_executor(None, t.join, 10.0)
+        sched, self._sched = self._sched, None
+        if sched is not None:
+            await asyncio.get_running_loop().run_in_executor(None, sched.stop)
 
     # -- sessions --------------------------------------------------------------------
     def open_session(self, dialog_id: str, limits: SpeechLimits,
@@ -493,7 +660,6 @@ class Engine:
                 st.dropped_ms += len(old) * 1000 // SAMPLE_RATE
                 self._dropped_ms += len(old) * 1000 // SAMPLE_RATE
                 self._overloaded = True
-        self._wake.set()
 
     # -- one-shot --------------------------------------------------------------------
     async def embed_pcm(self, pcm: np.ndarray) -> Embedding | None:
@@ -542,7 +708,8 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             states = list(self._states.values())
-        depth = sum(st.pending_samples for st in states)
+        encoder_queue = self._sched.queued_samples if self._sched is not None else 0
+        depth = sum(st.pending_samples for st in states) + encoder_queue
         backlog_s = depth / SAMPLE_RATE
         overloaded = backlog_s > self.cfg.max_backlog_s or self._overloaded
         return EngineStats(sessions=len(states), queue_depth=depth,
@@ -551,6 +718,7 @@ class Engine:
                            overloaded=overloaded,
                            extra={"backlog_s": round(backlog_s, 3),
                                   "dropped_audio_s": self._dropped_ms / 1000.0,
+                                  "encoder_queue_s": round(encoder_queue / SAMPLE_RATE, 3),
                                   "encoder": self.info.extractor_version,
                                   "last_error": self._last_error})
 
@@ -570,8 +738,20 @@ class Engine:
         self._wake.set()
         return await fut
 
+    def _settle(self, st: _State) -> None:
+        """Feed all of `st`'s pending audio and wait (collecting every state's finished
+        jobs meanwhile) until its tickets have resolved: for flush, embedding and close."""
+        self._feed([st], None)
+        if st.tickets:
+            self._sched.promote({id(st)})
+        while st.tickets:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            self._collect()
+
     def _flush(self, st: _State) -> None:
-        self._emit(self._core.process([st], None) + self._trailing_progress(st))
+        self._settle(st)
+        self._emit(self._trailing_progress(st))
 
     @staticmethod
     def _trailing_progress(st: _State) -> list[tuple[_State, SessionEvent]]:
@@ -584,11 +764,11 @@ class Engine:
         return []
 
     def _flush_embedding(self, st: _State) -> Embedding | None:
-        self._emit(self._core.process([st], None) + self._trailing_progress(st))
+        self._flush(st)
         return self._core.session_embedding(st)
 
     def _close_state(self, st: _State) -> None:
-        self._emit(self._core.process([st], None))
+        self._settle(st)
         st.closed = True
         with self._lock:
             self._states.pop(id(st), None)
@@ -614,10 +794,34 @@ class Engine:
         except Exception:  # noqa: BLE001
             log.exception("on_event callback failed for dialog %s", st.dialog_id)
 
+    def _feed(self, states: list[_State], max_samples: int | None) -> None:
+        jobs, events = self._core.feed(states, max_samples)
+        self._emit(events)
+        self._sched.submit(jobs)
+        urgent = {id(j.state) for j in jobs if j.urgent}
+        if urgent:
+            self._sched.promote(urgent)
+        for st in states:
+            if st.tickets and st.tickets[0].ready():
+                self._emit(self._core.resolve(st))    # e.g. a refined NORMAL of done windows
+
+    def _collect(self) -> None:
+        """Resolve the states whose encoder jobs finished."""
+        fin = self._sched.finished
+        touched: dict[int, _State] = {}
+        while fin:
+            j = fin.popleft()
+            if j.state is not None:
+                touched[id(j.state)] = j.state
+        for st in touched.values():
+            self._emit(self._core.resolve(st))
+
     def _run(self) -> None:
         cap = int(ITER_CAP_S * SAMPLE_RATE)
+        queue_cap = int(ENCODER_QUEUE_CAP_S * SAMPLE_RATE)
+        next_feed = 0.0
         while not self._stop:
-            self._wake.wait(0.05)
+            self._wake.wait(max(0.0, next_feed - time.monotonic()))
             self._wake.clear()
             try:
                 while self._calls:
@@ -627,14 +831,20 @@ class Engine:
                     except Exception as e:  # noqa: BLE001
                         res, exc = None, e
                     loop.call_soon_threadsafe(done, res, exc)
+                self._collect()
+                now = time.monotonic()
+                if now < next_feed:
+                    continue
+                # VAD runs on a fixed cadence rather than per pushed frame, so that each
+                # pass batches many streams; beyond the queue cap the encoder is behind
+                # and new audio waits (the connectors' backpressure takes over).
+                next_feed = now + FEED_EVERY_S
                 with self._lock:
                     states = [s for s in self._states.values() if s.pending_samples >= CHUNK]
-                if states:
-                    backlog = sum(s.pending_samples for s in states) / SAMPLE_RATE
-                    self._overloaded = backlog > self.cfg.max_backlog_s
-                    self._emit(self._core.process(states, cap))
-                    if any(s.pending_samples >= CHUNK for s in states):
-                        self._wake.set()
+                backlog = (sum(s.pending_samples for s in states) + self._sched.queued_samples) / SAMPLE_RATE
+                self._overloaded = backlog > self.cfg.max_backlog_s
+                if states and self._sched.queued_samples < queue_cap:
+                    self._feed(states, cap)
             except Exception as e:  # noqa: BLE001 - keep the worker alive
                 self._last_error = f"{type(e).__name__}: {e}"
                 log.exception("engine worker iteration failed")
