@@ -165,6 +165,9 @@ class _Ticket:
     partial_ms: int = 0
     speech_ms: int = 0
     arrived: float = 0.0
+    # kind "SETTLED" / "SESSION": called (coordinator thread) instead of emitting a
+    # Milestone, with None / the session embedding, once every earlier ticket has resolved
+    callback: Callable[[Embedding | None], None] | None = None
 
     def ready(self) -> bool:
         return (self.job is None or self.job.done) and (self.partial is None or self.partial.done)
@@ -396,8 +399,14 @@ class _Core:
                 w.done = True
                 self._speaker_change(st, w)
                 continue
+            if t.kind == "SETTLED":
+                t.callback(None)
+                continue
             emb = self.combine(t.windows, t.partial.result if t.partial is not None else None,
                                t.partial_ms, t.speech_ms)
+            if t.kind == "SESSION":
+                t.callback(emb if t.speech_ms > 0 else None)
+                continue
             if emb is not None:
                 events.append((st, Milestone(st.dialog_id, t.kind, emb, st.change,
                                              delayed=(done - t.arrived) > DELAY_S, arrived=t.arrived)))
@@ -414,16 +423,15 @@ class _Core:
             events += self.resolve(st)
         return events
 
-    def session_embedding(self, st: _State) -> Embedding | None:
-        """Whole-session embedding from the (already flushed) state."""
+    def session_ticket(self, st: _State, callback) -> _Job | None:
+        """Queue the whole-session embedding of `st` (its windows so far plus the current
+        partial window) as a ticket; returns the partial window's job, if any."""
         part = st.speech.partial()
-        job = _Job(part) if len(part) else None
-        if job is not None:
-            self.run_jobs([job])
-        if st.speech.speech_ms <= 0:
-            return None
-        return self.combine(st.speech.windows, job.result if job else None,
-                            st.speech.buf_speech_ms, st.speech.speech_ms)
+        job = _Job(part, urgent=True, state=st) if len(part) else None
+        st.tickets.append(_Ticket(kind="SESSION", windows=list(st.speech.windows), partial=job,
+                                  partial_ms=st.speech.buf_speech_ms, speech_ms=st.speech.speech_ms,
+                                  callback=callback))
+        return job
 
     def embed_many(self, pcms: list[np.ndarray]) -> list[Embedding | None]:
         """Whole files (int16 8 kHz) through the session path, batched across files."""
@@ -566,18 +574,19 @@ class EngineSession:
             log.exception("push failed for dialog %s", self.dialog_id)
 
     async def embedding(self) -> Embedding | None:
-        return await self._engine._call(self._engine._flush_embedding, self._st)
+        """The whole session so far (pending audio included)."""
+        return await self._engine._settled(self._st, "SESSION")
 
     async def flush(self) -> None:
         """Process all pending audio (VAD, finished windows, milestones) without embedding
         the partial window: cheap, for draining a call at its end."""
         if not self._st.closed:
-            await self._engine._call(self._engine._flush, self._st)
+            await self._engine._settled(self._st, "FLUSH")
 
     async def close(self) -> None:
         if self._st.closed:
             return
-        await self._engine._call(self._engine._close_state, self._st)
+        await self._engine._settled(self._st, "CLOSE")
 
     def memory_bytes(self) -> int:
         return self._st.memory_bytes()
@@ -600,6 +609,7 @@ class Engine:
         self._dropped_ms = 0
         self._last_error: str | None = None
         self._sched: _Scheduler | None = None
+        self._answers: set = set()        # _settled() callers still waiting (failed on stop)
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -640,6 +650,8 @@ class Engine:
         sched, self._sched = self._sched, None
         if sched is not None:
             await asyncio.get_running_loop().run_in_executor(None, sched.stop)
+        for answer in list(self._answers):
+            answer(None, EngineError("engine stopped"))
 
     # -- sessions --------------------------------------------------------------------
     def open_session(self, dialog_id: str, limits: SpeechLimits,
@@ -667,7 +679,7 @@ class Engine:
         pcm = check_pcm(pcm)
         if not len(pcm):
             return None
-        return await self._call(lambda: self._core.embed_many([pcm])[0])
+        return await self._settled(None, "ONE_SHOT", pcm)
 
     def embed_many_sync(self, pcms: list[np.ndarray]) -> list[Embedding | None]:
         """Batch form of embed_pcm for scripts (calibration, benchmarks); not thread-safe
@@ -723,35 +735,62 @@ class Engine:
                                   "last_error": self._last_error})
 
     # -- worker ----------------------------------------------------------------------
-    async def _call(self, fn, *args):
-        """Run fn(*args) on the worker thread (after its current iteration)."""
+    async def _settled(self, st: _State | None, what: str, pcm: np.ndarray | None = None):
+        """Feed `st`'s pending audio, then answer once all its work so far has resolved,
+        without holding up the worker meanwhile (its other calls keep flowing):
+        FLUSH -> None (and a trailing SpeechProgress), SESSION -> the session embedding,
+        CLOSE -> None (the session is closed), ONE_SHOT -> the embedding of `pcm` (a whole
+        file, through the same VAD/windows as a session, its jobs urgent)."""
         if self._thread is None:
             raise EngineError("engine not started")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
-        def done(res, exc):
+        def answer(res, exc=None):
+            self._answers.discard(answer)
             if not fut.done():
                 fut.set_exception(exc) if exc is not None else fut.set_result(res)
 
-        self._calls.append((fn, args, loop, done))
+        def reply(res, exc=None):                      # coordinator thread -> event loop
+            loop.call_soon_threadsafe(answer, res, exc)
+
+        def start():                                   # coordinator thread
+            nonlocal st
+            try:
+                if what == "ONE_SHOT":
+                    st = _State("", SpeechLimits(), None, self._core.window_samples)
+                    st.pending.append((0.0, pcm))
+                    st.pending_samples = len(pcm)
+                    jobs, _ = self._core.feed([st], None, milestones=False)
+                    for j in jobs:
+                        j.urgent = True
+                    self._sched.submit(jobs)
+                else:
+                    self._feed([st], None)
+                if what in ("SESSION", "ONE_SHOT"):
+                    job = self._core.session_ticket(st, reply)
+                    if job is not None:
+                        self._sched.submit([job])
+                else:
+                    def settled(_):
+                        try:
+                            if what == "CLOSE":
+                                self._close_state(st)
+                            else:
+                                self._emit(self._trailing_progress(st))
+                            reply(None)
+                        except Exception as e:  # noqa: BLE001
+                            reply(None, e)
+                    st.tickets.append(_Ticket(kind="SETTLED", callback=settled))
+                self._sched.promote({id(st)})
+                self._emit(self._core.resolve(st))
+            except Exception as e:  # noqa: BLE001
+                reply(None, e)
+
+        self._answers.add(answer)
+        self._calls.append((start, (), loop, lambda res, exc: exc is not None and answer(None, exc)))
         self._wake.set()
         return await fut
-
-    def _settle(self, st: _State) -> None:
-        """Feed all of `st`'s pending audio and wait (collecting every state's finished
-        jobs meanwhile) until its tickets have resolved: for flush, embedding and close."""
-        self._feed([st], None)
-        if st.tickets:
-            self._sched.promote({id(st)})
-        while st.tickets:
-            self._wake.wait(0.05)
-            self._wake.clear()
-            self._collect()
-
-    def _flush(self, st: _State) -> None:
-        self._settle(st)
-        self._emit(self._trailing_progress(st))
 
     @staticmethod
     def _trailing_progress(st: _State) -> list[tuple[_State, SessionEvent]]:
@@ -763,13 +802,9 @@ class Engine:
             return [(st, SpeechProgress(st.dialog_id, st.speech.speech_ms))]
         return []
 
-    def _flush_embedding(self, st: _State) -> Embedding | None:
-        self._flush(st)
-        return self._core.session_embedding(st)
-
     def _close_state(self, st: _State) -> None:
-        self._settle(st)
         st.closed = True
+        st.tickets.clear()
         with self._lock:
             self._states.pop(id(st), None)
         with st.lock:
