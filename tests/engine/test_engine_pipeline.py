@@ -1,0 +1,129 @@
+"""The engine's pipeline: encoder scheduling order, the first NORMAL's cut window, and
+callers waiting on a session never hanging or holding up other sessions."""
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine import Engine, EngineConfig, EngineError, Milestone, SpeechLimits
+from engine.engine import _Job, _Scheduler, _State
+from engine.vad import CHUNK_MS
+from engine_helpers import speaker_audio, speakers
+
+
+class _RecordingCore:
+    """Stands in for _Core in the scheduler: records the order jobs run in. The first job
+    blocks until released, so everything submitted meanwhile is queued."""
+
+    def __init__(self):
+        self.order: list[str] = []
+        self.release = threading.Event()
+
+    def run_job(self, job):
+        if not self.order:
+            self.release.wait(5)
+        self.order.append(job.audio)
+
+    def finish_job(self, job):
+        job.done = True
+
+
+def test_urgent_jobs_and_promoted_sessions_run_first():
+    core = _RecordingCore()
+    sched = _Scheduler(core, 1, lambda: None)
+    try:
+        a, b = object(), object()
+        sched.submit([_Job("blocker", state=a)])
+        time.sleep(0.05)                                  # the one thread is now busy
+        sched.submit([_Job("bg-a1", state=a), _Job("bg-b1", state=b), _Job("bg-a2", state=a)])
+        sched.submit([_Job("urgent-b", urgent=True, state=b)])
+        sched.promote({id(b)})                            # b's milestone waits for bg-b1 too
+        core.release.set()
+        deadline = time.monotonic() + 5
+        while len(core.order) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert core.order == ["blocker", "urgent-b", "bg-b1", "bg-a1", "bg-a2"]
+        assert sched.idle() and sched.queued_samples == 0
+    finally:
+        sched.stop()
+
+
+def test_first_normal_cuts_the_window_instead_of_embedding_a_partial(engine_sync):
+    """NORMAL's embedding is the first window's, and that window is not embedded again:
+    the only audio embedded twice is EARLY's partial window."""
+    core = engine_sync._core
+    a = speaker_audio(speakers()[2], 3)[: 8000 * 25]
+    st = _State("cut", SpeechLimits(early_ms=2000, verify_ms=5000), None, core.window_samples)
+    before = core.speech_s
+    embedded = []
+    run_jobs = core.run_jobs
+
+    def recording(jobs):
+        embedded.extend((j.window is not None, len(j.audio)) for j in jobs)
+        run_jobs(jobs)
+    core.run_jobs = recording
+    try:
+        events = []
+        for k in range(0, len(a), 1600):
+            st.pending.append((time.monotonic(), a[k:k + 1600]))
+            st.pending_samples += 1600
+            events += core.process([st], None)
+    finally:
+        core.run_jobs = run_jobs
+    ms = [e for _, e in events if isinstance(e, Milestone)]
+    assert [m.kind for m in ms][:2] == ["EARLY", "NORMAL"]
+    first = st.speech.windows[0]
+    assert 5000 <= first.speech_ms <= 5000 + CHUNK_MS
+    assert np.allclose(ms[1].embedding.vector, first.vector, atol=1e-6)
+    partials = [n for is_window, n in embedded if not is_window]
+    assert len(partials) == 1                     # EARLY's partial; NORMAL embedded a window
+    # every sample that reached a window was embedded once
+    window_audio = sum(n for is_window, n in embedded if is_window)
+    assert abs((core.speech_s - before) - (window_audio + partials[0]) / 8000) < 1e-6
+
+
+@pytest.fixture
+async def engine(model_dir):
+    eng = Engine.load(EngineConfig(model_dir=model_dir))
+    await eng.start()
+    yield eng
+    await eng.stop()
+
+
+async def test_waiting_calls_on_many_sessions_all_answer(engine):
+    """Closing, flushing and embedding many sessions at once: every call answers and the
+    embeddings are those of each session's own audio."""
+    spk = speakers()
+    audio = [speaker_audio(spk[i % 4], 3)[: 8000 * 14] for i in range(8)]
+    sessions = [engine.open_session(f"d{i}", SpeechLimits(), lambda e: None) for i in range(8)]
+    for s, a in zip(sessions, audio):
+        for k in range(0, len(a), 1600):
+            s.push("customer", a[k:k + 1600])
+    embs = await asyncio.wait_for(asyncio.gather(*[s.embedding() for s in sessions]), 60)
+    assert all(e is not None and e.speech_ms > 5000 for e in embs)
+    # same speaker -> closer than other speakers (sessions i and i+4 share a speaker)
+    for i in range(4):
+        same = float(embs[i].vector @ embs[i + 4].vector)
+        other = float(embs[i].vector @ embs[(i + 1) % 4].vector)
+        assert same > other
+    await asyncio.wait_for(asyncio.gather(*[s.flush() for s in sessions[:4]],
+                                          *[s.close() for s in sessions[4:]]), 60)
+    assert engine.stats().sessions == 4
+
+
+async def test_stopping_the_engine_fails_waiting_callers(model_dir):
+    eng = Engine.load(EngineConfig(model_dir=model_dir))
+    await eng.start()
+    s = eng.open_session("stop", SpeechLimits(), lambda e: None)
+    a = speaker_audio(speakers()[1], 3)
+    for k in range(0, len(a), 1600):
+        s.push("customer", a[k:k + 1600])
+    waiting = asyncio.ensure_future(s.embedding())
+    await eng.stop()
+    try:
+        res = await asyncio.wait_for(waiting, 10)      # answered before the stop, or failed by it
+        assert res is None or res.speech_ms > 0
+    except EngineError:
+        pass
