@@ -50,6 +50,7 @@ class Dialog:
         self.steps = 0                        # dialog_step of vb_verification events
         self.targets: list[str] = []          # users of the push verification
         self.last_results: list[dict] | None = None
+        self.speaker_change_published = False
         self.log = log.bind(dialog_id=dialog_id)
         self._tasks: set[asyncio.Task] = set()
         self.engine_session = core.engine.open_session(dialog_id, limits_for(profile), self._on_engine_event)
@@ -79,7 +80,7 @@ class Dialog:
             await asyncio.shield(self._spawn(self._end_call(reason)))
 
     async def _end_call(self, reason: str) -> None:
-        await self._drain()
+        await self.drain()
         try:
             await self.core.fraud.call_ended(self)      # fingerprints of the users verified
         except Exception:                              # noqa: BLE001 - the end must still be published
@@ -89,7 +90,7 @@ class Dialog:
             self.publish_status(CALL_CLOSED if reason in ("completed", "disconnected") else SYSTEM_ERROR,
                                 reason=reason)
 
-    async def _drain(self, timeout: float = 5.0) -> None:
+    async def drain(self, timeout: float = 5.0) -> None:
         """Let the engine finish the call's audio and its results go out, so live clients see
         them before the call's end status (a fast sender can be ahead of the engine)."""
         try:
@@ -115,6 +116,15 @@ class Dialog:
             self.core.bus.publish(self.key, "clean_speech", {"speech_millis": event.speech_ms,
                                                              "enough_speech": enough})
         elif isinstance(event, Milestone):
+            change = event.speaker_change
+            if change.user_changed and not self.speaker_change_published:
+                # Once per call (the flag is sticky): agents need the moment, not a stream.
+                self.speaker_change_published = True
+                self.core.bus.publish(self.key, "speaker_change", {
+                    "user_changed": True, "scd_llr": change.scd_llr, "scd_nllr": change.scd_nllr,
+                    "result_type": event.kind, "speech_millis": event.embedding.speech_ms})
+                self.core.metrics.inc("vbgw_speaker_changes_total")
+                self.log.warning("speaker_change", result_type=event.kind)
             self._spawn(self._score_milestone(event))
             self._spawn(self._fraud_milestone(event))
 

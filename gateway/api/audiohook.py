@@ -200,6 +200,9 @@ class _AudioHookPort:
             await self._task
         if d is None or d.profile is None or not d.targets:
             return
+        # The call's milestones first: their results and vb_verification events go out
+        # before `closed`, so a client that saw `closed` finds them in the event log.
+        await d.drain(timeout=max(0.5, self.core.settings.audiohook.close_timeout_s / 2))
         emb = await d.engine_session.embedding()
         kind = "NORMAL" if emb is not None and emb.speech_ms >= d.profile.settings.verify_min_speech_ms else "EARLY"
         results = await self.core.score_users(d, emb, d.targets, d.engine_session.speaker_change, result_type=kind)

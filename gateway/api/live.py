@@ -61,6 +61,13 @@ def sio_blocklist(d: dict) -> list[dict]:
     return [{k: r.get(k) for k in BLOCKLIST_FIELDS} for r in d["results"]]
 
 
+def sio_speaker_change(d: dict) -> dict:
+    # Not in the seed (which has no live speaker-change event): vbgw's extension, named and
+    # cased like the seed's events.
+    return {"userChanged": bool(d["user_changed"]), "scdLlr": d["scd_llr"], "scdNllr": d["scd_nllr"],
+            "speechMillis": d["speech_millis"]}
+
+
 @dataclass(frozen=True)
 class SioEvent:
     name: str                          # the event is "<name>-<token>"
@@ -74,10 +81,11 @@ SOCKETIO_EVENTS: dict[str, SioEvent] = {
     "clean_speech": SioEvent("clean-speech", sio_clean_speech, "any"),
     "tts": SioEvent("TTS-Detection", sio_tts, "any"),
     "blocklist": SioEvent("blocklist-Detection", sio_blocklist, "any"),
+    "speaker_change": SioEvent("speaker-change", sio_speaker_change, "any"),
 }
 
 # Kinds a late joiner is brought up to date with (their latest message, from the bus history).
-SNAPSHOT_KINDS = ("clean_speech", "tts", "blocklist")
+SNAPSHOT_KINDS = ("clean_speech", "tts", "blocklist", "speaker_change")
 
 
 def call_over(status: str, dialog) -> bool:

@@ -91,6 +91,11 @@
     });
   }
 
+  function onSpeakerChange(p) {
+    if (!p || !p.userChanged) { return; }
+    addAlert("alert-speaker", "Different speaker", "The caller's voice changed during the call; check who you are talking to");
+  }
+
   function request(event, users) {
     if (socket && socket.connected) {
       socket.emit(event, { token: token, users: users || "", time: new Date().toISOString() });
@@ -120,6 +125,7 @@
     });
     socket.on("TTS-Detection-" + token, onTts);
     socket.on("blocklist-Detection-" + token, onBlocklist);
+    socket.on("speaker-change-" + token, onSpeakerChange);
     socket.on("error", function (e) { say((e && e.message) || "error", true); });
   }
 

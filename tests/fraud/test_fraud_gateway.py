@@ -8,8 +8,10 @@ import io
 import sqlite3
 
 import aiohttp
+import socketio
 import soundfile as sf
 
+from gateway.api.socketio import NAMESPACE, PATH
 from gateway.appkeys import CORE
 from support import admin, pat_of, protocol_audio, read_mulaw_bytes
 
@@ -176,10 +178,28 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     assert r[0]["pad_detected"] == {"type": "TypeB"}, r[0]
 
     # Speaker change: 1688 speaks, then 1998 takes over the customer channel. user_changed,
-    # scd_llr and scd_nllr reach the on-demand result and the vb_verification event.
+    # scd_llr and scd_nllr reach the on-demand result, the vb_verification event and, live,
+    # an agent's Socket.IO client (speaker-change-{token}, once).
     tok6 = await gw.token("call-splice")
-    spliced = b"".join(read_mulaw_bytes(protocol_audio(P, n)) for n in ("1688_enrol0", "1688_enrol1", "1998_enrol0", "1998_enrol1"))
-    await stream_call(gw, tok6, "call-splice", spliced, pace_s=0.02)
+    agent = socketio.AsyncClient(reconnection=False)
+    changes: list[dict] = []
+    agent.on(f"speaker-change-{tok6}", changes.append, namespace=NAMESPACE)
+    await agent.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"])
+    try:
+        joined = await agent.call("status", {"token": tok6, "users": "", "time": "2026-11-23T12:00:00Z"},
+                                  namespace=NAMESPACE, timeout=10)
+        assert joined == {"ok": True}
+        spliced = b"".join(read_mulaw_bytes(protocol_audio(P, n)) for n in ("1688_enrol0", "1688_enrol1", "1998_enrol0", "1998_enrol1"))
+        await stream_call(gw, tok6, "call-splice", spliced, pace_s=0.02)
+        for _ in range(100):
+            if changes:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await agent.disconnect()
+    assert len(changes) == 1 and changes[0]["userChanged"] is True, changes
+    assert changes[0]["scdLlr"] < 4.0 and changes[0]["speechMillis"] > 10000
+    assert len(bus(gw, "call-splice", "speaker_change")) == 1
     status, res = await gw.call("GET", "/verification/ondemand", params={"users": "cust-1688", "token": tok6})
     dd = gw.app[CORE].dialogs.get(d1.tenant_id, "call-splice")
     assert status == 200 and res["user_changed"] is True, (res, dd.engine_session.speaker_change, dd.engine_session.speech_ms)
