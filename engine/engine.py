@@ -153,6 +153,14 @@ class _Job:
     state: "_State | None" = None
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """In an event list: answer a waiting caller here, i.e. only after the events before it
+    were posted to the event loop (a flush must not return before its milestones arrive)."""
+    callback: Callable
+    value: object
+
+
 @dataclass(eq=False)
 class _Ticket:
     """An entry of a state's in-order result queue: a window whose embedding is awaited
@@ -400,12 +408,12 @@ class _Core:
                 self._speaker_change(st, w)
                 continue
             if t.kind == "SETTLED":
-                t.callback(None)
+                events.append((st, _Answer(t.callback, None)))
                 continue
             emb = self.combine(t.windows, t.partial.result if t.partial is not None else None,
                                t.partial_ms, t.speech_ms)
             if t.kind == "SESSION":
-                t.callback(emb if t.speech_ms > 0 else None)
+                events.append((st, _Answer(t.callback, emb if t.speech_ms > 0 else None)))
                 continue
             if emb is not None:
                 events.append((st, Milestone(st.dialog_id, t.kind, emb, st.change,
@@ -817,6 +825,9 @@ class Engine:
     def _emit(self, events: list[tuple[_State, SessionEvent]]) -> None:
         loop = self._loop
         for st, ev in events:
+            if isinstance(ev, _Answer):
+                ev.callback(ev.value)
+                continue
             if loop is not None and st.on_event is not None:
                 loop.call_soon_threadsafe(self._deliver, st, ev)
 

@@ -127,3 +127,18 @@ async def test_stopping_the_engine_fails_waiting_callers(model_dir):
         assert res is None or res.speech_ms > 0
     except EngineError:
         pass
+
+
+async def test_flush_returns_only_after_its_milestones_were_delivered(engine):
+    """A caller that flushes and then publishes the call's end (the dialog does) must find
+    every milestone of the call already delivered: no sleep between flush and the check."""
+    a = speaker_audio(speakers()[3], 3)[: 8000 * 12]
+    for trial in range(12):
+        events = []
+        s = engine.open_session(f"f{trial}", SpeechLimits(), events.append)
+        for k in range(0, len(a), 1600):
+            s.push("customer", a[k:k + 1600])
+        await s.flush()
+        kinds = [e.kind for e in events if isinstance(e, Milestone)]
+        assert kinds[:2] == ["EARLY", "NORMAL"], (trial, kinds)
+        await s.close()
