@@ -173,8 +173,8 @@ class _Ticket:
     partial_ms: int = 0
     speech_ms: int = 0
     arrived: float = 0.0
-    # kind "SETTLED" / "SESSION": called (coordinator thread) instead of emitting a
-    # Milestone, with None / the session embedding, once every earlier ticket has resolved
+    # kind "SETTLED" / "SESSION": answers a waiting caller (with None / the session embedding)
+    # once every earlier ticket has resolved and their events were posted (see _Answer)
     callback: Callable[[Embedding | None], None] | None = None
 
     def ready(self) -> bool:
