@@ -423,8 +423,8 @@ class _Core:
 
     def process(self, states: list[_State], max_samples: int | None, now: float | None = None,
                 milestones: bool = True) -> list[tuple[_State, SessionEvent]]:
-        """feed + encoder inline + resolve: the synchronous path (one-shot embedding,
-        benchmarks, tests). Returns the events to deliver, in order."""
+        """feed + encoder inline + resolve: the synchronous path (embed_many for scripts
+        and benchmarks, tests). Returns the events to deliver, in order."""
         jobs, events = self.feed(states, max_samples, now, milestones)
         self.run_jobs(jobs)
         for st in states:

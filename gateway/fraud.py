@@ -115,8 +115,14 @@ class DialogFraud:
                 self.lfcc.add(audio)
                 self.fp.add(audio)
 
-    async def flush(self) -> None:
-        await self.service.run_now(self._process)
+    async def tts_result(self, detector: TtsDetector) -> TtsResult | None:
+        """The TTS detector's verdict on the call so far (pending audio included), read
+        under the pass lock so a background pass cannot change the statistics mid-read."""
+        def fn():
+            self._process()
+            with self._proc_lock:
+                return detector.result(self.lfcc)
+        return await self.service.run_now(fn)
 
     async def landmarks(self) -> tuple[np.ndarray, np.ndarray]:
         """The call's fingerprint so far (pending audio included)."""
@@ -182,8 +188,7 @@ class FraudService:
         """Blocklists and TTS at each milestone; publishes bus kinds "blocklist" and "tts"."""
         fr = dialog.fraud
         if self.tts is not None:
-            await fr.flush()
-            res = self.tts.result(fr.lfcc)
+            res = await fr.tts_result(self.tts)
             if res is not None:
                 fr.last_tts = res
                 self.core.bus.publish(dialog.key, "tts", {**res.payload(), "result_type": kind,
