@@ -441,26 +441,28 @@ class _Core:
                                   callback=callback))
         return job
 
+    def file_state(self, pcm: np.ndarray) -> _State:
+        """A session holding a whole file as pending audio (one-shot embedding)."""
+        st = _State("", SpeechLimits(), None, self.window_samples)
+        st.pending.append((0.0, np.asarray(pcm, np.int16)))
+        st.pending_samples = len(pcm)
+        return st
+
     def embed_many(self, pcms: list[np.ndarray]) -> list[Embedding | None]:
         """Whole files (int16 8 kHz) through the session path, batched across files."""
-        states = []
-        for p in pcms:
-            st = _State("", SpeechLimits(), None, self.window_samples)
-            st.pending.append((0.0, np.asarray(p, np.int16)))
-            st.pending_samples = len(p)
-            states.append(st)
-        self.process(states, None, milestones=False)
+        states = [self.file_state(p) for p in pcms]
+        out: list[Embedding | None] = [None] * len(states)
         # the < 256-sample tail is not a whole VAD chunk: ignored, as in a live session
-        parts = [st.speech.partial() for st in states]
-        jobs = [_Job(p) if len(p) else None for p in parts]
-        self.run_jobs([j for j in jobs if j is not None])
-        out = []
-        for st, j in zip(states, jobs):
-            if st.speech.speech_ms <= 0:
-                out.append(None)
-                continue
-            out.append(self.combine(st.speech.windows, j.result if j else None,
-                                    st.speech.buf_speech_ms, st.speech.speech_ms))
+        jobs, _ = self.feed(states, None, milestones=False)
+        for i, st in enumerate(states):
+            part = self.session_ticket(st, lambda emb, i=i: out.__setitem__(i, emb))
+            if part is not None:
+                jobs.append(part)
+        self.run_jobs(jobs)
+        for st in states:
+            for _, ev in self.resolve(st):
+                if isinstance(ev, _Answer):
+                    ev.callback(ev.value)
         return out
 
 
@@ -766,9 +768,7 @@ class Engine:
             nonlocal st
             try:
                 if what == "ONE_SHOT":
-                    st = _State("", SpeechLimits(), None, self._core.window_samples)
-                    st.pending.append((0.0, pcm))
-                    st.pending_samples = len(pcm)
+                    st = self._core.file_state(pcm)
                     jobs, _ = self._core.feed([st], None, milestones=False)
                     for j in jobs:
                         j.urgent = True

@@ -18,7 +18,7 @@ import numpy as np
 import structlog
 from aiohttp import web
 
-from engine.fraud import match, pad_detected, unpack
+from engine.fraud import unpack
 from engine.types import Embedding
 from gateway.auth import token_hash
 from gateway.core import NO_DATA_MS, Core
@@ -257,21 +257,18 @@ class AculabUsers:
         await core.publish_verification_event(profile, instance_id, 1, r, audio.embedding, None, origin=ORIGIN)
         core.metrics.inc("vbgw_verifications_total", result=r["bio_result"])
         if pad is not None:
-            core.metrics.inc("vbgw_pad_detected_total", type=pad["type"])
             log.warning("pad_detected", pad_type=pad["type"], profile_id=profile.id, dialog_id=instance_id)
         return audio, verified, conf, pad
 
     async def _pad(self, profile: Profile, user_id: str, fp: bytes | None, pcm: np.ndarray) -> dict | None:
         """engine.fraud.pad_detected for an uploaded file: its landmarks against the user's
         stored enrolment/verification fingerprints (TypeA/TypeB) and the TTS detector (TypeC)."""
-        stored = await self.core.store.fingerprints(profile.id, user_id)
-        tts = self.core.fraud.tts
-        query = unpack(fp) if fp is not None else None
+        fraud = self.core.fraud
+        tts = await fraud.run_now(lambda: fraud.tts.score_pcm(pcm)) if fraud.tts is not None else None
 
-        def decide():       # on the fraud worker thread: matching and TTS are CPU work
-            matches = [(f.kind, match(query, unpack(f.hashes))) for f in stored] if query is not None else []
-            return pad_detected(matches, tts.score_pcm(pcm) if tts is not None else None)
-        return await self.core.fraud.run(decide)
+        async def landmarks():
+            return unpack(fp) if fp is not None else None
+        return await fraud.pad_for(profile.id, user_id, landmarks, tts)
 
     async def delete(self, scope: KeyScope, user_id: str, instance_id: str) -> User:
         """Like OCP opt-out: voiceprints, biokeys, fingerprints and counts go in one transaction."""

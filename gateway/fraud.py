@@ -165,12 +165,9 @@ class FraudService:
         except Exception:             # noqa: BLE001 - the worker must survive one bad pass
             log.exception("fraud_worker_failed")
 
-    async def run(self, fn):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
     async def run_now(self, fn):
-        """For work a result waits for: off the event loop, but not queued behind the
-        background passes of every other call on the fraud worker."""
+        """For work a request or result waits for: off the event loop, but not queued behind
+        the background passes of every live call on the fraud worker (`submit`)."""
         return await asyncio.get_running_loop().run_in_executor(None, fn)
 
     def open(self) -> DialogFraud:
@@ -206,23 +203,30 @@ class FraudService:
                     dialog.log.warning("blocklist_match", blocklist_id=rows[0]["blocklist_id"],
                                        risk_level=rows[0]["risk_level"], result_type=kind)
 
-    async def pad(self, dialog: "Dialog", user_id: str) -> dict | None:
-        """Aculab `pad_detected` for `user_id` on this call so far (None: nothing detected)."""
-        if dialog.profile is None:
-            return None
-        stored = [f for f in await self.core.store.fingerprints(dialog.profile.id, user_id)
-                  if f.dialog_id != dialog.dialog_id]
-        tts = dialog.fraud.last_tts
-        if not stored:
-            return pad_detected([], tts)
-        query = await dialog.fraud.landmarks()
-
-        def fn():
-            return [(f.kind, match(query, unpack(f.hashes))) for f in stored]
-        matches = await self.run_now(fn)
+    async def pad_for(self, profile_id: str, user_id: str, landmarks, tts: TtsResult | None,
+                      exclude_dialog: str | None = None) -> dict | None:
+        """Aculab `pad_detected` (None: nothing detected) for audio whose landmarks
+        `await landmarks()` gives (asked for only when the user has stored fingerprints),
+        against the user's stored enrolment/verification fingerprints, plus the TTS verdict."""
+        stored = [f for f in await self.core.store.fingerprints(profile_id, user_id)
+                  if exclude_dialog is None or f.dialog_id != exclude_dialog]
+        matches = []
+        if stored:
+            query = await landmarks()
+            if query is not None:
+                matches = await self.run_now(lambda: [(f.kind, match(query, unpack(f.hashes))) for f in stored])
         found = pad_detected(matches, tts)
         if found is not None:
             self.core.metrics.inc("vbgw_pad_detected_total", type=found["type"])
+        return found
+
+    async def pad(self, dialog: "Dialog", user_id: str) -> dict | None:
+        """`pad_detected` for `user_id` on this call so far (None: nothing detected)."""
+        if dialog.profile is None:
+            return None
+        found = await self.pad_for(dialog.profile.id, user_id, dialog.fraud.landmarks, dialog.fraud.last_tts,
+                                   exclude_dialog=dialog.dialog_id)
+        if found is not None:
             dialog.log.warning("pad_detected", pad_type=found["type"])
         return found
 
@@ -258,5 +262,5 @@ class FraudService:
 
     async def pcm_fingerprint(self, pcm: np.ndarray) -> bytes | None:
         from engine.fraud import fingerprint
-        h, t = await self.run(lambda: fingerprint(pcm))
+        h, t = await self.run_now(lambda: fingerprint(pcm))
         return pack(h, t) if len(h) else None

@@ -280,9 +280,22 @@ class SqliteRepository(Repository):
         return User(row["row_id"], row["profile_id"], row["user_id"], row["status"], row["created_ms"],
                     row["last_update_ms"], row["opt_out_ts"], row["opt_in_ts"], bks)
 
+    @staticmethod
+    def _user_row(c, profile_id, user_id):
+        return c.execute("SELECT * FROM users WHERE profile_id=? AND user_id=?", (profile_id, user_id)).fetchone()
+
+    def _user_by_row_id(self, c, row_id) -> User:
+        return self._user(c, c.execute("SELECT * FROM users WHERE row_id=?", (row_id,)).fetchone())
+
+    @staticmethod
+    def _insert_user(c, profile_id, user_id, status, t, opt_in_ts=None, opt_out_ts=None) -> int:
+        c.execute("INSERT INTO users (profile_id, user_id, status, created_ms, last_update_ms, opt_in_ts, opt_out_ts)"
+                  " VALUES (?,?,?,?,?,?,?)", (profile_id, user_id, status, t, t, opt_in_ts, opt_out_ts))
+        return c.execute("SELECT last_insert_rowid()").fetchone()[0]
+
     async def get_user(self, profile_id, user_id) -> User | None:
         def fn(c):
-            row = c.execute("SELECT * FROM users WHERE profile_id=? AND user_id=?", (profile_id, user_id)).fetchone()
+            row = self._user_row(c, profile_id, user_id)
             return self._user(c, row) if row else None
         return await self._run(fn)
 
@@ -303,11 +316,10 @@ class SqliteRepository(Repository):
     async def enrol(self, w: EnrolmentWrite) -> tuple[User, Voiceprint]:
         def fn(c):
             t = now_ms()
-            row = c.execute("SELECT * FROM users WHERE profile_id=? AND user_id=?", (w.profile_id, w.user_id)).fetchone()
+            row = self._user_row(c, w.profile_id, w.user_id)
             if row is None:
-                c.execute("INSERT INTO users (profile_id, user_id, status, created_ms, last_update_ms, opt_in_ts)"
-                          " VALUES (?,?,?,?,?,?)", (w.profile_id, w.user_id, "ENROLLED", t, t, t if w.opt_in else None))
-                row_id = c.execute("SELECT last_insert_rowid()").fetchone()[0]
+                row_id = self._insert_user(c, w.profile_id, w.user_id, "ENROLLED", t,
+                                           opt_in_ts=t if w.opt_in else None)
             else:
                 row_id = row["row_id"]
                 if w.require_new and row["status"] in ("ENROLLED", "RE_ENROLL"):
@@ -332,8 +344,7 @@ class SqliteRepository(Repository):
                 c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms)"
                           " VALUES (?,?,?,?,?,?)", (row_id, "ENROL", w.dialog_id, w.fingerprint,
                                                     len(w.fingerprint) // 8, t))
-            user = self._user(c, c.execute("SELECT * FROM users WHERE row_id=?", (row_id,)).fetchone())
-            return user, Voiceprint(vp_id, row_id, w.vector, w.speech_ms, w.model, w.extractor_version,
+            return self._user_by_row_id(c, row_id), Voiceprint(vp_id, row_id, w.vector, w.speech_ms, w.model, w.extractor_version,
                                     w.plda_version, t)
         return await self._tx(fn)
 
@@ -342,32 +353,29 @@ class SqliteRepository(Repository):
         user id and timestamps only). Returns the audio file paths the caller must unlink."""
         def fn(c):
             t = now_ms()
-            row = c.execute("SELECT * FROM users WHERE profile_id=? AND user_id=?", (profile_id, user_id)).fetchone()
+            row = self._user_row(c, profile_id, user_id)
             if row is None:
-                c.execute("INSERT INTO users (profile_id, user_id, status, created_ms, last_update_ms, opt_out_ts)"
-                          " VALUES (?,?,?,?,?,?)", (profile_id, user_id, "OPTED_OUT", t, t, t))
-                row = c.execute("SELECT * FROM users WHERE profile_id=? AND user_id=?", (profile_id, user_id)).fetchone()
-                return self._user(c, row), []
+                return self._user_by_row_id(c, self._insert_user(c, profile_id, user_id, "OPTED_OUT", t,
+                                                                 opt_out_ts=t)), []
             rid = row["row_id"]
             paths = [r["path"] for r in c.execute("SELECT path FROM audio WHERE user_row=?", (rid,))]
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
             c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=?, last_update_ms=? WHERE row_id=?", (t, t, rid))
-            return self._user(c, c.execute("SELECT * FROM users WHERE row_id=?", (rid,)).fetchone()), paths
+            return self._user_by_row_id(c, rid), paths
         return await self._tx(fn)
 
     async def opt_in(self, profile_id, user_id) -> User:
         def fn(c):
             t = now_ms()
-            row = c.execute("SELECT * FROM users WHERE profile_id=? AND user_id=?", (profile_id, user_id)).fetchone()
+            row = self._user_row(c, profile_id, user_id)
             if row is None:
-                c.execute("INSERT INTO users (profile_id, user_id, status, created_ms, last_update_ms, opt_in_ts)"
-                          " VALUES (?,?,?,?,?,?)", (profile_id, user_id, "NOT_ENROLLED", t, t, t))
-            elif row["status"] == "OPTED_OUT":
+                return self._user_by_row_id(c, self._insert_user(c, profile_id, user_id, "NOT_ENROLLED", t,
+                                                                 opt_in_ts=t))
+            if row["status"] == "OPTED_OUT":
                 c.execute("UPDATE users SET status='NOT_ENROLLED', opt_in_ts=?, last_update_ms=? WHERE row_id=?",
                           (t, t, row["row_id"]))
-            row = c.execute("SELECT * FROM users WHERE profile_id=? AND user_id=?", (profile_id, user_id)).fetchone()
-            return self._user(c, row)
+            return self._user_by_row_id(c, row["row_id"])
         return await self._tx(fn)
 
     async def voiceprints(self, profile_id, user_ids) -> dict[str, Voiceprint]:
