@@ -56,9 +56,8 @@ def _row(b) -> str:
 
 async def _main(args, settings) -> int:
     from gateway.store.base import Blocklist, Conflict
-    from gateway.store.sqlite import SqliteRepository
-    store = SqliteRepository(settings.sqlite_path)
-    await store.open()
+    from gateway.store.factory import open_repository
+    store = await open_repository(settings)
     engine = None
     try:
         tenant = await store.get_tenant(args.tenant)

@@ -43,10 +43,12 @@ def cmd_models_fetch(args) -> int:
 async def _admin(args) -> int:
     from gateway.auth import new_pat, token_hash
     from gateway.store.base import Bands, Conflict, ProfileSettings
-    from gateway.store.sqlite import SqliteRepository
+    from gateway.store.factory import open_repository
     settings = _settings(args)
-    store = SqliteRepository(settings.sqlite_path)
-    await store.open()
+    if args.admin_cmd in ("rotate-key", "rekey-biokeys"):
+        from gateway.keys_cli import run as run_keys_cmd
+        return await run_keys_cmd(args, settings)
+    store = await open_repository(settings)
     d = settings.profile_defaults
     try:
         if args.admin_cmd == "bootstrap":
@@ -165,6 +167,8 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     ug.add_argument("--profile", required=True)
     ug.add_argument("--key-name", default="cli")
     asub.add_parser("profiles", help="list profiles")
+    from gateway.keys_cli import add_cli as _add_keys
+    _add_keys(asub)
     a.set_defaults(fn=cmd_admin)
 
     from gateway.audiohook_cli import add_cli as _add_audiohook
