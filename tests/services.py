@@ -71,3 +71,60 @@ async def drop_schema(schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster of the test's own (initdb into a temporary directory, pg_ctl on a
+    free port), which the test may stop, start and restart without touching the machine's
+    service. Run as the `postgres` user when the tests run as root (initdb refuses root)."""
+
+    def __init__(self) -> None:
+        import glob
+        import tempfile
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        initdb = bins[-1] if bins else shutil.which("initdb")
+        if not initdb:
+            reason = "PostgreSQL server binaries (initdb, pg_ctl) are not installed (apt-get install postgresql)"
+            if REQUIRED:
+                pytest.fail(reason + "; VBGW_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
+            pytest.skip(reason)
+        self.bin = os.path.dirname(initdb)
+        self.dir = tempfile.mkdtemp(prefix="vbgw-pg-")
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._as = []
+        if os.geteuid() == 0:
+            import pwd
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", f"{self.dir}/data", "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, tool: str, *args: str, check: bool = True):
+        import subprocess
+        return subprocess.run([*self._as, f"{self.bin}/{tool}", *args], capture_output=True, text=True,
+                              check=check, timeout=120)
+
+    def _ctl(self, action: str, *extra: str) -> None:
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", f"{self.dir}/data", "-l", f"{self.dir}/log", "-o", opts, "-w", "-t", "90",
+                  action, *extra)
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def stop(self) -> None:
+        self._ctl("stop", "-m", "fast")
+
+    def restart(self) -> None:
+        self._ctl("restart", "-m", "fast")
+
+    def destroy(self) -> None:
+        self._run("pg_ctl", "-D", f"{self.dir}/data", "stop", "-m", "immediate", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
