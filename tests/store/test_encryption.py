@@ -5,6 +5,8 @@ copies when the hash secret changes."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 
 import pytest
 
@@ -131,3 +133,24 @@ async def test_legacy_biokey_hashes_get_the_current_key_id(repo, profile, raw):
     assert [(u.key_id, u.rekeyable) for u in await repo.hash_key_usage()] == [(None, 0)]
     assert await repo.stamp_legacy_hashes(k.key_id) == 1
     assert [(u.key_id, u.rows) for u in await repo.hash_key_usage()] == [(k.key_id, 1)]
+
+
+def test_a_keys_file_is_followed_and_keys_are_never_mixed_up(tmp_path):
+    from gateway.store.keys import KeyConfigError, key_id, parse_keys, write_keys_file
+    path = tmp_path / "data.keys"
+    k1, k2 = new_key(), new_key()
+    write_keys_file(path, [k1])
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    keys = DataKeys.load(tmp_path, path, "", create=False)
+    blob, kid = keys.seal(b"voiceprint", b"ad")
+    assert kid == key_id(k1) and keys.reload() is False
+    write_keys_file(path, [k2, k1])
+    os.utime(path, ns=(1, 1))              # a different mtime even within the clock's resolution
+    assert keys.reload() is True and keys.active_id == key_id(k2) and keys.open(blob, kid, b"ad") == b"voiceprint"
+    with pytest.raises(KeyUnavailable):
+        keys.open(blob, kid, b"other ad")
+    with pytest.raises(KeyConfigError, match="32 bytes"):
+        parse_keys("c2hvcnQ=", "env")
+    # environment keys win over the file, the first is active
+    env = DataKeys.load(tmp_path, path, f"{base64.b64encode(k1).decode()}, ", create=False)
+    assert env.ids == [key_id(k1)] and env.path is None
