@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a clear line, not a traceback, for operator errors
         from engine.types import EngineError
-        if isinstance(exc, EngineError):
+        from gateway.store.base import StoreError
+        if isinstance(exc, (EngineError, StoreError)):     # StoreError: e.g. PostgreSQL unreachable
             print(f"vbgw: {exc}", file=sys.stderr)
             return 2
         raise
