@@ -11,6 +11,7 @@ import socketio
 from gateway.api.socketio import NAMESPACE, PATH
 from gateway.appkeys import CORE
 from live_helpers import call_closed, enrol, speech
+from support import dialog_named
 
 VERIFICATION_KEYS = ["bioResult", "bioScore", "bioUserId", "errorType", "limitType", "llr", "speechMillis"]
 
@@ -85,7 +86,7 @@ async def test_every_event_reaches_the_agent_with_the_seed_payloads(gateway):
 
         # Fraud signals: the fraud-signal detectors publish these bus kinds (docs/live-results.md).
         core = gw.app[CORE]
-        dialog = next(d for k, d in core.dialogs._dialogs.items() if k[1] == "sio-1")
+        dialog = dialog_named(core, "sio-1")
         core.bus.publish(dialog.key, "tts", {"label": "TTS_Detected", "detectionScore": 0.98})
         core.bus.publish(dialog.key, "blocklist", {"results": [{
             "label": "MATCH", "status": "CHECKED", "risk_level": "HIGH_RISK",
