@@ -113,11 +113,6 @@ class Dialog:
     def owned_by(self, profile: Profile) -> bool:
         return self._profile is not None and self._profile.id == profile.id
 
-    @property
-    def targets(self) -> list[str]:
-        """The users of the running push verification (none: [])."""
-        return list(self.verification.users) if self.verification else []
-
     # -- audio in ---------------------------------------------------------------------------
     def push(self, frame: Frame) -> None:
         self.frames += 1
