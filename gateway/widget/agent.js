@@ -121,7 +121,7 @@
     if (provisional) {
       return { state: "provisional", verdict: match ? "Likely " + who : "Probably not " + who,
                kind: "Early result from " + basis + "; the final result comes at " +
-                     seconds(cfg.verify_min_speech_ms) + ".",
+                     seconds(cfg.verify_min_speech_ms) + " of speech.",
                advice: "Do not act on this yet: keep the caller talking.", score: true };
     }
     return { state: "final",
