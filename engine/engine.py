@@ -566,6 +566,12 @@ class EngineSession:
         """Audio pushed but not yet through the VAD, in seconds (for connector backpressure)."""
         return self._st.pending_samples / SAMPLE_RATE
 
+    def set_limits(self, limits: SpeechLimits) -> None:
+        """The speech milestones of the dialog's profile, when it becomes known only after the
+        audio started (an AudioHook call claimed by its first session). One attribute swap:
+        the coordinator reads the limits afresh at each milestone."""
+        self._st.limits = limits
+
     def push(self, channel: Channel, pcm: np.ndarray) -> None:
         """Queue int16 8 kHz audio. Cheap and never raises."""
         try:

@@ -82,7 +82,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[OPEN_SOCKETS] = set()
-    app[sse._VERIFICATION_STREAMS] = {}
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app[METRICS_TOKEN] = load_metrics_token(settings.data_dir)
 

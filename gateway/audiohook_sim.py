@@ -44,7 +44,9 @@ class SimOptions:
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     correlation_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     ani: str = ""
+    ani_name: str = ""
     custom_config: dict | None = None
+    supported_languages: bool = False     # ask for the server's languages in `open`
     offers: list[dict] = field(default_factory=lambda: [dict(o) for o in DEFAULT_OFFERS])
     frame_ms: int = 200
     speed: float = 1.0                    # 1 = real time; 0 = as fast as possible
@@ -202,6 +204,8 @@ class _Client:
             self.violation("opened: media must be a list of at most one entry")
         elif media and media[0] not in self.o.offers:
             self.violation(f"opened: selected media {media[0]} is not one of the offers")
+        if self.o.supported_languages and not isinstance(env.parameters.get("supportedLanguages"), list):
+            self.violation("opened: supportedLanguages was asked for but is not a list")
         self.r.opened = env.parameters
         self.state = "ACTIVE"
         self.opened.set()
@@ -349,8 +353,10 @@ class _Client:
                 "organizationId": str(uuid.uuid4()) if "wrong_org" in o.faults else o.org_id,
                 "conversationId": conv,
                 "participant": {"id": NULL_UUID if o.probe else str(uuid.uuid5(uuid.NAMESPACE_URL, conv)),
-                                "ani": "" if o.probe else o.ani, "aniName": "", "dnis": ""},
+                                "ani": "" if o.probe else o.ani, "aniName": "" if o.probe else o.ani_name,
+                                "dnis": ""},
                 "media": o.offers, "language": "en-US",
+                **({"supportedLanguages": True} if o.supported_languages else {}),
                 **({"customConfig": o.custom_config} if o.custom_config is not None else {})})
             opened = asyncio.create_task(self.opened.wait())
             stopped = asyncio.create_task(self.stop.wait())

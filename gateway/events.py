@@ -128,7 +128,7 @@ class VoiceprintBlock(BaseModel):
 
     model_config = _STRICT
 
-    voiceprint_id: int
+    voiceprint_id: int | None  # null when the build failed (vp_fail): nothing was stored
     creation_ts: int  # unix ms
     extractor_version: str = ""
     method: str = ""

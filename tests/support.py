@@ -74,6 +74,20 @@ class Gateway:
             body = await r.text()
         return r.status, body
 
+    async def ondemand(self, token: str, users: str) -> dict:
+        """GET /verification/ondemand, which must answer 200: the best of `users`."""
+        status, body = await self.call("GET", "/verification/ondemand", params={"users": users, "token": token})
+        assert status == 200, body
+        return body
+
+    async def enrol(self, user_id: str, payload: bytes, profile: str = "retail", pat: str | None = None) -> None:
+        """Enrol `user_id` in `profile` from mu-law speech streamed on a call of its own."""
+        master = f"enrol-{user_id}-{profile}"
+        tok = await self.token(master, profile=profile, pat=pat)
+        await self.stream(tok, master, payload)
+        status, body = await self.call("POST", "/enrol", tok, json={"user_id": user_id})
+        assert status == 200, body
+
     async def stream(self, token: str, dialog_id: str, payload: bytes, encoding: str = "mulaw",
                      sample_rate: int = 8000, frame_bytes: int = 1600) -> list:
         """Stream like a real client: config, 200 ms frames, empty message; returns server messages."""
@@ -89,3 +103,10 @@ class Gateway:
         return received
 
 
+
+
+def dialog_named(core, dialog_id: str):
+    """The one dialog on masterId `dialog_id` (tests with a single owner per call)."""
+    found = [d for d in core.dialogs.all() if d.dialog_id == dialog_id]
+    assert len(found) == 1, f"{len(found)} dialogs on {dialog_id!r}"
+    return found[0]
