@@ -34,7 +34,8 @@ def cmd_serve(args) -> int:
 def cmd_models_fetch(args) -> int:
     from engine.models import fetch_models
     settings = _settings(args)
-    paths = fetch_models(settings.engine.model_dir, include_optional=args.optional)
+    paths = fetch_models(settings.engine.model_dir, include_optional=args.optional,
+                         progress=lambda line: print(f"vbgw models: {line}", file=sys.stderr, flush=True))
     for p in paths:
         print(p)
     return 0

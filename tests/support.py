@@ -12,12 +12,23 @@ import soundfile as sf
 import websockets
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-PROTOCOLS = SHARED / "data" / "protocols"
+# The small real-speech protocols inside the repository (tests/data/README.md): the suite
+# reads nothing outside it.
+PROTOCOLS = REPO / "tests" / "data" / "protocols"
+
+
+def protocol_file(protocol: str, rel: str) -> Path:
+    """A file of an in-repo protocol; a missing one fails the test (never a skip)."""
+    path = PROTOCOLS / protocol / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"test data missing: {path} (tests/data/README.md lists what is kept; "
+                                f"add it to scripts/make_test_data.py)")
+    return path
 
 
 def protocol_audio(protocol: str, name: str) -> Path:
-    return PROTOCOLS / protocol / "audio" / f"{name}.wav"
+    """The WAV of enrol model or test `name` (e.g. "1688_enrol0") of an in-repo protocol."""
+    return protocol_file(protocol, f"audio/{name}.wav")
 
 
 def read_mulaw_bytes(path: Path) -> bytes:
