@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway.api import aculab, audiohook, blocklists, ocp, sse, system, widget
+from gateway.api import aculab, audiohook, blocklists, docs, ocp, sse, system, widget
 from gateway.api import socketio as socketio_api
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
@@ -29,7 +29,7 @@ from gateway.store.sqlite import SqliteRepository
 
 log = structlog.get_logger(__name__)
 ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes, blocklists.routes,
-                aculab.routes)
+                aculab.routes, docs.routes)
 
 
 def sw_version() -> str:

@@ -51,7 +51,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.listen(1024)
     except OSError as exc:
         sock.close()
-        hint = {errno.EADDRINUSE: " (another process is listening there: stop it or set server.port / "
+        hint = {errno.EADDRINUSE: " (another process has that port: stop it, or choose another with server.port / "
                                   "VBGW_SERVER__PORT)",
                 errno.EACCES: " (ports below 1024 need privileges: use a higher server.port)",
                 errno.EADDRNOTAVAIL: " (no such address on this machine: check server.host)"}.get(exc.errno, "")

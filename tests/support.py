@@ -100,3 +100,24 @@ class Gateway:
         return received
 
 
+
+
+def readonly_mount(path: Path) -> list[str]:
+    """An argv prefix that runs a command with `path` bind-mounted read-only (EROFS, as a
+    container image's files or a read-only volume are, whoever the user), in an unprivileged
+    user and mount namespace (util-linux unshare). Fails the test, in CI, where that is not
+    possible; skips elsewhere."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "--user", "--map-root-user", "--mount", "true"],
+                                  capture_output=True).returncode == 0:
+        return [unshare, "--user", "--map-root-user", "--mount", "sh", "-c",
+                'mount --bind -o ro "$0" "$0" && exec "$@"', str(path)]
+    msg = "no unprivileged user namespaces here (unshare --user --mount): cannot make a read-only mount"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
