@@ -30,5 +30,14 @@ test: models
 	@echo "==> make: running the test suite"
 	$(BIN)/python -m pytest -q -ra
 
+# Slow, opt-in: builds the Dockerfile's image with podman (on a local debootstrap base) and makes a
+# call against it (tests/container/test_image.py). Needs root and Debian's podman, runc, debootstrap.
+test-container: models
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  echo "==> make: installing podman, runc and debootstrap (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null; }
+	@echo "==> make: building and testing the container image (several minutes the first time)"
+	VBGW_TEST_CONTAINER=1 $(BIN)/python -m pytest -q -ra -s tests/container
+
 clean:
 	rm -rf $(VENV) var build *.egg-info
