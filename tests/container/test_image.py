@@ -26,8 +26,14 @@ PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 TAG = "localhost/vbgw:test"
 
 
+# Podman's default rlimits (open files, processes) are above what a sandboxed host may let a
+# container set (runc: "error setting rlimit type 7: operation not permitted"): keep the host's.
+CONF = REPO / "tests" / "container" / "containers.conf"
+
+
 def _run(*argv: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ, CONTAINERS_CONF=str(CONF)) if argv[0] == "podman" else None
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(argv[:6])} ... exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -36,7 +42,12 @@ def _run(*argv: str, timeout: float = 1800, check: bool = True) -> subprocess.Co
 @pytest.fixture(scope="module")
 def image() -> str:
     base = _run(str(REPO / "scripts" / "container-base.sh")).stdout.strip().splitlines()[-1]
-    _run(*PODMAN, "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t", TAG, str(REPO))
+    # The CA bundle pip uses here, for pip inside the build (PyPI may be behind a TLS-inspecting proxy).
+    cert = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
+    tls = ["--volume", f"{cert}:/etc/vbgw-build-ca.crt:ro", "--build-arg", "PIP_CERT=/etc/vbgw-build-ca.crt"] \
+        if os.path.isfile(cert) else []
+    # --format docker: the OCI image format has no HEALTHCHECK, and the health check is tested too.
+    _run(*PODMAN, "build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", *tls, "-t", TAG, str(REPO))
     return TAG
 
 
@@ -65,9 +76,8 @@ def test_the_image_serves_a_call(image):
     port = _free_port()
     name = f"vbgw-test-{uuid.uuid4().hex[:8]}"
     url = f"http://127.0.0.1:{port}"
-    _run(*PODMAN, "run", "-d", "--name", name, "--network", "host", "-e", f"VBGW_SERVER__PORT={port}",
-         "-v", f"{name}-data:/data", image)
     try:
+        _run(*PODMAN, "run", "-d", "--name", name, "--network", "host", "-e", f"VBGW_SERVER__PORT={port}", "-v", f"{name}-data:/data", image)
         deadline = time.monotonic() + 300
         while True:
             try:
