@@ -63,7 +63,8 @@ def det_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str):
     ax.plot(lim, lim, "k:", lw=0.8, label="FAR = FRR: the EER lies here")
     if notes and all("no errors" in n for n in notes):
         ax.text(0.5, 0.55, "no errors to draw:\nevery target trial outscored\nevery non-target trial",
-                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3")
+                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3",
+                bbox={"facecolor": "white", "edgecolor": "0.8"})
     ax.set_xticks(norm.ppf(ticks))
     ax.set_xticklabels([f"{100 * t:g}" for t in ticks])
     ax.set_yticks(norm.ppf(ticks))
