@@ -633,7 +633,8 @@ class Engine:
         cfg = cfg or EngineConfig()
         import scipy.signal  # noqa: F401  (load scipy's OpenBLAS before capping it)
         _limit_threads(1)
-        encoder = load_encoder(cfg.encoder, cfg.model_dir, runtime=cfg.runtime, threads=cfg.threads)
+        encoder = load_encoder(cfg.encoder, cfg.model_dir, runtime=cfg.runtime, threads=cfg.threads,
+                               cache_dir=cfg.cache_dir)
         vad = SileroVad(model_path(cfg.model_dir, "silero_vad"), threads=1,
                         threshold=cfg.vad_threshold, pad_chunks=cfg.vad_pad_ms // CHUNK_MS)
         cal = Calibration.load(cfg.encoder)

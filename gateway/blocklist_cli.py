@@ -56,7 +56,9 @@ def _row(b) -> str:
 
 async def _main(args, settings) -> int:
     from gateway.store.base import Blocklist, Conflict
+    from gateway.cli import announce_store
     from gateway.store.sqlite import SqliteRepository
+    announce_store(settings, "blocklist")
     store = SqliteRepository(settings.sqlite_path)
     await store.open()
     engine = None

@@ -235,10 +235,10 @@ class EventsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sinks: list[Literal["jsonl", "webhook"]] = Field(default_factory=lambda: ["jsonl"])
-    jsonl_path: Path = Path("var/events.jsonl")
+    jsonl_path: Path = Path("events.jsonl")         # relative: under server.data_dir
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
-    outbox_path: Path = Path("var/outbox.sqlite3")
+    outbox_path: Path = Path("outbox.sqlite3")      # relative: under server.data_dir
     max_attempts: int = Field(default=0, ge=0)  # 0 = retry forever
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)

@@ -6,19 +6,17 @@ import io
 import uuid
 from contextlib import redirect_stdout
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from gateway.audiohook_sim import SimOptions, SimReport, run_session
-
-PROTOCOLS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "protocols"
+from support import protocol_audio
 
 
 def speech(name: str, protocol: str = "ls-other-tel") -> np.ndarray:
-    """Real 8 kHz telephony speech from the shared protocols (never copied into the repo)."""
-    data, rate = sf.read(PROTOCOLS / protocol / "audio" / f"{name}.wav", dtype="int16")
+    """Real 8 kHz telephony speech from the in-repo protocols (tests/data/README.md)."""
+    data, rate = sf.read(protocol_audio(protocol, name), dtype="int16")
     assert rate == 8000
     return data
 
