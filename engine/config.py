@@ -12,6 +12,10 @@ from .models import default_model_dir
 class EngineConfig(BaseModel):
     encoder: Literal["campp", "ge2e"] = "campp"
     model_dir: Path = Field(default_factory=default_model_dir)
+    # Where files derived from the models (the built CAM++ ONNX graph) are written when
+    # model_dir has none prebuilt; None: model_dir itself. The gateway sets it to
+    # <data_dir>/cache: it never writes into a model dir that may be read-only (an image's).
+    cache_dir: Path | None = None
     vad_threshold: float = 0.5
     # Speech is embedded in windows of this many seconds of VAD-passed audio; the session
     # embedding is the speech-weighted mean of the window embeddings (docs/scoring.md).

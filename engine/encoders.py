@@ -41,16 +41,25 @@ class CamppEncoder(Encoder):
     dim = _campp.DIM
     min_samples = 1600   # 0.2 s: enough frames for the statistics pooling
 
-    def __init__(self, model_dir: Path, runtime: str = "onnx", threads: int = 2):
+    def __init__(self, model_dir: Path, runtime: str = "onnx", threads: int = 2, cache_dir: Path | None = None):
         wpath = model_path(model_dir, "campp")      # sha256-verified weights
         self.runtime = runtime
         if runtime == "onnx":
-            # the graph is built from the verified weights once and cached under a name
-            # derived from their sha256 and the builder version
-            key = hashlib.sha256(f"{MODELS['campp'].sha256}:{_campp.ONNX_BUILDER_VERSION}".encode()).hexdigest()[:12]
-            cache = Path(model_dir).expanduser() / f"campp-{key}.onnx"
-            self.net = _campp.CamppOnnx(lambda: _campp.CamppWeights(wpath), cache, threads=threads)
-            self.onnx_path = cache
+            # The graph is built from the verified weights once, under a name derived from
+            # their sha256 and the builder version: prebuilt in the model dir by `vbgw models
+            # fetch` (an image builds it then), else built into cache_dir on first use.
+            prebuilt = campp_onnx_path(model_dir)
+            cache = prebuilt if cache_dir is None else Path(cache_dir).expanduser() / prebuilt.name
+            weights = lambda: _campp.CamppWeights(wpath)  # noqa: E731
+            try:
+                path = prebuilt if prebuilt.exists() else cache
+                self.net = _campp.CamppOnnx(weights, path, threads=threads)
+            except OSError:
+                if path == cache:
+                    raise
+                path = cache      # a damaged prebuilt graph in a read-only model dir
+                self.net = _campp.CamppOnnx(weights, path, threads=threads)
+            self.onnx_path = path
         elif runtime == "numpy":
             self.net = _campp.CamppNumpy(_campp.CamppWeights(wpath))
         else:
@@ -113,9 +122,25 @@ class Ge2eEncoder(Encoder):
         return _l2(np.concatenate(out))
 
 
-def load_encoder(name: str, model_dir: Path, runtime: str = "onnx", threads: int = 2) -> Encoder:
+def campp_onnx_path(model_dir: Path) -> Path:
+    """Where `vbgw models fetch` puts the CAM++ ONNX graph built from the pinned weights."""
+    key = hashlib.sha256(f"{MODELS['campp'].sha256}:{_campp.ONNX_BUILDER_VERSION}".encode()).hexdigest()[:12]
+    return Path(model_dir).expanduser() / f"campp-{key}.onnx"
+
+
+def prebuild_campp_onnx(model_dir: Path) -> tuple[Path, bool]:
+    """Build the CAM++ ONNX graph into the model dir unless it is there: (path, built now)."""
+    path = campp_onnx_path(model_dir)
+    if path.exists():
+        return path, False
+    _campp.CamppOnnx._build(lambda: _campp.CamppWeights(model_path(model_dir, "campp")), path)
+    return path, True
+
+
+def load_encoder(name: str, model_dir: Path, runtime: str = "onnx", threads: int = 2,
+                 cache_dir: Path | None = None) -> Encoder:
     if name == "campp":
-        return CamppEncoder(model_dir, runtime=runtime, threads=threads)
+        return CamppEncoder(model_dir, runtime=runtime, threads=threads, cache_dir=cache_dir)
     if name == "ge2e":
         return Ge2eEncoder(model_dir, threads=threads)
     raise ValueError(f"unknown encoder {name!r}")

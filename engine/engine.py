@@ -566,6 +566,12 @@ class EngineSession:
         """Audio pushed but not yet through the VAD, in seconds (for connector backpressure)."""
         return self._st.pending_samples / SAMPLE_RATE
 
+    def set_limits(self, limits: SpeechLimits) -> None:
+        """The speech milestones of the dialog's profile, when it becomes known only after the
+        audio started (an AudioHook call claimed by its first session). One attribute swap:
+        the coordinator reads the limits afresh at each milestone."""
+        self._st.limits = limits
+
     def push(self, channel: Channel, pcm: np.ndarray) -> None:
         """Queue int16 8 kHz audio. Cheap and never raises."""
         try:
@@ -627,7 +633,8 @@ class Engine:
         cfg = cfg or EngineConfig()
         import scipy.signal  # noqa: F401  (load scipy's OpenBLAS before capping it)
         _limit_threads(1)
-        encoder = load_encoder(cfg.encoder, cfg.model_dir, runtime=cfg.runtime, threads=cfg.threads)
+        encoder = load_encoder(cfg.encoder, cfg.model_dir, runtime=cfg.runtime, threads=cfg.threads,
+                               cache_dir=cfg.cache_dir)
         vad = SileroVad(model_path(cfg.model_dir, "silero_vad"), threads=1,
                         threshold=cfg.vad_threshold, pad_chunks=cfg.vad_pad_ms // CHUNK_MS)
         cal = Calibration.load(cfg.encoder)

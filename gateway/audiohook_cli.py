@@ -18,10 +18,12 @@ async def cli_add_org(args, settings) -> int:
     from gateway.audiohook_orgs import SecretBox, add_org, print_instructions
     from gateway.auth import load_or_create_secret
     from gateway.store.base import Conflict
+    from gateway.cli import announce_store
     from gateway.store.factory import open_repository
     if not is_uuid(args.org_id):
         print(f"error: --org-id must be the Genesys organization id (a UUID), got {args.org_id!r}", file=sys.stderr)
         return 2
+    announce_store(settings, "audiohook")
     store = await open_repository(settings)
     try:
         box = SecretBox(load_or_create_secret(settings.data_dir, settings.auth.hash_secret.get_secret_value()))
@@ -40,6 +42,44 @@ async def cli_add_org(args, settings) -> int:
     return 0
 
 
+async def cli_list_orgs(args, settings) -> int:
+    """`vbgw audiohook list`: the organisations allowed to stream, never their credentials."""
+    from gateway.cli import _when, announce_store
+    from gateway.store.sqlite import SqliteRepository
+    announce_store(settings, "audiohook")
+    store = SqliteRepository(settings.sqlite_path)
+    await store.open()
+    try:
+        print("org_id\ttenant\tdefault_profile\trequests\tcreated")
+        for org in await store.list_audiohook_orgs():
+            tenant = await store.get_tenant(org.tenant_id)
+            profile = await store.get_profile(org.tenant_id, org.profile_id) if org.profile_id else None
+            print("\t".join([org.org_id, tenant.name if tenant else org.tenant_id, profile.name if profile else "-",
+                             "signed" if org.secret_enc else "unsigned", _when(org.created_ms)]))
+    finally:
+        await store.close()
+    return 0
+
+
+async def cli_remove_org(args, settings) -> int:
+    """`vbgw audiohook remove --org-id ID`: the organisation's credentials stop working at once."""
+    from gateway.cli import announce_store
+    from gateway.store.sqlite import SqliteRepository
+    announce_store(settings, "audiohook")
+    store = SqliteRepository(settings.sqlite_path)
+    await store.open()
+    try:
+        removed = await store.delete_audiohook_org(args.org_id.lower())
+    finally:
+        await store.close()
+    if not removed:
+        print(f"error: no AudioHook organization {args.org_id!r} (see `vbgw audiohook list`)", file=sys.stderr)
+        return 2
+    print(f"removed AudioHook organization {args.org_id.lower()}: new sessions with its API key are refused "
+          "(open ones run to their end); remove or deactivate the integration in Genesys Cloud too")
+    return 0
+
+
 def add_cli(sub, settings_of) -> None:
     """The `audiohook` and `audiohook-sim` subcommands."""
     ah = sub.add_parser("audiohook", help="Genesys AudioHook organisations")
@@ -54,6 +94,11 @@ def add_cli(sub, settings_of) -> None:
     a.add_argument("--rotate", action="store_true", help="replace the credentials of an existing organization")
     a.add_argument("--public-host", help="host[:port] Genesys connects to, for the printed Connection URI")
     a.set_defaults(fn=lambda args: asyncio.run(cli_add_org(args, settings_of(args))))
+    ls = asub.add_parser("list", help="the organizations allowed to stream (never their credentials)")
+    ls.set_defaults(fn=lambda args: asyncio.run(cli_list_orgs(args, settings_of(args))))
+    rm = asub.add_parser("remove", help="remove an organization: its API key is refused from now on")
+    rm.add_argument("--org-id", required=True, help="Genesys Cloud organization id (UUID)")
+    rm.set_defaults(fn=lambda args: asyncio.run(cli_remove_org(args, settings_of(args))))
 
     s = sub.add_parser("audiohook-sim", help="AudioHook client simulator (behaves like Genesys Cloud)")
     add_sim_arguments(s)
@@ -87,3 +132,9 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="sessions started per second")
     p.add_argument("--fault", action="append", default=[], choices=SIM_FAULTS, help="misbehave on purpose")
     p.add_argument("--json", action="store_true", help="one JSON line per session")
+    r = p.add_argument_group("verification outcome", "read back from the gateway's REST API after each call")
+    r.add_argument("--pat", help="a personal access token of the calls' VB profile's group")
+    r.add_argument("--tenant", help="tenant name or id")
+    r.add_argument("--profile", help="VB profile name or id")
+    r.add_argument("--users", help="comma-separated user ids to verify each call against (default: "
+                                   "customConfig's userIds)")

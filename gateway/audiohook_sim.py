@@ -44,7 +44,9 @@ class SimOptions:
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     correlation_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     ani: str = ""
+    ani_name: str = ""
     custom_config: dict | None = None
+    supported_languages: bool = False     # ask for the server's languages in `open`
     offers: list[dict] = field(default_factory=lambda: [dict(o) for o in DEFAULT_OFFERS])
     frame_ms: int = 200
     speed: float = 1.0                    # 1 = real time; 0 = as fast as possible
@@ -78,6 +80,7 @@ class SimReport:
     audio_s: float = 0.0
     open_latency_s: float | None = None
     close_latency_s: float | None = None
+    connect_error: str | None = None      # why no WebSocket was opened, in an operator's words
 
     @property
     def ok(self) -> bool:
@@ -88,7 +91,7 @@ class SimReport:
                 "http_status": self.http_status, "closed": self.closed, "disconnect": self.disconnect,
                 "media": (self.opened or {}).get("media"), "violations": self.violations,
                 "pongs": len(self.rtts), "rtt_max_ms": round(max(self.rtts) * 1000, 1) if self.rtts else None,
-                "frames": self.frames_sent, "audio_s": round(self.audio_s, 2)}
+                "frames": self.frames_sent, "audio_s": round(self.audio_s, 2), "connect_error": self.connect_error}
 
 
 def encode_audio(external: np.ndarray, internal: np.ndarray | None, media: dict) -> bytes:
@@ -202,6 +205,8 @@ class _Client:
             self.violation("opened: media must be a list of at most one entry")
         elif media and media[0] not in self.o.offers:
             self.violation(f"opened: selected media {media[0]} is not one of the offers")
+        if self.o.supported_languages and not isinstance(env.parameters.get("supportedLanguages"), list):
+            self.violation("opened: supportedLanguages was asked for but is not a list")
         self.r.opened = env.parameters
         self.state = "ACTIVE"
         self.opened.set()
@@ -332,8 +337,11 @@ class _Client:
                                                compression=None, open_timeout=10, ping_interval=None)
         except websockets.InvalidStatus as exc:
             self.r.http_status = exc.response.status_code
+            self.r.connect_error = refusal(exc.response.status_code, o)
             return self.r
         except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake) as exc:
+            from gateway.client import connection_failure
+            self.r.connect_error = connection_failure(exc, o.uri)
             self.violation(f"connection failed: {type(exc).__name__}: {exc}")
             return self.r
         self.r.http_status = 101
@@ -349,8 +357,10 @@ class _Client:
                 "organizationId": str(uuid.uuid4()) if "wrong_org" in o.faults else o.org_id,
                 "conversationId": conv,
                 "participant": {"id": NULL_UUID if o.probe else str(uuid.uuid5(uuid.NAMESPACE_URL, conv)),
-                                "ani": "" if o.probe else o.ani, "aniName": "", "dnis": ""},
+                                "ani": "" if o.probe else o.ani, "aniName": "" if o.probe else o.ani_name,
+                                "dnis": ""},
                 "media": o.offers, "language": "en-US",
+                **({"supportedLanguages": True} if o.supported_languages else {}),
                 **({"customConfig": o.custom_config} if o.custom_config is not None else {})})
             opened = asyncio.create_task(self.opened.wait())
             stopped = asyncio.create_task(self.stop.wait())
@@ -401,6 +411,20 @@ class _Client:
         return self.r
 
 
+def refusal(status: int, o: SimOptions) -> str:
+    """What an operator should check when the gateway refuses the upgrade with `status`."""
+    path = urlsplit(o.uri).path or "/"
+    return {
+        401: "401 Unauthorized: the API key or the request signature was refused (check --api-key, "
+             "--client-secret and --org-id against `vbgw audiohook list` / add-org's output; clocks within "
+             "a few seconds)",
+        400: "400 Bad Request: the upgrade headers were refused (organization and session ids must be UUIDs)",
+        403: "403 Forbidden: AudioHook is turned off on this gateway (audiohook.enabled)",
+        404: f"404 Not Found: no AudioHook endpoint at {path} (the gateway's audiohook.path, by default "
+             "/audiohook/ws)",
+    }.get(status, f"HTTP {status}: the gateway refused the WebSocket upgrade")
+
+
 async def run_session(opts: SimOptions, external: np.ndarray, internal: np.ndarray | None = None) -> SimReport:
     """One simulated Genesys session; never raises for server misbehaviour (see the report)."""
     return await _Client(opts, external, internal).run()
@@ -426,11 +450,57 @@ def load_call(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return ext, internal
 
 
+def _load_calls(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    import soundfile as sf
+    calls = []
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"no such file: {f}")
+        try:
+            calls.append(load_call(f))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise ValueError(f"cannot read {f} as audio: {exc}") from None
+    return calls
+
+
+async def _outcomes(args, reports: list[SimReport]) -> list[str]:
+    """Each call's verification outcome, read back from the gateway's REST API with a session
+    token for its conversation (the verdict never travels over AudioHook itself)."""
+    import aiohttp
+
+    from gateway.client import ClientError, create_token, describe, http_base, ondemand
+    users = [u.strip() for u in (args.users or "").split(",") if u.strip()] or \
+        list((args.custom_config or {}).get("userIds") or [])
+    if not users:
+        return ["verification: no users to check (give --users)"]
+    base = http_base(args.uri)
+    lines = []
+    async with aiohttp.ClientSession() as http:
+        for r in reports:
+            if r.http_status != 101 or r.conversation_id == NULL_UUID:
+                continue
+            try:
+                tok = await create_token(http, base, args.pat, r.conversation_id, args.tenant, args.profile)
+                lines.append(f"verification of conversation {r.conversation_id}: "
+                             f"{describe(await ondemand(http, base, tok, users))}")
+            except (ClientError, aiohttp.ClientError) as exc:
+                lines.append(f"verification of conversation {r.conversation_id}: {exc}")
+    return lines
+
+
 def main(args) -> int:
     if not args.files and not args.probe:
         print("vbgw audiohook-sim: give at least one FILE.wav (or --probe)", file=sys.stderr)
         return 2
-    calls = [load_call(f) for f in args.files] or [(np.zeros(8000, np.int16), None)]
+    if args.pat and not (args.tenant and args.profile):
+        print("vbgw audiohook-sim: --pat needs --tenant and --profile (to read the verification outcome)",
+              file=sys.stderr)
+        return 2
+    try:
+        calls = _load_calls(args.files) or [(np.zeros(8000, np.int16), None)]
+    except ValueError as exc:
+        print(f"vbgw audiohook-sim: {exc}", file=sys.stderr)
+        return 2
 
     def make(i: int) -> SimOptions:
         kw: dict[str, Any] = {}
@@ -452,13 +522,25 @@ def main(args) -> int:
             print(f"session {r.session_id} conversation {r.conversation_id}: {state} (http {r.http_status}, "
                   f"{r.frames_sent} frames, {r.audio_s:.1f} s audio, {len(r.rtts)} pongs"
                   + (f", disconnect {r.disconnect}" if r.disconnect else "") + ")")
+        if r.connect_error:
+            print(f"  not connected: {r.connect_error}")
         for v in r.violations:
-            print(f"  violation: {v}")
+            if not (r.connect_error and v.startswith("connection failed")):
+                print(f"  violation: {v}")
         bad += not r.ok
     rtts = sorted(x for r in reports for x in r.rtts)
     if rtts:
         print(f"pong rtt: p50 {rtts[len(rtts) // 2] * 1000:.1f} ms, p99 "
               f"{rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1000:.1f} ms, max {rtts[-1] * 1000:.1f} ms")
+    refused = sum(r.connect_error is not None for r in reports)
     print(f"{len(reports) - bad}/{len(reports)} sessions ok, "
-          f"{sum(len(r.violations) for r in reports)} protocol violations")
+          f"{sum(len(r.violations) for r in reports if not r.connect_error)} protocol violations"
+          + (f", {refused} not connected" if refused else ""))
+    if args.pat and not args.probe:
+        for line in asyncio.run(_outcomes(args, reports)):
+            print(line)
+    elif not args.probe and not args.json and refused < len(reports):
+        print("(add --pat PAT --tenant T --profile P --users U to print each call's verification outcome)")
+    if refused == len(reports):
+        print(f"vbgw audiohook-sim: {reports[0].connect_error}", file=sys.stderr)
     return 1 if bad else 0

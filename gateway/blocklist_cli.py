@@ -56,7 +56,9 @@ def _row(b) -> str:
 
 async def _main(args, settings) -> int:
     from gateway.store.base import Blocklist, Conflict
+    from gateway.cli import announce_store
     from gateway.store.factory import open_repository
+    announce_store(settings, "blocklist")
     store = await open_repository(settings)
     engine = None
     try:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-DialogKey = tuple[str, str]   # (tenant_id, dialog_id)
+DialogKey = tuple[str, ...]   # Dialog.key: (tenant_id, dialog_id, serial)
 
 
 @dataclass(frozen=True)

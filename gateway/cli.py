@@ -10,6 +10,9 @@ from gateway.config import ConfigError, Settings, load_settings
 
 
 def _settings(args) -> Settings:
+    from gateway.config import unknown_env
+    for warning in unknown_env():
+        print(f"vbgw: warning: {warning}", file=sys.stderr)
     overrides: dict = {}
     if getattr(args, "host", None):
         overrides.setdefault("server", {})["host"] = args.host
@@ -23,21 +26,51 @@ def _settings(args) -> Settings:
 def cmd_serve(args) -> int:
     from gateway.app import serve
     from gateway.logging import configure_logging
+    from gateway.startup import StartupError
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
-    scheme = "https" if settings.server.tls_cert else "http"
-    print(f"vbgw listening on {scheme}://{settings.server.host}:{settings.server.port}", file=sys.stderr, flush=True)
-    serve(settings)
+    try:
+        serve(settings, on_listening=lambda url: print(f"vbgw listening on {url} (data dir "
+                                                       f"{settings.data_dir.resolve()})", file=sys.stderr,
+                                                       flush=True))
+    except StartupError as exc:
+        print(f"vbgw: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_models_fetch(args) -> int:
+    from engine.encoders import campp_onnx_path, prebuild_campp_onnx
     from engine.models import fetch_models
+
+    def say(line: str) -> None:
+        print(f"vbgw models: {line}", file=sys.stderr, flush=True)
     settings = _settings(args)
-    paths = fetch_models(settings.engine.model_dir, include_optional=args.optional)
-    for p in paths:
+    model_dir = settings.engine.model_dir
+    paths = fetch_models(model_dir, include_optional=args.optional, progress=say)
+    # The CAM++ ONNX graph is derived from the weights; built here (an image builds it at build
+    # time) so that a running gateway never has to write into the model dir.
+    if not campp_onnx_path(model_dir).exists():
+        say("building the CAM++ ONNX graph from the weights (once, a few seconds)")
+    onnx_path, built = prebuild_campp_onnx(model_dir)
+    if built:
+        say(f"built {onnx_path}")
+    for p in [*paths, onnx_path]:
         print(p)
     return 0
+
+
+def announce_store(settings: Settings, command: str) -> None:
+    """Say which installation a command works on (stderr: stdout stays parseable). An admin
+    command run without the gateway's config or VBGW_ variables would otherwise quietly
+    work on another database."""
+    if settings.storage.postgres:
+        from gateway.store.postgres import redact_dsn
+        database = redact_dsn(settings.storage.dsn.get_secret_value()) + (
+            f" (schema {settings.storage.pg_schema})" if settings.storage.pg_schema else "")
+    else:
+        database = str(settings.sqlite_path.resolve())
+    print(f"vbgw {command}: data dir {settings.data_dir.resolve()}, database {database}", file=sys.stderr, flush=True)
 
 
 async def _admin(args) -> int:
@@ -45,6 +78,7 @@ async def _admin(args) -> int:
     from gateway.store.base import Bands, Conflict, ProfileSettings
     from gateway.store.factory import open_repository
     settings = _settings(args)
+    announce_store(settings, "admin")
     if args.admin_cmd in ("rotate-key", "rekey-biokeys"):
         from gateway.keys_cli import run as run_keys_cmd
         return await run_keys_cmd(args, settings)
@@ -110,11 +144,58 @@ async def _admin(args) -> int:
         elif args.admin_cmd == "profiles":
             for p in await store.list_profiles():
                 print(f"{p.id}\t{p.tenant_id}\t{p.group_id}\t{p.name}\t{p.settings.model_dump_json()}")
+        elif args.admin_cmd in ("pats", "user-group-keys"):
+            return await _list_credentials(store, args)
+        elif args.admin_cmd in ("revoke-pat", "revoke-user-group-key"):
+            pat = args.admin_cmd == "revoke-pat"
+            what = "personal access token" if pat else "user group key"
+            if not await (store.revoke_pat(args.id) if pat else store.revoke_user_group_key(args.id)):
+                print(f"error: no {what} {args.id!r} (list them with `vbgw admin "
+                      f"{'pats' if pat else 'user-group-keys'}`)", file=sys.stderr)
+                return 2
+            print(f"revoked {what} {args.id}: " + ("it opens no new sessions; session tokens it opened end after "
+                                                   "auth.token_idle_s without use" if pat else
+                                                   "the Aculab Users API refuses it from now on"))
     except Conflict as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         await store.close()
+    return 0
+
+
+def _when(ms: int) -> str:
+    import datetime
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _list_credentials(store, args) -> int:
+    """`vbgw admin pats` / `user-group-keys`: one line each, secrets never (only hashes are stored)."""
+    tenant_id = None
+    if args.tenant:
+        tenant = await store.get_tenant(args.tenant)
+        if tenant is None:
+            print(f"error: no tenant {args.tenant!r}", file=sys.stderr)
+            return 2
+        tenant_id = tenant.id
+    pats = args.admin_cmd == "pats"
+    rows = await (store.list_pats(tenant_id) if pats else store.list_user_group_keys(tenant_id))
+    names: dict[str, str] = {}
+
+    async def name(kind: str, id_: str | None, tenant: str = "") -> str:
+        if id_ is None:
+            return "-"
+        if id_ not in names:
+            obj = await (store.get_tenant(id_) if kind == "tenant" else store.get_group(id_) if kind == "group"
+                         else store.get_profile(tenant, id_))
+            names[id_] = obj.name if obj else id_
+        return names[id_]
+    print("\t".join(["id", "status", "created", "tenant", "group", *([] if pats else ["profile"]), "name"]))
+    for r in rows:
+        cols = [r.id, "revoked" if r.revoked else "active", _when(r.created_ms), await name("tenant", r.tenant_id),
+                await name("group", r.group_id), *([] if pats else [await name("profile", r.profile_id, r.tenant_id)]),
+                r.name]
+        print("\t".join(cols))
     return 0
 
 
@@ -167,6 +248,13 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     ug.add_argument("--profile", required=True)
     ug.add_argument("--key-name", default="cli")
     asub.add_parser("profiles", help="list profiles")
+    for cmd, what in (("pats", "personal access tokens"), ("user-group-keys", "Aculab user group keys")):
+        ls = asub.add_parser(cmd, help=f"list {what}: id, status, created, tenant, group, name (never the secret)")
+        ls.add_argument("--tenant", help="only this tenant's (name or id)")
+    rp = asub.add_parser("revoke-pat", help="revoke a personal access token (id from `vbgw admin pats`)")
+    rp.add_argument("id")
+    rk = asub.add_parser("revoke-user-group-key", help="revoke a user group key (id from `vbgw admin user-group-keys`)")
+    rk.add_argument("id")
     from gateway.keys_cli import add_cli as _add_keys
     _add_keys(asub)
     a.set_defaults(fn=cmd_admin)
@@ -175,10 +263,24 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     _add_audiohook(sub, _settings)
     from gateway.blocklist_cli import add_cli as _add_blocklist
     _add_blocklist(sub, _settings)
+    from gateway.stream_cli import add_cli as _add_stream
+    _add_stream(sub)
 
     if include_bench:
         _add_bench(sub)
+    _config_everywhere(p)
     return p
+
+
+def _config_everywhere(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """Accept --config after any subcommand too (`vbgw serve --config FILE` as well as
+    `vbgw --config FILE serve`). SUPPRESS: a subcommand that is not given it keeps the root's."""
+    if not top and not any("--config" in a.option_strings for a in parser._actions):
+        parser.add_argument("--config", default=argparse.SUPPRESS, help="TOML file merged over config/default.toml")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _config_everywhere(child, top=False)
 
 
 # (name, module, help): each module has add_arguments(parser) and main(args).

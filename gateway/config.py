@@ -137,6 +137,20 @@ class Settings(_Section):
     audiohook: AudioHookConfig = AudioHookConfig()
     fraud: FraudConfig = FraudConfig()
 
+    @model_validator(mode="after")
+    def _paths_under_data_dir(self) -> "Settings":
+        """Everything the gateway writes lives under server.data_dir: relative events paths
+        are taken from it (not from the working directory), and files derived from the
+        models go to <data_dir>/cache unless engine.cache_dir says otherwise."""
+        d = self.server.data_dir
+        ev = {k: d / getattr(self.events, k) for k in ("jsonl_path", "outbox_path", "nats_outbox_path", "redis_outbox_path")
+              if not getattr(self.events, k).is_absolute()}
+        if ev:
+            self.events = self.events.model_copy(update=ev)
+        if self.engine.cache_dir is None:
+            self.engine = self.engine.model_copy(update={"cache_dir": d / "cache"})
+        return self
+
     @property
     def data_dir(self) -> Path:
         return self.server.data_dir
@@ -160,6 +174,34 @@ def _env_value(raw: str) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw
+
+
+# VBGW_ variables that are not configuration keys (read where they are used).
+OTHER_ENV = {
+    "VBGW_MODEL_DIR": "model files directory (engine.model_dir's default)",
+    "VBGW_BENCH_BUS_TAP": "benchmarks only",
+    "VBGW_UPDATE_SCREENSHOT": "tests only",
+}
+
+
+def unknown_env(environ: dict[str, str] | None = None) -> list[str]:
+    """One warning per VBGW_ variable that is neither VBGW_<SECTION>__<KEY> nor in OTHER_ENV
+    (e.g. VBGW_SERVER_PORT, one underscore: silently ignored otherwise), with the key it
+    most likely meant. Unknown keys *with* a double underscore are errors (load_settings)."""
+    environ = os.environ if environ is None else environ
+    out = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or "__" in name or name in OTHER_ENV:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        guess = None
+        for section, field in Settings.model_fields.items():
+            sub = getattr(field.annotation, "model_fields", {})
+            if rest.startswith(section + "_") and rest[len(section) + 1:] in sub:
+                guess = f"{ENV_PREFIX}{section.upper()}__{rest[len(section) + 1:].upper()}"
+        hint = f"; did you mean {guess}?" if guess else f" (settings are {ENV_PREFIX}<SECTION>__<KEY>)"
+        out.append(f"ignoring unknown environment variable {name}{hint}")
+    return out
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict:

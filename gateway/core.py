@@ -111,12 +111,9 @@ class Core:
         return Caller(rec, profile, token)
 
     def dialog_of(self, c: Caller, create: bool = False) -> Dialog | None:
-        if create:
-            return self.dialogs.get_or_create(c.session.tenant_id, c.session.master_id, c.profile)
-        d = self.dialogs.get(c.session.tenant_id, c.session.master_id)
-        if d is not None and d.profile is None:
-            d.profile = c.profile
-        return d
+        """The session's own dialog on its masterId: its profile's, never another profile's or
+        group's (the ownership rule: gateway/dialogs.py). `create`: one of its own if none."""
+        return self.dialogs.for_session(c.session.tenant_id, c.session.master_id, c.profile, create)
 
     # -- users ------------------------------------------------------------------------------
     def _stored_biokey(self, profile: Profile, key: str, value: str) -> StoredBiokey:
@@ -172,6 +169,10 @@ class Core:
         uid, stored = self._enrol_biokeys(c, biokeys, user_id)
         dialog = self.dialog_of(c)
         if dialog is None:
+            existing = await self.store.get_user(c.profile.id, uid)
+            self._refuse_opted_out(existing, uid, opt_in)
+            await self._enrolment_failed(c.profile, uid, stored, None, c.session.master_id, c, "Agent Side",
+                                         "NO_AUDIO", existing)
             raise ApiError(409, "NO_AUDIO", "no audio has been streamed for this session's masterId yet")
         emb = await dialog.engine_session.embedding()
         fp = await self.fraud.dialog_fingerprint(dialog)
@@ -212,13 +213,12 @@ class Core:
                      fingerprint: bytes | None = None, require_new: bool = False, origin: str = "Batch"):
         need = profile.settings.enrol_min_speech_ms
         have = emb.speech_ms if emb is not None else 0
+        existing = await self.store.get_user(profile.id, uid)
+        self._refuse_opted_out(existing, uid, opt_in)
         if emb is None or have < need:
+            await self._enrolment_failed(profile, uid, stored, emb, dialog_id, c, origin, "LOW_DATA", existing)
             raise ApiError(422, "LOW_DATA", f"enrolment needs {need} ms of clean speech; {have} ms so far, "
                                             f"{need - have} ms missing")
-        existing = await self.store.get_user(profile.id, uid)
-        if existing is not None and existing.status == "OPTED_OUT" and not opt_in:
-            raise ApiError(409, "USER_OPTED_OUT", f"user {uid!r} opted out; enrolling again needs an explicit "
-                                                  "opt-in (\"opt_in\": true)")
         if existing is not None and existing.status == "ENROLLED":
             vps = await self.store.voiceprints(profile.id, [uid])
             old = vps.get(uid)
@@ -235,21 +235,48 @@ class Core:
         except Conflict as exc:
             raise ApiError(400, "USER_EXISTS", str(exc)) from None
         self.metrics.inc("vbgw_enrolments_total")
+        await self._publish_enrolment(profile, uid, stored, dialog_id, c, origin, user, emb,
+                                      voiceprint_id=vp.id, creation_ts=vp.created_ms)
+        return user, emb.speech_ms
+
+    @staticmethod
+    def _refuse_opted_out(existing: User | None, uid: str, opt_in: bool) -> None:
+        if existing is not None and existing.status == "OPTED_OUT" and not opt_in:
+            raise ApiError(409, "USER_OPTED_OUT", f"user {uid!r} opted out; enrolling again needs an explicit "
+                                                  "opt-in (\"opt_in\": true)")
+
+    async def _enrolment_failed(self, profile: Profile, uid: str, stored: list[StoredBiokey], emb: Embedding | None,
+                                dialog_id: str, c: Caller | None, origin: str, reason: str,
+                                existing: User | None) -> None:
+        """The `vb_enrolment` event of a voiceprint that could not be built (docs/events.md):
+        `vp_fail: true`, `vp_fail_reason` LOW_DATA (less clean speech than the profile's
+        enrolment minimum) or NO_AUDIO (nothing streamed for the session's call);
+        `voiceprint_id` null, nothing stored."""
+        self.metrics.inc("vbgw_enrolment_failures_total", reason=reason)
+        await self._publish_enrolment(profile, uid, stored, dialog_id, c, origin, existing, emb,
+                                      voiceprint_id=None, creation_ts=now_ms(), fail_reason=reason)
+
+    async def _publish_enrolment(self, profile: Profile, uid: str, stored: list[StoredBiokey], dialog_id: str,
+                                 c: Caller | None, origin: str, user: User | None, emb: Embedding | None, *,
+                                 voiceprint_id: int | None, creation_ts: int, fail_reason: str | None = None) -> None:
+        info = self.engine.info
         await self.sink.publish(VbEnrolmentEvent(
             region=self.settings.events.region, vb_version=self.settings.events.vb_version,
             dialog_id=dialog_id, session_id=token_hash(c.token)[:32] if c else "",
             origin="Agent Side" if c else origin, group_name=await self.group_name(profile.group_id),
             enrolled_user=EnrolledUser(user_id=uid, organization_name=await self.tenant_name(profile.tenant_id),
-                                       user_creation_ts=user.created_ms, opted_out=False,
-                                       optout_ts=user.opt_out_ts, optin_ts=user.opt_in_ts),
+                                       user_creation_ts=user.created_ms if user else None,
+                                       opted_out=bool(user and user.status == "OPTED_OUT"),
+                                       optout_ts=user.opt_out_ts if user else None,
+                                       optin_ts=user.opt_in_ts if user else None),
             biokeys=[Biokey(key=b.key, value=b.value) for b in stored],
             profile_id=profile.id,
-            voiceprint=VoiceprintBlock(voiceprint_id=vp.id, creation_ts=vp.created_ms,
+            voiceprint=VoiceprintBlock(voiceprint_id=voiceprint_id, creation_ts=creation_ts,
                                        extractor_version=info.extractor_version, method=info.method,
                                        model=info.model, plda_version=info.plda_version,
-                                       speech_frames=emb.speech_frames, sw_version=info.sw_version,
-                                       vp_fail=False, vp_fail_reason=None)))
-        return user, emb.speech_ms
+                                       speech_frames=emb.speech_frames if emb is not None else 0,
+                                       sw_version=info.sw_version, vp_fail=fail_reason is not None,
+                                       vp_fail_reason=fail_reason)))
 
     async def opt_out(self, c: Caller, user_id: str) -> User:
         return await self.opt_out_user(c.profile, user_id, c.session.master_id)
@@ -292,10 +319,8 @@ class Core:
                  "voiceprint_id": None, "result_type": result_type, "delayed": delayed}
             vp = vps.get(uid)
             if vp is None or vp.model != self.engine.info.model:
-                user = await self.store.get_user(profile.id, uid)
                 r["bio_result"] = "NOT_SCORED"
-                r["error_type"] = ("RE_ENROLL" if vp is not None else
-                                   "OPTED_OUT" if user and user.status == "OPTED_OUT" else "NOT_ENROLLED")
+                r["error_type"] = await self._not_scored_reason(profile, uid, vp is not None)
             elif emb is None or speech < NO_DATA_MS:
                 r["bio_result"], r["error_type"] = "NO_DATA", "NO_SPEECH"
             elif speech < profile.settings.early_speech_ms:
@@ -308,10 +333,19 @@ class Core:
         out.sort(key=lambda r: (r["voiceprint_id"] is not None, r["llr"]), reverse=True)
         return out
 
+    async def _not_scored_reason(self, profile: Profile, uid: str, other_model: bool) -> str:
+        """Why a user has nothing to score against, as docs/api.md promises: OPTED_OUT,
+        RE_ENROLL (a voiceprint of another speaker model) or NOT_ENROLLED."""
+        user = await self.store.get_user(profile.id, uid)
+        status = user.status if user is not None else "NOT_ENROLLED"
+        if status == "OPTED_OUT":
+            return "OPTED_OUT"
+        if status == "RE_ENROLL" or other_model:
+            return "RE_ENROLL"
+        return "NOT_ENROLLED"
+
     async def verify_ondemand(self, c: Caller, user_ids: list[str]) -> dict:
-        dialog = self.dialog_of(c)
-        if dialog is None:
-            dialog = self.dialog_of(c, create=True)   # no audio yet: NO_DATA, honestly
+        dialog = self.dialog_of(c, create=True)       # no audio yet: NO_DATA, honestly
         emb = await dialog.engine_session.embedding()
         change = dialog.engine_session.speaker_change
         results = await self.score_users(dialog, emb, user_ids, change)

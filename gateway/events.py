@@ -136,7 +136,7 @@ class VoiceprintBlock(BaseModel):
 
     model_config = _STRICT
 
-    voiceprint_id: int
+    voiceprint_id: int | None  # null when the build failed (vp_fail): nothing was stored
     creation_ts: int  # unix ms
     extractor_version: str = ""
     method: str = ""
@@ -259,10 +259,10 @@ class EventsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sinks: list[Literal["jsonl", "webhook", "nats", "redis"]] = Field(default_factory=lambda: ["jsonl"])
-    jsonl_path: Path = Path("var/events.jsonl")
+    jsonl_path: Path = Path("events.jsonl")         # relative: under server.data_dir
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
-    outbox_path: Path = Path("var/outbox.sqlite3")
+    outbox_path: Path = Path("outbox.sqlite3")      # relative: under server.data_dir
     max_attempts: int = Field(default=0, ge=0)  # 0 = retry forever
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
@@ -274,13 +274,13 @@ class EventsConfig(BaseModel):
     nats_stream: str = Field(default="VBGW_EVENTS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     nats_subject_prefix: str = Field(default="vbgw.events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     nats_create_stream: bool = True
-    nats_outbox_path: Path = Path("var/outbox-nats.sqlite3")
+    nats_outbox_path: Path = Path("outbox-nats.sqlite3")   # relative: under server.data_dir
     # Redis Streams sink ("redis" in sinks)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_stream: str = Field(default="vbgw:events", min_length=1)
     redis_maxlen: int = Field(default=1_000_000, ge=0)       # approximate trim; 0 = keep everything
     redis_dedup_ttl_s: int = Field(default=86_400, ge=1)
-    redis_outbox_path: Path = Path("var/outbox-redis.sqlite3")
+    redis_outbox_path: Path = Path("outbox-redis.sqlite3")  # relative: under server.data_dir
 
     @model_validator(mode="after")
     def _check(self) -> EventsConfig:

@@ -39,13 +39,17 @@ PROCESS_EVERY_S = 4.0      # pending audio that triggers a background pass betwe
 MAX_PENDING_S = 20.0       # beyond this (worker backlog) the oldest pending audio is dropped
 MATCH = "MATCH"
 NO_MATCH = "NO_MATCH"
+# risk_level of a row that is not a MATCH: the list found nothing, whatever its own level, so a
+# UI that reads risk_level alone cannot raise an alarm on it (docs/fraud-signals.md).
+NO_RISK = "NO_RISK"
 
 
 def blocklist_results(engine, emb: Embedding, lists: list[tuple[Blocklist, list[BlocklistEntry]]],
                       threshold: float) -> list[dict]:
     """One row per active list: MATCH when any of its entries scores llr >= threshold.
     Rows carry the seed's fields (label, status, risk_level, custom_agent_message,
-    custom_ui_message) and, for logs and benchmarks, the list id, name and best llr."""
+    custom_ui_message) and, for logs and benchmarks, the list id, name and best llr.
+    risk_level is the list's level on a MATCH row and NO_RISK on any other."""
     rows = []
     for bl, entries in lists:
         best, best_entry = None, None
@@ -57,7 +61,7 @@ def blocklist_results(engine, emb: Embedding, lists: list[tuple[Blocklist, list[
                 best, best_entry = s.llr, e
         hit = best is not None and best >= threshold
         rows.append({"label": MATCH if hit else NO_MATCH, "status": "CHECKED" if best is not None else "NOT_CHECKED",
-                     "risk_level": bl.risk_level,
+                     "risk_level": bl.risk_level if hit else NO_RISK,
                      "custom_agent_message": bl.custom_agent_message if hit else "",
                      "custom_ui_message": bl.custom_ui_message if hit else "",
                      "blocklist_id": bl.id, "blocklist_name": bl.name,

@@ -19,7 +19,7 @@ from engine.bench.torch_campp import load_campplus
 from engine.models import fetch_models, model_path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO / ".." / "shared" / "data" / "protocols"
+SHARED = REPO / "tests" / "data" / "protocols"   # the in-repo protocol cuts (tests/data/README.md)
 FILES = ["fsdd-tel2s/audio/george_test0.wav", "fsdd-tel2s/audio/theo_test1.wav",
          "ls-other-tel2s/audio/{ls}"]
 

@@ -12,12 +12,23 @@ import soundfile as sf
 import websockets
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-PROTOCOLS = SHARED / "data" / "protocols"
+# The small real-speech protocols inside the repository (tests/data/README.md): the suite
+# reads nothing outside it.
+PROTOCOLS = REPO / "tests" / "data" / "protocols"
+
+
+def protocol_file(protocol: str, rel: str) -> Path:
+    """A file of an in-repo protocol; a missing one fails the test (never a skip)."""
+    path = PROTOCOLS / protocol / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"test data missing: {path} (tests/data/README.md lists what is kept; "
+                                f"add it to scripts/make_test_data.py)")
+    return path
 
 
 def protocol_audio(protocol: str, name: str) -> Path:
-    return PROTOCOLS / protocol / "audio" / f"{name}.wav"
+    """The WAV of enrol model or test `name` (e.g. "1688_enrol0") of an in-repo protocol."""
+    return protocol_file(protocol, f"audio/{name}.wav")
 
 
 def read_mulaw_bytes(path: Path) -> bytes:
@@ -74,6 +85,20 @@ class Gateway:
             body = await r.text()
         return r.status, body
 
+    async def ondemand(self, token: str, users: str) -> dict:
+        """GET /verification/ondemand, which must answer 200: the best of `users`."""
+        status, body = await self.call("GET", "/verification/ondemand", params={"users": users, "token": token})
+        assert status == 200, body
+        return body
+
+    async def enrol(self, user_id: str, payload: bytes, profile: str = "retail", pat: str | None = None) -> None:
+        """Enrol `user_id` in `profile` from mu-law speech streamed on a call of its own."""
+        master = f"enrol-{user_id}-{profile}"
+        tok = await self.token(master, profile=profile, pat=pat)
+        await self.stream(tok, master, payload)
+        status, body = await self.call("POST", "/enrol", tok, json={"user_id": user_id})
+        assert status == 200, body
+
     async def stream(self, token: str, dialog_id: str, payload: bytes, encoding: str = "mulaw",
                      sample_rate: int = 8000, frame_bytes: int = 1600) -> list:
         """Stream like a real client: config, 200 ms frames, empty message; returns server messages."""
@@ -89,3 +114,29 @@ class Gateway:
         return received
 
 
+def dialog_named(core, dialog_id: str):
+    """The one dialog on masterId `dialog_id` (tests with a single owner per call)."""
+    found = [d for d in core.dialogs.all() if d.dialog_id == dialog_id]
+    assert len(found) == 1, f"{len(found)} dialogs on {dialog_id!r}"
+    return found[0]
+
+
+def readonly_mount(path: Path) -> list[str]:
+    """An argv prefix that runs a command with `path` bind-mounted read-only (EROFS, as a
+    container image's files or a read-only volume are, whoever the user), in an unprivileged
+    user and mount namespace (util-linux unshare). Fails the test, in CI, where that is not
+    possible; skips elsewhere."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "--user", "--map-root-user", "--mount", "true"],
+                                  capture_output=True).returncode == 0:
+        return [unshare, "--user", "--map-root-user", "--mount", "sh", "-c",
+                'mount --bind -o ro "$0" "$0" && exec "$@"', str(path)]
+    msg = "no unprivileged user namespaces here (unshare --user --mount): cannot make a read-only mount"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)

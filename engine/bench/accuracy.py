@@ -27,21 +27,44 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model-dir", type=Path, default=None)
 
 
-def plot_det(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+PLOT_MIN = 0.0005          # the DET axes' lowest rate (0.05 %)
+
+
+def det_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str):
+    """The DET figure, and one note per curve: each curve's EER is marked on it (a dot on the
+    diagonal, its value in the legend); a protocol without a single error has no curve inside
+    the axes, which the legend and a note on the plot say instead of leaving it blank."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy.stats import norm
 
-    from ..metrics import det_curve
+    from ..metrics import det_curve, eer
     ticks = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
-    lim = norm.ppf([0.0005, 0.5])
+    lim = norm.ppf([PLOT_MIN, 0.5])
     fig, ax = plt.subplots(figsize=(5, 5))
+    notes = []
     for label, scores, labels in curves:
         fpr, fnr = det_curve(scores, labels)
-        ax.plot(norm.ppf(np.clip(fpr, 1e-4, 1 - 1e-4)), norm.ppf(np.clip(fnr, 1e-4, 1 - 1e-4)),
-                label=label)
-    ax.plot(lim, lim, "k:", lw=0.8)
+        e = eer(scores, labels)
+        errors = int(((fpr > 0) & (fnr > 0)).any())
+        if not errors:
+            notes.append(f"{label}: no errors to draw (targets and non-targets fully separated, EER 0.00 %)")
+            ax.plot([], [], " ", label=f"{label}: no errors (EER 0.00 %)")
+            continue
+        line, = ax.plot(norm.ppf(np.clip(fpr, 1e-4, 1 - 1e-4)), norm.ppf(np.clip(fnr, 1e-4, 1 - 1e-4)),
+                        label=f"{label} (EER {100 * e:.2f} %)")
+        at = norm.ppf(max(e, PLOT_MIN))
+        ax.plot([at], [at], "o", color=line.get_color(), ms=6, mec="black", mew=0.6, gid="eer")
+        if e < PLOT_MIN:
+            notes.append(f"{label}: EER {100 * e:.3f} % is below the plotted range (marked at its corner)")
+        else:
+            notes.append(f"{label}: EER {100 * e:.2f} % marked")
+    ax.plot(lim, lim, "k:", lw=0.8, label="FAR = FRR: the EER lies here")
+    if notes and all("no errors" in n for n in notes):
+        ax.text(0.5, 0.55, "no errors to draw:\nevery target trial outscored\nevery non-target trial",
+                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3",
+                bbox={"facecolor": "white", "edgecolor": "0.8"})
     ax.set_xticks(norm.ppf(ticks))
     ax.set_xticklabels([f"{100 * t:g}" for t in ticks])
     ax.set_yticks(norm.ppf(ticks))
@@ -53,10 +76,18 @@ def plot_det(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title
     ax.set_title(title)
     ax.grid(True, lw=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
+    return fig, notes
+
+
+def plot_det(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> list[str]:
+    """Write the DET figure to `path`; returns its notes (see det_figure)."""
+    import matplotlib.pyplot as plt
+    fig, notes = det_figure(curves, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return notes
 
 
 def main(args: argparse.Namespace) -> int:
@@ -90,8 +121,8 @@ def main(args: argparse.Namespace) -> int:
     c, y = np.concatenate(cos), np.concatenate(lab)
     name = "+".join(names)
     det = args.det or Path("docs") / f"det-{name}.png"
-    plot_det(curves, det, f"{engine.info.model} ({args.encoder}) — {name}")
-    print(f"DET curve: {det}; {time.monotonic() - t0:.1f} s")
+    notes = plot_det(curves, det, f"{engine.info.model} ({args.encoder}) — {name}")
+    print(f"DET curve: {det} ({'; '.join(notes)}); {time.monotonic() - t0:.1f} s")
     print(f"EER: {100 * eer(c, y):.2f} %")
     print(f"minDCF: {min_dcf(c, y, p_target=0.01):.4f}")
     return 0

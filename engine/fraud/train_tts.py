@@ -1,9 +1,12 @@
 """Train the synthetic-speech (TTS) detector and evaluate it leaving one TTS engine out.
 
-    .venv/bin/python -m engine.fraud.train_tts                  # synthesise (cached), train, evaluate, write weights
-    .venv/bin/python -m engine.fraud.train_tts --no-write       # evaluate only
+    .venv/bin/python -m engine.fraud.train_tts --speech DIR              # synthesise (cached), train, evaluate, write weights
+    .venv/bin/python -m engine.fraud.train_tts --speech DIR --no-write   # evaluate only
 
-Real speech: ../shared/data/speech (FSDD digits, LibriSpeech test-other). Synthetic speech:
+Real speech: DIR/fsdd/*.wav (the Free Spoken Digit Dataset, CC BY-SA 4.0,
+github.com/Jakobovski/free-spoken-digit-dataset: all 3,000+ recordings, 8 kHz) and
+DIR/librispeech-test-other/SPEAKER/*.flac (LibriSpeech test-other, CC BY 4.0, openslr.org/12:
+10 readers x 10 utterances, 16 kHz); the repository does not ship them. Synthetic speech:
 synthesised here by the TTS engines Debian packages (root: `apt-get install espeak-ng espeak
 mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 flite festival festvox-kallpc16k
 festvox-kdlpc16k festvox-us-slt-hts libttspico-utils`; mbrola-* and libttspico-utils are in
@@ -38,7 +41,6 @@ from .features import DIM, lfcc_vector
 from .tts import DEFAULT_PATH, mlp_logit
 
 REPO = Path(__file__).resolve().parents[2]
-SPEECH = REPO.parent / "shared" / "data" / "speech"
 SEED = 20261124
 DATA_VERSION = 2
 
@@ -220,10 +222,10 @@ def crops(x: np.ndarray, rng: np.random.Generator, max_n: int) -> list[np.ndarra
 
 
 # ----------------------------------------------------------------------------- data
-def load_real(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
-    """(speaker, int16 8 kHz crop) for real speech, through the same channel."""
+def load_real(rng: np.random.Generator, speech: Path) -> list[tuple[str, np.ndarray]]:
+    """(speaker, int16 8 kHz crop) for real speech under `speech`, through the same channel."""
     items = []
-    fsdd = SPEECH / "fsdd"
+    fsdd = speech / "fsdd"
     by_spk: dict[str, list[Path]] = {}
     for p in sorted(fsdd.glob("*.wav")):
         by_spk.setdefault(p.stem.split("_")[1], []).append(p)
@@ -237,7 +239,7 @@ def load_real(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
                 parts.append(np.zeros(int(rng.uniform(0.05, 0.3) * sr), np.float32))
             x = channel(np.concatenate(parts), sr, rng)
             items += [(f"fsdd-{spk}", c) for c in crops(x, rng, 2)]
-    libri = SPEECH / "librispeech-test-other"
+    libri = speech / "librispeech-test-other"
     for p in sorted(libri.glob("*/*.flac")):
         y, sr = sf.read(p, dtype="float32")
         for rep in range(4):
@@ -305,7 +307,7 @@ def prob(params: dict, x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.clip(mlp_logit(params, x), -40, 40)))
 
 
-def features(files: dict[str, list[Path]], cache: Path, per_engine: int):
+def features(files: dict[str, list[Path]], cache: Path, per_engine: int, speech: Path):
     """(X, groups, labels) of every crop; cached next to the corpus, keyed by the code's inputs."""
     # bump DATA_VERSION when load_real / load_synth / channel / crops change
     key = hashlib.sha256(json.dumps([SEED, per_engine, sorted(files), DIM, DATA_VERSION]).encode()
@@ -316,7 +318,7 @@ def features(files: dict[str, list[Path]], cache: Path, per_engine: int):
         return z["X"], z["G"], z["Y"]
     rng = np.random.default_rng(SEED)
     print("channel + features", file=sys.stderr)
-    real = load_real(rng)
+    real = load_real(rng, speech)
     synth = load_synth(files, rng)
     feats, groups, labels = [], [], []
     for lab, items in ((0, real), (1, synth)):
@@ -364,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/vbgw/tts-corpus"),
                     help="where synthesised utterances are kept (never in the repo)")
+    ap.add_argument("--speech", type=Path, help="the real-speech corpora (see the module docstring)")
     ap.add_argument("--per-engine", type=int, default=160)
     ap.add_argument("--out", default=str(DEFAULT_PATH))
     ap.add_argument("--report", help="write the evaluation as JSON here")
@@ -374,13 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         for p in write_fixtures(args.fixtures):
             print(p)
         return 0
+    if args.speech is None or not (args.speech / "fsdd").is_dir():
+        ap.error("--speech DIR is required: DIR/fsdd and DIR/librispeech-test-other (see --help)")
     t0 = time.time()
     print("synthesising", file=sys.stderr)
     files = synthesise(Path(args.cache), args.per_engine)
     if len(files) < 2:
         print("need at least two TTS engines installed (see the module docstring)", file=sys.stderr)
         return 2
-    X, G, Y = features(files, Path(args.cache), args.per_engine)
+    X, G, Y = features(files, Path(args.cache), args.per_engine, args.speech)
     assert X.shape[1] == DIM
     real_test = np.isin(G, HELD_OUT_REAL)
     is_real = Y == 0

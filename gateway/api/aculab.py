@@ -176,10 +176,18 @@ def _with_envelope(fn, action: str):
 
 # -- request parsing -------------------------------------------------------------------------
 async def _params(request: web.Request, model: type[UserParams]) -> UserParams:
-    """Parameters from the query string (and, for POST without audio, a urlencoded body)."""
-    raw = dict(request.query)
+    """Parameters from the query string (and, for POST without audio, a urlencoded body).
+    A parameter given twice (query and body included) is refused, never half-read: each names
+    one value (user_id one user)."""
+    pairs = list(request.query.items())
     if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
-        raw.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+        pairs += [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
+    raw: dict[str, str] = {}
+    for k, v in pairs:
+        if k in raw and k in model.model_fields:
+            code = "BAD_USER_ID" if k == "user_id" else "BAD_PARAMETER"
+            raise ApiError(400, code, f"{k} is given more than once; give exactly one {k}")
+        raw[k] = v
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

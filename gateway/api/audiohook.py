@@ -142,21 +142,25 @@ class _AudioHookPort:
         if p.customConfig is not None and not isinstance(p.customConfig, dict):
             self.log.warning("audiohook_custom_config_invalid", error="not a JSON object")
         profile = await self._profile(custom)
-        dialog = self.core.dialogs.get_or_create(self.org.tenant_id, p.conversationId, profile)
+        # The connector fixes the call's owner: this profile's dialog (gateway/dialogs.py).
+        dialog = self.core.dialogs.for_connector(self.org.tenant_id, p.conversationId, profile)
         if dialog.active_streams > 0:
             raise AudioHookError("DIALOG_BUSY", "Server error: another stream is already feeding this conversation",
                                  status=audiohook.SYSTEM_ERROR)
         self.dialog, self.dialog_id = dialog, dialog.dialog_id
         self.log = self.log.bind(dialog_id=dialog.dialog_id)
-        dialog.stream_started()
+        dialog.stream_started(customer_audio=req.customer_audio or req.problem is not None)
         self.core.metrics.inc("vbgw_streams_total", connector="audiohook")
-        if req.problem is None:
+        if req.problem is None and not req.customer_audio:
+            self.log.warning("audiohook_no_customer_audio", media=req.media.model_dump() if req.media else None)
+        if req.problem is None and req.customer_audio:
             self._task = asyncio.create_task(self._set_targets(dialog, req, custom))
 
     async def _set_targets(self, dialog: Dialog, req: OpenRequest, custom: dict[str, Any]) -> None:
-        """customConfig / the participant's ANI name the users to verify: no agent action needed."""
+        """customConfig / the participant's ANI name the users to verify: no agent action needed.
+        Started only if no verification runs (an agent's request is never replaced by it)."""
         profile = dialog.profile
-        if profile is None or dialog.targets:
+        if profile is None or dialog.verification is not None:
             return
         try:
             users = custom.get("userIds") or custom.get("users") or []
@@ -178,8 +182,8 @@ class _AudioHookPort:
         except (ValidationError, ApiError, KeyError, TypeError, ValueError, AttributeError) as exc:
             self.log.warning("audiohook_custom_config_invalid", error=type(exc).__name__)
             return
-        if users and not dialog.targets:
-            await dialog.set_targets(users)
+        if users and dialog.verification is None:
+            await dialog.request_verification(users)
             self.log.info("audiohook_verification_started", users=len(users))
 
     def push(self, frame: Frame) -> None:
@@ -198,16 +202,16 @@ class _AudioHookPort:
         d = self.dialog
         if self._task is not None and not self._task.done():
             await self._task
-        if d is None or d.profile is None or not d.targets:
+        if d is None or d.profile is None or d.verification is None or d.no_customer_audio:
             return
+        v = d.verification
         # The call's milestones first: their results and vb_verification events go out
         # before `closed`, so a client that saw `closed` finds them in the event log.
         await d.drain(timeout=max(0.5, self.core.settings.audiohook.close_timeout_s / 2))
         emb = await d.engine_session.embedding()
         kind = "NORMAL" if emb is not None and emb.speech_ms >= d.profile.settings.verify_min_speech_ms else "EARLY"
-        results = await self.core.score_users(d, emb, d.targets, d.engine_session.speaker_change, result_type=kind)
-        d.last_results = results
-        self.core.bus.publish(d.key, "verification", {"result_type": kind, "results": results, "final": True})
+        results = await self.core.score_users(d, emb, list(v.users), d.engine_session.speaker_change, result_type=kind)
+        d.publish_verification(v, kind, results, final=True)
 
     async def end(self, outcome: str) -> None:
         if self._task is not None:

@@ -243,9 +243,11 @@ async def add_from_dialog(request: web.Request) -> web.Response:
     pat = await _pat(request)
     bl = await _list_or_404(core, pat, request.match_info["id"])
     body = await parse_json(request, FromDialog, request.app[SETTINGS].server.max_json_bytes)
-    dialog = core.dialogs.get(pat.tenant_id, body.dialog_id)
-    # A dialog of another group (its profile's) looks absent too.
-    if dialog is None or dialog.profile is None or dialog.profile.group_id != pat.group_id:
+    # The call as this group's profiles own it (another group's dialog on that id looks absent);
+    # of several, the one that carried the most customer audio.
+    dialog = max(core.dialogs.of_group(pat.tenant_id, body.dialog_id, pat.group_id),
+                 key=lambda d: d.samples_in, default=None)
+    if dialog is None:
         raise not_found("DIALOG_NOT_FOUND", "no retained call with that dialog id in this token's group "
                                             f"(calls are kept {core.settings.dialogs.retain_after_close_s:.0f} s "
                                             "after they end)")

@@ -7,8 +7,10 @@ detectors for "tts" and "blocklist"):
     status        {"status": CALL_OPENED|BIO_ACTIVE|SYSTEM_ERROR|CALL_CLOSED|ERR_CODE_01..06,
                    "reason"?: str}
     clean_speech  {"speech_millis": int, "enough_speech": bool}
-    verification  {"result_type": STARTING|EARLY|NORMAL, "results": [{"user_id", "bio_result",
-                   "bio_score", "llr", "speech_millis", "error_type", ...}, ...]}   (best first)
+    verification  {"result_type": STARTING|EARLY|NORMAL, "epoch": int, "results": [{"user_id",
+                   "bio_result", "bio_score", "llr", "speech_millis", "error_type", ...}, ...]}
+                  (best first; `epoch` numbers the call's verifications, see
+                  Dialog.request_verification)
     tts           {"label": str, "detectionScore": float}
     blocklist     {"results": [{"label", "status", "risk_level", "custom_agent_message",
                    "custom_ui_message"}, ...]}
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from gateway.dialogs import NO_CUSTOMER_AUDIO
 
 # Statuses after which a call sends nothing more (the dialog-status stream ends on them once
 # the call's audio has stopped). ERR_CODE_01..06 come from the AudioHook connector.
@@ -32,9 +36,12 @@ def _uid(r: dict) -> str:
 
 
 def status_payload(d: dict) -> dict:
+    """The seed's `{"status"}`, plus `reason` with an error status, or NO_CUSTOMER_AUDIO while a
+    call's stream carries no customer audio (nothing can be scored; docs/api.md)."""
     out = {"status": d["status"]}
-    if d.get("reason") and d["status"] in ERROR_STATUSES:
-        out["reason"] = d["reason"]
+    reason = d.get("reason")
+    if reason and (d["status"] in ERROR_STATUSES or reason == NO_CUSTOMER_AUDIO):
+        out["reason"] = reason
     return out
 
 
@@ -77,7 +84,9 @@ class SioEvent:
 
 SOCKETIO_EVENTS: dict[str, SioEvent] = {
     "status": SioEvent("status", status_payload, "status"),
-    "verification": SioEvent("verification", sio_verification, "verification"),
+    # Every client following the session gets the call's verification (an AudioHook call is
+    # verified with no agent request: a status-only client must see it too).
+    "verification": SioEvent("verification", sio_verification, "any"),
     "clean_speech": SioEvent("clean-speech", sio_clean_speech, "any"),
     "tts": SioEvent("TTS-Detection", sio_tts, "any"),
     "blocklist": SioEvent("blocklist-Detection", sio_blocklist, "any"),

@@ -46,7 +46,8 @@ def _user_info(u: User | None, user_id: str) -> UserInfo:
 
 
 def _users_param(request: web.Request) -> list[str]:
-    return parse_users(request.query.get("users", ""))
+    # `users=a,b` and the repeated form `users=a&users=b` mean the same: no value is dropped.
+    return parse_users(",".join(request.query.getall("users", [])))
 
 
 def parse_users(raw: str) -> list[str]:
@@ -128,7 +129,7 @@ async def opt_in(request: web.Request) -> web.Response:
 
 @routes.route("GET", "/verification/ondemand", summary="One verification now; the best of up to 5 users",
               auth="session", response=OnDemandResponse, tags=("verification",),
-              query={"users": "Comma-separated user ids (1 to 5)", "token": "Session token"})
+              query={"users": "User ids (1 to 5): users=a,b or users=a&users=b", "token": "Session token"})
 async def verify_ondemand(request: web.Request) -> web.Response:
     c = await _caller(request)
     users = _users_param(request)

@@ -6,8 +6,11 @@ namespace /agent-socket/socket. A client emits `verification` or `status` with
 receives `<event>-<token>` events (see gateway.api.live.SOCKETIO_EVENTS):
 
     status                 -> status-{token}                       (room "status")
-    verification           -> verification-{token}                 (room "verification")
-    either                 -> clean-speech-, TTS-Detection-, blocklist-Detection-{token} (room "any")
+    either                 -> verification-, clean-speech-, TTS-Detection-, blocklist-Detection-,
+                              speaker-change-{token}                 (room "any")
+
+`verification` also starts (or joins) the call's push verification; every client following the
+call gets its results, whoever asked (one verification per call: Dialog.request_verification).
 
 Events go to rooms named after a hash of the token, never to everyone, so a client receives a
 dialog's results only after presenting a valid token for it. A bad payload or an invalid token
@@ -172,15 +175,22 @@ class LiveHub:
         await self.sio.enter_room(sid, room("any", th), namespace=NAMESPACE)
         token = req.token
         if channel == "status":
-            await self.sio.emit(f"status-{token}", {"status": dialog.status}, to=sid, namespace=NAMESPACE)
+            await self.sio.emit(f"status-{token}", live.status_payload(dialog.status_data), to=sid,
+                                namespace=NAMESPACE)
         # Bring a late joiner up to date with the latest clean speech and fraud signals.
         latest = {m.kind: m for m in core.bus.history(dialog.key) if m.kind in live.SNAPSHOT_KINDS}
-        for kind in live.SNAPSHOT_KINDS:
-            if kind in latest:
-                ev = live.SOCKETIO_EVENTS[kind]
-                await self.sio.emit(f"{ev.name}-{token}", ev.render(latest[kind].data), to=sid, namespace=NAMESPACE)
+        snapshot = [latest[kind] for kind in live.SNAPSHOT_KINDS if kind in latest]
         if channel == "verification":
-            await dialog.set_targets(req.users)       # STARTING (and the score so far) reach the room
+            # One verification per call: other users replace it (STARTING and the score so far
+            # reach every client of the call); the same users join it.
+            _, started = await dialog.request_verification(req.users)
+            if not started:
+                snapshot += dialog.verification_snapshot()
+        else:
+            snapshot += dialog.verification_snapshot()      # e.g. AudioHook's automatic verification
+        for msg in snapshot:
+            ev = live.SOCKETIO_EVENTS[msg.kind]
+            await self.sio.emit(f"{ev.name}-{token}", ev.render(msg.data), to=sid, namespace=NAMESPACE)
         return {"ok": True}
 
     def _watch(self, sid: str, th: str, token: str, key: DialogKey) -> None:

@@ -7,10 +7,11 @@
   longer reaches back far enough it gets the current state instead.
 - A comment line (`: heartbeat`) is sent every HEARTBEAT_S seconds of silence.
 - The stream ends cleanly when the call is over (CALL_CLOSED, or an error status once no audio
-  flows), when a newer /verification request for the same dialog replaces it, or when the dialog
-  is retired: a last `event: end` carries `{"reason": ...}`, then the response completes. A
-  reconnection with `Last-Event-ID` that has nothing more to get is answered 204, which tells a
-  browser's EventSource to stop reconnecting.
+  flows), when a verification request naming other users replaces the call's verification
+  (from any surface: another /verification, Socket.IO `verification`, the widget; the rule is
+  `Dialog.request_verification`'s), or when the dialog is retired: a last `event: end` carries
+  `{"reason": ...}`, then the response completes. A reconnection with `Last-Event-ID` that has
+  nothing more to get is answered 204, which tells a browser's EventSource to stop reconnecting.
 """
 from __future__ import annotations
 
@@ -28,9 +29,6 @@ from gateway.dialogs import Dialog
 routes = RouteTable()
 HEARTBEAT_S = 15.0
 RETRY_MS = 3000
-# dialog key -> the subscription of that dialog's current /verification stream
-_VERIFICATION_STREAMS: web.AppKey[dict] = web.AppKey("verification_streams", dict)
-_STOP = BusMessage("_stop", {})
 Render = Callable[[dict], Any]
 
 
@@ -52,8 +50,12 @@ class _Replay:
 
 
 class _EventStream:
-    def __init__(self, request: web.Request, dialog: Dialog, render: dict[str, Render]):
-        self.request, self.dialog, self.render = request, dialog, render
+    """One SSE response. `epoch`: the verification a /verification stream reads (None on
+    /dialog-status); a verification message of a newer epoch ends it (SUPERSEDED), one of an
+    older epoch is never sent."""
+
+    def __init__(self, request: web.Request, dialog: Dialog, render: dict[str, Render], epoch: int | None = None):
+        self.request, self.dialog, self.render, self.epoch = request, dialog, render, epoch
         self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                 "X-Accel-Buffering": "no"})
         self.last = 0
@@ -74,7 +76,6 @@ class _EventStream:
 
     async def pump(self, sub: Subscription, replay: list[BusMessage]) -> str:
         """Send `replay`, then live messages, until the call is over; return why it ended."""
-        core = _core(self.request)
         for msg in replay:
             await self.send_msg(msg)
         # Joined after the call was over: send what is already queued (e.g. STARTING and the
@@ -86,14 +87,18 @@ class _EventStream:
             if msg is None and over:
                 return self.dialog.status
             if msg is None:
-                if core.dialogs.get(*self.dialog.key) is not self.dialog:
+                if self.dialog.retired:
                     return "DIALOG_RETIRED"
                 await self.resp.write(b": heartbeat\n\n")
                 continue
-            if msg is _STOP:
-                return "SUPERSEDED"
             if msg.seq <= self.last:
                 continue
+            if self.epoch is not None and msg.kind == "verification":
+                epoch = msg.data.get("epoch", 0)
+                if epoch > self.epoch:
+                    return "SUPERSEDED"
+                if epoch < self.epoch:
+                    continue
             if msg.kind in self.render:
                 await self.send_msg(msg)
             if msg.kind == "status" and live.call_over(msg.data["status"], self.dialog):
@@ -131,43 +136,39 @@ async def dialog_status(request: web.Request) -> web.StreamResponse:
     messages = replay.messages
     if after == 0 or replay.truncated:
         # A fresh client (or one we cannot replay exactly) starts from the current status.
-        await stream.send(replay.latest_seq, {"status": dialog.status})
+        await stream.send(replay.latest_seq, live.status_payload(dialog.status_data))
         messages = []
     return await stream.run(sub, messages)
 
 
 @routes.route("GET", "/verification", summary="Push verification as server-sent events (STARTING, EARLY, "
-              "NORMAL); a new request stops the previous stream", auth="session", content="text/event-stream",
-              tags=("sse",), query={"users": "Comma-separated user ids (1 to 5)", "token": "Session token"})
+              "NORMAL); a request naming other users replaces the call's verification and ends this stream",
+              auth="session", content="text/event-stream", tags=("sse",),
+              query={"users": "User ids (1 to 5): users=a,b or users=a&users=b", "token": "Session token"})
 async def verification(request: web.Request) -> web.StreamResponse:
     c = await _caller(request)
     users = _users_param(request)
     core = _core(request)
     dialog = core.dialog_of(c, create=True)
     after = _last_event_id(request)
-    streams = request.app[_VERIFICATION_STREAMS]
-    replay = _Replay(request, dialog, {"verification"}, after)
-    if after > 0 and (users != dialog.targets or _nothing_more(replay, dialog, after)):
-        # A reconnection to a verification that a newer request replaced, or that is over.
-        return web.Response(status=204)
+    running = dialog.verification
+    if after > 0:
+        replay = _Replay(request, dialog, {"verification"}, after)
+        if running is None or set(users) != set(running.users) or _nothing_more(replay, dialog, after):
+            # A reconnection to a verification that a newer request replaced, or that is over.
+            return web.Response(status=204)
     sub = core.bus.subscribe(dialog.key)
-    if after == 0:
-        previous = streams.get(dialog.key)
-        if previous is not None:
-            previous.offer(_STOP)       # a new request stops the previous stream
-        streams[dialog.key] = sub
-    stream = _EventStream(request, dialog, {"verification": live.sse_verification})
     try:
-        await stream.open()
-        messages = replay.messages
         if after == 0:
-            messages = []
-            await dialog.set_targets(users)      # publishes STARTING, which the stream sends
-        elif replay.truncated and dialog.last_results:
-            messages = []
-            await stream.send(replay.latest_seq, live.sse_verification(
-                {"result_type": dialog.last_results[0]["result_type"], "results": dialog.last_results}))
-        return await stream.run(sub, messages)
-    finally:
-        if streams.get(dialog.key) is sub:
-            del streams[dialog.key]
+            running, started = await dialog.request_verification(users)  # a new one publishes STARTING
+            messages = [] if started else dialog.verification_snapshot()
+        elif replay.truncated:
+            messages = dialog.verification_snapshot()[-1:]
+        else:
+            messages = [m for m in replay.messages if m.data.get("epoch") == running.epoch]
+        stream = _EventStream(request, dialog, {"verification": live.sse_verification}, running.epoch)
+        await stream.open()
+    except BaseException:
+        sub.close()
+        raise
+    return await stream.run(sub, messages)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from gateway.api import socketio as sio_api
 from gateway.api.ocp import _caller
 from gateway.api.routing import RouteTable, json_response
+from gateway.errors import ApiError
 
 routes = RouteTable()
 WIDGET = files("gateway") / "widget"
@@ -36,10 +37,33 @@ class AgentConfig(BaseModel):
     socket_namespace: str
 
 
-@routes.route("GET", "/agent", summary="Agent widget (HTML) for one session", auth="session", content="text/html",
+# What an agent sees instead of the widget when the page's session token is not valid: a
+# sentence and what to do, in the widget's own style; never the JSON error body.
+GONE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer"><title>Voice verification</title><link rel="icon" href="data:,">
+<link rel="stylesheet" href="/agent/assets/agent.css"></head>
+<body><main class="gone"><h1>Voice verification</h1>
+<p class="notice" data-level="error" role="alert" data-code="{code}">{message}</p>
+<p>Close this panel and open it again from the call: your desktop then starts a new session.
+If this keeps happening, tell your administrator (code {code}).</p></main></body></html>
+"""
+GONE_TEXT = {"TOKEN_EXPIRED": "This panel's session has expired.",
+             "PROFILE_GONE": "The voice verification profile of this session no longer exists."}
+
+
+@routes.route("GET", "/agent", summary="Agent widget (HTML) for one session; 401 with an HTML page saying what "
+              "to do for a bad or expired token", auth="session", content="text/html",
               tags=("widget",), query={"token": "Session token"})
 async def agent_page(request: web.Request) -> web.Response:
-    await _caller(request)
+    try:
+        await _caller(request)
+    except ApiError as exc:
+        if exc.status != 401:
+            raise
+        text = GONE_TEXT.get(exc.code, "This panel's session is not valid.")
+        return web.Response(text=GONE_PAGE.format(code=exc.code, message=text), status=401, content_type="text/html",
+                            charset="utf-8", headers=PAGE_HEADERS)
     return web.Response(body=(WIDGET / "agent.html").read_bytes(), content_type="text/html", charset="utf-8",
                         headers=PAGE_HEADERS)
 

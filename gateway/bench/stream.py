@@ -22,7 +22,9 @@ import soundfile as sf
 import websockets
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PROTOCOL = REPO.parent / "shared" / "data" / "protocols" / "ls-other-tel"
+# The calls' speech: the small in-repo cut of ls-other-tel unless --protocol names another
+# (docs/benchmarks.md, "Data").
+DEFAULT_PROTOCOL = REPO / "tests" / "data" / "protocols" / "ls-other-tel"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

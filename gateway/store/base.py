@@ -233,6 +233,19 @@ class UserGroupKey:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """What an admin may see of a stored credential (a PAT or a user group key): never the
+    secret, which exists only as a hash."""
+    id: str
+    tenant_id: str
+    group_id: str
+    profile_id: str | None       # user group keys only
+    name: str
+    created_ms: int
+    revoked: bool
+
+
+@dataclass(frozen=True)
 class VerificationStats:
     """Counts of a user's verifications through the Aculab Users API (its `stats`)."""
     attempts: int
@@ -313,6 +326,11 @@ class Repository(abc.ABC):
     async def create_pat(self, tenant_id: str, group_id: str, name: str, token_hash: str) -> Pat: ...
     @abc.abstractmethod
     async def find_pat(self, token_hash: str) -> Pat | None: ...
+    @abc.abstractmethod
+    async def list_pats(self, tenant_id: str | None = None) -> list[Credential]: ...
+    @abc.abstractmethod
+    async def revoke_pat(self, pat_id: str) -> bool:
+        """Revoke (keep the row, refuse the token from now on); False if there is no such PAT."""
 
     # session tokens
     @abc.abstractmethod
@@ -350,6 +368,11 @@ class Repository(abc.ABC):
     async def audiohook_org_by_key(self, api_key_hash: str) -> AudioHookOrg | None: ...
     @abc.abstractmethod
     async def get_audiohook_org(self, org_id: str) -> AudioHookOrg | None: ...
+    @abc.abstractmethod
+    async def list_audiohook_orgs(self) -> list[AudioHookOrg]: ...
+    @abc.abstractmethod
+    async def delete_audiohook_org(self, org_id: str) -> bool:
+        """Remove an organisation and its credentials; False if there is none."""
 
     # fraud signals: blocklists (per group) and audio fingerprints (per user)
     @abc.abstractmethod
@@ -388,6 +411,11 @@ class Repository(abc.ABC):
                                     key_hash: str) -> UserGroupKey: ...
     @abc.abstractmethod
     async def find_user_group_key(self, key_hash: str) -> UserGroupKey | None: ...
+    @abc.abstractmethod
+    async def list_user_group_keys(self, tenant_id: str | None = None) -> list[Credential]: ...
+    @abc.abstractmethod
+    async def revoke_user_group_key(self, key_id: str) -> bool:
+        """Revoke (keep the row, refuse the key from now on); False if there is no such key."""
     @abc.abstractmethod
     async def record_verification(self, profile_id: str, user_id: str, passed: bool) -> None:
         """Count one verification of an enrolled user (deleted with the user on opt-out)."""

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 
 from gateway.store.base import (
-    AudioHookOrg, Blocklist, BlocklistEntry, Conflict, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
+    AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
     Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, StoreUnavailable, Tenant,
     User, UserGroupKey, VerificationStats, Voiceprint,
 )
@@ -304,6 +304,25 @@ class PostgresRepository(Repository):
             return Pat(row["id"], row["tenant_id"], row["group_id"], row["name"]) if row else None
         return await self._read(fn)
 
+    async def _credentials(self, table: str, tenant_id: str | None) -> list[Credential]:
+        async def fn(c):
+            rows = await c.fetch(f"SELECT * FROM {table} WHERE $1::text IS NULL OR tenant_id=$1"
+                                 " ORDER BY created_ms, id", tenant_id)
+            return [Credential(r["id"], r["tenant_id"], r["group_id"], r["profile_id"] if "profile_id" in r.keys()
+                               else None, r["name"], r["created_ms"], bool(r["revoked"])) for r in rows]
+        return await self._read(fn)
+
+    async def _revoke(self, table: str, id_: str) -> bool:
+        async def fn(c):
+            return _count(await c.execute(f"UPDATE {table} SET revoked=1 WHERE id=$1", id_)) > 0
+        return await self._tx(fn, idempotent=True)
+
+    async def list_pats(self, tenant_id=None) -> list[Credential]:
+        return await self._credentials("pats", tenant_id)
+
+    async def revoke_pat(self, pat_id) -> bool:
+        return await self._revoke("pats", pat_id)
+
     # -- session tokens ---------------------------------------------------------------------
     async def create_session(self, rec: SessionRecord) -> None:
         async def fn(c):
@@ -514,6 +533,17 @@ class PostgresRepository(Repository):
             return self._audiohook_org(row) if row else None
         return await self._read(fn)
 
+    async def list_audiohook_orgs(self) -> list[AudioHookOrg]:
+        async def fn(c):
+            return [self._audiohook_org(r) for r in await c.fetch("SELECT * FROM audiohook_orgs"
+                                                                  " ORDER BY created_ms, org_id")]
+        return await self._read(fn)
+
+    async def delete_audiohook_org(self, org_id: str) -> bool:
+        async def fn(c):
+            return _count(await c.execute("DELETE FROM audiohook_orgs WHERE org_id=$1", org_id)) > 0
+        return await self._tx(fn, idempotent=True)
+
     # -- fraud signals: blocklists and fingerprints ------------------------------------------
     @staticmethod
     def _blocklist(row, entries: int = 0) -> Blocklist:
@@ -673,6 +703,12 @@ class PostgresRepository(Repository):
             r = await c.fetchrow("SELECT * FROM user_group_keys WHERE key_hash=$1 AND revoked=0", key_hash)
             return UserGroupKey(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["name"]) if r else None
         return await self._read(fn)
+
+    async def list_user_group_keys(self, tenant_id=None) -> list[Credential]:
+        return await self._credentials("user_group_keys", tenant_id)
+
+    async def revoke_user_group_key(self, key_id) -> bool:
+        return await self._revoke("user_group_keys", key_id)
 
     async def record_verification(self, profile_id, user_id, passed) -> None:
         async def fn(c):

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gateway.store.base import (
-    HashKeyUsage, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, EnrolmentWrite, Group, OptedOutError, Pat, Profile,
-    ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User, UserGroupKey,
+    AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
+    Pat, Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User,
+    UserGroupKey,
     VerificationStats, Voiceprint,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
@@ -182,6 +183,23 @@ class SqliteRepository(Repository):
             row = c.execute("SELECT * FROM pats WHERE token_hash=? AND revoked=0", (token_hash,)).fetchone()
             return Pat(row["id"], row["tenant_id"], row["group_id"], row["name"]) if row else None
         return await self._run(fn)
+
+    async def _credentials(self, table: str, tenant_id: str | None) -> list[Credential]:
+        def fn(c):
+            rows = c.execute(f"SELECT * FROM {table} WHERE ?1 IS NULL OR tenant_id=?1 ORDER BY created_ms, id",
+                             (tenant_id,)).fetchall()
+            return [Credential(r["id"], r["tenant_id"], r["group_id"], r["profile_id"] if "profile_id" in r.keys()
+                               else None, r["name"], r["created_ms"], bool(r["revoked"])) for r in rows]
+        return await self._run(fn)
+
+    async def _revoke(self, table: str, id_: str) -> bool:
+        return await self._tx(lambda c: c.execute(f"UPDATE {table} SET revoked=1 WHERE id=?", (id_,)).rowcount > 0)
+
+    async def list_pats(self, tenant_id=None) -> list[Credential]:
+        return await self._credentials("pats", tenant_id)
+
+    async def revoke_pat(self, pat_id) -> bool:
+        return await self._revoke("pats", pat_id)
 
     # -- session tokens ---------------------------------------------------------------------
     async def create_session(self, rec: SessionRecord) -> None:
@@ -380,6 +398,14 @@ class SqliteRepository(Repository):
             return self._audiohook_org(row) if row else None
         return await self._run(fn)
 
+    async def list_audiohook_orgs(self) -> list[AudioHookOrg]:
+        return await self._run(lambda c: [self._audiohook_org(r) for r in c.execute(
+            "SELECT * FROM audiohook_orgs ORDER BY created_ms, org_id").fetchall()])
+
+    async def delete_audiohook_org(self, org_id: str) -> bool:
+        return await self._tx(lambda c: c.execute("DELETE FROM audiohook_orgs WHERE org_id=?",
+                                                  (org_id,)).rowcount > 0)
+
     # -- fraud signals: blocklists and fingerprints ------------------------------------------
     @staticmethod
     def _blocklist(row, entries: int = 0) -> Blocklist:
@@ -527,6 +553,12 @@ class SqliteRepository(Repository):
             r = c.execute("SELECT * FROM user_group_keys WHERE key_hash=? AND revoked=0", (key_hash,)).fetchone()
             return UserGroupKey(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["name"]) if r else None
         return await self._run(fn)
+
+    async def list_user_group_keys(self, tenant_id=None) -> list[Credential]:
+        return await self._credentials("user_group_keys", tenant_id)
+
+    async def revoke_user_group_key(self, key_id) -> bool:
+        return await self._revoke("user_group_keys", key_id)
 
     async def record_verification(self, profile_id, user_id, passed) -> None:
         def fn(c):

@@ -1,5 +1,5 @@
 """Helpers for the Aculab Users API tests: user group keys from the real CLI, Basic auth,
-and WAV uploads built from the shared protocol audio (read at test time, never copied)."""
+and WAV uploads built from the in-repo protocol audio (tests/data/README.md)."""
 from __future__ import annotations
 
 import base64

@@ -151,3 +151,23 @@ async def test_user_group_key_cli(settings):
         with redirect_stderr(err):
             assert await _admin(args) == 2
         assert "no VB profile" in err.getvalue()
+
+
+async def test_a_repeated_user_id_is_refused_never_half_read(gateway):
+    """Issue #11: `user_id=carol&user_id=dave` used to read carol alone (and register, verify or
+    delete her). A repeated parameter is a 400 now, whichever action and form it comes in."""
+    gw = gateway
+    cl = Client(gw, await user_group_key(gw))
+    status, body = await cl.put("register", "carol", wav_file("1688_enrol0"))
+    assert status == 200, body
+    both = [("user_id", "carol"), ("user_id", "dave")]
+    assert_error(*await cl.call("GET", "exists", params=both), 400, "BAD_USER_ID", "exists")
+    assert_error(*await cl.call("PUT", "verify", params=both, data=wav_file("1688_test1")), 400, "BAD_USER_ID",
+                 "verify")
+    assert_error(*await cl.call("POST", "delete", params=both), 400, "BAD_USER_ID", "delete")
+    assert_error(*await cl.call("POST", "delete", params={"user_id": "carol"}, data={"user_id": "dave"}), 400,
+                 "BAD_USER_ID", "delete")
+    assert_error(*await cl.put("verify", "carol", wav_file("1688_test1"), sensitivity=["1", "2"]), 400,
+                 "BAD_PARAMETER", "verify")
+    status, body = await cl.call("GET", "exists", params={"user_id": "carol"})
+    assert status == 200 and body["exists"] is True          # nothing above deleted her

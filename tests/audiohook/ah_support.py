@@ -6,19 +6,17 @@ import io
 import uuid
 from contextlib import redirect_stdout
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from gateway.audiohook_sim import SimOptions, SimReport, run_session
-
-PROTOCOLS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "protocols"
+from support import protocol_audio
 
 
 def speech(name: str, protocol: str = "ls-other-tel") -> np.ndarray:
-    """Real 8 kHz telephony speech from the shared protocols (never copied into the repo)."""
-    data, rate = sf.read(PROTOCOLS / protocol / "audio" / f"{name}.wav", dtype="int16")
+    """Real 8 kHz telephony speech from the in-repo protocols (tests/data/README.md)."""
+    data, rate = sf.read(protocol_audio(protocol, name), dtype="int16")
     assert rate == 8000
     return data
 
@@ -28,11 +26,13 @@ def tone(seconds: float, hz: float = 440.0) -> np.ndarray:
     return (3000 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
 
 
-async def add_org(settings, *extra: str, org_id: str | None = None) -> tuple[str, str, str, str]:
-    """`vbgw audiohook add-org` against the gateway's data dir: (org id, api key, secret, stdout)."""
+async def add_org(settings, *extra: str, org_id: str | None = None,
+                  profile: str | None = "retail") -> tuple[str, str, str, str]:
+    """`vbgw audiohook add-org` against the gateway's data dir: (org id, api key, secret, stdout).
+    `profile=None`: an organisation without a default VB profile."""
     from gateway.audiohook_cli import cli_add_org
     org_id = org_id or str(uuid.uuid4())
-    ns = argparse.Namespace(org_id=org_id, tenant="acme", profile="retail", no_secret=False, rotate=False,
+    ns = argparse.Namespace(org_id=org_id, tenant="acme", profile=profile, no_secret=False, rotate=False,
                             public_host=None)
     for flag in extra:
         setattr(ns, flag.lstrip("-").replace("-", "_"), True)
@@ -66,6 +66,6 @@ class Org:
         return await run_session(self.opts(**kw), tone(1.0) if external is None else external, internal)
 
 
-async def org_for(gw) -> Org:
-    org_id, key, secret, _ = await add_org(gw.settings)
+async def org_for(gw, profile: str | None = "retail") -> Org:
+    org_id, key, secret, _ = await add_org(gw.settings, profile=profile)
     return Org(gw, org_id, key, secret)

@@ -80,8 +80,9 @@ async def test_media_negotiation_mono_l16_and_unsupported(gateway):
     internal_only = {"type": "audio", "format": "PCMU", "channels": ["internal"], "rate": 8000}
     rep = await org.run(offers=[internal_only, l16])
     assert rep.ok and rep.opened["media"] == [l16], rep.summary()      # copied exactly, extra key included
+    # Offers that are no AudioHook media at all (the protocol has PCMU and L16 at 8000 Hz only).
     bad = [{"type": "audio", "format": "PCMA", "channels": ["external"], "rate": 8000},
-           {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 16000}, internal_only]
+           {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 16000}]
     rep = await org.run(offers=bad)
     assert not rep.violations and rep.closed and rep.disconnect["reason"] == "error", rep.summary()
     assert "no supported media" in rep.disconnect["info"]
@@ -212,3 +213,35 @@ async def test_non_websocket_and_bad_headers(gateway):
         async with websockets.connect(f"{gateway.ws_url}/audiohook/ws", additional_headers={"X-API-KEY": "k"}):
             pass
     assert exc.value.response.status_code == 400
+
+
+async def test_agent_side_only_and_empty_offers_are_opened_with_no_customer_audio(gateway):
+    """Issue #11 (Genesys' own conformance suite, "Single Stream Single Channel Internal"): an
+    offer of the `internal` channel alone is answered `opened` with exactly that offer; the
+    call scores nothing and its statuses say NO_CUSTOMER_AUDIO. The other offers the reference
+    server accepts are accepted too: no offer at all (`media: []`), `supportedLanguages` asked
+    for, a long participant name."""
+    from ah_support import speech
+    org = await org_for(gateway)
+    internal_only = {"type": "audio", "format": "PCMU", "channels": ["internal"], "rate": 8000}
+    conv = str(uuid.uuid4())
+    tok = await gateway.token(conv)                   # the agent's session, before the call
+    rep = await org.run(tone(1.0), speech("1688_enrol0")[:8000 * 8], conversation_id=conv, offers=[internal_only],
+                        custom_config={"userIds": ["cust-1688"]})
+    assert rep.ok and rep.opened["media"] == [internal_only], rep.summary()
+    assert rep.frames_sent >= 40                      # the agent's 8 s were streamed and taken
+    st = await statuses(gateway, conv)
+    assert {"status": "CALL_OPENED", "reason": "NO_CUSTOMER_AUDIO"} in st, st
+    assert st[-1] == {"status": "CALL_CLOSED", "reason": "NO_CUSTOMER_AUDIO"}, st
+    assert "BIO_ACTIVE" not in status_codes(st)
+    # Nothing scored: no automatic verification, no event; an agent's request says NO_DATA.
+    events = (gateway.settings.data_dir / "events.jsonl")
+    assert not events.exists() or conv not in events.read_text()
+    status, body = await gateway.call("GET", "/verification/ondemand", params={"users": "cust-1688", "token": tok})
+    assert status == 200 and body["bio_result"] in ("NO_DATA", "NOT_SCORED") and body["speech_millis"] == 0, body
+
+    conv = str(uuid.uuid4())
+    rep = await org.run(conversation_id=conv, offers=[], supported_languages=True, ani_name="N" * 600)
+    assert rep.ok and rep.opened["media"] == [] and rep.opened["supportedLanguages"] == [], rep.summary()
+    assert rep.frames_sent == 0
+    assert (await statuses(gateway, conv))[-1] == {"status": "CALL_CLOSED", "reason": "NO_CUSTOMER_AUDIO"}

@@ -8,9 +8,11 @@ import json
 import uuid
 
 import numpy as np
+import socketio
 from ah_support import org_for, speech
 
 from connectors.codecs import encode_mulaw
+from gateway.api.socketio import NAMESPACE, PATH
 
 A, B = "1688", "1998"
 
@@ -98,3 +100,52 @@ async def sse_results(gw, token: str) -> list[list[dict]]:
                 if isinstance(data, list):
                     out.append(data)
     return out
+
+
+async def status_client(gw, token: str) -> tuple[socketio.AsyncClient, list]:
+    """A Socket.IO client that asks only for `status` (as an agent desktop that shows the call)."""
+    sio = socketio.AsyncClient(reconnection=False)
+    got: list = []
+    sio.on(f"verification-{token}", got.append, namespace=NAMESPACE)
+    await sio.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"])
+    ack = await sio.call("status", {"token": token, "users": "", "time": ""}, namespace=NAMESPACE, timeout=10)
+    assert ack == {"ok": True}
+    return sio, got
+
+
+async def test_automatic_verification_reaches_every_agent_client(gateway):
+    """Issue #11: the ANI's automatic verification reached the events but no agent client that
+    had not asked for those users itself. Now a status-only Socket.IO client gets it live, a
+    client joining after the call gets its result, and an SSE request for the same user joins it."""
+    gw = gateway
+    await enrol_a(gw)
+    org = await org_for(gw)
+    conv = str(uuid.uuid4())
+    tok = await gw.token(conv)
+    early, got = await status_client(gw, tok)
+    try:
+        rep = await org.run(call_of(A, 1, 2, 3), None, conversation_id=conv, ani="tel:555-1688")
+        assert rep.ok, rep.summary()
+        for _ in range(100):
+            if any(r[0]["limitType"] == "NORMAL" for r in got):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await early.disconnect()
+    assert got and got[0][0]["limitType"] == "STARTING" and got[0][0]["bioUserId"] == "cust-a", got
+    normal = [r[0] for r in got if r[0]["limitType"] == "NORMAL"]
+    assert normal and normal[-1]["bioResult"].startswith("TRUE_"), got
+    # After the call, an SSE request for the same user joins the automatic verification.
+    batches = await asyncio.wait_for(sse_results(gw, tok), 20)
+    assert [b[0]["result_type"] for b in batches] == ["STARTING", "NORMAL"], batches
+    assert batches[-1][0]["bio_result"].startswith("TRUE_")
+    late, got = await status_client(gw, tok)
+    try:
+        for _ in range(50):
+            if len(got) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await late.disconnect()
+    assert [r[0]["limitType"] for r in got] == ["STARTING", "NORMAL"], got
+    assert got[-1][0]["bioResult"].startswith("TRUE_")

@@ -122,10 +122,38 @@ def test_choose_media_and_probe():
     assert choose_media([mono, l16, STEREO])[0] is STEREO
     assert choose_media([mono, l16])[0] is l16
     assert choose_media([{"format": "opus"}, mono])[0] is mono
-    assert choose_media([{"type": "audio", "format": "PCMU", "channels": ["internal"], "rate": 8000}]) is None
+    internal = {"type": "audio", "format": "PCMU", "channels": ["internal"], "rate": 8000}
+    assert choose_media([internal, mono])[0] is mono               # the customer's channel first
+    assert choose_media([internal])[0] is internal                 # accepted: the agent side alone
+    assert choose_media([{"type": "audio", "format": "PCMA", "channels": ["external"], "rate": 8000}]) is None
     s = AudioHookSession(SID, ORG)
     null = "00000000-0000-0000-0000-000000000000"
     out = Client(s).send("open", {"organizationId": ORG, "conversationId": null,
                                   "participant": {"id": null, "ani": "", "aniName": "", "dnis": ""}, "media": []})
     assert out.event.probe and out.event.problem is None and out.event.offer is None
     assert json.loads(s.accept(out.event))["parameters"]["media"] == []
+
+
+def test_opens_the_reference_server_accepts_are_accepted():
+    """Issue #11: every `open` Genesys' reference server answers with `opened` is answered with
+    `opened` here too: long participant strings, many offers, no offer at all, a client error
+    message of any length, and `supportedLanguages` asked for (answered, empty)."""
+    s = AudioHookSession(SID, ORG)
+    offers = [{"type": "audio", "format": "PCMU", "channels": ["internal"], "rate": 8000}] * 40 + [STEREO]
+    out = Client(s).send("open", {"organizationId": ORG, "conversationId": CONV, "supportedLanguages": True,
+                                  "participant": {"id": CONV, "ani": "+1" * 300, "aniName": "N" * 2000, "dnis": ""},
+                                  "media": offers})
+    assert out.event.problem is None and out.event.offer == STEREO
+    params = json.loads(s.accept(out.event))["parameters"]
+    assert params["media"] == [STEREO] and params["supportedLanguages"] == []
+    assert out.event.customer_audio
+
+    s = AudioHookSession(SID, ORG)
+    c = Client(s)
+    out = c.send("open", {"organizationId": ORG, "conversationId": CONV,
+                          "participant": {"id": CONV, "ani": "", "aniName": "", "dnis": ""}, "media": []})
+    assert out.event.problem is None and not out.event.probe and not out.event.customer_audio
+    params = json.loads(s.accept(out.event))["parameters"]
+    assert params == {"media": [], "startPaused": False}                 # not asked: no language list
+    out = c.send("error", {"code": 500, "message": "x" * 10000})
+    assert out.event.type == "error" and s.state is State.ACTIVE

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from gateway.api.socketio import NAMESPACE, PATH
 from gateway.appkeys import CORE
-from support import admin, pat_of, protocol_audio, read_mulaw_bytes
+from support import admin, dialog_named, pat_of, protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"
 
@@ -35,8 +35,7 @@ async def post_wav(gw, list_id: str, name: str, pat: str | None = None, label: s
 
 def bus(gw, dialog_id: str, kind: str) -> list[dict]:
     core = gw.app[CORE]
-    tenant = next(iter({k[0] for k in core.bus._history}))
-    return [m.data for m in core.bus.history((tenant, dialog_id)) if m.kind == kind]
+    return [m.data for m in core.bus.history(dialog_named(core, dialog_id).key) if m.kind == kind]
 
 
 async def stream_call(gw, token: str, dialog_id: str, payload: bytes, pace_s: float = 0.0) -> None:
@@ -139,11 +138,13 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     tts = bus(gw, "call-fraud", "tts")
     assert tts and tts[-1]["label"] == "No_TTS_Detected" and 0 <= tts[-1]["detectionScore"] <= 1
 
-    # Another speaker: NO_MATCH, no messages.
+    # Another speaker: NO_MATCH, no messages, and a risk level no UI can take for an alarm
+    # (issue #11: NO_MATCH rows carried the list's HIGH_RISK).
     tok2 = await gw.token("call-ok")
     await stream_call(gw, tok2, "call-ok", read_mulaw_bytes(protocol_audio(P, "1688_enrol0")))
     rows = bus(gw, "call-ok", "blocklist")
     assert len(rows) >= 2 and all(r["results"][0]["label"] == "NO_MATCH" for r in rows), rows
+    assert all(r["results"][0]["risk_level"] == "NO_RISK" for r in rows), rows
     assert rows[0]["results"][0]["custom_agent_message"] == ""
 
     # A past call's customer voice becomes a fraudster entry.
@@ -161,19 +162,19 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     core = gw.app[CORE]
     tok3 = await gw.token("call-v1")
     await stream_call(gw, tok3, "call-v1", read_mulaw_bytes(protocol_audio(P, "1688_test1")))
-    d1 = core.dialogs.get(next(iter({k[0] for k in core.bus._history})), "call-v1")
+    d1 = dialog_named(core, "call-v1")
     r = await core.score_users(d1, await d1.engine_session.embedding(), ["cust-1688"], None)
     assert r[0]["bio_result"].startswith("TRUE_") and r[0]["pad_detected"] is None, r[0]
     await core.fraud.call_ended(d1)
     tok4 = await gw.token("call-replay")
     await stream_call(gw, tok4, "call-replay", read_mulaw_bytes(protocol_audio(P, "1688_test1")))
-    d2 = core.dialogs.get(d1.tenant_id, "call-replay")
+    d2 = dialog_named(core, "call-replay")
     r = await core.score_users(d2, await d2.engine_session.embedding(), ["cust-1688"], None)
     assert r[0]["pad_detected"] == {"type": "TypeA"}, r[0]
     # the enrolment audio replayed: TypeB
     tok5 = await gw.token("call-replay-enrol")
     await stream_call(gw, tok5, "call-replay-enrol", read_mulaw_bytes(protocol_audio(P, "1688_enrol0"))[40000:80000])
-    d3 = core.dialogs.get(d1.tenant_id, "call-replay-enrol")
+    d3 = dialog_named(core, "call-replay-enrol")
     r = await core.score_users(d3, await d3.engine_session.embedding(), ["cust-1688"], None)
     assert r[0]["pad_detected"] == {"type": "TypeB"}, r[0]
 
@@ -201,7 +202,7 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     assert changes[0]["scdLlr"] < 4.0 and changes[0]["speechMillis"] > 10000
     assert len(bus(gw, "call-splice", "speaker_change")) == 1
     status, res = await gw.call("GET", "/verification/ondemand", params={"users": "cust-1688", "token": tok6})
-    dd = gw.app[CORE].dialogs.get(d1.tenant_id, "call-splice")
+    dd = dialog_named(gw.app[CORE], "call-splice")
     assert status == 200 and res["user_changed"] is True, (res, dd.engine_session.speaker_change, dd.engine_session.speech_ms)
     import json
     ev = [json.loads(x) for x in (gw.settings.data_dir / "events.jsonl").read_text().splitlines()]

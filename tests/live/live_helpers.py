@@ -43,6 +43,40 @@ async def paced_stream(gw, token: str, dialog_id: str, payload: bytes, speed: fl
                 pass
 
 
+class LiveCall:
+    """A direct-stream call held open between sends, for tests that look at a call mid-way
+    (a provisional result on screen, a request while the call is live). `async with` sends the
+    RecognitionConfig; `send` streams audio (paced with `speed`, else as fast as the gateway
+    reads it); `end` sends the empty message and waits for the server's close."""
+
+    def __init__(self, gw, token: str, dialog_id: str):
+        self.gw, self.token, self.dialog_id = gw, token, dialog_id
+        self.ws = None
+
+    async def __aenter__(self) -> "LiveCall":
+        self.ws = await websockets.connect(f"{self.gw.ws_url}/agent-vb-mw/stream?token={self.token}")
+        await self.ws.send(json.dumps({"encoding": "mulaw", "sample_rate": 8000, "dialog_id": self.dialog_id}))
+        await self.ws.recv()
+        return self
+
+    async def send(self, payload: bytes, speed: float | None = None, frame_bytes: int = 1600) -> None:
+        t0 = time.monotonic()
+        for i, start in enumerate(range(0, len(payload), frame_bytes)):
+            await self.ws.send(payload[start:start + frame_bytes])
+            if speed:
+                delay = t0 + (i + 1) * frame_bytes / 8000 / speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+    async def end(self) -> None:
+        await self.ws.send(b"")
+        async for _ in self.ws:
+            pass
+
+    async def __aexit__(self, *exc) -> None:
+        await self.ws.close()
+
+
 async def enrol(gw, user_id: str = "cust-1688", dialog: str = "enrol-call") -> str:
     tok = await gw.token(dialog)
     await gw.stream(tok, dialog, speech("1688_enrol0"))
@@ -164,3 +198,54 @@ class NodeScript:
         if not line:
             raise AssertionError(f"{self.cmd[1]} printed no result: {(await self.proc.stderr.read()).decode()[-2000:]}")
         return json.loads(line)
+
+
+class Browser:
+    """Headless Chromium driven step by step (tests/live/node/browser.js): `await b.do(op, ...)`
+    sends one command and returns its value, raising on failure. Use as `async with`."""
+
+    def __init__(self, node: str, chromium: Path):
+        self.cmd = [node, str(NODE_DIR / "browser.js"), str(chromium)]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> "Browser":
+        self.proc = await asyncio.create_subprocess_exec(*self.cmd, cwd=NODE_DIR, stdin=asyncio.subprocess.PIPE,
+                                                         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        first = await self._read(60)
+        if not first.get("ready"):
+            raise AssertionError(f"browser.js failed to start: {first}")
+        return self
+
+    async def _read(self, timeout: float) -> dict:
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            err = (await self.proc.stderr.read()).decode()[-2000:]
+            raise AssertionError(f"browser.js ended: {err}")
+        return json.loads(line)
+
+    async def do(self, op: str, *, limit_s: float = 60.0, **kw):
+        self.proc.stdin.write((json.dumps({"op": op, **kw}) + "\n").encode())
+        await self.proc.stdin.drain()
+        answer = await self._read(limit_s)
+        if not answer.get("ok"):
+            raise AssertionError(f"browser {op} {kw}: {answer.get('error')}")
+        return answer.get("value")
+
+    async def wait(self, page: str, selector: str, timeout: float = 30.0) -> None:
+        await self.do("wait", limit_s=timeout + 10, page=page, selector=selector, timeout=int(timeout * 1000))
+
+    async def widget(self, page: str) -> dict:
+        return await self.do("widget", page=page)
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            if self.proc.returncode is None:
+                self.proc.stdin.write(b'{"op": "close"}\n')
+                await self.proc.stdin.drain()
+                await asyncio.wait_for(self.proc.wait(), 15)
+        except (Exception, asyncio.CancelledError):
+            pass
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()

@@ -11,6 +11,7 @@ import socketio
 from gateway.api.socketio import NAMESPACE, PATH
 from gateway.appkeys import CORE
 from live_helpers import call_closed, enrol, speech
+from support import dialog_named
 
 VERIFICATION_KEYS = ["bioResult", "bioScore", "bioUserId", "errorType", "limitType", "llr", "speechMillis"]
 
@@ -85,7 +86,7 @@ async def test_every_event_reaches_the_agent_with_the_seed_payloads(gateway):
 
         # Fraud signals: the fraud-signal detectors publish these bus kinds (docs/live-results.md).
         core = gw.app[CORE]
-        dialog = next(d for k, d in core.dialogs._dialogs.items() if k[1] == "sio-1")
+        dialog = dialog_named(core, "sio-1")
         core.bus.publish(dialog.key, "tts", {"label": "TTS_Detected", "detectionScore": 0.98})
         core.bus.publish(dialog.key, "blocklist", {"results": [{
             "label": "MATCH", "status": "CHECKED", "risk_level": "HIGH_RISK",
@@ -118,7 +119,8 @@ async def test_events_reach_only_clients_with_a_valid_token_for_the_dialog(gatew
         assert all(e.endswith(tok_a) for e in a.events)
         assert list(b.events) == [f"status-{tok_b}"] and b.events[f"status-{tok_b}"] == [{"status": "CALL_OPENED"}]
         assert list(nosy.events) == ["error"]
-        # A status-only client gets no verification results (it never asked for them).
+        # No verification ran on the call, so none reached its status-only client (when one runs,
+        # every client of the call gets it: test_sse_verification, test_audiohook_speech).
         assert f"verification-{tok_a}" not in a.events
     finally:
         for c in (a, b, nosy):

@@ -7,8 +7,10 @@ import asyncio
 import time
 
 import aiohttp
+import socketio
 
-from live_helpers import SseReader, call_closed, enrol, speech
+from gateway.api.socketio import NAMESPACE, PATH
+from live_helpers import LiveCall, SseReader, call_closed, enrol, speech
 
 NO_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
 SEED_KEYS = ["bio_result", "bio_score", "bio_user_id", "llr", "result_type", "speech_millis"]
@@ -101,3 +103,47 @@ async def test_heartbeats_keep_an_idle_verification_stream_open(gateway, monkeyp
     assert beats == [{"comment": "heartbeat"}] * 3
     r.resp.close()
     await asyncio.sleep(0.3)
+
+
+async def test_one_verification_per_call_whichever_surface_asks(gateway):
+    """Issue #11: a Socket.IO `verification` for other users took over an open SSE /verification
+    stream (TRUE_HIGH for the user it was opened for, then the other user's rows, no end). One
+    rule for every surface now: the same users join the call's verification; other users
+    replace it, and every reader of the previous one is told (SSE: `end` SUPERSEDED)."""
+    gw = gateway
+    user = await enrol(gw)
+    tok = await gw.token("v-6")
+    sse = SseReader(await _open(gw, tok, user))
+    assert (await sse.until(lambda e: True))["data"][0]["result_type"] == "STARTING"
+    agent = socketio.AsyncClient(reconnection=False)
+    got: list[list[dict]] = []
+    agent.on(f"verification-{tok}", got.append, namespace=NAMESPACE)
+    await agent.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"])
+    try:
+        async with LiveCall(gw, tok, "v-6") as call:
+            # A desktop following the same call asks for the same user: it joins, nothing restarts.
+            ack = await agent.call("verification", {"token": tok, "users": user, "time": ""}, namespace=NAMESPACE)
+            assert ack == {"ok": True}
+            await call.send(speech("1688_enrol1")[:8000 * 8])             # 8 s: EARLY, then NORMAL
+            normal = await sse.until(lambda e: e["data"][0]["result_type"] == "NORMAL")
+            assert normal["data"][0]["bio_result"].startswith("TRUE_") and normal["data"][0]["bio_user_id"] == user
+            # Other users from Socket.IO: the SSE stream for the previous user ends, with no row of theirs.
+            ack = await agent.call("verification", {"token": tok, "users": "otheruser", "time": ""},
+                                   namespace=NAMESPACE)
+            assert ack == {"ok": True}
+            rest = await sse.rest(10.0)
+            assert rest[-1] == {"event": "end", "data": {"reason": "SUPERSEDED"}}, rest
+            assert all(row["bio_user_id"] == user for e in rest[:-1] for row in e["data"]), rest
+            for _ in range(100):
+                if got and got[-1][0]["bioUserId"] == "otheruser":
+                    break
+                await asyncio.sleep(0.05)
+            await call.end()
+    finally:
+        await agent.disconnect()
+    # Socket.IO readers are told too: the new verification's STARTING names its users.
+    kinds = [(r[0]["limitType"], r[0]["bioUserId"]) for r in got]
+    assert kinds[0] == ("STARTING", user) and ("NORMAL", user) in kinds, kinds
+    assert ("STARTING", "otheruser") in kinds and kinds.index(("STARTING", "otheruser")) > kinds.index(("NORMAL", user))
+    # The replaced stream may not come back: its reconnection is told to stop.
+    assert (await _open(gw, tok, user, last_event_id=normal["id"])).status == 204

@@ -44,6 +44,13 @@ async def test_tenancy_profiles_and_pats(repo):
     assert [x.id for x in await repo.list_profiles(t2.id)] == [p2.id]
     pat = await repo.create_pat(t.id, g.id, "cli", "h" * 64)
     assert await repo.find_pat("h" * 64) == pat and await repo.find_pat("x" * 64) is None
+    other_pat = await repo.create_pat(t2.id, g2.id, "ops", "o" * 64)
+    assert [(c.id, c.revoked, c.profile_id) for c in await repo.list_pats()] == [(pat.id, False, None),
+                                                                                  (other_pat.id, False, None)]
+    assert [c.id for c in await repo.list_pats(t2.id)] == [other_pat.id]
+    assert await repo.revoke_pat(pat.id) is True and await repo.revoke_pat("pat_none") is False
+    assert await repo.find_pat("h" * 64) is None
+    assert [c.revoked for c in await repo.list_pats(t.id)] == [True]
 
 
 async def test_sessions_touch_and_purge(repo):
@@ -142,6 +149,11 @@ async def test_audiohook_orgs(repo):
     rotated = AudioHookOrg("0f0e", t.id, None, "kh2", None, 2)
     await repo.save_audiohook_org(rotated, replace=True)
     assert await repo.audiohook_org_by_key("kh1") is None and await repo.get_audiohook_org("0f0e") == rotated
+    second = AudioHookOrg("1a1b", t.id, None, "kh3", None, 3)
+    await repo.save_audiohook_org(second)
+    assert await repo.list_audiohook_orgs() == [rotated, second]
+    assert await repo.delete_audiohook_org("0f0e") is True and await repo.delete_audiohook_org("0f0e") is False
+    assert await repo.list_audiohook_orgs() == [second] and await repo.audiohook_org_by_key("kh2") is None
 
 
 # -- fraud signals ------------------------------------------------------------------------------
@@ -193,6 +205,11 @@ async def test_fingerprints_replace_per_call_and_keep_the_most_recent(repo, prof
 async def test_user_group_keys_and_verification_stats(repo, profile):
     k = await repo.create_user_group_key(profile.tenant_id, profile.group_id, profile.id, "k", "kh" * 32)
     assert await repo.find_user_group_key("kh" * 32) == k and await repo.find_user_group_key("zz") is None
+    [cred] = await repo.list_user_group_keys(profile.tenant_id)
+    assert (cred.id, cred.profile_id, cred.revoked) == (k.id, profile.id, False)
+    assert await repo.list_user_group_keys("ten_other") == []
+    assert await repo.revoke_user_group_key(k.id) is True and await repo.revoke_user_group_key("ugk_x") is False
+    assert await repo.find_user_group_key("kh" * 32) is None
     await repo.record_verification(profile.id, "ghost", True)          # not enrolled: not counted
     assert await repo.verification_stats(profile.id, "ghost") is None
     await repo.enrol(write(profile.id, "u1"))
