@@ -76,9 +76,22 @@ def _classify(exc: BaseException) -> str | None:
         return "lost"
     if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
         return "lost"
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # The client's protocol state no longer matches the server's (seen when a server shut
+        # down under a waiting statement): the connection is terminated, which ends the
+        # transaction on the server, and the call is treated like a lost connection.
+        return "lost"
     if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
         return "conflict"
     return None
+
+
+def _terminate(conn) -> None:
+    """Close a pooled connection at once (already gone or detached from the pool: nothing to do)."""
+    try:
+        conn.terminate()
+    except Exception:
+        pass
 
 
 class PostgresRepository(Repository):
@@ -193,19 +206,21 @@ class PostgresRepository(Repository):
             try:
                 async with pool.acquire(timeout=self.connect_timeout_s) as conn:
                     tr = conn.transaction()
-                    await tr.start()
                     try:
+                        await tr.start()
                         out = await fn(conn)
-                    except BaseException:
-                        if not conn.is_closed():
+                        committing = True
+                        await tr.commit()
+                        return out
+                    except BaseException as exc:
+                        if _classify(exc) == "lost" or committing:
+                            _terminate(conn)   # never hand a connection in doubt back to the pool
+                        else:
                             try:
                                 await tr.rollback()
                             except Exception:  # the connection broke: the server rolled back
-                                pass
+                                _terminate(conn)
                         raise
-                    committing = True
-                    await tr.commit()
-                    return out
             except Exception as exc:
                 kind = _classify(exc)
                 if kind is None:
