@@ -181,6 +181,10 @@ OTHER_ENV = {
     "VBGW_MODEL_DIR": "model files directory (engine.model_dir's default)",
     "VBGW_BENCH_BUS_TAP": "benchmarks only",
     "VBGW_UPDATE_SCREENSHOT": "tests only",
+    "VBGW_REQUIRE_SERVICES": "tests only: a missing PostgreSQL/Redis/NATS fails instead of skipping (.ci/run)",
+    "VBGW_TEST_PG_DSN": "tests only (tests/services.py)",
+    "VBGW_TEST_REDIS_URL": "tests only (tests/services.py)",
+    "VBGW_TEST_NATS_URL": "tests only (tests/services.py)",
 }
 
 
