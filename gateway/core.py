@@ -81,7 +81,7 @@ class Core:
         self.auth = Authenticator(store, settings.auth.token_idle_s)
         self.dialogs = DialogRegistry(self, settings.dialogs.retain_after_close_s)
         self._names: dict[str, str] = {}
-        # absolute: the rows keep these paths, and start-up compares the files with them
+        # absolute: rows keep these paths (start-up matches files and rows by their last parts)
         self.audio_dir = (settings.data_dir / "audio").resolve()
         self.uploads = Uploads(engine, settings.uploads.max_audio_s, settings.uploads.max_concurrent)
 
@@ -243,8 +243,11 @@ class Core:
         world-readable), and kept audio matching the database. A file no row points at is
         removed: a crash between writing an enrolment's audio and committing its row, or
         between an opt-out's commit and its unlinks, leaves one. A row whose file is missing
-        is only logged (an unmounted volume must not erase the database's references)."""
-        known = {os.path.realpath(p) for p in await self.store.audio_paths()}
+        is only logged (an unmounted volume must not erase the database's references). Files
+        and rows are matched on <profile>/<user folder>/<name> (names are unique), so a data
+        directory moved elsewhere keeps its audio."""
+        rows = await self.store.audio_paths()
+        known = {Path(p).parts[-3:] for p in rows}
         data_dir, audio_dir = self.settings.data_dir, self.audio_dir
 
         def scan() -> tuple[int, int, int]:
@@ -254,13 +257,13 @@ class Core:
             if audio_dir.is_dir():
                 for dirpath, _, files in os.walk(audio_dir, topdown=False):
                     for f in files:
-                        path = os.path.join(dirpath, f)
-                        if os.path.realpath(path) not in known:
-                            Path(path).unlink(missing_ok=True)
+                        path = Path(dirpath, f)
+                        if path.parts[-3:] not in known:
+                            path.unlink(missing_ok=True)
                             removed += 1
                     if dirpath != str(audio_dir):
                         _rmdir_if_empty(Path(dirpath))
-            missing = sum(1 for p in known if not os.path.exists(p))
+            missing = sum(1 for p in rows if not audio_dir.joinpath(*Path(p).parts[-3:]).exists())
             return removed, missing, tightened
         removed, missing, tightened = await asyncio.to_thread(scan)
         if removed or missing or tightened:
@@ -311,12 +314,14 @@ class Core:
                                        vp_fail=False, vp_fail_reason=None)))
         return user, emb.speech_ms
 
-    async def opt_out(self, c: Caller, user_id: str) -> User:
+    async def opt_out(self, c: Caller, user_id: str) -> User | None:
         return await self.opt_out_user(c.profile, user_id, c.session.master_id)
 
-    async def opt_out_user(self, profile: Profile, user_id: str, dialog_id: str) -> User:
+    async def opt_out_user(self, profile: Profile, user_id: str, dialog_id: str) -> User | None:
         user, paths = await self.store.opt_out(profile.id, user_id)
-        failed = await asyncio.to_thread(_unlink_all, paths)
+        # where the files are now (a moved data directory keeps the rows' old paths)
+        failed = await asyncio.to_thread(_unlink_all, [str(self.audio_dir.joinpath(*Path(p).parts[-3:]))
+                                                       for p in paths])
         await asyncio.to_thread(_rmdir_if_empty, self._audio_folder(profile.id, user_id))
         if failed:
             log.error("audio_delete_failed", dialog_id=dialog_id, files=failed)

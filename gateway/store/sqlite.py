@@ -147,7 +147,7 @@ class SqliteRepository(Repository):
                 raise
         # A crash between an opt-out's commit and its WAL truncation left the deleted rows'
         # page images in the WAL: fold it into the (secure_delete) database and empty it.
-        self._truncate_wal(conn)
+        self._truncate_wal(conn, quiet=True)       # (busy: a running gateway; it truncates its own)
         self._conn = conn
 
     async def open(self) -> None:
@@ -384,11 +384,11 @@ class SqliteRepository(Repository):
         return out
 
     @staticmethod
-    def _truncate_wal(c: sqlite3.Connection) -> bool:
+    def _truncate_wal(c: sqlite3.Connection, quiet: bool = False) -> bool:
         """Checkpoint the WAL into the database and truncate it to zero bytes. Waits up to
         busy_timeout for other connections' readers; False if they still hold it."""
         busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
+        if busy and not quiet:
             log.error("wal_truncate_busy")
         return not busy
 

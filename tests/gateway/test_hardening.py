@@ -179,6 +179,14 @@ async def test_start_up_reconciles_kept_audio_with_the_database_after_a_crash(se
     assert not Path(paths["leaver"]).exists() and not orphan.exists()
     assert not orphan.parent.exists() and not Path(paths["leaver"]).parent.exists()
     await server.close()
+    # A data directory moved elsewhere keeps its audio (rows keep the old absolute paths).
+    moved = settings.data_dir.parent / "moved"
+    settings.data_dir.rename(moved)
+    settings.server.data_dir = moved
+    server = await aiohttp_server(create_app(settings, engine=engine))
+    kept = moved / Path(paths["keeper"]).relative_to(settings.data_dir.parent / "var")
+    assert kept.exists()
+    await server.close()
 
 
 # -- 3. sessions are purged once expired ------------------------------------------------------
