@@ -23,6 +23,7 @@ from gateway.config import Settings
 from gateway.core import Core
 from gateway.errors import ApiError, error_response
 from gateway.events import build_sink
+from gateway.files import private_dir
 from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
 from gateway.store.sqlite import SqliteRepository
@@ -70,7 +71,7 @@ def load_metrics_token(data_dir: Path) -> str:
     path = data_dir / "metrics.token"
     if path.exists():
         return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     tok = secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -83,7 +84,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[OPEN_SOCKETS] = set()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)            # 0700 (gateway/files.py)
     app[METRICS_TOKEN] = load_metrics_token(settings.data_dir)
 
     async def lifecycle(app: web.Application):
@@ -106,6 +107,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             n = await store.mark_re_enroll(p.id, eng.info.model, eng.info.extractor_version)
             if n:
                 log.warning("users_need_re_enrolment", profile_id=p.id, users=n)
+        await core.reconcile_files()       # kept audio vs rows after a crash; owner-only modes
         app[CORE] = core
         core.dialogs.start()
         log.info("gateway_started", model=eng.info.model, extractor=eng.info.extractor_version)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def cmd_serve(args) -> int:
     from gateway.app import serve
     from gateway.logging import configure_logging
     from gateway.startup import StartupError
+    # Whatever else the process creates (SQLite temporary files, ...) is owner-only too;
+    # the gateway's own files get 0600/0700 explicitly (gateway/files.py).
+    os.umask(0o077)
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
     try:

@@ -92,6 +92,15 @@ class FraudConfig(_Section):
     keep_verify_fingerprints: int = Field(20, ge=1, le=1000)  # per user, most recent calls
 
 
+class UploadsConfig(_Section):
+    """Uploaded audio files (batch enrolment, blocklist fraudsters; docs/security.md)."""
+    # Longest recording accepted (413 AUDIO_TOO_LONG, from the WAV header, before decoding).
+    max_audio_s: float = Field(1800.0, gt=0)
+    # Files analysed at once; further uploads wait their turn (each in flight holds a few
+    # seconds of decoded audio, its voiceprint windows and fingerprint, whatever its length).
+    max_concurrent: int = Field(2, ge=1, le=64)
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -103,6 +112,7 @@ class Settings(_Section):
     logging: LoggingConfig = LoggingConfig()
     audiohook: AudioHookConfig = AudioHookConfig()
     fraud: FraudConfig = FraudConfig()
+    uploads: UploadsConfig = UploadsConfig()
 
     @model_validator(mode="after")
     def _paths_under_data_dir(self) -> "Settings":

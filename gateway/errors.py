@@ -29,15 +29,18 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 async def decode_upload(data: bytes):
     """An uploaded WAV file as int16 8 kHz mono, decoded and resampled off the event loop
-    (a 50 MB upload takes seconds); unusable audio is a 415 with the codec's code."""
+    (a 50 MB upload takes seconds) block by block (connectors.codecs.iter_wav_8k), so only
+    the result is ever whole; unusable audio is a 415 with the codec's code. (Uploads the
+    gateway serves go through gateway.uploads instead, which never holds the whole result.)"""
     import asyncio
 
+    import numpy as np
+
     from connectors.base import ConnectorError
-    from connectors.codecs import read_wav, to_8k
+    from connectors.codecs import iter_wav_8k
 
     def decode():
-        pcm, rate = read_wav(data)
-        return to_8k(pcm, rate)
+        return np.concatenate([np.zeros(0, np.int16), *iter_wav_8k(data)])
     try:
         return await asyncio.to_thread(decode)
     except ConnectorError as exc:
