@@ -358,7 +358,7 @@ class DialogRegistry:
         """Retire dialogs without audio for retain_after_close_s: closed ones, and ones no
         stream ever fed (they would otherwise live for ever)."""
         now = time.time()
-        for d in list(self._dialogs.values()):
+        for d in self.all():
             since = d.idle_since
             if since is not None and now - since > self.retain_after_close_s:
                 await self.retire(d)

@@ -215,7 +215,7 @@ async def test_dialogs_without_audio_expire_like_closed_ones(gateway):
     assert len(core.dialogs) == 20
     await core.dialogs.reap_once()
     assert len(core.dialogs) == 20                       # younger than retain_after_close_s: kept
-    for d in list(core.dialogs._dialogs.values()):
+    for d in core.dialogs.all():
         d.created -= gw.settings.dialogs.retain_after_close_s + 1
     await core.dialogs.reap_once()
     assert len(core.dialogs) == 0
