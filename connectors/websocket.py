@@ -1,0 +1,43 @@
+"""A WebSocketResponse that explains, in its protocol's own words, why it is closing when
+aiohttp's frame reader refuses a frame.
+
+aiohttp enforces `max_msg_size` (and UTF-8 in text frames, and the framing rules) in its reader
+and closes the socket straight from `receive()` (1009, 1007, 1002), before the handler sees
+anything, so a client sending a 200 KB frame would get a bare close where one of 70 KB gets
+the protocol's documented error message. `report(close_code)` returns that message (or None);
+it is sent just before the close frame."""
+from __future__ import annotations
+
+from typing import Callable
+
+from aiohttp import web
+
+READ_ERROR_CLOSE_CODES = {1002: "the WebSocket framing is invalid", 1007: "a text message is not valid UTF-8",
+                          1009: "a message exceeds the size limit"}
+
+
+class ReportingWebSocket(web.WebSocketResponse):
+    def __init__(self, *, report: Callable[[int], str | None], **kwargs):
+        super().__init__(**kwargs)
+        self._report = report
+        self._receiving = False
+        self._reported = False
+
+    async def receive(self, timeout: float | None = None):
+        self._receiving = True
+        try:
+            return await super().receive(timeout)
+        finally:
+            self._receiving = False
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        # Called by receive() itself when the reader failed: the only close that gets a report.
+        if self._receiving and code in READ_ERROR_CLOSE_CODES and not self._reported and not self.closed:
+            self._reported = True
+            text = self._report(code)
+            if text is not None:
+                try:
+                    await self.send_str(text)
+                except (ConnectionError, RuntimeError):
+                    pass
+        return await super().close(code=code, message=message, drain=drain)
