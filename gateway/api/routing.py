@@ -57,7 +57,10 @@ async def parse_json(request: web.Request, model: type[M], max_bytes: int) -> M:
     connectors.safejson.MAX_DEPTH levels. Every failure is a 4xx with a stable code."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
+    # read() returns what has arrived so far: a body in several TCP segments needs a loop
+    raw = bytearray()
+    while len(raw) <= max_bytes and (chunk := await request.content.read(max_bytes + 1 - len(raw))):
+        raw += chunk
     if len(raw) > max_bytes:
         raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
     try:
