@@ -174,6 +174,8 @@ async def _serve(settings: Settings) -> None:
     own shutdown stops reading upgraded WebSockets at once, so it cannot do the middle step.)"""
     app = create_app(settings)
     runner, site, guard = await start_site(app, settings)
+    log.info("listening", url=f"{'https' if settings.server.tls_cert else 'http'}://{settings.server.host}:"
+             f"{runner.addresses[0][1] if runner.addresses else settings.server.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

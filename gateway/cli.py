@@ -25,9 +25,7 @@ def cmd_serve(args) -> int:
     from gateway.logging import configure_logging
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
-    scheme = "https" if settings.server.tls_cert else "http"
-    print(f"vbgw listening on {scheme}://{settings.server.host}:{settings.server.port}", file=sys.stderr, flush=True)
-    serve(settings)
+    serve(settings)             # logs `listening` (a JSON line, like every line) once bound
     return 0
 
 

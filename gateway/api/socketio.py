@@ -21,6 +21,7 @@ rendered and encoded once per token, whatever the number of clients."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +30,14 @@ import socketio
 import structlog
 from aiohttp import web
 
+from connectors import safejson
 from gateway.api import live
 from gateway.api.ocp import parse_users
 from gateway.appkeys import CORE, SETTINGS
 from gateway.auth import token_hash
 from gateway.bus import DialogKey, Subscription
 from gateway.errors import ApiError
+from gateway.logging import library_logger
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +79,16 @@ def parse_request(data: Any, need_users: bool) -> Request:
     return Request(token.strip(), users)
 
 
+class _PacketJson:
+    """The json module python-socketio decodes packets with: the standard one, except that a
+    packet nested deeper than connectors.safejson allows is refused like malformed JSON."""
+    dumps = staticmethod(json.dumps)
+
+    @staticmethod
+    def loads(text, *args, **kwargs):
+        return safejson.loads(text)
+
+
 def room(audience: str, th: str) -> str:
     return f"{audience}:{th}"
 
@@ -92,7 +105,10 @@ class _Feed:
 class LiveHub:
     def __init__(self, app: web.Application):
         self.app = app
-        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
+        # Explicit loggers: with logger=False python-socketio adds a plain-text stderr handler of its
+        # own; the JSON `json` module bounds the nesting of a client's packets (connectors.safejson).
+        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=library_logger("socketio.server"),
+                                        engineio_logger=library_logger("engineio.server"), json=_PacketJson)
         self.sio.attach(app, socketio_path=PATH)
         self.feeds: dict[DialogKey, _Feed] = {}
         self.watchers: dict[str, set[str]] = {}          # token hash -> sids
