@@ -182,6 +182,8 @@ BENCHES = (
     ("stream", "gateway.bench.stream", "concurrent real-time direct streams with verification"),
     ("audiohook", "gateway.bench.audiohook", "concurrent real-time AudioHook calls with verification"),
     ("live", "gateway.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
+    ("slowclients", "gateway.bench.slowclients", "idle, slowloris and never-reading clients: /healthz latency, "
+                                                 "gateway memory, when each is let go"),
 )
 
 
