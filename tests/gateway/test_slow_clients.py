@@ -5,7 +5,9 @@ loaded machine makes them slower, not red."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import socket
 import time
 
@@ -177,3 +179,39 @@ async def test_an_authenticated_socketio_client_stays(served):
         assert client.connected
     finally:
         await client.disconnect()
+
+
+async def test_a_never_reading_socketio_client_is_dropped_and_its_feed_freed(served):
+    """Socket.IO over a WebSocket: python-engineio queues every packet for a client without
+    bound; a client that stopped reading must be let go and its dialog feed closed."""
+    import websockets
+
+    from gateway.api.socketio import HUB, NAMESPACE, PATH
+    gw, guard = served
+    hub, core = gw.app[HUB], gw.app[CORE]
+    tok = await gw.token("sio-stall")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", _port(gw)))
+    # max_queue=1: once a message waits unread, the client stops reading the socket at all
+    ws = await websockets.connect(f"{gw.ws_url}{PATH}/?EIO=4&transport=websocket", sock=sock, max_queue=1,
+                                  ping_interval=None, max_size=None)
+    try:
+        assert (await ws.recv()).startswith("0")
+        await ws.send(f"40{NAMESPACE},")
+        assert (await ws.recv()).startswith(f"40{NAMESPACE},")
+        await ws.send(f'42{NAMESPACE},1["status",{{"token":"{tok}","users":""}}]')
+        async with asyncio.timeout(WAIT_S):
+            while not any(hub.clients.values()):
+                await asyncio.sleep(0.05)
+        key = next(iter(hub.feeds))
+        aborted = guard.aborted
+        async with asyncio.timeout(WAIT_S * 2):          # the client reads nothing from here on
+            while hub.feeds or any(hub.clients.values()):
+                for _ in range(20):                       # random text: permessage-deflate cannot shrink it
+                    core.bus.publish(key, "status", {"status": base64.b64encode(os.urandom(40_000)).decode()})
+                await asyncio.sleep(0.05)
+        assert guard.aborted > aborted
+    finally:
+        ws.transport.abort() if hasattr(ws, "transport") else None
+        sock.close()
