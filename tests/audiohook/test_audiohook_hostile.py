@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+import websockets
+
 from ah_support import org_for
 
 
@@ -23,3 +26,14 @@ async def test_audiohook_deeply_nested_message_gets_a_client_error_disconnect(ga
         await ws.send("x" * 300_000)
         msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
     assert msg["type"] == "disconnect" and msg["parameters"]["info"].startswith("Client Error"), msg
+
+
+async def test_a_silent_audiohook_socket_is_closed_after_the_open_timeout(gateway):
+    """Guards the idle-socket rule for AudioHook (audiohook.open_timeout_s, already enforced)."""
+    gw = gateway
+    gw.settings.audiohook.open_timeout_s = 1.0
+    org = await org_for(gw)
+    async with org.connect() as ws:
+        with pytest.raises(websockets.ConnectionClosed) as exc:
+            await asyncio.wait_for(ws.recv(), 30)
+    assert exc.value.rcvd.code == 1008
