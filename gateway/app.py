@@ -14,11 +14,11 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
+from gateway import limits
 from gateway.api import aculab, audiohook, blocklists, ocp, sse, system, widget
 from gateway.api import socketio as socketio_api
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
-from gateway import limits
 from gateway.config import Settings
 from gateway.core import Core
 from gateway.errors import ApiError, client_error, internal_error
@@ -56,15 +56,14 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except asyncio.CancelledError:
         raise
+    except web.HTTPRequestEntityTooLarge as exc:
+        err = client_error(exc, request.app[SETTINGS].server.max_body_bytes)
     except web.HTTPException as exc:
-        if exc.status < 400 or isinstance(exc, web.HTTPRequestEntityTooLarge):
-            if exc.status < 400:
-                raise
-            err = client_error(exc, request.app[SETTINGS].server.max_body_bytes)
-        else:
-            code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, f"HTTP_{exc.status}")
-            err = ApiError(exc.status, code, exc.reason,
-                           headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"} or None)
+        if exc.status < 400:
+            raise
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, f"HTTP_{exc.status}")
+        err = ApiError(exc.status, code, exc.reason,
+                       headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"} or None)
     except Exception as exc:
         err = client_error(exc, request.app[SETTINGS].server.max_body_bytes) or internal_error(request, exc)
     request.app[CORE].metrics.inc("vbgw_errors_total", code=err.code)

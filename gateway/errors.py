@@ -4,7 +4,11 @@ from __future__ import annotations
 import re
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
+
+from connectors.safejson import JsonInputError
+from gateway.limits import BodyTimeout
 
 
 class ErrorBody(BaseModel):
@@ -42,10 +46,6 @@ def client_error(exc: BaseException, max_body_bytes: int) -> ApiError | None:
     """The stable client error for an exception that bad input raises below the handlers
     (aiohttp's body reading, the JSON parser, the body deadline), or None for a server fault.
     Both error envelopes (OCP: the error middleware; Aculab: its own wrapper) answer with it."""
-    from aiohttp.web_protocol import RequestPayloadError
-
-    from connectors.safejson import JsonInputError
-    from gateway.limits import BodyTimeout
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, JsonInputError):
