@@ -8,6 +8,7 @@ the protocol's documented error message. `report(close_code)` returns that messa
 it is sent just before the close frame."""
 from __future__ import annotations
 
+import asyncio
 from typing import Callable
 
 from aiohttp import web
@@ -16,12 +17,21 @@ READ_ERROR_CLOSE_CODES = {1002: "the WebSocket framing is invalid", 1007: "a tex
                           1009: "a message exceeds the size limit"}
 
 
+LINGER_S = 2.0
+
+
 class ReportingWebSocket(web.WebSocketResponse):
     def __init__(self, *, report: Callable[[int], str | None], **kwargs):
         super().__init__(**kwargs)
         self._report = report
         self._receiving = False
         self._reported = False
+        self._lingering = False
+        self._transport: asyncio.Transport | None = None
+
+    async def prepare(self, request: web.BaseRequest):
+        self._transport = request.transport
+        return await super().prepare(request)
 
     async def receive(self, timeout: float | None = None):
         self._receiving = True
@@ -38,6 +48,31 @@ class ReportingWebSocket(web.WebSocketResponse):
             if text is not None:
                 try:
                     await self.send_str(text)
+                    self._lingering = True
                 except (ConnectionError, RuntimeError):
                     pass
-        return await super().close(code=code, message=message, drain=drain)
+        closed = await super().close(code=code, message=message, drain=drain)
+        if self._lingering:
+            await self._linger()
+        return closed
+
+    def _close_transport(self) -> None:
+        # aiohttp closes the TCP connection at once when its reader failed. The peer may still be
+        # sending the rest of the refused frame: closing with unread data sends a reset, which can
+        # destroy the report and the close frame before the peer has read them.
+        if not self._lingering:
+            super()._close_transport()
+
+    async def _linger(self) -> None:
+        """A lingering close, as HTTP servers do: stop writing, keep reading (and discarding)
+        until the peer closes or LINGER_S passes, then close."""
+        t = self._transport
+        if t is None or t.is_closing():
+            return
+        if t.can_write_eof():
+            t.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_S
+        while not t.is_closing() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        t.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 
 import aiohttp
@@ -202,6 +203,9 @@ def test_aculab_one_time_websocket_answers_any_frames(gateway_process, frames):
         assert 400 <= answers[0]["code"] < 500, answers
 
 
+_STREAM_IDS = itertools.count()
+
+
 @settings(FUZZ, max_examples=25)
 @given(frames=_frames())
 def test_direct_stream_answers_any_frames(gateway_process, frames):
@@ -214,7 +218,7 @@ def test_direct_stream_answers_any_frames(gateway_process, frames):
                 answers = await _one_answer_then_close(ws, [*frames, ("text", "")])
                 return answers, ws.close_code
 
-    answers, close_code = asyncio.run(run(gw.session_token("fuzz-stream")))
+    answers, close_code = asyncio.run(run(gw.session_token(f"fuzz-stream-{next(_STREAM_IDS)}")))
     for a in answers:
         assert set(a) in ({"error"}, {"event", "dialog_id", "encoding", "sample_rate"}, {"event", "dialog_id"}), a
         if "error" in a:
