@@ -158,8 +158,17 @@ def read_wav(data: bytes) -> tuple[np.ndarray, int]:
     except ConnectorError:
         raise
     except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError for junk
-        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {exc}", 1003) from None
+        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}", 1003) from None
     return np.ascontiguousarray(audio[:, 0]), rate
+
+
+def soundfile_reason(exc: Exception) -> str:
+    """libsndfile's own reason ("Format not recognised."), without the "Error opening
+    <_io.BytesIO object at 0x...>" prefix that soundfile puts in front of it."""
+    reason = getattr(exc, "error_string", None)
+    if not isinstance(reason, str) or not reason:
+        reason = str(exc).rpartition(": ")[2] or "unreadable audio"
+    return reason[:200]
 
 
 def to_8k(samples: np.ndarray, rate: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 import structlog
 from aiohttp import web
 
+from connectors.codecs import soundfile_reason
 from engine.fraud import unpack
 from engine.types import Embedding
 from gateway.auth import token_hash
@@ -97,7 +98,7 @@ def _check_wav_header(data: bytes) -> None:
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as exc:  # libsndfile raises RuntimeError/LibsndfileError for junk
-        raise ApiError(415, "BAD_AUDIO", f"not a readable WAV file: {exc}") from None
+        raise ApiError(415, "BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}") from None
     if info.format != "WAV":
         raise ApiError(415, "BAD_AUDIO", f"expected a WAV file, got {info.format}")
     if info.channels != 1:

@@ -34,10 +34,9 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
     try:
-        serve(settings, on_listening=lambda url: print(f"vbgw listening on {url} (data dir "
-                                                       f"{settings.data_dir.resolve()})", file=sys.stderr,
-                                                       flush=True))
+        serve(settings)         # logs `listening` (a JSON line, like every log line) once bound
     except StartupError as exc:
+        # The one line a gateway that cannot start prints (before it claimed to run).
         print(f"vbgw: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -285,6 +284,8 @@ BENCHES = (
     ("stream", "gateway.bench.stream", "concurrent real-time direct streams with verification"),
     ("audiohook", "gateway.bench.audiohook", "concurrent real-time AudioHook calls with verification"),
     ("live", "gateway.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
+    ("slowclients", "gateway.bench.slowclients", "idle, slowloris and never-reading clients: /healthz latency, "
+                                                 "gateway memory, when each is let go"),
 )
 
 

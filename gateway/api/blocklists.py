@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.api.forms import form_parts
 from gateway.api.routing import RouteTable, json_response, parse_json
 from gateway.appkeys import CORE, SETTINGS
 from gateway.core import Core
@@ -218,10 +219,10 @@ async def add_from_wav(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send multipart/form-data with a file field")
     audio, filename, label = None, "", ""
-    async for part in await request.multipart():
+    async for part in form_parts(request):
         if part.name == "file":
             filename = part.filename or "upload.wav"
-            audio = bytes(await part.read())
+            audio = await part.read()
         elif part.name == "label":
             label = (await part.text()).strip()
         else:

@@ -111,10 +111,12 @@ class Server:
     def admin_bootstrap(self) -> str:
         return self.admin("bootstrap", "--tenant", "bench", "--profile", "bench").removeprefix("pat=")
 
-    async def start(self, module: str = "gateway.cli") -> None:
-        """Run `python -m <module> serve` (a bench may wrap the CLI to instrument the gateway)."""
-        env = dict(os.environ, VBGW_EVENTS__JSONL_PATH=str(self.data_dir / "events.jsonl"),
-                   VBGW_LOGGING__LEVEL="warning")
+    async def start(self, module: str = "gateway.cli", env: dict[str, str] | None = None) -> None:
+        """Run `python -m <module> serve` (a bench may wrap the CLI to instrument the gateway).
+        Every bench client connects from 127.0.0.1, so the per-address connection cap is off
+        unless `env` sets it."""
+        env = {**os.environ, "VBGW_EVENTS__JSONL_PATH": str(self.data_dir / "events.jsonl"),
+               "VBGW_LOGGING__LEVEL": "warning", "VBGW_SERVER__MAX_CONNECTIONS_PER_CLIENT": "0", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(self.port),
                                       "--data-dir", str(self.data_dir)], cwd=REPO, env=env,
                                      stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "server.log", "w"))
