@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 
+from connectors import safejson
 from connectors.base import SAMPLE_RATE, Channel, ConnectorError, Frame
 from connectors.codecs import decode
 
@@ -360,9 +360,9 @@ class AudioHookSession:
         if len(text) > MAX_MESSAGE_CHARS:
             raise _protocol_error("MESSAGE_TOO_LARGE", f"text message of {len(text)} characters exceeds 65535")
         try:
-            data = json.loads(text)
-        except ValueError:
-            raise _protocol_error("MALFORMED_JSON", "message is not well-formed JSON") from None
+            data = safejson.loads(text)
+        except safejson.JsonInputError as exc:
+            raise _protocol_error(exc.code, f"message is {exc.message}") from None
         if not isinstance(data, dict):
             raise _protocol_error("INVALID_MESSAGE", "message is not a JSON object")
         try:

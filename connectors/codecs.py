@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -85,6 +87,63 @@ class StreamResampler:
         return np.clip(np.round(y), -32768, 32767).astype(np.int16)
 
 
+@dataclass(frozen=True)
+class WavInfo:
+    rate: int
+    channels: int
+    frames: int
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.rate if self.rate else 0.0
+
+
+def _open_wav(data: bytes):
+    import soundfile as sf
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError for junk
+        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {exc}", 1003) from None
+    if f.format != "WAV":
+        f.close()
+        raise ConnectorError("BAD_AUDIO", f"expected a WAV file, got {f.format}", 1003)
+    if f.samplerate not in SUPPORTED_RATES:
+        f.close()
+        raise ConnectorError("BAD_SAMPLE_RATE", f"unsupported sample rate {f.samplerate}", 1003)
+    return f
+
+
+def wav_info(data: bytes) -> WavInfo:
+    """A WAV file's format and length, from its header (nothing is decoded)."""
+    with _open_wav(data) as f:
+        return WavInfo(f.samplerate, f.channels, f.frames, f.subtype)
+
+
+def iter_wav_8k(data: bytes, block_s: float = 5.0) -> Iterator[np.ndarray]:
+    """Decode a WAV file (as read_wav) to int16 mono 8 kHz, block by block: at most
+    `block_s` of input audio is decoded at a time, so memory stays a few blocks whatever the
+    file's length (the whole-file path held the file as int16 and, resampling, a float64
+    matrix of taps x output samples: gigabytes for a long 48 kHz upload). The blocks joined
+    equal read_wav + to_8k of the whole file (StreamResampler is chunk-exact)."""
+    f = _open_wav(data)
+    try:
+        resampler = StreamResampler(f.samplerate)
+        step = max(1, int(block_s * f.samplerate))
+        while True:
+            try:
+                block = f.read(step, dtype="int16", always_2d=True)
+            except Exception as exc:  # noqa: BLE001 - a truncated or corrupt body
+                raise ConnectorError("BAD_AUDIO", f"the WAV data cannot be decoded: {exc}", 1003) from None
+            if not len(block):
+                return
+            out = resampler.process(np.ascontiguousarray(block[:, 0]))
+            if len(out):
+                yield out
+    finally:
+        f.close()
+
+
 def read_wav(data: bytes) -> tuple[np.ndarray, int]:
     """Decode a WAV file (PCM 8/16/24/32-bit, float, mu-law, A-law; any channel count) to
     int16 mono at its own rate. Multi-channel audio keeps channel 0 (Genesys recordings put
@@ -99,8 +158,17 @@ def read_wav(data: bytes) -> tuple[np.ndarray, int]:
     except ConnectorError:
         raise
     except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError for junk
-        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {exc}", 1003) from None
+        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}", 1003) from None
     return np.ascontiguousarray(audio[:, 0]), rate
+
+
+def soundfile_reason(exc: Exception) -> str:
+    """libsndfile's own reason ("Format not recognised."), without the "Error opening
+    <_io.BytesIO object at 0x...>" prefix that soundfile puts in front of it."""
+    reason = getattr(exc, "error_string", None)
+    if not isinstance(reason, str) or not reason:
+        reason = str(exc).rpartition(": ")[2] or "unreadable audio"
+    return reason[:200]
 
 
 def to_8k(samples: np.ndarray, rate: int) -> np.ndarray:

@@ -6,15 +6,17 @@ the session and the server closes. Errors are sent as one JSON text message
 `{"error": {"code", "message"}}` followed by a close with the matching close code."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
-from typing import Literal
+from typing import Callable, Literal
 
 import structlog
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from connectors import safejson
 from connectors.base import ConnectorError, DialogPort, Frame
 from connectors.codecs import SUPPORTED_RATES, StreamResampler, decode
 
@@ -48,9 +50,10 @@ class OcpStreamDecoder:
 
     def on_config(self, text: str) -> RecognitionConfig:
         try:
-            data = json.loads(text)
-        except ValueError:
-            raise ConnectorError("BAD_CONFIG", "the first message must be a RecognitionConfig JSON object", CLOSE_INVALID)
+            data = safejson.loads(text)
+        except safejson.JsonInputError as exc:
+            raise ConnectorError("BAD_CONFIG", "the first message must be a RecognitionConfig JSON object: "
+                                 + exc.message, CLOSE_INVALID) from None
         if not isinstance(data, dict):
             raise ConnectorError("BAD_CONFIG", "RecognitionConfig must be a JSON object", CLOSE_INVALID)
         try:
@@ -102,19 +105,47 @@ class OcpStreamDecoder:
         return frame
 
 
+def error_text(code: str, message: str) -> str:
+    return json.dumps({"error": {"code": code, "message": message}})
+
+
 async def send_error(ws: web.WebSocketResponse, err: ConnectorError) -> None:
     if not ws.closed:
-        await ws.send_str(json.dumps({"error": {"code": err.code, "message": err.message}}))
+        await ws.send_str(error_text(err.code, err.message))
         await ws.close(code=err.close_code, message=err.code.encode()[:120])
 
 
-async def serve(ws: web.WebSocketResponse, port: DialogPort, max_frame_bytes: int) -> str:
+def read_error_text(max_frame_bytes: int) -> Callable[[int], str | None]:
+    """For connectors.websocket.ReportingWebSocket: the documented error for a frame that
+    aiohttp's reader refused (too big for max_msg_size, text not UTF-8), like the decoder's."""
+    def report(close_code: int) -> str | None:
+        if close_code == CLOSE_TOO_BIG:
+            return error_text("FRAME_TOO_LARGE", f"an audio message exceeds the limit of {max_frame_bytes} bytes")
+        if close_code == CLOSE_INVALID:
+            return error_text("BAD_TEXT", "a text message is not valid UTF-8")
+        return error_text("PROTOCOL_ERROR", "the WebSocket framing is invalid")
+    return report
+
+
+_END = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+
+
+async def serve(ws: web.WebSocketResponse, port: DialogPort, max_frame_bytes: int,
+                first_message_timeout_s: float | None = None) -> str:
     """Run one stream until it ends. Returns the end reason ("completed", "disconnected",
-    or an error code). Never raises for peer misbehaviour."""
+    or an error code). Never raises for peer misbehaviour; a socket that sends no
+    RecognitionConfig within first_message_timeout_s gets CONFIG_TIMEOUT."""
     decoder = OcpStreamDecoder(port.dialog_id, max_frame_bytes)
     reason = "disconnected"
     try:
-        async for msg in ws:
+        while True:
+            try:
+                msg = await ws.receive(timeout=first_message_timeout_s if decoder.config is None else None)
+            except asyncio.TimeoutError:
+                raise ConnectorError("CONFIG_TIMEOUT", f"no RecognitionConfig within {first_message_timeout_s:g} s",
+                                     CLOSE_POLICY) from None
+            if msg.type in _END:
+                break
             if msg.type == WSMsgType.TEXT:
                 out = decoder.on_message("text", msg.data)
             elif msg.type == WSMsgType.BINARY:
@@ -140,9 +171,12 @@ async def serve(ws: web.WebSocketResponse, port: DialogPort, max_frame_bytes: in
         reason = err.code
         log.info("stream_protocol_error", code=err.code, dialog_id=port.dialog_id)
         await send_error(ws, err)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        reason = "INTERNAL"
+        log.exception("stream_failed", dialog_id=port.dialog_id)
+        await send_error(ws, ConnectorError("INTERNAL", "internal error", CLOSE_INTERNAL))
     finally:
         await port.end(reason)
     return reason
-
-
-

@@ -28,3 +28,7 @@ class EngineConfig(BaseModel):
     vad_pad_ms: int = 1024                       # audio kept around speech for the encoder
     scd_threshold: float = 4.0                   # speaker change when a window's llr < this (docs/scoring.md)
     max_pending_s: float = 20.0                  # per-session cap on unprocessed audio
+    # Uploaded files (batch enrolment, blocklist and Aculab uploads) run on threads of their
+    # own, after live calls' work, at this nice value (Linux): live scoring comes first.
+    file_threads: int = Field(1, ge=1, le=16)
+    file_nice: int = Field(10, ge=0, le=19)

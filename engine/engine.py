@@ -12,6 +12,8 @@ Data flow (docs/scoring.md has the long version):
      milestone -> ticket on the session's in-order ticket queue
   encoder threads ("vbgw-encoder-N", cfg.threads): jobs one per thread, urgent first
      (milestones and what they wait for), then background windows
+  file threads ("vbgw-files-N", cfg.file_threads, niced): uploaded files block by block
+     (FileEmbedder via run_file_work), only while no live job is queued
   coordinator, as jobs finish: the session's ready tickets in order -> window embeddings,
      speaker change, Milestone events; SpeechProgress straight from the VAD pass
   events -> loop.call_soon_threadsafe(on_event, ...)
@@ -25,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -54,6 +58,7 @@ PARTIAL_QUANTUM = 800       # partial windows are cut to 100 ms multiples so the
 MIN_PARTIAL_S = 0.5         # a partial window shorter than this is left out when windows exist
 _EMPTY = np.zeros(0, np.int16)
 MAX_WINDOWS = 64            # finished windows kept per call before the oldest are folded (memory bound)
+FILE_BLOCK_S = 5.0          # audio per unit of file work: its VAD and at most one window to embed
 
 
 def _version() -> str:
@@ -348,7 +353,8 @@ class _Core:
 
         for (st, audio, times), decisions in zip(active, results):
             st.audio_ms += len(audio) * 1000 // SAMPLE_RATE
-            self.audio_s += len(audio) / SAMPLE_RATE
+            with self._stats_lock:                # the coordinator and file threads feed concurrently
+                self.audio_s += len(audio) / SAMPLE_RATE
             grew = milestone = False
             for idx, pieces, is_speech in decisions:
                 for piece in pieces:
@@ -467,25 +473,47 @@ class _Core:
 
 
 # ----------------------------------------------------------------------------- scheduler
+@dataclass(eq=False)
+class _FileTask:
+    """A unit of file work (an uploaded file's next block: decoding, VAD, its windows'
+    embeddings, fingerprint): `fn()` runs on a file thread, `done(result, exc)` follows."""
+    fn: Callable[[], object]
+    done: Callable[[object, BaseException | None], None]
+
+
 class _Scheduler:
-    """Runs encoder jobs on `threads` threads of their own, urgent (milestone) jobs first.
+    """Runs encoder jobs on `threads` threads of their own, urgent (milestone) jobs first;
+    file work (uploaded files: batch enrolment, blocklist and Aculab uploads) on
+    `file_threads` threads of its own, last.
 
     The engine worker (the coordinator) only queues jobs and collects finished ones, so
     the VAD of new audio, the window bookkeeping and the encoder run at the same time on
-    different cores (ONNX Runtime releases the GIL) instead of one after the other."""
+    different cores (ONNX Runtime releases the GIL) instead of one after the other.
 
-    def __init__(self, core: "_Core", threads: int, on_done: Callable[[], None]):
+    Live calls come first, in three ways: the order (urgent live jobs, then background live
+    jobs, then file work: a file thread takes file work only while no live job is queued),
+    the bound on file work (at most `file_threads` files' blocks run at once, never on a
+    live thread, so a live job never waits behind a file), and the CPU (file threads run at
+    `file_nice` on Linux, so under load the OS hands the cores to live work first)."""
+
+    def __init__(self, core: "_Core", threads: int, on_done: Callable[[], None],
+                 file_threads: int = 1, file_nice: int = 10):
         self._core = core
         self._on_done = on_done
         self._cv = threading.Condition()
         self._urgent: deque[_Job] = deque()
         self._background: deque[_Job] = deque()
+        self._files: deque[_FileTask] = deque()
         self._running = 0
+        self.file_running = 0
         self._stop = False
         self.queued_samples = 0
+        self._file_nice = file_nice
         self.finished: deque[_Job] = deque()      # appended by encoder threads, drained by the coordinator
         self._threads = [threading.Thread(target=self._loop, name=f"vbgw-encoder-{i}", daemon=True)
                          for i in range(max(1, threads))]
+        self._threads += [threading.Thread(target=self._file_loop, name=f"vbgw-files-{i}", daemon=True)
+                          for i in range(max(1, file_threads))]
         for t in self._threads:
             t.start()
 
@@ -496,7 +524,18 @@ class _Scheduler:
             for j in jobs:
                 (self._urgent if j.urgent else self._background).append(j)
                 self.queued_samples += len(j.audio)
-            self._cv.notify(len(jobs))
+            self._cv.notify_all()
+
+    def submit_file(self, task: _FileTask) -> None:
+        with self._cv:
+            if self._stop:
+                raise EngineError("engine stopped")
+            self._files.append(task)
+            self._cv.notify_all()
+
+    @property
+    def files_queued(self) -> int:
+        return len(self._files)
 
     def promote(self, states: set[int]) -> None:
         """Queued jobs of these states (ids) jump the queue: a milestone waits for them."""
@@ -512,25 +551,48 @@ class _Scheduler:
 
     def idle(self) -> bool:
         with self._cv:
-            return not (self._urgent or self._background or self._running)
+            return not (self._urgent or self._background or self._running or self._files or self.file_running)
 
     def stop(self) -> None:
         with self._cv:
             self._stop = True
+            dropped, self._files = list(self._files), deque()
             self._cv.notify_all()
+        for task in dropped:
+            task.done(None, EngineError("engine stopped"))
         for t in self._threads:
             t.join(5.0)
+
+    # -- the order (called with self._cv held) ---------------------------------------
+    def _next_live(self) -> _Job | None:
+        if self._urgent:
+            return self._urgent.popleft()
+        if self._background:
+            return self._background.popleft()
+        return None
+
+    def _next_file(self) -> _FileTask | None:
+        if self._urgent or self._background or not self._files:
+            return None                  # live work first, whatever is waiting
+        return self._files.popleft()
+
+    # -- threads ---------------------------------------------------------------------
+    def _wait_for(self, take: Callable):
+        """With the lock held: the next item `take()` gives, waiting for one; None on stop."""
+        while not self._stop and (item := take()) is None:
+            self._cv.wait()
+        return None if self._stop else item
 
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not (self._urgent or self._background):
-                    self._cv.wait()
-                if self._stop:
+                job = self._wait_for(self._next_live)
+                if job is None:
                     return
-                job = self._urgent.popleft() if self._urgent else self._background.popleft()
                 self.queued_samples -= len(job.audio)
                 self._running += 1
+                if self._files and not (self._urgent or self._background):
+                    self._cv.notify_all()           # the live queues drained: file work may go
             try:
                 self._core.run_job(job)
             except Exception:  # noqa: BLE001 - a failed job yields no embedding, never a dead thread
@@ -543,8 +605,82 @@ class _Scheduler:
                 self.finished.append(job)
                 self._on_done()
 
+    def _file_loop(self) -> None:
+        _lower_thread_priority(self._file_nice)
+        while True:
+            with self._cv:
+                task = self._wait_for(self._next_file)
+                if task is None:
+                    return
+                self.file_running += 1
+            try:
+                res, exc = task.fn(), None
+            except Exception as e:  # noqa: BLE001 - reported to the waiting caller
+                res, exc = None, e
+            finally:
+                with self._cv:
+                    self.file_running -= 1
+            try:
+                task.done(res, exc)
+            except Exception:  # noqa: BLE001
+                log.exception("file work callback failed")
+
+
+def _lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value (Linux: nice is per thread; elsewhere
+    PRIO_PROCESS would name a process, so nothing is done)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        log.warning("could not lower the file threads' priority")
+
 
 # ----------------------------------------------------------------------------- public
+class FileEmbedder:
+    """The embedding of one uploaded file, built block by block so that a file of any
+    length needs only its current block and window in memory (a whole file's int16 array,
+    its VAD input and per-sample arrival times were several times its size).
+
+    `add()` and `result()` run on a file thread (Engine.run_file_work), one at a time; the
+    embedding equals the one-shot path's (Engine.embed_many_sync): the VAD is stateful and
+    cut on the same 256-sample chunks, and windows are cut from the same speech."""
+
+    def __init__(self, core: _Core):
+        self._core = core
+        self._st = _State("", SpeechLimits(), None, core.window_samples)
+
+    def add(self, pcm: np.ndarray) -> None:
+        """VAD over `pcm` (int16 8 kHz) and embed the windows it fills, on this thread."""
+        pcm = check_pcm(pcm)
+        if not len(pcm):
+            return
+        st = self._st
+        st.pending.append((0.0, pcm))
+        st.pending_samples += len(pcm)
+        jobs, _ = self._core.feed([st], None, milestones=False)
+        for job in jobs:
+            self._core.run_job(job)
+        self._core.resolve(st)               # window tickets only: no events to deliver
+
+    def result(self) -> Embedding | None:
+        """The file's embedding (its windows and the last partial window); None without
+        speech. The < 256-sample tail is ignored, as in a live session."""
+        out: list[Embedding | None] = []
+        job = self._core.session_ticket(self._st, out.append)
+        if job is not None:
+            self._core.run_job(job)
+        for _, ev in self._core.resolve(self._st):
+            if isinstance(ev, _Answer):
+                ev.callback(ev.value)
+        return out[0] if out else None
+
+    def memory_bytes(self) -> int:
+        return self._st.memory_bytes()
+
+
 class EngineSession:
     """One dialog. push() from the event loop; results arrive through on_event."""
 
@@ -652,7 +788,8 @@ class Engine:
             return
         self._loop = asyncio.get_running_loop()
         self._stop = False
-        self._sched = _Scheduler(self._core, self.cfg.threads, self._wake.set)
+        self._sched = _Scheduler(self._core, self.cfg.threads, self._wake.set,
+                                 file_threads=self.cfg.file_threads, file_nice=self.cfg.file_nice)
         self._thread = threading.Thread(target=self._run, name="vbgw-engine", daemon=True)
         self._thread.start()
         self.ready = True
@@ -692,11 +829,37 @@ class Engine:
 
     # -- one-shot --------------------------------------------------------------------
     async def embed_pcm(self, pcm: np.ndarray) -> Embedding | None:
-        """Embed a whole file (int16 mono 8 kHz). None when there is no speech."""
+        """Embed a whole file (int16 mono 8 kHz) as file work (see run_file_work), in
+        blocks of FILE_BLOCK_S. None when there is no speech."""
         pcm = check_pcm(pcm)
         if not len(pcm):
             return None
-        return await self._settled(None, "ONE_SHOT", pcm)
+        fe = self.file_embedder()
+        step = int(FILE_BLOCK_S * SAMPLE_RATE)
+        for i in range(0, len(pcm), step):
+            await self.run_file_work(lambda block=pcm[i:i + step]: fe.add(block))
+        return await self.run_file_work(fe.result)
+
+    def file_embedder(self) -> FileEmbedder:
+        """A streaming whole-file embedder; call its methods through run_file_work."""
+        return FileEmbedder(self._core)
+
+    async def run_file_work(self, fn: Callable[[], object]):
+        """Run `fn()` on a file thread and return its result: work for uploaded files,
+        which live calls always come before (see _Scheduler). Keep each call to a block of
+        a file (FILE_BLOCK_S), so several uploads take turns."""
+        sched = self._sched
+        if sched is None:
+            raise EngineError("engine not started")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def settle(res, exc):
+            if not fut.done():
+                fut.set_exception(exc) if exc is not None else fut.set_result(res)
+
+        sched.submit_file(_FileTask(fn, lambda res, exc: loop.call_soon_threadsafe(settle, res, exc)))
+        return await fut
 
     def embed_many_sync(self, pcms: list[np.ndarray]) -> list[Embedding | None]:
         """Batch form of embed_pcm for scripts (calibration, benchmarks); not thread-safe
@@ -748,16 +911,16 @@ class Engine:
                            extra={"backlog_s": round(backlog_s, 3),
                                   "dropped_audio_s": self._dropped_ms / 1000.0,
                                   "encoder_queue_s": round(encoder_queue / SAMPLE_RATE, 3),
+                                  "file_work_queued": self._sched.files_queued if self._sched is not None else 0,
                                   "encoder": self.info.extractor_version,
                                   "last_error": self._last_error})
 
     # -- worker ----------------------------------------------------------------------
-    async def _settled(self, st: _State | None, what: str, pcm: np.ndarray | None = None):
+    async def _settled(self, st: _State, what: str):
         """Feed `st`'s pending audio, then answer once all its work so far has resolved,
         without holding up the worker meanwhile (its other calls keep flowing):
         FLUSH -> None (and a trailing SpeechProgress), SESSION -> the session embedding,
-        CLOSE -> None (the session is closed), ONE_SHOT -> the embedding of `pcm` (a whole
-        file, through the same VAD/windows as a session, its jobs urgent)."""
+        CLOSE -> None (the session is closed). (Whole files are file work: embed_pcm.)"""
         if self._thread is None:
             raise EngineError("engine not started")
         loop = asyncio.get_running_loop()
@@ -772,17 +935,9 @@ class Engine:
             loop.call_soon_threadsafe(answer, res, exc)
 
         def start():                                   # coordinator thread
-            nonlocal st
             try:
-                if what == "ONE_SHOT":
-                    st = self._core.file_state(pcm)
-                    jobs, _ = self._core.feed([st], None, milestones=False)
-                    for j in jobs:
-                        j.urgent = True
-                    self._sched.submit(jobs)
-                else:
-                    self._feed([st], None)
-                if what in ("SESSION", "ONE_SHOT"):
+                self._feed([st], None)
+                if what == "SESSION":
                     job = self._core.session_ticket(st, reply)
                     if job is not None:
                         self._sched.submit([job])

@@ -4,7 +4,6 @@ the audio against the seed's format rules and registers, updates, verifies and d
 through gateway.core, on the same user records as the OCP API (docs/aculab-users-api.md)."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import io
@@ -18,11 +17,12 @@ import numpy as np
 import structlog
 from aiohttp import web
 
+from connectors.codecs import soundfile_reason
 from engine.fraud import unpack
 from engine.types import Embedding
 from gateway.auth import token_hash
 from gateway.core import NO_DATA_MS, Core
-from gateway.errors import ApiError, decode_upload
+from gateway.errors import ApiError
 from gateway.store.base import Profile, User, UserGroupKey
 
 log = structlog.get_logger(__name__)
@@ -98,7 +98,7 @@ def _check_wav_header(data: bytes) -> None:
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as exc:  # libsndfile raises RuntimeError/LibsndfileError for junk
-        raise ApiError(415, "BAD_AUDIO", f"not a readable WAV file: {exc}") from None
+        raise ApiError(415, "BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}") from None
     if info.format != "WAV":
         raise ApiError(415, "BAD_AUDIO", f"expected a WAV file, got {info.format}")
     if info.channels != 1:
@@ -113,13 +113,14 @@ def _check_wav_header(data: bytes) -> None:
                                               f"this file is {info.frames / info.samplerate:.1f} s")
 
 
-async def decode_wav(data: bytes) -> np.ndarray:
-    """A WAV upload as int16 8 kHz mono, checked against the seed's rules first; every step
-    runs off the event loop."""
+async def analyse_source(core: Core, data: bytes) -> tuple[np.ndarray, Embedding | None]:
+    """A WAV source checked against the seed's rules, then decoded (int16 8 kHz mono) and
+    embedded as file work, after live calls' (gateway/uploads.py)."""
     if not data:
         raise ApiError(400, "FILE_REQUIRED", "the request carries no audio")
-    await asyncio.to_thread(_check_wav_header, data)
-    return await decode_upload(data)
+    await core.engine.run_file_work(lambda: _check_wav_header(data))
+    a = await core.uploads.analyse(data, max_s=MAX_AUDIO_S, keep_pcm=True)
+    return a.pcm, a.embedding
 
 
 @dataclass
@@ -149,11 +150,10 @@ async def analyse(core: Core, named: list[tuple[str, bytes]]) -> Audio:
     sources = [Source(name) for name, _ in named]
     for src, (_, data) in zip(sources, named):
         try:
-            src.pcm = await decode_wav(data)
+            src.pcm, emb = await analyse_source(core, data)
         except ApiError as exc:
             src.error = exc
             continue
-        emb = await core.engine.embed_pcm(src.pcm)
         if emb is not None and emb.speech_ms >= NO_DATA_MS:
             src.embedding = emb
         else:
@@ -206,7 +206,7 @@ class AculabUsers:
         if await self.registered_user(scope.profile, user_id) is not None:
             raise ApiError(400, "USER_EXISTS", f"user_id '{user_id}' is already present")
         audio = await analyse(self.core, named)
-        fp = await self.core.fraud.pcm_fingerprint(audio.pcm)
+        fp = await self.core.uploads.fingerprint(audio.pcm)
         await self.core.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
                                         opt_in=True, require_new=True, origin=ORIGIN)
         return audio
@@ -216,7 +216,7 @@ class AculabUsers:
         if await self.registered_user(scope.profile, user_id) is None:
             raise _not_found(user_id)
         audio = await analyse(self.core, named)
-        fp = await self.core.fraud.pcm_fingerprint(audio.pcm)
+        fp = await self.core.uploads.fingerprint(audio.pcm)
         try:
             await self.core.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
                                             origin=ORIGIN)
@@ -248,7 +248,7 @@ class AculabUsers:
         # Sensitivity moves both thresholds by that many llr units (natural log): +1 asks for
         # e times more evidence that it is the same speaker.
         verified, conf = confidence(r["llr"], th["TRUE_LOW"] + sensitivity, th["TRUE_HIGH"] + sensitivity)
-        fp = await core.fraud.pcm_fingerprint(audio.pcm)
+        fp = await core.uploads.fingerprint(audio.pcm)
         pad = await self._pad(profile, user_id, fp, audio.pcm) if enable_pad else None
         if fp is not None:
             await core.store.add_fingerprint(profile.id, user_id, "VERIFY", instance_id, fp,
@@ -264,7 +264,7 @@ class AculabUsers:
         """engine.fraud.pad_detected for an uploaded file: its landmarks against the user's
         stored enrolment/verification fingerprints (TypeA/TypeB) and the TTS detector (TypeC)."""
         fraud = self.core.fraud
-        tts = await fraud.run_now(lambda: fraud.tts.score_pcm(pcm)) if fraud.tts is not None else None
+        tts = await self.core.engine.run_file_work(lambda: fraud.tts.score_pcm(pcm)) if fraud.tts is not None else None
 
         async def landmarks():
             return unpack(fp) if fp is not None else None

@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 
 import ssl
 from importlib.metadata import PackageNotFoundError, version
@@ -15,14 +16,16 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
+from gateway import limits
 from gateway.api import aculab, audiohook, blocklists, docs, ocp, sse, system, widget
 from gateway.api import socketio as socketio_api
 from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
 from gateway.auth import Keyring, load_or_create_secret
 from gateway.config import Settings
 from gateway.core import Core
-from gateway.errors import ApiError, error_response
+from gateway.errors import ApiError, client_error, internal_error
 from gateway.events import build_sink
+from gateway.files import private_dir
 from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
 from gateway.store.base import StoreUnavailable
@@ -41,41 +44,49 @@ def sw_version() -> str:
         return "0.1.0"
 
 
+PREPARED: web.RequestKey[web.StreamResponse] = web.RequestKey("prepared_response", web.StreamResponse)
+
+
+async def _remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
+    request[PREPARED] = response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
-    """No traceback ever reaches a client: known errors keep their code, the rest are 500
-    INTERNAL with a reference to the log line."""
+    """No traceback ever reaches a client: bad input keeps its stable code (gateway.errors.
+    client_error), the rest are 500 INTERNAL with a reference to the log line. Once a response
+    was prepared (a WebSocket, an SSE stream) no second one can be written: the socket is
+    closed instead of an HTTP 500 going into it."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        request.app[CORE].metrics.inc("vbgw_errors_total", code=exc.code)
-        return exc.response()
+    except asyncio.CancelledError:
+        raise
     except (StoreUnavailable, KeyUnavailable) as exc:     # the database is down / a data key is missing
-        request.app[CORE].metrics.inc("vbgw_errors_total", code=exc.code)
-        return error_response(503, exc.code, str(exc))
+        err = ApiError(503, exc.code, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
-        request.app[CORE].metrics.inc("vbgw_errors_total", code="BODY_TOO_LARGE")
-        return error_response(413, "BODY_TOO_LARGE", f"request bodies are limited to {exc.max_size} bytes")
+        err = client_error(exc, request.app[SETTINGS].server.max_body_bytes)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, f"HTTP_{exc.status}")
-        return error_response(exc.status, code, exc.reason, headers={k: v for k, v in exc.headers.items()
-                                                                   if k.lower() == "allow"})
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        ref = secrets.token_hex(6)
-        log.exception("unhandled_error", ref=ref, path=request.path)
-        request.app[CORE].metrics.inc("vbgw_errors_total", code="INTERNAL")
-        return error_response(500, "INTERNAL", f"internal error (reference {ref})")
+        err = ApiError(exc.status, code, exc.reason,
+                       headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"} or None)
+    except Exception as exc:
+        err = client_error(exc, request.app[SETTINGS].server.max_body_bytes) or internal_error(request, exc)
+    request.app[CORE].metrics.inc("vbgw_errors_total", code=err.code)
+    prepared = request.get(PREPARED)
+    if prepared is not None:
+        if isinstance(prepared, web.WebSocketResponse) and not prepared.closed:
+            await prepared.close(code=1011 if err.status >= 500 else 1008, message=err.code.encode()[:120])
+        return prepared
+    return err.response()
 
 
 def load_metrics_token(data_dir: Path) -> str:
     path = data_dir / "metrics.token"
     if path.exists():
         return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     tok = secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -85,10 +96,14 @@ def load_metrics_token(data_dir: Path) -> str:
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """Build the app. `engine` may be shared (tests load the models once per process)."""
-    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=settings.server.max_body_bytes,
+                          middlewares=[error_middleware, limits.body_deadline],
+                          handler_args=limits.handler_args(settings.server))
+    app[limits.BODY_TIMEOUT_S] = settings.server.body_timeout_s
+    app.on_response_prepare.append(_remember_prepared)
     app[SETTINGS] = settings
     app[OPEN_SOCKETS] = set()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)            # 0700 (gateway/files.py)
     app[METRICS_TOKEN] = load_metrics_token(settings.data_dir)
 
     async def lifecycle(app: web.Application):
@@ -153,6 +168,7 @@ async def store_ready(core: Core) -> None:
         n = await store.mark_re_enroll(p.id, eng.info.model, eng.info.extractor_version)
         if n:
             log.warning("users_need_re_enrolment", profile_id=p.id, users=n)
+    await core.reconcile_files()       # kept audio vs rows after a crash; owner-only modes
     usage = await store.hash_key_usage()
     if any(u.key_id is None for u in usage):
         # Hashes from before key ids were kept: assume today's secret made them (it is the one
@@ -179,32 +195,51 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-async def _serve(settings: Settings, on_listening=None) -> None:
+async def start_site(app: web.Application, settings: Settings, port: int | None = None,
+                     sock: socket.socket | None = None) -> tuple[web.AppRunner, web.BaseSite, limits.ConnectionGuard]:
+    """Run `app` on `sock` (already bound: `vbgw serve` binds before it starts the app) or on
+    server.host and `port` (default server.port), with the connection-level limits of
+    gateway.limits attached to the listening server."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    s = settings.server
+    guard = limits.ConnectionGuard(s.max_connections_per_client, s.send_timeout_s).attach(runner.server)
+    site: web.BaseSite
+    if sock is not None:
+        site = web.SockSite(runner, sock, ssl_context=ssl_context(settings))
+    else:
+        site = web.TCPSite(runner, s.host, s.port if port is None else port, ssl_context=ssl_context(settings))
+    try:
+        await site.start()
+    except BaseException:
+        await guard.close()
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise
+    return runner, site, guard
+
+
+async def _serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully: stop listening, let the open
     streams finish for up to server.shutdown_grace_s, then close what is left. (aiohttp's
     own shutdown stops reading upgraded WebSockets at once, so it cannot do the middle step.)
 
     The data dir is checked and the socket bound before the app starts (gateway_started),
-    and `on_listening(url)` is called once it serves: a gateway that cannot start says why
+    and `listening` is logged once it serves: a gateway that cannot start says why
     (StartupError) without having claimed to run."""
     from gateway.startup import bind_socket, check_data_dir
     check_data_dir(settings)
     tls = ssl_context(settings)
     sock = bind_socket(settings.server.host, settings.server.port)
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     try:
-        await runner.setup()
-        site = web.SockSite(runner, sock, ssl_context=tls)
-        await site.start()
+        runner, site, guard = await start_site(app, settings, sock=sock)
     except BaseException:
         sock.close()
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
         raise
-    if on_listening is not None:
-        host, port = sock.getsockname()[:2]
-        on_listening(f"{'https' if tls else 'http'}://{settings.server.host or host}:{port}")
+    host, port = sock.getsockname()[:2]
+    log.info("listening", url=f"{'https' if tls else 'http'}://{settings.server.host or host}:{port}",
+             data_dir=str(settings.data_dir.resolve()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -215,11 +250,12 @@ async def _serve(settings: Settings, on_listening=None) -> None:
         await site.stop()
         await app[CORE].dialogs.wait_streams_done(settings.server.shutdown_grace_s)
     finally:
+        await guard.close()
         await runner.cleanup()
 
 
-def serve(settings: Settings, on_listening=None) -> None:
-    asyncio.run(_serve(settings, on_listening))
+def serve(settings: Settings) -> None:
+    asyncio.run(_serve(settings))
 
 
 __all__ = ["create_app", "serve"]

@@ -16,9 +16,11 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.errors import ApiError, unauthorized
+from gateway.files import private_dir
 from gateway.store.base import Pat, Repository, SessionRecord
 
 PAT_PREFIX = "vbgw_pat_"
+HASHED_PREFIX = "hmac:"       # a stored biokey value that is the keyed hash of the value
 
 
 def new_pat() -> str:
@@ -40,7 +42,7 @@ def load_or_create_secret(data_dir: Path, configured: str) -> bytes:
     path = Path(data_dir) / "secret.key"
     if path.exists():
         return bytes.fromhex(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     key = os.urandom(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -61,7 +63,7 @@ class Keyring:
         return self._mac("bio_user_id", profile_id, user_id)
 
     def biokey_value(self, profile_id: str, key: str, value: str) -> str:
-        return "hmac:" + self._mac("biokey", profile_id, key, value)
+        return HASHED_PREFIX + self._mac("biokey", profile_id, key, value)
 
 
 def bearer(request: web.Request) -> str | None:

@@ -44,14 +44,21 @@ class Subscription:
 
 
 class ResultsBus:
+    """Messages are numbered per dialog (1, 2, 3, ...): the number is a dialog's SSE event id,
+    and a counter shared by every dialog would tell one tenant's clients how much the others
+    were doing. A dialog's numbers restart when it is forgotten (retired)."""
+
     def __init__(self, history: int = 64):
         self._subs: dict[DialogKey, set[Subscription]] = defaultdict(set)
         self._history: dict[DialogKey, list[BusMessage]] = defaultdict(list)
         self._history_len = history
-        self._seq = itertools.count(1)
+        self._seqs: dict[DialogKey, itertools.count] = {}
 
     def publish(self, key: DialogKey, kind: str, data: dict[str, Any]) -> BusMessage:
-        msg = BusMessage(kind, data, next(self._seq))
+        seq = self._seqs.get(key)
+        if seq is None:
+            seq = self._seqs[key] = itertools.count(1)
+        msg = BusMessage(kind, data, next(seq))
         hist = self._history[key]
         hist.append(msg)
         if len(hist) > self._history_len:
@@ -77,6 +84,7 @@ class ResultsBus:
 
     def forget(self, key: DialogKey) -> None:
         self._history.pop(key, None)
+        self._seqs.pop(key, None)
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -27,13 +28,15 @@ def cmd_serve(args) -> int:
     from gateway.app import serve
     from gateway.logging import configure_logging
     from gateway.startup import StartupError
+    # Whatever else the process creates (SQLite temporary files, ...) is owner-only too;
+    # the gateway's own files get 0600/0700 explicitly (gateway/files.py).
+    os.umask(0o077)
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
     try:
-        serve(settings, on_listening=lambda url: print(f"vbgw listening on {url} (data dir "
-                                                       f"{settings.data_dir.resolve()})", file=sys.stderr,
-                                                       flush=True))
+        serve(settings)         # logs `listening` (a JSON line, like every log line) once bound
     except StartupError as exc:
+        # The one line a gateway that cannot start prints (before it claimed to run).
         print(f"vbgw: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -290,6 +293,8 @@ BENCHES = (
     ("stream", "gateway.bench.stream", "concurrent real-time direct streams with verification"),
     ("audiohook", "gateway.bench.audiohook", "concurrent real-time AudioHook calls with verification"),
     ("live", "gateway.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
+    ("slowclients", "gateway.bench.slowclients", "idle, slowloris and never-reading clients: /healthz latency, "
+                                                 "gateway memory, when each is let go"),
 )
 
 

@@ -36,6 +36,13 @@ class ServerConfig(_Section):
     max_json_bytes: int = Field(64 * 1024, ge=256)
     shutdown_grace_s: float = Field(20.0, ge=0)
     data_dir: Path = Path("var")
+    # Limits on idle, slow and never-reading clients (gateway/limits.py, docs/security.md).
+    keepalive_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(120.0, gt=0)
+    send_timeout_s: float = Field(30.0, ge=0)
+    first_message_timeout_s: float = Field(10.0, gt=0)
+    socketio_auth_timeout_s: float = Field(30.0, gt=0)
+    max_connections_per_client: int = Field(256, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -124,6 +131,15 @@ class FraudConfig(_Section):
     keep_verify_fingerprints: int = Field(20, ge=1, le=1000)  # per user, most recent calls
 
 
+class UploadsConfig(_Section):
+    """Uploaded audio files (batch enrolment, blocklist fraudsters; docs/security.md)."""
+    # Longest recording accepted (413 AUDIO_TOO_LONG, from the WAV header, before decoding).
+    max_audio_s: float = Field(1800.0, gt=0)
+    # Files analysed at once; further uploads wait their turn (each in flight holds a few
+    # seconds of decoded audio, its voiceprint windows and fingerprint, whatever its length).
+    max_concurrent: int = Field(2, ge=1, le=64)
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -136,6 +152,7 @@ class Settings(_Section):
     logging: LoggingConfig = LoggingConfig()
     audiohook: AudioHookConfig = AudioHookConfig()
     fraud: FraudConfig = FraudConfig()
+    uploads: UploadsConfig = UploadsConfig()
 
     @model_validator(mode="after")
     def _paths_under_data_dir(self) -> "Settings":

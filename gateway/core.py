@@ -14,7 +14,7 @@ import structlog
 from engine import Engine
 from engine.types import BandTargets, Embedding, SpeakerChange
 from gateway.api.schemas import BiokeyIn, TokenRequest
-from gateway.auth import Authenticator, Keyring, new_session_token, token_hash
+from gateway.auth import HASHED_PREFIX, Authenticator, Keyring, new_session_token, token_hash
 from gateway.bus import ResultsBus
 from gateway.config import Settings
 from gateway.dialogs import Dialog, DialogRegistry
@@ -23,8 +23,10 @@ from gateway.events import (
     Biokey, EnrolledUser, EventSink, VbEnrolmentEvent, VbVerificationEvent, VerificationEnrolledUser,
     VoiceprintBlock,
 )
+from gateway.files import DIR_MODE, tighten, tighten_tree
 from gateway.fraud import FraudService
 from gateway.metrics import Metrics
+from gateway.uploads import Uploads
 from gateway.store.base import (
     Conflict, EnrolmentWrite, OptedOutError, Pat, Profile, Repository, SessionRecord, StoredBiokey, User,
 )
@@ -44,6 +46,13 @@ def _unlink_all(paths: list[str]) -> int:
         except OSError:
             failed += 1
     return failed
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass                      # not empty, or absent
 
 
 def now_ms() -> int:
@@ -72,7 +81,9 @@ class Core:
         self.auth = Authenticator(store, settings.auth.token_idle_s)
         self.dialogs = DialogRegistry(self, settings.dialogs.retain_after_close_s)
         self._names: dict[str, str] = {}
-        self.audio_dir = settings.data_dir / "audio"
+        # absolute: rows keep these paths (start-up matches files and rows by their last parts)
+        self.audio_dir = (settings.data_dir / "audio").resolve()
+        self.uploads = Uploads(engine, settings.uploads.max_audio_s, settings.uploads.max_concurrent)
 
     # -- names for events -------------------------------------------------------------------
     async def tenant_name(self, tenant_id: str) -> str:
@@ -100,9 +111,24 @@ class Core:
         t = now_ms()
         await self.store.create_session(SessionRecord(
             token_hash(token), tenant.id, profile.group_id, profile.id, req.masterId, req.agentId,
-            req.agentSkill, req.ccaasProvider, dict(req.customProperties), t, t))
+            req.agentSkill, req.ccaasProvider, self._session_biokeys(profile, req.customProperties), t, t))
         self.metrics.inc("vbgw_tokens_created_total")
         return token
+
+    def _session_biokeys(self, profile: Profile, custom: dict[str, str]) -> dict[str, str]:
+        """What a session keeps of its customProperties: only the profile's biokeys (the one
+        use they have: biokeys of an enrolment from the call), sensitive ones as their keyed
+        hash, like the biokeys table (docs/security.md). The rest is not stored."""
+        kept = {}
+        for k, v in custom.items():
+            d = profile.settings.biokey(k)
+            if d is not None:
+                kept[k] = self.keyring.biokey_value(profile.id, k, v) if d.sensitive else v
+        return kept
+
+    async def purge_expired_sessions(self) -> int:
+        """Delete session rows whose token expired (auth.token_idle_s without use)."""
+        return await self.store.purge_sessions(now_ms() - self.settings.auth.token_idle_s * 1000)
 
     async def caller(self, rec: SessionRecord, token: str) -> Caller:
         profile = await self.store.get_profile(rec.tenant_id, rec.profile_id)
@@ -151,16 +177,18 @@ class Core:
         uid = user_id or flagged[0]
         if any(v != uid for v in flagged):
             raise ApiError(400, "USER_ID_MISMATCH", "user_id and the is_user_id biokey differ")
-        merged: dict[str, str] = {}
-        # Session customProperties that are profile biokeys count as biokeys too.
+        merged: dict[str, StoredBiokey] = {}
+        # Session customProperties that are profile biokeys count as biokeys too (sensitive
+        # ones were stored as their keyed hash already: see _session_biokeys).
         for k, v in c.session.custom_properties.items():
             d = c.profile.settings.biokey(k)
             if d is not None and not d.is_user_id:
-                merged[k] = v
+                hashed = d.sensitive and v.startswith(HASHED_PREFIX)
+                merged[k] = StoredBiokey(k, v, True) if hashed else self._stored_biokey(c.profile, k, v)
         for b in biokeys:
             if not (b.is_user_id or b.key == uid_key):
-                merged[b.key] = b.value
-        stored = [self._stored_biokey(c.profile, k, v) for k, v in merged.items()]
+                merged[b.key] = self._stored_biokey(c.profile, b.key, b.value)
+        stored = list(merged.values())
         stored.append(StoredBiokey(uid_key, uid, False))
         return uid, stored
 
@@ -178,13 +206,19 @@ class Core:
         fp = await self.fraud.dialog_fingerprint(dialog)
         return await self._enrol(c.profile, uid, stored, emb, c.session.master_id, opt_in, c, fingerprint=fp)
 
-    async def enrol_from_pcm(self, profile: Profile, user_id: str, biokeys: dict[str, str], pcm: np.ndarray,
-                             dialog_id: str, keep_audio: bool) -> tuple[User, int]:
-        emb = await self.engine.embed_pcm(pcm)
-        fp = await self.fraud.pcm_fingerprint(pcm)
-        paths = [await asyncio.to_thread(self._save_audio, profile, user_id, pcm)] if keep_audio else []
+    async def enrol_from_upload(self, profile: Profile, user_id: str, biokeys: dict[str, str], data: bytes,
+                                dialog_id: str, keep_audio: bool) -> tuple[User, int]:
+        """Batch enrolment from an uploaded WAV file, analysed as file work (gateway.uploads:
+        streamed, after live calls' work, within uploads.max_audio_s). With `keep_audio` the
+        decoded 8 kHz audio is kept beside the voiceprint: the file is on disk (fsynced)
+        before the row that points at it commits, and removed if the enrolment fails; a
+        crash in between leaves a file without a row, which start-up removes (reconcile_files)."""
+        save_to = self._audio_path(profile, user_id) if keep_audio else None
+        a = await self.uploads.analyse(data, fingerprint=True, save_to=save_to)
+        paths = [a.path] if a.path else []
         try:
-            return await self.enrol_embedding(profile, user_id, biokeys, emb, dialog_id, fp, audio_paths=paths)
+            return await self.enrol_embedding(profile, user_id, biokeys, a.embedding, dialog_id, a.fingerprint,
+                                              audio_paths=paths)
         except BaseException:
             await asyncio.to_thread(_unlink_all, paths)
             raise
@@ -200,13 +234,43 @@ class Core:
         return await self._enrol(profile, user_id, stored, emb, dialog_id, opt_in, None, audio_paths,
                                  fingerprint=fingerprint, require_new=require_new, origin=origin)
 
-    def _save_audio(self, profile: Profile, user_id: str, pcm: np.ndarray) -> str:
-        import soundfile as sf
-        folder = self.audio_dir / profile.id / self.keyring.bio_user_id(profile.id, user_id)[:32]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{now_ms()}-{os.urandom(4).hex()}.wav"
-        sf.write(path, pcm, 8000, subtype="PCM_16")
-        return str(path)
+    def _audio_folder(self, profile_id: str, user_id: str) -> Path:
+        return self.audio_dir / profile_id / self.keyring.bio_user_id(profile_id, user_id)[:32]
+
+    def _audio_path(self, profile: Profile, user_id: str) -> Path:
+        return self._audio_folder(profile.id, user_id) / f"{now_ms()}-{os.urandom(4).hex()}.wav"
+
+    async def reconcile_files(self) -> None:
+        """Start-up: the data directory and kept audio owner-only (an older version made them
+        world-readable), and kept audio matching the database. A file no row points at is
+        removed: a crash between writing an enrolment's audio and committing its row, or
+        between an opt-out's commit and its unlinks, leaves one. A row whose file is missing
+        is only logged (an unmounted volume must not erase the database's references). Files
+        and rows are matched on <profile>/<user folder>/<name> (names are unique), so a data
+        directory moved elsewhere keeps its audio."""
+        rows = await self.store.audio_paths()
+        known = {Path(p).parts[-3:] for p in rows}
+        data_dir, audio_dir = self.settings.data_dir, self.audio_dir
+
+        def scan() -> tuple[int, int, int]:
+            tighten(data_dir, DIR_MODE)
+            tightened = tighten_tree(audio_dir)
+            removed = 0
+            if audio_dir.is_dir():
+                for dirpath, _, files in os.walk(audio_dir, topdown=False):
+                    for f in files:
+                        path = Path(dirpath, f)
+                        if path.parts[-3:] not in known:
+                            path.unlink(missing_ok=True)
+                            removed += 1
+                    if dirpath != str(audio_dir):
+                        _rmdir_if_empty(Path(dirpath))
+            missing = sum(1 for p in rows if not audio_dir.joinpath(*Path(p).parts[-3:]).exists())
+            return removed, missing, tightened
+        removed, missing, tightened = await asyncio.to_thread(scan)
+        if removed or missing or tightened:
+            log.warning("audio_files_reconciled", orphans_removed=removed, rows_without_file=missing,
+                        permissions_tightened=tightened)
 
     async def _enrol(self, profile: Profile, uid: str, stored: list[StoredBiokey], emb: Embedding | None,
                      dialog_id: str, opt_in: bool, c: Caller | None, audio_paths: list[str] | None = None,
@@ -278,12 +342,15 @@ class Core:
                                        sw_version=info.sw_version, vp_fail=fail_reason is not None,
                                        vp_fail_reason=fail_reason)))
 
-    async def opt_out(self, c: Caller, user_id: str) -> User:
+    async def opt_out(self, c: Caller, user_id: str) -> User | None:
         return await self.opt_out_user(c.profile, user_id, c.session.master_id)
 
-    async def opt_out_user(self, profile: Profile, user_id: str, dialog_id: str) -> User:
+    async def opt_out_user(self, profile: Profile, user_id: str, dialog_id: str) -> User | None:
         user, paths = await self.store.opt_out(profile.id, user_id)
-        failed = await asyncio.to_thread(_unlink_all, paths)
+        # where the files are now (a moved data directory keeps the rows' old paths)
+        failed = await asyncio.to_thread(_unlink_all, [str(self.audio_dir.joinpath(*Path(p).parts[-3:]))
+                                                       for p in paths])
+        await asyncio.to_thread(_rmdir_if_empty, self._audio_folder(profile.id, user_id))
         if failed:
             log.error("audio_delete_failed", dialog_id=dialog_id, files=failed)
         self.metrics.inc("vbgw_optouts_total")

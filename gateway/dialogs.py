@@ -84,6 +84,7 @@ class Dialog:
         self.created = time.time()
         self.closed_at: float | None = None
         self.active_streams = 0
+        self.streamed = False                 # a stream ever fed it (see idle_since)
         self.frames = 0
         self.samples_in = 0
         self.steps = 0                        # dialog_step of vb_verification events
@@ -122,9 +123,19 @@ class Dialog:
         self.engine_session.push(frame.channel, frame.samples)
         self.core.metrics.inc("vbgw_frames_total")
 
+    @property
+    def idle_since(self) -> float | None:
+        """Since when the dialog has had no audio: its close, or its creation if no stream
+        ever fed it (a session that only asked for status or an on-demand verification);
+        None while a stream is open."""
+        if self.active_streams:
+            return None
+        return self.closed_at if self.closed_at is not None else (None if self.streamed else self.created)
+
     def stream_started(self, customer_audio: bool = True) -> None:
         """A connector starts feeding the dialog; `customer_audio=False` when its media carries
         no customer (external) channel: the statuses then say NO_CUSTOMER_AUDIO."""
+        self.streamed = True
         self.active_streams += 1
         self.closed_at = None
         was = self.no_customer_audio
@@ -344,18 +355,30 @@ class DialogRegistry:
         self.core.bus.forget(d.key)
 
     async def reap_once(self) -> None:
+        """Retire dialogs without audio for retain_after_close_s: closed ones, and ones no
+        stream ever fed (they would otherwise live for ever)."""
         now = time.time()
         for d in self.all():
-            if d.active_streams == 0 and d.closed_at is not None and now - d.closed_at > self.retain_after_close_s:
+            since = d.idle_since
+            if since is not None and now - since > self.retain_after_close_s:
                 await self.retire(d)
+
+    async def housekeep(self) -> None:
+        """One round of the reaper: retire idle dialogs, and delete expired session rows
+        (their customProperties included) instead of keeping them for ever."""
+        try:
+            await self.reap_once()
+        except Exception:
+            log.exception("dialog_reaper_failed")
+        try:
+            await self.core.purge_expired_sessions()
+        except Exception:
+            log.exception("session_purge_failed")
 
     async def _reap_loop(self) -> None:
         while True:
             await asyncio.sleep(min(30.0, max(1.0, self.retain_after_close_s / 4)))
-            try:
-                await self.reap_once()
-            except Exception:
-                log.exception("dialog_reaper_failed")
+            await self.housekeep()
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_loop())

@@ -51,6 +51,8 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.files import open_private, prepare_sqlite
+
 log = structlog.get_logger(__name__)
 
 __all__ = [
@@ -400,8 +402,7 @@ class JsonlSink(EventSink):
 
     def _open(self) -> None:
         if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._fh = open_private(self.path, "a")   # 0600: events carry biokeys (docs/security.md)
 
     def _write(self, line: str) -> None:
         self._open()
@@ -456,13 +457,14 @@ class _Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite(path)          # 0600, and so its -wal and -shm (gateway/files.py)
         self._db = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=30.0
         )
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+            self._db.execute("PRAGMA secure_delete=ON")  # a delivered event's biokeys do not linger
             self._db.executescript(_SCHEMA)
 
     def add(self, delivery_id: str, message_type: str, body: str) -> int:

@@ -263,8 +263,3 @@ class FraudService:
     async def dialog_fingerprint(self, dialog: "Dialog") -> bytes | None:
         h, t = await dialog.fraud.landmarks()
         return pack(h, t) if len(h) else None
-
-    async def pcm_fingerprint(self, pcm: np.ndarray) -> bytes | None:
-        from engine.fraud import fingerprint
-        h, t = await self.run_now(lambda: fingerprint(pcm))
-        return pack(h, t) if len(h) else None

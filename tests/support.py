@@ -140,3 +140,32 @@ def readonly_mount(path: Path) -> list[str]:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+async def serve_process(data_dir: Path, **env: str):
+    """`vbgw serve` in a subprocess with a bootstrapped PAT, once it is ready:
+    (process, port, pat, base URL). stderr is a pipe: read it after the process ended."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from gateway.bench.stream import _free_port
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "admin", "--data-dir", str(data_dir), "bootstrap",
+                          "--tenant", "acme", "--profile", "retail"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    pat = out.strip().splitlines()[-1].removeprefix("pat=")
+    port = _free_port()
+    env = dict(os.environ, VBGW_EVENTS__JSONL_PATH=str(data_dir / "events.jsonl"), **env)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir",
+                             str(data_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(f"{base}/readyz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+    return proc, port, pat, base

@@ -17,15 +17,18 @@ import structlog
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from connectors import safejson
+from connectors.websocket import READ_ERROR_CLOSE_CODES, ReportingWebSocket
 from gateway.aculab import (
     MAX_SOURCES, USER_ID_CHARS_MESSAGE, USER_ID_RE, AculabUsers, Audio, KeyScope, authenticate,
     new_application_instance_id, new_transaction_id,
 )
+from gateway.api.forms import form_parts
 from gateway.api.routing import RouteTable
 from gateway.appkeys import CORE, OPEN_SOCKETS, SETTINGS
 from gateway.auth import token_hash
 from gateway.core import Core
-from gateway.errors import ApiError
+from gateway.errors import ApiError, client_error, internal_error, scrub
 
 log = structlog.get_logger(__name__)
 
@@ -35,11 +38,12 @@ ACTIONS = (*AUDIO_ACTIONS, "stats", "exists", "delete")
 DOC_LINK = "https://www.aculab.com/cloud/web-services/voice-biometrics/users?target=service_action_tabs&tab-id="
 # The seed's error texts start with these words ("Bad Request: ...", "Not found: ...").
 PHRASES = {400: "Bad Request", 401: "Unauthorized", 404: "Not found", 405: "Method Not Allowed", 409: "Conflict",
-           413: "Request Entity Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Entity",
+           408: "Request Timeout", 413: "Request Entity Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Entity",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
 SOURCE_NAME_RE = re.compile(r"^Source[1-9][0-9]{0,2}$")
 TICKET_TTL_S = 60.0
 MAX_OPEN_TICKETS = 10000       # unused WebSocket URLs held in memory at once
+MAX_EVENT_CHARS = 1024         # a text message on the one-time WebSocket is {"event": "audio_sent"}
 
 
 def aculab_datetime(t: float) -> str:
@@ -139,12 +143,14 @@ def _render(model: BaseModel) -> web.Response:
 
 
 def aculab_error(request: web.Request, received: float, action: str, status: int, code: str,
-                 message: str) -> web.Response:
+                 message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = AculabErrorResponse(
-        error=AculabErrorBody(code=f"HTTP {status}", text=f"{PHRASES.get(status, 'Error')}: {message}",
+        error=AculabErrorBody(code=f"HTTP {status}", text=f"{PHRASES.get(status, 'Error')}: {scrub(message)}",
                               link=DOC_LINK + action, datetime=aculab_datetime(time.time()), vbgw_code=code),
         request=AculabRequestInfo(url=request.path, datetime=aculab_datetime(received)))
-    headers = {"WWW-Authenticate": 'Basic realm="vbgw voice biometrics"'} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="vbgw voice biometrics"'
     return web.Response(text=body.model_dump_json(), status=status, content_type="application/json",
                         headers=headers)
 
@@ -157,20 +163,14 @@ def _with_envelope(fn, action: str):
         core: Core = request.app[CORE]
         try:
             return await fn(request)
-        except ApiError as exc:
-            core.metrics.inc("vbgw_errors_total", code=exc.code)
-            return aculab_error(request, received, action, exc.status, exc.code, exc.message)
-        except web.HTTPRequestEntityTooLarge as exc:
-            core.metrics.inc("vbgw_errors_total", code="BODY_TOO_LARGE")
-            return aculab_error(request, received, action, 413, "BODY_TOO_LARGE",
-                                f"request bodies are limited to {exc.max_size} bytes")
         except asyncio.CancelledError:
             raise
-        except Exception:
-            ref = secrets.token_hex(6)
-            log.exception("unhandled_error", ref=ref, path=request.path)
-            core.metrics.inc("vbgw_errors_total", code="INTERNAL")
-            return aculab_error(request, received, action, 500, "INTERNAL", f"internal error (reference {ref})")
+        except Exception as exc:
+            err = client_error(exc, request.app[SETTINGS].server.max_body_bytes)
+            if err is None:
+                err = internal_error(request, exc)
+            core.metrics.inc("vbgw_errors_total", code=err.code)
+            return aculab_error(request, received, action, err.status, err.code, err.message, err.headers)
     return wrapped
 
 
@@ -181,7 +181,12 @@ async def _params(request: web.Request, model: type[UserParams]) -> UserParams:
     one value (user_id one user)."""
     pairs = list(request.query.items())
     if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
-        pairs += [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
+        try:
+            form = await request.post()
+        except ValueError:          # UnicodeDecodeError: the body is not UTF-8
+            raise ApiError(400, "MALFORMED_BODY", "the form body is not UTF-8 application/x-www-form-urlencoded "
+                                                  "data") from None
+        pairs += [(k, v) for k, v in form.items() if isinstance(v, str)]
     raw: dict[str, str] = {}
     for k, v in pairs:
         if k in raw and k in model.model_fields:
@@ -211,8 +216,8 @@ async def _audio_parts(request: web.Request) -> list[tuple[str, bytes]]:
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "POST the wav files as multipart/form-data parts named "
                                                       "Source1, Source2, ... (or PUT one wav file as the body)")
     parts: list[tuple[str, bytes]] = []
-    async for part in await request.multipart():
-        name = part.name or ""
+    async for part in form_parts(request):
+        name = part.name
         if not SOURCE_NAME_RE.match(name):
             raise ApiError(400, "BAD_SOURCE_NAME", f"multipart part {name[:40]!r}: parts must be named "
                                                    "Source1, Source2, ...")
@@ -220,7 +225,7 @@ async def _audio_parts(request: web.Request) -> list[tuple[str, bytes]]:
             raise ApiError(400, "BAD_SOURCE_NAME", f"multipart part {name} appears twice")
         if len(parts) >= MAX_SOURCES:
             raise ApiError(400, "TOO_MANY_SOURCES", f"at most {MAX_SOURCES} wav files per request")
-        parts.append((name, bytes(await part.read())))
+        parts.append((name, await part.read()))
     if not parts:
         raise ApiError(400, "FILE_REQUIRED", "no Source1 part with a wav file")
     return parts
@@ -395,7 +400,9 @@ for _action, _h in _HANDLERS.items():
 async def _fallback(request: web.Request) -> web.Response:
     tail = request.match_info["tail"]
     if tail.startswith("user/") and tail[5:] in ACTIONS:
-        raise ApiError(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}")
+        allow = "GET, POST, PUT" if tail[5:] in AUDIO_ACTIONS else "GET, POST"
+        raise ApiError(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}",
+                       headers={"Allow": allow})
     raise ApiError(404, "NOT_FOUND", f"no service {request.path}")
 
 
@@ -404,6 +411,13 @@ def _reject(exc: ApiError) -> dict:
     # The seed's websocket error code table is not published: the code is the HTTP status.
     return {"event": "reject", "reason": PHRASES.get(exc.status, "Error"), "message": exc.message,
             "code": exc.status, "vbgw_code": exc.code}
+
+
+def _read_error(close_code: int, max_bytes: int) -> ApiError:
+    """The reject for a frame aiohttp's reader refused (connectors.websocket)."""
+    if close_code == 1009:
+        return ApiError(413, "BODY_TOO_LARGE", f"a message over {max_bytes} bytes")
+    return ApiError(400, "BAD_MESSAGE", READ_ERROR_CLOSE_CODES.get(close_code, "unreadable message"))
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -416,7 +430,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
         return aculab_error(request, received, action if action in ACTIONS else "users", 401, "UNAUTHORIZED",
                             "the auth_token is missing, used, expired or for another service")
     max_bytes = request.app[SETTINGS].server.max_body_bytes
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=max_bytes)
+    idle_s = request.app[SETTINGS].server.first_message_timeout_s
+    ws = ReportingWebSocket(report=lambda code: json.dumps(_reject(_read_error(code, max_bytes))),
+                            heartbeat=30.0, max_msg_size=max_bytes)
     if not ws.can_prepare(request).ok:
         return aculab_error(request, received, action, 400, "WEBSOCKET_REQUIRED", "this URL needs a WebSocket upgrade")
     await ws.prepare(request)
@@ -425,7 +441,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for msg in ws:
+        while True:
+            try:
+                msg = await ws.receive(timeout=idle_s)
+            except asyncio.TimeoutError:
+                await ws.send_json(_reject(ApiError(408, "TIMEOUT", f"no message for {idle_s:g} s: send the wav "
+                                                                    "data, then {\"event\": \"audio_sent\"}")))
+                break
             if msg.type == WSMsgType.BINARY:
                 size += len(msg.data)
                 if size > max_bytes:
@@ -435,10 +457,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 continue
             if msg.type != WSMsgType.TEXT:
                 break
-            try:
-                event = json.loads(msg.data).get("event")
-            except (ValueError, AttributeError):
-                event = None
+            event = None
+            if len(msg.data) <= MAX_EVENT_CHARS:
+                try:
+                    data = safejson.loads(msg.data)
+                    event = data.get("event") if isinstance(data, dict) else None
+                except safejson.JsonInputError:
+                    pass
             if event != "audio_sent":
                 await ws.send_json(_reject(ApiError(400, "BAD_MESSAGE", "text messages must be "
                                                                         "{\"event\": \"audio_sent\"}")))
@@ -457,11 +482,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     reply["pad_detected"] = out["pad_detected"].model_dump()
             await ws.send_json(reply)
             break
-    except Exception:
-        ref = secrets.token_hex(6)
-        log.exception("unhandled_error", ref=ref, path=request.path)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception as exc:
+        err = internal_error(request, exc)
         if not ws.closed:
-            await ws.send_json(_reject(ApiError(500, "INTERNAL", f"internal error (reference {ref})")))
+            await ws.send_json(_reject(err))
     finally:
         request.app[OPEN_SOCKETS].discard(ws)
         await ws.close()

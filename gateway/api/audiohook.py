@@ -20,6 +20,7 @@ from connectors import audiohook
 from connectors.audiohook import AudioHookError, AudioHookSession, ClientEvent, OpenRequest, is_uuid
 from connectors.audiohook_signature import NonceCache, SignatureError, VerifyPolicy, authority_of, verify
 from connectors.base import Frame
+from connectors.websocket import READ_ERROR_CLOSE_CODES, ReportingWebSocket
 from gateway.api.routing import RouteTable
 from gateway.api.schemas import BiokeyIn
 from gateway.appkeys import CORE, OPEN_SOCKETS, SETTINGS
@@ -230,8 +231,13 @@ async def audiohook_ws(request: web.Request) -> web.StreamResponse:
     core: Core = request.app[CORE]
     cfg = request.app[SETTINGS].audiohook
     h = request.headers
-    ws = web.WebSocketResponse(max_msg_size=2 * max(cfg.max_frame_bytes, audiohook.MAX_MESSAGE_CHARS + 1),
-                               compress=False)
+    session = AudioHookSession(h.get("Audiohook-Session-Id", ""), h.get("Audiohook-Organization-Id", ""),
+                               cfg.max_frame_bytes)
+    # A frame aiohttp's reader refuses (too big, text not UTF-8) still gets the protocol's answer.
+    ws = ReportingWebSocket(report=lambda code: session.disconnect("error", "Client Error: "
+                                                                   + READ_ERROR_CLOSE_CODES[code]),
+                            max_msg_size=2 * max(cfg.max_frame_bytes, audiohook.MAX_MESSAGE_CHARS + 1),
+                            compress=False)
     if not ws.can_prepare(request).ok:
         raise bad_request("WEBSOCKET_REQUIRED", "this endpoint needs a WebSocket upgrade")
     session_id = h.get("Audiohook-Session-Id", "")
@@ -241,8 +247,7 @@ async def audiohook_ws(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     request.app[OPEN_SOCKETS].add(ws)
     try:
-        await audiohook.serve(ws, AudioHookSession(session_id, org.org_id, cfg.max_frame_bytes),
-                              _AudioHookPort(core, org, session_id), cfg)
+        await audiohook.serve(ws, session, _AudioHookPort(core, org, session_id), cfg)
     finally:
         request.app[OPEN_SOCKETS].discard(ws)
     return ws

@@ -13,10 +13,11 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.api.forms import form_parts
 from gateway.api.routing import RouteTable, json_response, parse_json
 from gateway.appkeys import CORE, SETTINGS
 from gateway.core import Core
-from gateway.errors import ApiError, bad_request, not_found, decode_upload
+from gateway.errors import ApiError, bad_request, not_found
 from gateway.store.base import Blocklist, BlocklistEntry, Conflict, Pat
 
 log = structlog.get_logger(__name__)
@@ -218,19 +219,21 @@ async def add_from_wav(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send multipart/form-data with a file field")
     audio, filename, label = None, "", ""
-    async for part in await request.multipart():
+    async for part in form_parts(request):
         if part.name == "file":
             filename = part.filename or "upload.wav"
-            audio = bytes(await part.read())
+            audio = await part.read()
         elif part.name == "label":
             label = (await part.text()).strip()
         else:
             raise bad_request("UNKNOWN_FIELD", f"unexpected form field {part.name!r} (use file and label)")
     if not audio:
         raise bad_request("FILE_REQUIRED", "a non-empty file field is required")
-    pcm = await decode_upload(audio)
     name = re.sub(r"[^0-9A-Za-z._+\-]", "_", filename)[-100:]
-    entry = await add_entry_from_pcm(core.engine, core.store, pat.group_id, bl.id, pcm, _label(label, name), f"wav:{name}")
+    label = _label(label, name)
+    # decoded and embedded block by block, after live calls' work (gateway/uploads.py)
+    emb = (await core.uploads.analyse(audio)).embedding
+    entry = await add_entry(core.store, pat.group_id, bl.id, emb, label, f"wav:{name}")
     log.info("blocklist_entry_added", blocklist_id=bl.id, entry_id=entry.id, speech_ms=entry.speech_ms)
     return json_response(_entry(entry), status=201)
 

@@ -2,13 +2,13 @@
 so the OpenAPI document is generated from the very models the handlers use."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from connectors import safejson
 from gateway.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
@@ -53,21 +53,31 @@ class RouteTable:
 
 
 async def parse_json(request: web.Request, model: type[M], max_bytes: int) -> M:
+    """A JSON body validated into `model`: at most max_bytes, UTF-8, nested at most
+    connectors.safejson.MAX_DEPTH levels. Every failure is a 4xx with a stable code."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
+    # read() returns what has arrived so far: a body in several TCP segments needs a loop
+    raw = bytearray()
+    while len(raw) <= max_bytes and (chunk := await request.content.read(max_bytes + 1 - len(raw))):
+        raw += chunk
     if len(raw) > max_bytes:
         raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
     try:
-        data: Any = json.loads(raw or b"null")
-    except ValueError as exc:
-        raise ApiError(400, "MALFORMED_JSON", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        data: Any = safejson.loads(raw or b"null")
+    except safejson.JsonInputError as exc:
+        raise ApiError(400, exc.code, f"the body is {exc.message}") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "body"
-        raise ApiError(400, "VALIDATION_ERROR", f"{loc}: {err['msg']}") from None
+        raise ApiError(400, "VALIDATION_ERROR", validation_message(exc)) from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    """The first validation error as `location: message` (never the offending value)."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{loc}: {err['msg']}"
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:

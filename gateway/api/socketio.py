@@ -15,13 +15,16 @@ call gets its results, whoever asked (one verification per call: Dialog.request_
 Events go to rooms named after a hash of the token, never to everyone, so a client receives a
 dialog's results only after presenting a valid token for it. A bad payload or an invalid token
 gets an `error` event ({"code", "message", "event"}) and the same answer as the ack; the
-connection stays up. A connection that presents no valid token within AUTH_GRACE_S is closed.
+connection stays up. An Engine.IO connection that has no namespace session with a valid token
+`server.socketio_auth_timeout_s` after it was first seen (never connected to the namespace,
+or connected and never presented a valid token) is closed.
 
 One bus subscription per dialog with listeners feeds every listener of that dialog: a result is
 rendered and encoded once per token, whatever the number of clients."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,18 +33,19 @@ import socketio
 import structlog
 from aiohttp import web
 
+from connectors import safejson
 from gateway.api import live
 from gateway.api.ocp import parse_users
-from gateway.appkeys import CORE
+from gateway.appkeys import CORE, SETTINGS
 from gateway.auth import token_hash
 from gateway.bus import DialogKey, Subscription
 from gateway.errors import ApiError
+from gateway.logging import library_logger
 
 log = structlog.get_logger(__name__)
 
 PATH = "/agent-socket/socket.io"
 NAMESPACE = "/agent-socket/socket"
-AUTH_GRACE_S = 30.0
 MAX_TOKENS_PER_CLIENT = 8
 HUB: web.AppKey["LiveHub"] = web.AppKey("socketio_hub")
 
@@ -78,6 +82,16 @@ def parse_request(data: Any, need_users: bool) -> Request:
     return Request(token.strip(), users)
 
 
+class _PacketJson:
+    """The json module python-socketio decodes packets with: the standard one, except that a
+    packet nested deeper than connectors.safejson allows is refused like malformed JSON."""
+    dumps = staticmethod(json.dumps)
+
+    @staticmethod
+    def loads(text, *args, **kwargs):
+        return safejson.loads(text)
+
+
 def room(audience: str, th: str) -> str:
     return f"{audience}:{th}"
 
@@ -94,12 +108,16 @@ class _Feed:
 class LiveHub:
     def __init__(self, app: web.Application):
         self.app = app
-        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
+        # Explicit loggers: with logger=False python-socketio adds a plain-text stderr handler of its
+        # own; the JSON `json` module bounds the nesting of a client's packets (connectors.safejson).
+        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=library_logger("socketio.server"),
+                                        engineio_logger=library_logger("engineio.server"), json=_PacketJson)
         self.sio.attach(app, socketio_path=PATH)
         self.feeds: dict[DialogKey, _Feed] = {}
         self.watchers: dict[str, set[str]] = {}          # token hash -> sids
         self.clients: dict[str, dict[str, DialogKey]] = {}   # sid -> token hash -> dialog key
-        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self._first_seen: dict[str, float] = {}             # Engine.IO sid -> monotonic time
+        self._sweeper: asyncio.Task | None = None
         self.sio.on("connect", self.on_connect, namespace=NAMESPACE)
         self.sio.on("disconnect", self.on_disconnect, namespace=NAMESPACE)
         self.sio.on("verification", self.on_verification, namespace=NAMESPACE)
@@ -112,19 +130,35 @@ class LiveHub:
     # -- connections ------------------------------------------------------------------------
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         self.clients[sid] = {}
-        loop = asyncio.get_running_loop()
-        self._grace[sid] = loop.call_later(AUTH_GRACE_S, self._expire, sid)
         self.core.metrics.inc("vbgw_socketio_connections_total")
 
-    def _expire(self, sid: str) -> None:
-        self._grace.pop(sid, None)
-        if sid in self.clients and not self.clients[sid]:
-            asyncio.ensure_future(self.sio.disconnect(sid, namespace=NAMESPACE))
+    async def _sweep_unauthenticated(self) -> None:
+        """Close Engine.IO connections without an authenticated namespace session after the
+        grace time: idle unauthenticated sockets must not live for ever (docs/security.md)."""
+        grace = self.app[SETTINGS].server.socketio_auth_timeout_s
+        while True:
+            await asyncio.sleep(max(0.05, min(1.0, grace / 4)))
+            try:
+                await self.sweep(time.monotonic(), grace)
+            except Exception:           # noqa: BLE001 - the sweeper must outlive any one client
+                log.exception("socketio_sweep_failed")
+
+    async def sweep(self, now: float, grace: float) -> None:
+        eio = self.sio.eio
+        authenticated = {self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+                         for sid, watching in self.clients.items() if watching}
+        live = set(eio.sockets)
+        self._first_seen = {e: t for e, t in self._first_seen.items() if e in live}
+        for eio_sid in live - authenticated:
+            seen = self._first_seen.setdefault(eio_sid, now)
+            sock = eio.sockets.get(eio_sid)
+            if now - seen >= grace and sock is not None and not sock.closed:
+                self.core.metrics.inc("vbgw_socketio_unauthenticated_closed_total")
+                # wait=False: a client that never reads or polls must not hold up the sweep
+                await sock.close(wait=False, abort=False, reason=eio.reason.SERVER_DISCONNECT)
+                eio.sockets.pop(eio_sid, None)
 
     async def on_disconnect(self, sid: str, *_reason) -> None:
-        handle = self._grace.pop(sid, None)
-        if handle:
-            handle.cancel()
         for th, key in self.clients.pop(sid, {}).items():
             sids = self.watchers.get(th, set())
             sids.discard(sid)
@@ -195,9 +229,6 @@ class LiveHub:
 
     def _watch(self, sid: str, th: str, token: str, key: DialogKey) -> None:
         self.clients[sid][th] = key
-        handle = self._grace.pop(sid, None)
-        if handle:
-            handle.cancel()
         self.watchers.setdefault(th, set()).add(sid)
         feed = self.feeds.get(key)
         if feed is None:
@@ -232,8 +263,8 @@ class LiveHub:
     async def close(self) -> None:
         for feed in list(self.feeds.values()):
             self._drop_feed(feed)
-        for handle in self._grace.values():
-            handle.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         try:
             await self.sio.shutdown()
         except Exception:   # noqa: BLE001 - shutting down anyway
@@ -245,6 +276,7 @@ def install(app: web.Application) -> LiveHub:
     app[HUB] = hub
 
     async def lifecycle(app: web.Application):
+        hub._sweeper = asyncio.create_task(hub._sweep_unauthenticated())
         yield
         await hub.close()
 

@@ -2,20 +2,24 @@
 
 - Payloads are the seed's, sent as default ("message") events so `EventSource.onmessage` sees
   them: `{"status": ...}` on /dialog-status, the JSON array of results on /verification.
-- Each event carries `id: <bus sequence>`. A client reconnecting with `Last-Event-ID` (or
+- Each event carries `id: <n>`, the message's number within its dialog (1, 2, ...; never a
+  count shared across dialogs or tenants). A client reconnecting with `Last-Event-ID` (or
   `?lastEventId=`) gets what it missed from the dialog's recent history; if that history no
-  longer reaches back far enough it gets the current state instead.
+  longer reaches back far enough (or the id is not this dialog's) it gets the current state.
 - A comment line (`: heartbeat`) is sent every HEARTBEAT_S seconds of silence.
 - The stream ends cleanly when the call is over (CALL_CLOSED, or an error status once no audio
   flows), when a verification request naming other users replaces the call's verification
   (from any surface: another /verification, Socket.IO `verification`, the widget; the rule is
-  `Dialog.request_verification`'s), or when the dialog is retired: a last `event: end` carries
-  `{"reason": ...}`, then the response completes. A reconnection with `Last-Event-ID` that has
-  nothing more to get is answered 204, which tells a browser's EventSource to stop reconnecting.
+  `Dialog.request_verification`'s), when the dialog is retired, or when the session token
+  expires (`TOKEN_EXPIRED`: auth.token_idle_s without a request; the open stream does not
+  count as use): a last `event: end` carries `{"reason": ...}`, then the response completes.
+  A reconnection with `Last-Event-ID` that has nothing more to get is answered 204, which tells
+  a browser's EventSource to stop reconnecting.
 """
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Callable
 
 from aiohttp import web
@@ -23,7 +27,9 @@ from aiohttp import web
 from gateway.api import live
 from gateway.api.ocp import _caller, _core, _users_param
 from gateway.api.routing import RouteTable
+from gateway.auth import token_hash
 from gateway.bus import BusMessage, Subscription
+from gateway.core import Caller
 from gateway.dialogs import Dialog
 
 routes = RouteTable()
@@ -45,20 +51,38 @@ class _Replay:
         bus = _core(request).bus
         full = bus.history(dialog.key)
         self.latest_seq = full[-1].seq if full else 0
-        self.truncated = after > 0 and len(full) >= bus._history_len and full[0].seq > after + 1
+        # Ids are per dialog: one above the newest is from an earlier dialog of that masterId.
+        self.truncated = after > 0 and (after > self.latest_seq
+                                        or (len(full) >= bus._history_len and full[0].seq > after + 1))
         self.messages = [m for m in full if m.seq > after and m.kind in kinds]
 
 
 class _EventStream:
     """One SSE response. `epoch`: the verification a /verification stream reads (None on
     /dialog-status); a verification message of a newer epoch ends it (SUPERSEDED), one of an
-    older epoch is never sent."""
+    older epoch is never sent. The stream ends when its session token expires."""
 
-    def __init__(self, request: web.Request, dialog: Dialog, render: dict[str, Render], epoch: int | None = None):
+    def __init__(self, request: web.Request, dialog: Dialog, render: dict[str, Render], caller: Caller,
+                 epoch: int | None = None):
         self.request, self.dialog, self.render, self.epoch = request, dialog, render, epoch
         self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                 "X-Accel-Buffering": "no"})
         self.last = 0
+        self.token = caller.token
+        self.expires_at = self._expiry(caller.session.last_used_ms)
+
+    def _expiry(self, last_used_ms: int) -> float:
+        return last_used_ms / 1000 + _core(self.request).auth.idle_s
+
+    async def token_expired(self) -> bool:
+        """The stream's token expired (auth.token_idle_s without a request: the open stream
+        is no use of it) or its session is gone. The session is re-read, since another
+        request may have used the token meanwhile."""
+        rec = await _core(self.request).store.get_session(token_hash(self.token))
+        if rec is None:
+            return True
+        self.expires_at = self._expiry(rec.last_used_ms)
+        return time.time() >= self.expires_at
 
     async def open(self) -> None:
         await self.resp.prepare(self.request)
@@ -82,10 +106,13 @@ class _EventStream:
         # score of the call's speech), then end.
         over = live.call_over(self.dialog.status, self.dialog)
         while True:
+            wait = min(HEARTBEAT_S, max(0.0, self.expires_at - time.time()))
             msg = (sub.queue.get_nowait() if not sub.queue.empty() else None) if over else \
-                await sub.get(timeout=HEARTBEAT_S)
+                await sub.get(timeout=wait)
             if msg is None and over:
                 return self.dialog.status
+            if (msg is None or time.time() >= self.expires_at) and await self.token_expired():
+                return "TOKEN_EXPIRED"
             if msg is None:
                 if self.dialog.retired:
                     return "DIALOG_RETIRED"
@@ -131,7 +158,7 @@ async def dialog_status(request: web.Request) -> web.StreamResponse:
     if _nothing_more(replay, dialog, after):
         return web.Response(status=204)
     sub = core.bus.subscribe(dialog.key)
-    stream = _EventStream(request, dialog, {"status": live.status_payload})
+    stream = _EventStream(request, dialog, {"status": live.status_payload}, c)
     await stream.open()
     messages = replay.messages
     if after == 0 or replay.truncated:
@@ -166,7 +193,7 @@ async def verification(request: web.Request) -> web.StreamResponse:
             messages = dialog.verification_snapshot()[-1:]
         else:
             messages = [m for m in replay.messages if m.data.get("epoch") == running.epoch]
-        stream = _EventStream(request, dialog, {"verification": live.sse_verification}, running.epoch)
+        stream = _EventStream(request, dialog, {"verification": live.sse_verification}, c, running.epoch)
         await stream.open()
     except BaseException:
         sub.close()

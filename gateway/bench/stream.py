@@ -2,7 +2,11 @@
 with push verification on (GET /verification SSE) against an enrolled user, against a
 gateway started in a subprocess. Reports whether the engine backlog grew, and the p95
 delay from the moment enough speech had arrived to the NORMAL result (measured inside the
-gateway: arrival time of the audio that completed the speech threshold -> result)."""
+gateway: arrival time of the audio that completed the speech threshold -> result).
+
+With `--uploads K` / `--aculab-verifies M`, K batch enrolments and M Aculab verifies are sent
+back to back for the whole run: the live calls' NORMAL p95 must stay under 1 s while
+uploaded files are analysed (issue #12; docs/benchmarks.md)."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calls-per-stream", type=int, default=2,
                    help="calls each stream makes back to back (a new session each), keeping N calls "
                         "running; figures cover the steady part after the ramp")
+    p.add_argument("--uploads", type=int, default=0,
+                   help="concurrent batch enrolments (POST /api/enroll, mu-law) sent back to back while "
+                        "the streams run: live calls must keep their NORMAL p95 (issue #12)")
+    p.add_argument("--upload-seconds", type=float, default=600.0,
+                   help="audio per batch enrolment upload (the protocol's enrolment speech, repeated)")
+    p.add_argument("--aculab-verifies", type=int, default=0,
+                   help="concurrent Aculab Users API verify requests (POST, ten ~59 s sources each) sent back "
+                        "to back while the streams run")
 
 
 def _free_port() -> int:
@@ -90,16 +102,21 @@ class Server:
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
 
-    def admin_bootstrap(self) -> str:
+    def admin(self, *argv: str) -> str:
+        """`vbgw admin ...` on the bench's data directory; its last output line."""
         out = subprocess.run([sys.executable, "-m", "gateway.cli", "admin", "--data-dir", str(self.data_dir),
-                              "bootstrap", "--tenant", "bench", "--profile", "bench"],
-                             check=True, capture_output=True, text=True, cwd=REPO).stdout
-        return out.strip().splitlines()[-1].removeprefix("pat=")
+                              *argv], check=True, capture_output=True, text=True, cwd=REPO).stdout
+        return out.strip().splitlines()[-1]
 
-    async def start(self, module: str = "gateway.cli") -> None:
-        """Run `python -m <module> serve` (a bench may wrap the CLI to instrument the gateway)."""
-        env = dict(os.environ, VBGW_EVENTS__JSONL_PATH=str(self.data_dir / "events.jsonl"),
-                   VBGW_LOGGING__LEVEL="warning")
+    def admin_bootstrap(self) -> str:
+        return self.admin("bootstrap", "--tenant", "bench", "--profile", "bench").removeprefix("pat=")
+
+    async def start(self, module: str = "gateway.cli", env: dict[str, str] | None = None) -> None:
+        """Run `python -m <module> serve` (a bench may wrap the CLI to instrument the gateway).
+        Every bench client connects from 127.0.0.1, so the per-address connection cap is off
+        unless `env` sets it."""
+        env = {**os.environ, "VBGW_EVENTS__JSONL_PATH": str(self.data_dir / "events.jsonl"),
+               "VBGW_LOGGING__LEVEL": "warning", "VBGW_SERVER__MAX_CONNECTIONS_PER_CLIENT": "0", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(self.port),
                                       "--data-dir", str(self.data_dir)], cwd=REPO, env=env,
                                      stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "server.log", "w"))
@@ -113,6 +130,14 @@ class Server:
                     pass
                 await asyncio.sleep(0.1)
         raise RuntimeError("gateway did not become ready; see " + str(self.data_dir / "server.log"))
+
+    def rss_mb(self) -> float:
+        """The gateway's resident memory now (MB)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
 
     def cpu_seconds(self) -> float:
         with open(f"/proc/{self.proc.pid}/stat") as f:
@@ -170,6 +195,7 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
         normal: list = []
         cpu0, wall0 = server.cpu_seconds(), time.monotonic()
         backlog: list[tuple[float, float]] = []
+        rss: list[float] = [server.rss_mb()]
         mtok = (server.data_dir / "metrics.token").read_text().strip()
         at_ramp: dict[str, str] = {}
 
@@ -184,9 +210,13 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
                 if t >= ramp and "text" not in at_ramp:
                     at_ramp["text"] = text           # steady state starts: histogram baseline
                 backlog.append((t, _parse_metrics(text).get("vbgw_engine_queue_depth", 0.0)))
+                rss.append(server.rss_mb())
                 await asyncio.sleep(1.0)
 
         sampler = asyncio.create_task(sample())
+        files = FileLoad(args, url, pat, server) if (args.uploads or args.aculab_verifies) else None
+        if files is not None:
+            await files.start(http)
 
         errors: list[str] = []
 
@@ -208,6 +238,7 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
         wall = time.monotonic() - wall0
         sampler.cancel()
         text = await metrics_text()
+        file_report = await files.stop() if files is not None else {}
     # The engine keeps up when its backlog (audio received, not yet through the VAD) stays
     # bounded once all streams run: per stream, under 2 s of audio at worst, the last third
     # no worse than the first (no growth), and no audio dropped.
@@ -226,7 +257,103 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
             "backlog_grew": grew, "dropped_audio_s": dropped, "normal_results": len(normal),
             "failed_calls": len(errors),
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
+            "server_rss_mb_start": round(rss[0]), "server_rss_mb_max": round(max(rss)),
+            **file_report,
             "passes": (not grew and worst < 2.0 and dropped == 0 and not errors and p95 is not None and p95 < 1.0)}
+
+
+def _wav(pcm: np.ndarray, subtype: str = "ULAW") -> bytes:
+    import io
+    buf = io.BytesIO()
+    sf.write(buf, pcm, 8000, subtype=subtype, format="WAV")
+    return buf.getvalue()
+
+
+def _enrol_speech(protocol: Path, seconds: float, offset: int = 0) -> np.ndarray:
+    """The protocol's enrolment speech, repeated to `seconds` (a long recording of real speech)."""
+    rows = [line.split(",") for line in (protocol / "enrol.csv").read_text().splitlines()[1:]]
+    speech = np.concatenate([sf.read(protocol / p, dtype="int16")[0] for _, _, p in rows[offset:offset + 8]])
+    n = int(seconds * 8000)
+    return np.tile(speech, n // len(speech) + 1)[:n]
+
+
+class FileLoad:
+    """Uploads sent back to back beside the live streams (issue #12): `--uploads` batch
+    enrolments of `--upload-seconds` each, and `--aculab-verifies` Aculab verifies of ten
+    ~59 s sources each. Their own figures: how many finished, how long each took."""
+
+    def __init__(self, args, url: str, pat: str, server: Server):
+        self.args, self.url, self.pat, self.server = args, url, pat, server
+        self.stopping = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.times: dict[str, list[float]] = {"upload": [], "aculab_verify": []}
+        self.failures: dict[str, list[str]] = {"upload": [], "aculab_verify": []}
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        a = self.args
+        if a.uploads:
+            wav = _wav(_enrol_speech(a.protocol, a.upload_seconds))
+            self.tasks += [asyncio.create_task(self._loop(http, "upload", self._upload, wav, i))
+                           for i in range(a.uploads)]
+        if a.aculab_verifies:
+            key = self.server.admin("user-group-key", "--tenant", "bench", "--profile", "bench").removeprefix("key=")
+            auth = aiohttp.BasicAuth("bench/bench", key)
+            sources = [_wav(_enrol_speech(a.protocol, 59, offset=k % 4)) for k in range(10)]
+            reg = f"{self.url}/voice_biometrics/v1/user/register"
+            async with http.put(reg, params={"user_id": "bench-aculab"}, data=sources[0], auth=auth) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"Aculab register failed: {r.status} {await r.text()}")
+            self.tasks += [asyncio.create_task(self._loop(http, "aculab_verify", self._verify, (auth, sources), i))
+                           for i in range(a.aculab_verifies)]
+
+    async def _loop(self, http, kind: str, send, payload, i: int) -> None:
+        k = 0
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            try:
+                status, text = await send(http, payload, f"{kind}-{i}-{k}")
+            except aiohttp.ClientError as exc:
+                status, text = 0, type(exc).__name__
+            if status == 200:
+                self.times[kind].append(time.monotonic() - t0)
+            else:
+                self.failures[kind].append(f"{status} {text[:120]}")
+            k += 1
+
+    async def _upload(self, http, wav: bytes, user: str) -> tuple[int, str]:
+        form = aiohttp.FormData()
+        for k, v in {"tenant_id": "bench", "profile_id": "bench", "ccaas_provider": "OTHER",
+                     "biokeys[user_id]": user}.items():
+            form.add_field(k, v)
+        form.add_field("file", wav, filename=f"{user}.wav", content_type="audio/wav")
+        async with http.post(f"{self.url}/api/enroll", data=form, headers={"Authorization": f"Bearer {self.pat}"},
+                             timeout=aiohttp.ClientTimeout(total=None)) as r:
+            return r.status, await r.text()
+
+    async def _verify(self, http, payload, _name: str) -> tuple[int, str]:
+        auth, sources = payload
+        form = aiohttp.FormData()
+        for k, wav in enumerate(sources, 1):
+            form.add_field(f"Source{k}", wav, filename=f"s{k}.wav", content_type="audio/wav")
+        async with http.post(f"{self.url}/voice_biometrics/v1/user/verify", data=form, auth=auth,
+                             params={"user_id": "bench-aculab", "text_dependent": "false"},
+                             timeout=aiohttp.ClientTimeout(total=None)) as r:
+            return r.status, await r.text()
+
+    async def stop(self) -> dict:
+        """Let the requests in flight finish (they are what the live calls competed with)."""
+        self.stopping.set()
+        await asyncio.gather(*self.tasks)
+        out = {}
+        for kind, plural, n in (("upload", "uploads", self.args.uploads),
+                                ("aculab_verify", "aculab_verifies", self.args.aculab_verifies)):
+            if n:
+                times = self.times[kind]
+                out[f"{plural}_concurrent"] = n
+                out[f"{plural}_done"] = len(times)
+                out[f"{kind}_s_median"] = round(float(np.median(times)), 1) if times else None
+                out[f"{kind}_failures"] = self.failures[kind][:3]
+        return out
 
 
 def _histogram(text: str, name: str) -> tuple[list[tuple[float, float]], float]:

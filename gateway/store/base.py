@@ -350,9 +350,16 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     async def enrol(self, write: EnrolmentWrite) -> tuple[User, Voiceprint]: ...
     @abc.abstractmethod
-    async def opt_out(self, profile_id: str, user_id: str) -> tuple[User, list[str]]: ...
+    async def opt_out(self, profile_id: str, user_id: str) -> tuple[User | None, list[str]]:
+        """Delete the user's biometric data and biokeys (also from sessions' customProperties)
+        and leave an OPTED_OUT tombstone, with no copy left in a journal; (None, []) for a user
+        with no row, and no row is made. Returns the audio file paths the caller unlinks."""
     @abc.abstractmethod
-    async def opt_in(self, profile_id: str, user_id: str) -> User: ...
+    async def opt_in(self, profile_id: str, user_id: str) -> User | None:
+        """OPTED_OUT -> NOT_ENROLLED; None (and no row made) for a user with no row."""
+    @abc.abstractmethod
+    async def audio_paths(self) -> list[str]:
+        """Every kept audio file path the database refers to (start-up reconciliation)."""
     @abc.abstractmethod
     async def voiceprints(self, profile_id: str, user_ids: list[str]) -> dict[str, Voiceprint]: ...
     @abc.abstractmethod

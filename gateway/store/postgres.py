@@ -384,16 +384,16 @@ class PostgresRepository(Repository):
         return await c.fetchrow("SELECT * FROM users WHERE profile_id=$1 AND user_id=$2 FOR UPDATE",
                                 profile_id, user_id)
 
-    async def _lock_or_insert_user(self, c, profile_id, user_id, status, t, opt_in_ts=None, opt_out_ts=None):
+    async def _lock_or_insert_user(self, c, profile_id, user_id, status, t, opt_in_ts=None):
         """(locked existing row, None) or (None, row id of a new row); concurrent callers for the
         same user wait for each other on the row lock or the unique index."""
         row = await self._locked_user(c, profile_id, user_id)
         if row is not None:
             return row, None
         rid = await c.fetchval(
-            "INSERT INTO users (profile_id, user_id, status, created_ms, last_update_ms, opt_in_ts, opt_out_ts)"
-            " VALUES ($1,$2,$3,$4,$4,$5,$6) ON CONFLICT (profile_id, user_id) DO NOTHING RETURNING row_id",
-            profile_id, user_id, status, t, opt_in_ts, opt_out_ts)
+            "INSERT INTO users (profile_id, user_id, status, created_ms, last_update_ms, opt_in_ts)"
+            " VALUES ($1,$2,$3,$4,$4,$5) ON CONFLICT (profile_id, user_id) DO NOTHING RETURNING row_id",
+            profile_id, user_id, status, t, opt_in_ts)
         if rid is not None:
             return None, rid
         return await self._locked_user(c, profile_id, user_id), None   # lost the race: it exists now
@@ -461,17 +461,22 @@ class PostgresRepository(Repository):
                 vp_id, row_id, w.vector, w.speech_ms, w.model, w.extractor_version, w.plda_version, t)
         return await self._tx(fn)
 
-    async def opt_out(self, profile_id, user_id) -> tuple[User, list[str]]:
+    async def opt_out(self, profile_id, user_id) -> tuple[User | None, list[str]]:
         """Deletes voiceprints, biokeys, audio records, audio fingerprints and verification counts;
-        keeps an OPTED_OUT tombstone (the user id and timestamps only). Returns the audio file paths
-        the caller must unlink."""
+        keeps an OPTED_OUT tombstone (the user id and timestamps only). The user's biokey values
+        also leave the customProperties of the profile's sessions. A user with no row gets none
+        (None): nothing is stored about them. Returns the audio file paths the caller must unlink.
+        (SQLite then truncates its WAL; PostgreSQL's dead tuples go with VACUUM, docs/security.md.)"""
         async def fn(c):
             t = now_ms()
-            row, new_id = await self._lock_or_insert_user(c, profile_id, user_id, "OPTED_OUT", t, opt_out_ts=t)
+            row = await self._locked_user(c, profile_id, user_id)
             if row is None:
-                return await self._user_by_row_id(c, new_id), []
+                return None, []
             rid = row["row_id"]
             paths = [r["path"] for r in await c.fetch("SELECT path FROM audio WHERE user_row=$1 ORDER BY id", rid)]
+            for b in await c.fetch("SELECT key, value FROM biokeys WHERE user_row=$1", rid):
+                await c.execute("UPDATE sessions SET custom=(custom::jsonb - $2::text)::text WHERE profile_id=$1"
+                                " AND custom::jsonb ->> $2::text = $3", profile_id, b["key"], b["value"])
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 await c.execute(f"DELETE FROM {table} WHERE user_row=$1", rid)
             await c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=$1, last_update_ms=$1 WHERE row_id=$2",
@@ -479,12 +484,17 @@ class PostgresRepository(Repository):
             return await self._user_by_row_id(c, rid), paths
         return await self._tx(fn)
 
-    async def opt_in(self, profile_id, user_id) -> User:
+    async def audio_paths(self) -> list[str]:
+        async def fn(c):
+            return [r["path"] for r in await c.fetch("SELECT path FROM audio")]
+        return await self._read(fn)
+
+    async def opt_in(self, profile_id, user_id) -> User | None:
         async def fn(c):
             t = now_ms()
-            row, new_id = await self._lock_or_insert_user(c, profile_id, user_id, "NOT_ENROLLED", t, opt_in_ts=t)
+            row = await self._locked_user(c, profile_id, user_id)
             if row is None:
-                return await self._user_by_row_id(c, new_id)
+                return None                   # never enrolled: nothing to consent to, no row
             if row["status"] == "OPTED_OUT":
                 await c.execute("UPDATE users SET status='NOT_ENROLLED', opt_in_ts=$1, last_update_ms=$1"
                                 " WHERE row_id=$2", t, row["row_id"])

@@ -12,6 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+import structlog
+
+from gateway.files import prepare_sqlite
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
     Pat, Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User,
@@ -20,6 +23,8 @@ from gateway.store.base import (
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS as _MIGRATIONS, SEALED
+
+log = structlog.get_logger(__name__)
 
 # Versioned schema migrations (gateway/store/migrations.py): index i brings the schema from
 # version i to i + 1.
@@ -60,7 +65,7 @@ class SqliteRepository(Repository):
         return self._run(run)
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite(self.path)            # 0600, and so its -wal and -shm (gateway/files.py)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -79,6 +84,9 @@ class SqliteRepository(Repository):
                     conn.execute("ROLLBACK")
                 conn.close()
                 raise
+        # A crash between an opt-out's commit and its WAL truncation left the deleted rows'
+        # page images in the WAL: fold it into the (secure_delete) database and empty it.
+        self._truncate_wal(conn, quiet=True)       # (busy: a running gateway; it truncates its own)
         self._conn = conn
 
     async def open(self) -> None:
@@ -312,30 +320,51 @@ class SqliteRepository(Repository):
                                     w.plda_version, t)
         return await self._tx(fn)
 
-    async def opt_out(self, profile_id, user_id) -> tuple[User, list[str]]:
+    async def opt_out(self, profile_id, user_id) -> tuple[User | None, list[str]]:
         """Deletes voiceprints, biokeys, audio records, audio fingerprints and verification counts; keeps an OPTED_OUT tombstone (the
-        user id and timestamps only). Returns the audio file paths the caller must unlink."""
+        user id and timestamps only). The user's biokey values also leave the customProperties of
+        the profile's sessions. A user with no row gets none (None): nothing is stored about them.
+        Returns the audio file paths the caller must unlink. Then the WAL is checkpointed and
+        truncated: it still held earlier page images of the deleted rows (secure_delete zeroes
+        them in the database file only)."""
         def fn(c):
             t = now_ms()
             row = self._user_row(c, profile_id, user_id)
             if row is None:
-                return self._user_by_row_id(c, self._insert_user(c, profile_id, user_id, "OPTED_OUT", t,
-                                                                 opt_out_ts=t)), []
+                return None, []
             rid = row["row_id"]
             paths = [r["path"] for r in c.execute("SELECT path FROM audio WHERE user_row=?", (rid,))]
+            for b in c.execute("SELECT key, value FROM biokeys WHERE user_row=?", (rid,)).fetchall():
+                path = f'$."{b["key"]}"'             # biokey keys are [0-9A-Za-z_+-]: no quoting needed
+                c.execute("UPDATE sessions SET custom=json_remove(custom, ?) WHERE profile_id=?"
+                          " AND json_extract(custom, ?) = ?", (path, profile_id, path, b["value"]))
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
             c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=?, last_update_ms=? WHERE row_id=?", (t, t, rid))
             return self._user_by_row_id(c, rid), paths
-        return await self._tx(fn)
+        out = await self._tx(fn)
+        if out[0] is not None:
+            await self._run(self._truncate_wal)
+        return out
 
-    async def opt_in(self, profile_id, user_id) -> User:
+    @staticmethod
+    def _truncate_wal(c: sqlite3.Connection, quiet: bool = False) -> bool:
+        """Checkpoint the WAL into the database and truncate it to zero bytes. Waits up to
+        busy_timeout for other connections' readers; False if they still hold it."""
+        busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy and not quiet:
+            log.error("wal_truncate_busy")
+        return not busy
+
+    async def audio_paths(self) -> list[str]:
+        return await self._run(lambda c: [r[0] for r in c.execute("SELECT path FROM audio")])
+
+    async def opt_in(self, profile_id, user_id) -> User | None:
         def fn(c):
             t = now_ms()
             row = self._user_row(c, profile_id, user_id)
             if row is None:
-                return self._user_by_row_id(c, self._insert_user(c, profile_id, user_id, "NOT_ENROLLED", t,
-                                                                 opt_in_ts=t))
+                return None                   # never enrolled: nothing to consent to, no row
             if row["status"] == "OPTED_OUT":
                 c.execute("UPDATE users SET status='NOT_ENROLLED', opt_in_ts=?, last_update_ms=? WHERE row_id=?",
                           (t, t, row["row_id"]))

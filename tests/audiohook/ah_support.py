@@ -61,6 +61,15 @@ class Org:
         kw.setdefault("speed", 0)
         return SimOptions(uri=self.uri, api_key=self.api_key, client_secret=self.secret, org_id=self.org_id, **kw)
 
+    def connect(self, **kw):
+        """A raw, correctly signed AudioHook upgrade (websockets.connect), for hand-made messages."""
+        import websockets
+
+        from gateway.audiohook_sim import _Client
+        opts = self.opts(**kw)
+        return websockets.connect(opts.uri, additional_headers=_Client(opts, tone(0.1), None).headers(),
+                                  max_size=None, ping_interval=None)
+
     async def run(self, external: np.ndarray | None = None, internal: np.ndarray | None = None,
                   **kw) -> SimReport:
         return await run_session(self.opts(**kw), tone(1.0) if external is None else external, internal)

@@ -22,3 +22,12 @@ def engine_sync(model_dir):
     return Engine.load(EngineConfig(model_dir=model_dir))
 
 
+@pytest.fixture
+async def engine(model_dir):
+    """A started CAM++ engine of the test's own (its threads stopped after the test)."""
+    from engine import Engine, EngineConfig
+    eng = Engine.load(EngineConfig(model_dir=model_dir))
+    await eng.start()
+    assert eng.ready
+    yield eng
+    await eng.stop()

@@ -5,7 +5,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from engine import Engine, EngineConfig, EngineError, Milestone, SpeechLimits
 from engine.engine import _Job, _Scheduler, _State
@@ -82,14 +81,6 @@ def test_first_normal_cuts_the_window_instead_of_embedding_a_partial(engine_sync
     # every sample that reached a window was embedded once
     window_audio = sum(n for is_window, n in embedded if is_window)
     assert abs((core.speech_s - before) - (window_audio + partials[0]) / 8000) < 1e-6
-
-
-@pytest.fixture
-async def engine(model_dir):
-    eng = Engine.load(EngineConfig(model_dir=model_dir))
-    await eng.start()
-    yield eng
-    await eng.stop()
 
 
 async def test_waiting_calls_on_many_sessions_all_answer(engine):

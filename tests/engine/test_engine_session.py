@@ -10,15 +10,6 @@ from engine_helpers import speaker_audio, speakers
 FRAME = 1600   # 200 ms at 8 kHz
 
 
-@pytest.fixture
-async def engine(model_dir):
-    eng = Engine.load(EngineConfig(model_dir=model_dir))
-    await eng.start()
-    assert eng.ready
-    yield eng
-    await eng.stop()
-
-
 async def feed(sess, pcm, realtime=False, channel="customer", engine=None):
     """Push 200 ms frames; with `engine`, wait whenever its backlog exceeds 4 s (faster
     than real time, but without tripping the overload cap)."""

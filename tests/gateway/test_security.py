@@ -16,7 +16,13 @@ from support import protocol_audio, read_mulaw_bytes
 
 
 async def test_logs_never_carry_tokens_biokeys_or_pats(gateway, capsys):
+    import logging
+    import sys
+    import threading
+
     from gateway.logging import configure_logging
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, sys.excepthook, threading.excepthook)
     configure_logging("debug", "json")
     try:
         gw = gateway
@@ -38,6 +44,9 @@ async def test_logs_never_carry_tokens_biokeys_or_pats(gateway, capsys):
                 json.loads(line)                                    # JSON lines
     finally:
         structlog.reset_defaults()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        sys.excepthook, threading.excepthook = saved[2], saved[3]
 
 
 async def test_sensitive_biokeys_are_stored_hashed_and_still_searchable(settings, engine, aiohttp_server):

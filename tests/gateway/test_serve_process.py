@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import aiohttp
 import websockets
 
-from gateway.bench.stream import _free_port
-from support import REPO
+from support import serve_process
 
 
 async def test_sigterm_lets_open_streams_finish(tmp_path):
-    data = tmp_path / "var"
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "admin", "--data-dir", str(data), "bootstrap",
-                          "--tenant", "acme", "--profile", "retail"], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
-    pat = out.strip().splitlines()[-1].removeprefix("pat=")
-    port = _free_port()
-    env = dict(os.environ, VBGW_EVENTS__JSONL_PATH=str(data / "events.jsonl"), VBGW_SERVER__SHUTDOWN_GRACE_S="10")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir",
-                             str(data)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+    proc, port, pat, base = await serve_process(tmp_path / "var", VBGW_SERVER__SHUTDOWN_GRACE_S="10")
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"{base}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
             async with http.post(f"{base}/api/token/", headers={"Authorization": f"Bearer {pat}"},
                                  json={"agentId": "a", "agentSkill": "s", "masterId": "m1", "tenantId": "acme",
                                        "vbProfile": "retail", "ccaasProvider": "GENESYS"}) as r:

@@ -6,6 +6,7 @@ are reported."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -69,9 +70,9 @@ def test_listening_is_said_once_the_socket_serves(tmp_path):
             line = proc.stderr.readline()
             assert line, "".join(seen)
             seen.append(line)
-            if "listening on" in line:
+            if '"event": "listening"' in line:
                 break
-        url = line.split("listening on ", 1)[1].split()[0]
+        url = json.loads(line)["url"]
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), line
         assert any("gateway_started" in s for s in seen[:-1]), seen
 

@@ -121,6 +121,26 @@ async def test_opt_out_is_complete_and_opt_in_needs_consent(repo, profile, raw):
     assert user.status == "ENROLLED" and (await repo.voiceprints(profile.id, ["u1"]))["u1"].vector == vec(5)
 
 
+async def test_opt_out_and_in_of_an_unknown_user_store_nothing(repo, profile, raw):
+    assert await repo.opt_out(profile.id, "never-seen") == (None, [])
+    assert await repo.opt_in(profile.id, "never-seen") is None
+    assert await repo.get_user(profile.id, "never-seen") is None
+    assert await raw.one("SELECT count(*) FROM users") == 0
+
+
+async def test_opt_out_removes_the_users_biokeys_from_sessions_and_audio_paths(repo, profile):
+    await repo.enrol(write(profile.id, "u1", audio_paths=["/a/u1.wav"]))
+    await repo.enrol(write(profile.id, "u2", audio_paths=["/a/u2.wav"]))
+    assert sorted(await repo.audio_paths()) == ["/a/u1.wav", "/a/u2.wav"]
+    for th, ani in (("t1", "555u1"), ("t2", "555u2")):
+        await repo.create_session(SessionRecord(th, profile.tenant_id, profile.group_id, profile.id, "m", "a", "s",
+                                                "GENESYS", {"Ani": ani, "Lang": "en"}, 1, 1))
+    await repo.opt_out(profile.id, "u1")
+    assert (await repo.get_session("t1")).custom_properties == {"Lang": "en"}
+    assert (await repo.get_session("t2")).custom_properties == {"Ani": "555u2", "Lang": "en"}
+    assert await repo.audio_paths() == ["/a/u2.wav"]
+
+
 async def test_opted_out_user_enrols_again_with_explicit_opt_in(repo, profile):
     await repo.enrol(write(profile.id, "u1"))
     await repo.opt_out(profile.id, "u1")
