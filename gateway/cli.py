@@ -184,6 +184,7 @@ BENCHES = (
     ("stream", "gateway.bench.stream", "concurrent real-time direct streams with verification"),
     ("audiohook", "gateway.bench.audiohook", "concurrent real-time AudioHook calls with verification"),
     ("live", "gateway.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
+    ("passphrase", "gateway.bench.passphrase", "text-dependent verification (RSR2015-style TC/TW/IC trials on FSDD digits)"),
 )
 
 

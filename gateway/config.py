@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from connectors.audiohook import AudioHookConfig
 from engine.config import EngineConfig
 from gateway.events import EventsConfig
+from gateway.fetch import FetchConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 ENV_PREFIX = "VBGW_"
@@ -103,6 +104,7 @@ class Settings(_Section):
     logging: LoggingConfig = LoggingConfig()
     audiohook: AudioHookConfig = AudioHookConfig()
     fraud: FraudConfig = FraudConfig()
+    fetch: FetchConfig = FetchConfig()
 
     @property
     def data_dir(self) -> Path:
