@@ -14,11 +14,11 @@ any language and any phrase the user chooses, with no vocabulary), and no model 
 needed.
 
 What is kept per user (`PassphraseModel`, `to_bytes`/`from_bytes`): for each of at most
-`MAX_TEMPLATES` registered utterances, the speech frames' mean-normalised cepstra
-(`N_CEPS` per 20 ms frame, float16): about 0.9 kB per second of speech, never the audio. The
-cepstra are a spectral envelope: from them a rough, unvoiced resynthesis of the phrase could be
-made, so the blob is biometric data and must be deleted with the user (it is stored beside the
-voiceprint and goes with it).
+`MAX_TEMPLATES` registered utterances, its speech frames' normalised cepstra and deltas
+(2 x N_CEPS values per 20 ms frame, float16): 2.4 kB per second of speech, never the audio
+(a 2 s passphrase registered 3 times: about 15 kB). The cepstra are a spectral envelope:
+from them a rough, unvoiced resynthesis of the phrase could be made, so the blob is biometric
+data and must be deleted with the user (store it beside the voiceprint; it goes with it).
 
 Pure numpy/scipy: no web code, no state beyond the objects passed in.
 """
@@ -36,7 +36,7 @@ import scipy.fft
 from .audio import check_pcm, fbank
 from .types import SAMPLE_RATE, EngineError
 
-FEATURE_ID = "mfcc20-d-v1"    # changes whenever the features change: old templates become unusable
+FEATURE_ID = "mfcc12d-20ms-cmvn-v1"   # changes with the features: old templates become unusable
 N_MELS = 24
 N_CEPS = 12                   # c1..c12 (c0, the level, is left out: it says nothing of the words)
 FRAME_MS = 25.0
@@ -44,9 +44,10 @@ SHIFT_MS = 20.0               # 20 ms frames: half the storage and DTW cost of 1
 SPEECH_DB = 30.0              # a frame is speech when within this many dB of the utterance's loudest
 FLOOR_DB = -60.0              # ... and above this absolute level (dBFS)
 MIN_SPEECH_FRAMES = 10        # 0.2 s: less than this is not even one word
-MAX_FRAMES = 1000             # 20 s of speech per template: bounds storage and the DTW cost
+MAX_FRAMES = 500              # 10 s of speech per template: bounds storage and the DTW cost (~45 ms)
 MAX_TEMPLATES = 5             # registered utterances kept per user (the most recent)
-BAND = 0.4                    # DTW band: |i/n - j/m| <= BAND (a phrase is not spoken 3x faster)
+BAND = 0.4                    # DTW band: |i/n - j/m| <= BAND (no word squeezed into another's place)
+MAX_LENGTH_RATIO = 3.0        # speech 3x longer or shorter than the registration is not the same phrase
 
 _MAGIC = b"VBPP"
 _VERSION = 1
@@ -119,9 +120,9 @@ def speech_frames(pcm: np.ndarray, n_frames: int, vad_chunks: np.ndarray | None 
 
 
 def phrase_features(pcm: np.ndarray, vad_chunks: np.ndarray | None = None) -> np.ndarray | None:
-    """int16 8 kHz audio -> (T, 2*N_CEPS) float32 speech-frame features: cepstra c1..c12,
-    mean-normalised over the speech frames (removes the channel's fixed colouring), and their
-    deltas. `vad_chunks`: `vad_speech(vad, pcm)` (without it only levels pick the speech, which
+    """int16 8 kHz audio -> (T, 2*N_CEPS) float32 speech-frame features: cepstra c1..c12 and
+    their deltas, mean- and variance-normalised over the speech frames (removes the channel's
+    fixed colouring and level). `vad_chunks`: `vad_speech(vad, pcm)` (without it only levels pick the speech, which
     fails on noisy audio). None when there is less than MIN_SPEECH_FRAMES of speech."""
     pcm = check_pcm(pcm)
     logmel = fbank(pcm.astype(np.float32), sr=SAMPLE_RATE, num_mel_bins=N_MELS, frame_ms=FRAME_MS,
@@ -132,7 +133,7 @@ def phrase_features(pcm: np.ndarray, vad_chunks: np.ndarray | None = None) -> np
     ceps = logmel @ _DCT
     d = np.gradient(ceps, axis=0) if len(ceps) > 1 else np.zeros_like(ceps)
     x = np.concatenate([ceps, d], axis=1)[keep][:MAX_FRAMES]
-    x = x - x.mean(0, keepdims=True)
+    x = (x - x.mean(0, keepdims=True)) / (x.std(0, keepdims=True) + 1e-3)
     return x.astype(np.float32)
 
 
@@ -147,12 +148,12 @@ def _local_cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def dtw_cost(a: np.ndarray, b: np.ndarray, band: float = BAND) -> float:
     """Mean frame cost of the best monotonic alignment of a onto b (symmetric DTW: a diagonal
     step costs twice, so every complete path weighs len(a) + len(b) and the normalised cost
-    does not favour short paths). Cells with |i/n - j/m| > band are not allowed; inf when the
-    two are too different in length for any allowed path (then they are not the same phrase).
+    does not favour short paths). Cells with |i/n - j/m| > band are not allowed; inf when one
+    has more than MAX_LENGTH_RATIO times the other's speech frames (not the same phrase).
 
     Vectorised over anti-diagonals: len(a) + len(b) numpy steps."""
     n, m = len(a), len(b)
-    if n == 0 or m == 0:
+    if n == 0 or m == 0 or max(n, m) > MAX_LENGTH_RATIO * min(n, m):
         return math.inf
     c = _local_cost(a, b)
     ii, jj = np.meshgrid(np.arange(n), np.arange(m), indexing="ij")
@@ -227,12 +228,16 @@ class PassphraseModel:
                                   f"register the passphrase again")
         return [dtw_cost(attempt, t) for t in self.templates]
 
-    def score(self, attempt: np.ndarray, cal: ContentCalibration) -> ContentScore:
+    def cost(self, attempt: np.ndarray) -> tuple[float, list[float]]:
+        """(mean DTW cost over the registered utterances, each one's cost); inf when any
+        alignment is impossible (the lengths are too different for the same phrase)."""
         if not self.templates:
             raise PassphraseError("no registered utterance to compare with")
         cs = self.costs(np.asarray(attempt, np.float32))
-        finite = [c for c in cs if math.isfinite(c)]
-        cost = float(np.mean(cs)) if len(finite) == len(cs) else math.inf
+        return (float(np.mean(cs)) if all(math.isfinite(c) for c in cs) else math.inf), cs
+
+    def score(self, attempt: np.ndarray, cal: ContentCalibration) -> ContentScore:
+        cost, cs = self.cost(attempt)
         return ContentScore(cost, tuple(cs), cal.llr(cost))
 
     # -- storage -------------------------------------------------------------------

@@ -16,13 +16,15 @@ passphrase, registered with 3 utterances (like an Aculab register with Source1..
 
 and the EER of TC against each non-target kind, and against IC+TW (RSR2015's combined), for
 the voice alone (CAM++ llr of the speech-weighted mean of the 3 registration embeddings, the
-product's one-shot path), the content alone (engine.passphrase DTW) and the text-dependent
-combination (engine.passphrase.text_dependent_llr, with the product's default thresholds). The
-rates at the product's operating point (verified <=> confidence >= 1.0) follow.
+product's one-shot path), the content alone (engine.passphrase DTW cost) and the text-dependent
+score min(voice margin, content margin) (engine.passphrase.text_dependent_llr). Then the rates
+at the product's operating point (verified <=> confidence >= 1.0, default profile thresholds).
 
-`--write-calibration PATH` fits the content calibration (engine/data/calibration-passphrase.json)
-on a protocol built from the enrolment half only (recordings 0-11 register, 12-24 attempt), so
-the figures on the test half are not fitted on their own recordings.
+The content calibration (cost -> llr, pass threshold at 2 % of wrong phrases accepted like the
+voice's TRUE_LOW) is cross-validated by speaker: fitted on half the speakers, applied to the
+other half, both ways, so the operating-point rates are on speakers the thresholds never saw.
+`--write-calibration PATH` also fits it on all the trials (that is how
+engine/data/calibration-passphrase.json was made).
 """
 from __future__ import annotations
 
@@ -54,8 +56,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "at the clip's edges, so they are not whole words; --exclude none keeps everyone)")
     ap.add_argument("--model-dir", type=Path)
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    ap.add_argument("--scores", type=Path, help="also write every trial's scores (.npz) for analysis")
     ap.add_argument("--write-calibration", type=Path,
-                    help="fit the content calibration on the enrolment half and write it here first")
+                    help="also fit the content calibration on all the protocol's trials and write it here "
+                         "(engine/data/calibration-passphrase.json ships one)")
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -220,15 +224,19 @@ def build_protocol(engine, fsdd: dict, lengths: tuple[int, int], n_phrases: int,
 # ----------------------------------------------------------------------------- scoring
 @dataclass
 class Scored:
-    kind: np.ndarray           # str per trial
-    voice_llr: np.ndarray      # nan where the voice could not be scored
-    content_cost: np.ndarray
-    content_llr: np.ndarray
+    kind: np.ndarray           # "TC" | "TW" | "TW1" | "IC" per trial
+    speaker: np.ndarray        # the model's (claimed) speaker
+    voice_llr: np.ndarray      # nan where the voice could not be scored (< 0.5 s speech)
+    content_cost: np.ndarray   # inf where the attempt has no phrase or cannot align
+
+    def subset(self, mask: np.ndarray) -> "Scored":
+        return Scored(self.kind[mask], self.speaker[mask], self.voice_llr[mask], self.content_cost[mask])
 
 
-def score(engine, proto: TdProtocol, cal) -> tuple[Scored, dict]:
+def score(engine, proto: TdProtocol) -> tuple[Scored, dict]:
     """Voice: the product's one-shot path (embed_many_sync), registration = speech-weighted
-    mean of the accepted (>= 0.5 s speech) sources. Content: engine.passphrase."""
+    mean of the accepted (>= 0.5 s speech) sources. Content: engine.passphrase, the models
+    round-tripped through their stored form (float16 blob)."""
     from engine import passphrase as pp
     from engine.protocol import NO_DATA_MS
     t0 = time.monotonic()
@@ -250,24 +258,18 @@ def score(engine, proto: TdProtocol, cal) -> tuple[Scored, dict]:
             f = engine.phrase_features(u.pcm)
             if f is not None:
                 model.add(f)
-        models[m] = pp.PassphraseModel.from_bytes(model.to_bytes())   # as stored: float16
-    feats = {k: engine.phrase_features(u.pcm) for k, u in proto.tests.items()}
-    kinds, vl, cc, cl = [], [], [], []
+        models[m] = pp.PassphraseModel.from_bytes(model.to_bytes())
     t1 = time.monotonic()
+    feats = {k: engine.phrase_features(u.pcm) for k, u in proto.tests.items()}
+    kinds, spk, vl, cc = [], [], [], []
     for m, tk, kind in proto.trials:
         e, vp = emb[tk], voiceprint.get(m)
-        if e is None or vp is None or e.speech_ms < NO_DATA_MS:
-            vl.append(math.nan)
-        else:
-            vl.append(engine.score(e, vp.vector).llr)
+        ok = e is not None and vp is not None and e.speech_ms >= NO_DATA_MS
+        vl.append(engine.score(e, vp.vector).llr if ok else math.nan)
         f = feats[tk]
-        if f is None or not models[m].templates:
-            cost = math.inf
-        else:
-            cost = models[m].score(f, cal).cost if cal else float(np.mean(models[m].costs(f)))
-        cc.append(cost)
-        cl.append(cal.llr(cost) if cal else math.nan)
+        cc.append(models[m].cost(f)[0] if f is not None and models[m].templates else math.inf)
         kinds.append(kind)
+        spk.append(m[0])
     t_content = time.monotonic() - t1
     sizes = [len(mm.to_bytes()) for mm in models.values()]
     speech_s = [len(t) * pp.SHIFT_MS / 1000 for mm in models.values() for t in mm.templates]
@@ -275,14 +277,14 @@ def score(engine, proto: TdProtocol, cal) -> tuple[Scored, dict]:
             "content_ms_per_trial": round(1000 * t_content / max(len(proto.trials), 1), 2),
             "model_bytes_mean": int(np.mean(sizes)), "template_speech_s_mean": round(float(np.mean(speech_s)), 2),
             "test_speech_ms_median": int(np.median([e.speech_ms for e in embs[len(enrol_utts):] if e is not None]))}
-    return Scored(np.array(kinds), np.array(vl), np.array(cc), np.array(cl)), info
+    return Scored(np.array(kinds), np.array(spk), np.array(vl), np.array(cc)), info
 
 
 # ----------------------------------------------------------------------------- calibration
 def _logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple[float, float]:
     """llr = a * x + b by weighted logistic regression at equal class priors, on standardised x
-    with a small ridge (the content classes are nearly separable on clean speakers: an
-    unregularised fit runs off to infinite slope)."""
+    with a small ridge (the content classes are nearly separable for clean speakers: an
+    unregularised fit runs off to an infinite slope)."""
     from scipy.optimize import minimize
     mu, sd = float(x.mean()), float(x.std()) or 1.0
     z = (x - mu) / sd
@@ -314,11 +316,31 @@ def fit_calibration(sc: Scored, far_pass: float, far_high: float) -> dict:
     return {"id": f"passphrase-{FEATURE_ID}-fsdd", "feature_id": FEATURE_ID, "a": a, "b": b,
             "pass_llr": table[far_pass], "high_llr": table[far_high],
             "far_pass": far_pass, "far_high": far_high,
-            "fitted_on": "FSDD digit phrases, recordings 0-24 of each speaker and digit (the enrolment half; "
-                         "0-11 register, 12-24 attempt): same speaker, same phrase (TC) vs another phrase (TW) "
-                         "and one digit changed (TW1); thresholds on TW",
+            "fitted_on": "vbgw bench passphrase: FSDD digit phrases of 2-4 digits, 6 speakers, registered "
+                         "with recordings 0-24, attempts from recordings 25-49: same speaker, same phrase (TC) "
+                         "vs another phrase (TW) and one digit changed (TW1); thresholds on TW",
             "trials": {"TC": int((tgt & keep).sum()), "TW": int((tw & keep).sum()),
                        "TW1": int(((sc.kind == "TW1") & keep).sum())}}
+
+
+def content_margin(sc: Scored, cal) -> np.ndarray:
+    """(content llr - pass) / span per trial; unscorable content is the worst cost (2.0)."""
+    cost = np.where(np.isfinite(sc.content_cost), sc.content_cost, 2.0)
+    return (cal.a * cost + cal.b - cal.pass_llr) / max(cal.high_llr - cal.pass_llr, 1e-6)
+
+
+def cross_validated_margins(sc: Scored, far_pass: float, far_high: float) -> np.ndarray:
+    """Content margins with the calibration fitted on the other half of the speakers (two
+    folds by speaker): the operating point is measured on speakers the thresholds never saw."""
+    from engine.passphrase import ContentCalibration
+    speakers = sorted(set(sc.speaker))
+    out = np.zeros(len(sc.kind))
+    for fold in (0, 1):
+        held = np.isin(sc.speaker, speakers[fold::2])
+        d = fit_calibration(sc.subset(~held), far_pass, far_high)
+        cal = ContentCalibration(d["id"], d["a"], d["b"], d["pass_llr"], d["high_llr"])
+        out[held] = content_margin(sc.subset(held), cal)
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -327,30 +349,29 @@ def _eer(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(eer(np.concatenate([pos, neg]), np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])))
 
 
-def report(sc: Scored, cal, thresholds: dict, span_min: float) -> dict:
-    from engine.passphrase import text_dependent_llr
+def report(sc: Scored, cmargin: np.ndarray, thresholds: dict, span_min: float) -> dict:
+    """EERs per condition for voice, content and the text-dependent score, and the rates at
+    the product's operating point. The text-dependent score is min(voice margin, content
+    margin) (engine.passphrase.text_dependent_llr on the margin scale)."""
     vpass, vhigh = thresholds["TRUE_LOW"], thresholds["TRUE_HIGH"]
-    vspan = max(vhigh - vpass, span_min)
-    cspan = max(cal.high_llr - cal.pass_llr, 1e-6)
+    vmargin = (sc.voice_llr - vpass) / max(vhigh - vpass, span_min)
     ok = np.isfinite(sc.voice_llr)
-    low = -1e9                             # an unscorable content is the worst content
-    cl = np.where(np.isfinite(sc.content_llr), sc.content_llr, low)
-    td = np.array([text_dependent_llr(v, c, vpass, vspan, cal.pass_llr, cspan) if o else np.nan
-                   for v, c, o in zip(sc.voice_llr, cl, ok)])
-    systems = {"voice only": sc.voice_llr, "content only": cl, "text-dependent (voice AND content)": td}
+    td = np.minimum(vmargin, cmargin)
+    systems = {"voice only": vmargin, "content only": -np.where(np.isfinite(sc.content_cost), sc.content_cost, 2.0),
+               "text-dependent (voice AND content)": td}
     conds = {"impostor (TC vs IC)": ["IC"], "wrong phrase (TC vs TW)": ["TW"],
              "one digit changed (TC vs TW1)": ["TW1"], "combined (TC vs IC+TW)": ["IC", "TW"]}
-    out: dict = {"trials": {k: int((sc.kind == k).sum()) for k in ("TC", "TW", "TW1", "IC")},
-                 "voice_not_scored": {k: int(((sc.kind == k) & ~ok).sum()) for k in ("TC", "TW", "TW1", "IC")},
+    kinds = ("TC", "TW", "TW1", "IC")
+    out: dict = {"trials": {k: int((sc.kind == k).sum()) for k in kinds},
+                 "voice_not_scored": {k: int(((sc.kind == k) & ~ok).sum()) for k in kinds},
                  "eer": {}, "operating_point": {}}
     for name, s in systems.items():
         pos = s[(sc.kind == "TC") & ok]
         out["eer"][name] = {c: round(100 * _eer(pos, s[np.isin(sc.kind, ks) & ok]), 2) for c, ks in conds.items()}
-    # the product's decisions: voice verified <=> llr >= TRUE_LOW; td verified <=> td llr >= TRUE_LOW
-    for name, s, thr in (("voice only", sc.voice_llr, vpass), ("text-dependent", td, vpass)):
-        out["operating_point"][name] = {
-            k: round(100 * float(np.mean(s[(sc.kind == k) & ok] >= thr)), 2) for k in ("TC", "TW", "TW1", "IC")}
-        out["operating_point"][name]["FRR (TC)"] = round(100 - out["operating_point"][name].pop("TC"), 2)
+    for name, s in (("voice only", vmargin), ("text-dependent", td)):
+        acc = {k: 100 * float(np.mean(s[(sc.kind == k) & ok] >= 0)) for k in kinds}
+        out["operating_point"][name] = {"FRR (TC)": round(100 - acc["TC"], 2),
+                                        **{k: round(acc[k], 2) for k in ("TW", "TW1", "IC")}}
     return out
 
 
@@ -363,8 +384,8 @@ def print_report(title: str, out: dict, info: dict) -> None:
     print("|---|" + "---|" * len(conds))
     for name, row in out["eer"].items():
         print(f"| {name} | " + " | ".join(f"{row[c]:.2f} %" for c in conds) + " |")
-    print("\noperating point (verified <=> confidence >= 1.0, default profile thresholds), "
-          "FRR on TC and acceptance rates (FAR) per non-target kind:")
+    print("\noperating point (verified <=> confidence >= 1.0; default profile thresholds; content "
+          "thresholds cross-validated by speaker): FRR on TC, acceptance (FAR) per non-target kind:")
     for name, row in out["operating_point"].items():
         print(f"  {name}: FRR {row['FRR (TC)']:.2f} %, FAR TW {row['TW']:.2f} %, TW1 {row['TW1']:.2f} %, "
               f"IC {row['IC']:.2f} %")
@@ -372,38 +393,36 @@ def print_report(title: str, out: dict, info: dict) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from engine import BandTargets, Engine, EngineConfig
-    from engine.passphrase import ContentCalibration
+    from gateway.aculab import MIN_CONFIDENCE_SPAN
     lengths = parse_lengths(args.lengths)
     fsdd = index_fsdd(args.speech)
     excluded = [x for x in (args.exclude or ["jason"]) if x != "none"]
     fsdd = {k: v for k, v in fsdd.items() if k not in excluded}
+    if len(fsdd) < 4:
+        raise SystemExit(f"need at least 4 speakers, have {sorted(fsdd)}")
     engine = Engine.load(EngineConfig(model_dir=args.model_dir) if args.model_dir else EngineConfig())
     th = engine.thresholds(BandTargets())
     t0 = time.monotonic()
-    result: dict = {"lengths": args.lengths, "seed": args.seed, "excluded": excluded}
-    if args.write_calibration:
-        proto = build_protocol(engine, fsdd, lengths, args.phrases, args.tests, args.tw, args.seed + 1000,
-                               range(0, 12), range(12, 25))
-        sc, _ = score(engine, proto, None)
-        d = fit_calibration(sc, far_pass=0.02, far_high=0.0005)
-        args.write_calibration.write_text(json.dumps(d, indent=2) + "\n")
-        print(f"content calibration written to {args.write_calibration}: a={d['a']:.3f} b={d['b']:.3f} "
-              f"pass_llr={d['pass_llr']:.3f} high_llr={d['high_llr']:.3f} ({d['trials']})")
-        cal = ContentCalibration.load(args.write_calibration)
-    else:
-        cal = ContentCalibration.load()
     proto = build_protocol(engine, fsdd, lengths, args.phrases, args.tests, args.tw, args.seed, range(0, 25), range(25, 50))
     print(f"protocol: {len(fsdd)} speakers, {len(proto.enrol)} models ({N_ENROL} registration utterances each), "
           f"{len(proto.tests)} test utterances, {len(proto.trials)} trials; phrases of {args.lengths} digits; "
           f"built in {time.monotonic() - t0:.1f} s", flush=True)
-    from gateway.aculab import MIN_CONFIDENCE_SPAN
-    sc, info = score(engine, proto, cal)
-    out = report(sc, cal, th, MIN_CONFIDENCE_SPAN)
-    result.update(out, info=info, calibration=cal.id,
-                  thresholds={"voice_pass": th["TRUE_LOW"], "voice_high": th["TRUE_HIGH"],
-                              "content_pass": cal.pass_llr, "content_high": cal.high_llr})
+    sc, info = score(engine, proto)
+    far_pass, far_high = BandTargets().far_low, BandTargets().far_high
+    out = report(sc, cross_validated_margins(sc, far_pass, far_high), th, MIN_CONFIDENCE_SPAN)
+    result = {"lengths": args.lengths, "seed": args.seed, "excluded": excluded, **out, "info": info,
+              "voice_thresholds": {"pass": th["TRUE_LOW"], "high": th["TRUE_HIGH"]}}
     print_report(f"passphrases of {args.lengths} digits", out, info)
+    if args.write_calibration:
+        d = fit_calibration(sc, far_pass, far_high)
+        args.write_calibration.write_text(json.dumps(d, indent=2) + "\n")
+        print(f"\ncontent calibration (all speakers) written to {args.write_calibration}: a={d['a']:.3f} "
+              f"b={d['b']:.3f} pass_llr={d['pass_llr']:.3f} high_llr={d['high_llr']:.3f} ({d['trials']})")
+        result["calibration"] = d
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.scores:
+        np.savez(args.scores, kind=sc.kind, speaker=sc.speaker, voice_llr=sc.voice_llr,
+                 content_cost=sc.content_cost)
     print(f"\n{time.monotonic() - t0:.1f} s")
     return 0
