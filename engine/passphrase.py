@@ -40,7 +40,7 @@ FEATURE_ID = "mfcc12d-20ms-cmvn-v1"   # changes with the features: old templates
 N_MELS = 24
 N_CEPS = 12                   # c1..c12 (c0, the level, is left out: it says nothing of the words)
 FRAME_MS = 25.0
-SHIFT_MS = 20.0               # 20 ms frames: half the storage and DTW cost of 10 ms, same accuracy
+SHIFT_MS = 20.0               # 20 ms frames: half the storage and DTW cost of 10 ms (no better in the pilot)
 SPEECH_DB = 30.0              # a frame is speech when within this many dB of the utterance's loudest
 FLOOR_DB = -60.0              # ... and above this absolute level (dBFS)
 MIN_SPEECH_FRAMES = 10        # 0.2 s: less than this is not even one word
@@ -264,10 +264,14 @@ class PassphraseModel:
             pos += flen
             (count,) = struct.unpack_from("<B", blob, pos)
             pos += 1
+            if count > MAX_TEMPLATES:
+                raise ValueError(f"{count} templates")
             templates = []
             for _ in range(count):
                 frames, dims = struct.unpack_from("<HB", blob, pos)
                 pos += 3
+                if not 0 < frames <= MAX_FRAMES or dims == 0:
+                    raise ValueError(f"template of {frames} x {dims}")
                 size = frames * dims * 2
                 if pos + size > len(blob):
                     raise ValueError("truncated")

@@ -127,7 +127,12 @@ def test_blob_round_trip_bounds_and_refusals(george):
     for _ in range(pp.MAX_TEMPLATES + 3):
         m.add(george.templates[0])
     assert len(m.templates) == pp.MAX_TEMPLATES
-    for bad in (b"", b"nope", blob[:-1], blob + b"\0", b"VBPP\x09" + blob[5:]):
+    import struct
+    fid = pp.FEATURE_ID.encode()
+    head = b"VBPP" + struct.pack("<BB", 1, len(fid)) + fid
+    too_many = head + struct.pack("<B", pp.MAX_TEMPLATES + 1)
+    too_long = head + struct.pack("<BHB", 1, pp.MAX_FRAMES + 1, 24) + b"\0" * (2 * 24 * (pp.MAX_FRAMES + 1))
+    for bad in (b"", b"nope", blob[:-1], blob + b"\0", b"VBPP\x09" + blob[5:], too_many, too_long):
         with pytest.raises(pp.PassphraseError):
             pp.PassphraseModel.from_bytes(bad)
     with pytest.raises(pp.PassphraseError):
