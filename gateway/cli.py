@@ -286,6 +286,7 @@ BENCHES = (
     ("live", "gateway.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
     ("slowclients", "gateway.bench.slowclients", "idle, slowloris and never-reading clients: /healthz latency, "
                                                  "gateway memory, when each is let go"),
+    ("passphrase", "gateway.bench.passphrase", "text-dependent verification (RSR2015-style TC/TW/IC trials on FSDD digits)"),
 )
 
 
