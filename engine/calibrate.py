@@ -96,7 +96,7 @@ def score_sets(dirs: list[Path], encoder: str = "campp", model_dir: Path | None 
     return sets
 
 
-def fit(sets: list[TrialSet], confidence: float = 0.95, n_boot: int = 200,
+def fit(sets: list[TrialSet], confidence: float = 0.975, n_boot: int = 200,
         min_test_ms: int = 2000, min_trials: int = 100) -> dict:
     """Calibration parameters and tables (the JSON body, without id/encoder) from `sets`."""
     cos, lab, wts = [], [], []
@@ -231,7 +231,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-write", action="store_true", help="fit and report, write nothing")
     ap.add_argument("--cv", action="store_true",
                     help="leave-one-speaker-out cross-validation of the fit (per-band FAR/FRR)")
-    ap.add_argument("--confidence", type=float, default=0.95,
+    ap.add_argument("--confidence", type=float, default=0.975,
                     help="one-sided confidence of each table threshold (speaker bootstrap)")
     ap.add_argument("--boot", type=int, default=200, help="speaker-bootstrap replicates")
     ap.add_argument("--min-test-speech-ms", type=int, default=2000,

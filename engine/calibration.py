@@ -101,7 +101,7 @@ def speaker_bootstrap(spk_a: np.ndarray, spk_b: np.ndarray, n_boot: int,
 
 
 def conservative_tail(values: np.ndarray, upper: bool, spk_a: np.ndarray, spk_b: np.ndarray,
-                      conf: float = 0.95, n_boot: int = 200, seed: int = 0) -> list[list[float]]:
+                      conf: float = 0.975, n_boot: int = 200, seed: int = 0) -> list[list[float]]:
     """tail_quantiles with a one-sided `conf` bound over speakers: per error rate, the
     `conf` quantile (upper tail; 1 - conf for the lower tail) of the threshold over
     `n_boot` speaker-bootstrap replicates (speaker_bootstrap). conf <= 0.5 gives the plain

@@ -133,3 +133,19 @@ def test_cross_validation_counts_every_held_out_trial_once_per_fold():
     for t, counts, th in rows:
         cal_llr = counts["TRUE_LOW"]["fa"]
         assert cal_llr.shape == t.labels.shape
+
+
+@pytest.mark.parametrize("encoder", ["campp", "ge2e"])
+def test_shipped_calibration_was_checked_on_left_out_speakers(encoder):
+    """The committed calibration carries its leave-one-speaker-out result, and every
+    TRUE band held its FAR target there (the 2026-11-23 file had no such check: its
+    TRUE_HIGH let 0.10 % of unseen impostors through, issue #11)."""
+    cal = Calibration.load(encoder)
+    cv = cal.extra.get("cv")
+    assert cv, "calibration fitted without `python -m engine.calibrate --cv`"
+    t = BandTargets()
+    for band, target in (("TRUE_HIGH", t.far_high), ("TRUE_MEDIUM", t.far_medium),
+                         ("TRUE_LOW", t.far_low)):
+        errors, trials, rate = cv[band]["fa"][:3]
+        assert trials >= 10_000 and rate <= target, (band, cv[band])
+    assert cal.extra["method"]["confidence"] > 0.5
