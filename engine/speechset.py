@@ -1,8 +1,8 @@
 """Trial protocols built from raw speech through the telephony channel, cut to exact
 amounts of net speech (for the duration benchmark and the calibration research).
 
-    python -m engine.speechset --speech ../shared/data/speech/librispeech-test-other \
-        --speech ../shared/data/speech/fsdd --out /tmp/speechset \
+    python -m engine.speechset --speech $SPEECH/librispeech-test-other \
+        --speech $SPEECH/fsdd --out /tmp/speechset \
         [--enrol-s 4 --enrol-s 12] [--test-s 1 --test-s 2 --test-s 3 --test-s 5] [--splits 3]
 
 Speech directories: either `<speaker>/**/*.{flac,wav,ogg}` (LibriSpeech and most corpora:
@@ -19,7 +19,7 @@ file gives `speech_ms` = the target (rounded up to 32 ms), the same audio the pr
 EARLY/NORMAL milestone would embed at that much speech.
 
 One protocol directory per corpus, enrolment length and test length (`<corpus>-e<E>-t<D>`,
-the format of shared/data/protocols/README.md; audio shared through an `audio` symlink).
+the format of tests/data/README.md; audio shared through an `audio` symlink).
 Trials: every model against every test; a target trial only within one split (so the
 enrolment and test audio never overlap), non-target trials across all splits.
 """

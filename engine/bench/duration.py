@@ -1,7 +1,7 @@
 """Duration benchmark: EER and band error rates by enrolment and test speech length.
 
-    vbgw bench duration --speech ../shared/data/speech/librispeech-test-other \
-        --speech ../shared/data/speech/fsdd [--enrol-s 4 --enrol-s 12] \
+    vbgw bench duration --speech $SPEECH/librispeech-test-other \
+        --speech $SPEECH/fsdd [--enrol-s 4 --enrol-s 12] \
         [--test-s 1 --test-s 2 --test-s 3 --test-s 5] [--work DIR] [--json out.json]
 
 Builds trial protocols from raw speech with `engine.speechset` (telephony channel, cuts

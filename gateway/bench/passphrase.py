@@ -1,6 +1,6 @@
 """Text-dependent verification benchmark, RSR2015-style, on the Free Spoken Digit Dataset.
 
-    vbgw bench passphrase --speech ../shared/data/speech/fsdd [--lengths 2-4] [--json out.json]
+    vbgw bench passphrase --speech $SPEECH/fsdd [--lengths 2-4] [--json out.json]
 
 The protocol is built from FSDD (DIGIT_SPEAKER_INDEX.wav; each speaker says each digit 50
 times): a passphrase is a sequence of digits, an utterance of it is the concatenation of one
@@ -45,7 +45,7 @@ N_ENROL = 3
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--speech", type=Path, required=True,
-                    help="FSDD directory (DIGIT_SPEAKER_INDEX.wav files), e.g. ../shared/data/speech/fsdd")
+                    help="FSDD directory (DIGIT_SPEAKER_INDEX.wav files), e.g. $SPEECH/fsdd")
     ap.add_argument("--lengths", default="2-4", help="digits per phrase, N or LO-HI (default 2-4)")
     ap.add_argument("--phrases", type=int, default=12, help="passphrases per speaker (default 12)")
     ap.add_argument("--tests", type=int, default=4, help="test utterances per speaker and phrase (default 4)")
