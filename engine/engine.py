@@ -866,6 +866,20 @@ class Engine:
         with a running worker."""
         return self._core.embed_many([check_pcm(p) for p in pcms])
 
+    # -- passphrases (engine.passphrase; text-dependent verification) ---------------
+    def vad_speech(self, pcm: np.ndarray) -> np.ndarray:
+        """Speech flags per 32 ms chunk of a whole file (the session VAD's model, a fresh
+        stream: safe beside running sessions)."""
+        from .passphrase import vad_speech
+        return vad_speech(self._core.vad, check_pcm(pcm))
+
+    def phrase_features(self, pcm: np.ndarray) -> np.ndarray | None:
+        """A passphrase utterance's speech-frame features (engine.passphrase.phrase_features,
+        speech picked by the VAD); None when it has too little speech. CPU-bound: run it off
+        the event loop."""
+        from .passphrase import phrase_features
+        return phrase_features(pcm, self.vad_speech(pcm))
+
     # -- scoring ---------------------------------------------------------------------
     def score(self, embedding: Embedding, voiceprint: np.ndarray) -> Score:
         vp = np.asarray(voiceprint, dtype=np.float32).reshape(-1)

@@ -41,27 +41,35 @@ class TrialScores:
     labels: np.ndarray
     speech_ms: np.ndarray      # test-side speech
     missing: int               # trials not scored (NO_DATA on one side; cosine set to -1)
+    enrol_speaker: np.ndarray | None = None   # speaker of each trial's model
+    test_speaker: np.ndarray | None = None    # speaker of each trial's test
 
 
 NO_DATA_MS = 500   # the gateway answers NO_DATA below this much customer speech
 
 
 def score_protocol(engine, proto: Protocol, batch_files: int = 32,
-                   min_speech_ms: int = NO_DATA_MS) -> TrialScores:
+                   min_speech_ms: int = NO_DATA_MS, cache: dict | None = None) -> TrialScores:
     """Embed every enrol and test file through the engine's session path, cosine-score
     every trial. A side with less than `min_speech_ms` of speech makes the trial
-    not scored, as the product would answer NO_DATA."""
+    not scored, as the product would answer NO_DATA. `cache` (resolved path ->
+    embedding) lets protocols that share audio embed each file once."""
+    cache = {} if cache is None else cache
+
     def embed_all(items):
-        out = {}
-        for k in range(0, len(items), batch_files):
-            part = items[k:k + batch_files]
-            embs = engine.embed_many_sync([proto.audio(p) for _, _, p in part])
-            out.update({i: e for (i, _, _), e in zip(part, embs)})
-        return out
+        keys = {i: (proto.root / p).resolve() for i, _, p in items}
+        todo = sorted({k for k in keys.values() if k not in cache})
+        for k in range(0, len(todo), batch_files):
+            part = todo[k:k + batch_files]
+            embs = engine.embed_many_sync([read_wav_8k(p) for p in part])
+            cache.update(zip(part, embs))
+        return {i: cache[k] for i, k in keys.items()}
     enr = embed_all(proto.enrol)
     tst = embed_all(proto.test)
     cos, lab, sp = [], [], []
     missing = 0
+    spk_e = {m: s for m, s, _ in proto.enrol}
+    spk_t = {t: s for t, s, _ in proto.test}
     for m, t, y in proto.trials:
         a, b = enr.get(m), tst.get(t)
         if a is None or b is None or min(a.speech_ms, b.speech_ms) < min_speech_ms:
@@ -72,4 +80,6 @@ def score_protocol(engine, proto: Protocol, batch_files: int = 32,
             cos.append(float(a.vector @ b.vector))
             sp.append(b.speech_ms)
         lab.append(y)
-    return TrialScores(proto.name, np.array(cos), np.array(lab), np.array(sp), missing)
+    return TrialScores(proto.name, np.array(cos), np.array(lab), np.array(sp), missing,
+                       np.array([spk_e[m] for m, _, _ in proto.trials], dtype=object),
+                       np.array([spk_t[t] for _, t, _ in proto.trials], dtype=object))

@@ -289,12 +289,14 @@ def _config_everywhere(parser: argparse.ArgumentParser, top: bool = True) -> Non
 # (name, module, help): each module has add_arguments(parser) and main(args).
 BENCHES = (
     ("accuracy", "engine.bench.accuracy", "EER and minDCF on a trial protocol"),
+    ("duration", "engine.bench.duration", "EER and band error rates by enrolment and test speech length"),
     ("speed", "engine.bench.speed", "encoder and VAD CPU cost"),
     ("stream", "gateway.bench.stream", "concurrent real-time direct streams with verification"),
     ("audiohook", "gateway.bench.audiohook", "concurrent real-time AudioHook calls with verification"),
     ("live", "gateway.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
     ("slowclients", "gateway.bench.slowclients", "idle, slowloris and never-reading clients: /healthz latency, "
                                                  "gateway memory, when each is let go"),
+    ("passphrase", "gateway.bench.passphrase", "text-dependent verification (RSR2015-style TC/TW/IC trials on FSDD digits)"),
 )
 
 

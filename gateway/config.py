@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from connectors.audiohook import AudioHookConfig
 from engine.config import EngineConfig
 from gateway.events import EventsConfig
+from gateway.fetch import FetchConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 ENV_PREFIX = "VBGW_"
@@ -153,6 +154,7 @@ class Settings(_Section):
     audiohook: AudioHookConfig = AudioHookConfig()
     fraud: FraudConfig = FraudConfig()
     uploads: UploadsConfig = UploadsConfig()
+    fetch: FetchConfig = FetchConfig()
 
     @model_validator(mode="after")
     def _paths_under_data_dir(self) -> "Settings":

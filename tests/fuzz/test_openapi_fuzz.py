@@ -26,6 +26,10 @@ def _envelope_problem(case, response: requests.Response) -> str | None:
         return f"server error {response.status_code}: {response.text[:300]}"
     if response.status_code < 400:
         return None
+    ctype = response.headers.get("content-type") or response.headers.get("Content-Type") or ""
+    ctype = ctype[0] if isinstance(ctype, list) else ctype
+    if ctype.startswith("text/html") and "text/html" in _media(case.operation):
+        return None      # a page for people (the agent widget): its errors are pages too
     try:
         body = response.json()
     except ValueError:
@@ -42,10 +46,13 @@ def _envelope_problem(case, response: requests.Response) -> str | None:
     return None if ok else f"{response.status_code} not in this API's envelope: {body!r:.300}"
 
 
+def _media(operation) -> set[str]:
+    return {m for r in operation.definition.raw.get("responses", {}).values() for m in r.get("content", {})}
+
+
 def _auth_for(operation, creds: dict[str, str]) -> str | None:
     raw = operation.definition.raw
-    media = {m for r in raw.get("responses", {}).values() for m in r.get("content", {})}
-    if media & STREAMING:
+    if _media(operation) & STREAMING:
         return None
     for requirement in raw.get("security") or []:
         for name in requirement:
