@@ -28,7 +28,9 @@ from gateway.events import build_sink
 from gateway.files import private_dir
 from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
-from gateway.store.sqlite import SqliteRepository
+from gateway.store.base import StoreUnavailable
+from gateway.store.factory import build_repository, keep_opening, load_data_keys, watch_keys
+from gateway.store.keys import KeyUnavailable
 
 log = structlog.get_logger(__name__)
 ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes, blocklists.routes,
@@ -59,6 +61,8 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except asyncio.CancelledError:
         raise
+    except (StoreUnavailable, KeyUnavailable) as exc:     # the database is down / a data key is missing
+        err = ApiError(503, exc.code, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         err = client_error(exc, request.app[SETTINGS].server.max_body_bytes)
     except web.HTTPException as exc:
@@ -105,8 +109,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     async def lifecycle(app: web.Application):
         eng = Engine.load(settings.engine) if engine is None else engine
         await eng.start()
-        store = SqliteRepository(settings.sqlite_path)
-        await store.open()
+        keys = load_data_keys(settings)
+        store = build_repository(settings, keys)
         sink = build_sink(settings.events)
         await sink.start()
         keyring = Keyring(load_or_create_secret(settings.data_dir, settings.auth.hash_secret.get_secret_value()))
@@ -118,11 +122,19 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         metrics.gauge("vbgw_engine_overloaded", lambda: int(eng.stats().overloaded))
         metrics.gauge("vbgw_engine_dropped_audio_seconds", lambda: eng.stats().extra.get("dropped_audio_s", 0.0))
         metrics.gauge("vbgw_bus_subscribers", core.bus.subscriber_count)
-        for p in await store.list_profiles():
-            n = await store.mark_re_enroll(p.id, eng.info.model, eng.info.extractor_version)
-            if n:
-                log.warning("users_need_re_enrolment", profile_id=p.id, users=n)
-        await core.reconcile_files()       # kept audio vs rows after a crash; owner-only modes
+        background = [asyncio.create_task(watch_keys(keys, settings.encryption.reload_s), name="vbgw-keys")]
+        try:
+            await store.open()
+        except StoreUnavailable as exc:
+            if not getattr(store, "retry_open", False):
+                raise
+            # One line while it stays unreachable (retries log at debug), one when it is reached.
+            log.error("database_unreachable", error=str(exc), retrying=True,
+                      max_retry_interval_s=settings.storage.reconnect_max_s)
+            background.append(asyncio.create_task(
+                keep_opening(store, lambda: store_ready(core), settings.storage.reconnect_max_s), name="vbgw-db-open"))
+        else:
+            await store_ready(core)
         app[CORE] = core
         core.dialogs.start()
         log.info("gateway_started", model=eng.info.model, extractor=eng.info.extractor_version)
@@ -131,6 +143,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             await ws.close(code=1001, message=b"server shutting down")
         await core.dialogs.close()
         await core.fraud.close()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await sink.close()
         await store.close()
         await eng.stop()
@@ -142,6 +157,34 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     socketio_api.install(app)    # Socket.IO for agent desktops, on the same app and port
     app[system.OPENAPI_DOC] = build_openapi([s for t in ROUTE_TABLES for s in t.specs], sw_version())
     return app
+
+
+async def store_ready(core: Core) -> None:
+    """Start-up checks once the store is open: voiceprints of another model need re-enrolment;
+    sensitive biokeys hashed under another auth.hash_secret, and records not sealed under the
+    active data key, are reported with the command that fixes them (docs/security.md)."""
+    store, eng = core.store, core.engine
+    for p in await store.list_profiles():
+        n = await store.mark_re_enroll(p.id, eng.info.model, eng.info.extractor_version)
+        if n:
+            log.warning("users_need_re_enrolment", profile_id=p.id, users=n)
+    await core.reconcile_files()       # kept audio vs rows after a crash; owner-only modes
+    usage = await store.hash_key_usage()
+    if any(u.key_id is None for u in usage):
+        # Hashes from before key ids were kept: assume today's secret made them (it is the one
+        # they were made with unless the secret was changed before this upgrade).
+        await store.stamp_legacy_hashes(core.keyring.key_id)
+    other = [u for u in usage if u.key_id not in (None, core.keyring.key_id)]
+    if other:
+        log.warning("biokey_hashes_under_another_secret", hash_key_id=core.keyring.key_id,
+                    other_key_ids=[u.key_id for u in other], rows=sum(u.rows for u in other),
+                    rekeyable=sum(u.rekeyable for u in other),
+                    fix="vbgw admin rekey-biokeys (searches by these biokeys find nobody until then)")
+    stale = {t: n for t, per_key in (await store.key_usage()).items()
+             for kid, n in per_key.items() if kid != store.keys.active_id and n} if store.keys else {}
+    if stale:
+        log.warning("records_not_under_active_data_key", active_key_id=store.keys.active_id, rows=stale,
+                    fix="vbgw admin rotate-key --reencrypt-only")
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:

@@ -18,14 +18,13 @@ async def cli_add_org(args, settings) -> int:
     from gateway.audiohook_orgs import SecretBox, add_org, print_instructions
     from gateway.auth import load_or_create_secret
     from gateway.store.base import Conflict
-    from gateway.store.sqlite import SqliteRepository
     from gateway.cli import announce_store
+    from gateway.store.factory import open_repository
     if not is_uuid(args.org_id):
         print(f"error: --org-id must be the Genesys organization id (a UUID), got {args.org_id!r}", file=sys.stderr)
         return 2
     announce_store(settings, "audiohook")
-    store = SqliteRepository(settings.sqlite_path)
-    await store.open()
+    store = await open_repository(settings)
     try:
         box = SecretBox(load_or_create_secret(settings.data_dir, settings.auth.hash_secret.get_secret_value()))
         org, api_key, secret = await add_org(store, box, args.org_id, args.tenant, args.profile,

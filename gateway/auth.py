@@ -53,6 +53,8 @@ def load_or_create_secret(data_dir: Path, configured: str) -> bytes:
 class Keyring:
     def __init__(self, secret: bytes):
         self._secret = secret
+        # Stored with each sensitive biokey hash, so a changed secret is detected (docs/security.md).
+        self.key_id = hmac.new(secret, b"vbgw hash key id", hashlib.sha256).hexdigest()[:16]
 
     def _mac(self, *parts: str) -> str:
         return hmac.new(self._secret, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()

@@ -57,10 +57,9 @@ def _row(b) -> str:
 async def _main(args, settings) -> int:
     from gateway.store.base import Blocklist, Conflict
     from gateway.cli import announce_store
-    from gateway.store.sqlite import SqliteRepository
+    from gateway.store.factory import open_repository
     announce_store(settings, "blocklist")
-    store = SqliteRepository(settings.sqlite_path)
-    await store.open()
+    store = await open_repository(settings)
     engine = None
     try:
         tenant = await store.get_tenant(args.tenant)

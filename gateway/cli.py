@@ -67,18 +67,25 @@ def announce_store(settings: Settings, command: str) -> None:
     """Say which installation a command works on (stderr: stdout stays parseable). An admin
     command run without the gateway's config or VBGW_ variables would otherwise quietly
     work on another database."""
-    print(f"vbgw {command}: data dir {settings.data_dir.resolve()}, database {settings.sqlite_path.resolve()}",
-          file=sys.stderr, flush=True)
+    if settings.storage.postgres:
+        from gateway.store.postgres import redact_dsn
+        database = redact_dsn(settings.storage.dsn.get_secret_value()) + (
+            f" (schema {settings.storage.pg_schema})" if settings.storage.pg_schema else "")
+    else:
+        database = str(settings.sqlite_path.resolve())
+    print(f"vbgw {command}: data dir {settings.data_dir.resolve()}, database {database}", file=sys.stderr, flush=True)
 
 
 async def _admin(args) -> int:
     from gateway.auth import new_pat, token_hash
     from gateway.store.base import Bands, Conflict, ProfileSettings
-    from gateway.store.sqlite import SqliteRepository
+    from gateway.store.factory import open_repository
     settings = _settings(args)
     announce_store(settings, "admin")
-    store = SqliteRepository(settings.sqlite_path)
-    await store.open()
+    if args.admin_cmd in ("rotate-key", "rekey-biokeys"):
+        from gateway.keys_cli import run as run_keys_cmd
+        return await run_keys_cmd(args, settings)
+    store = await open_repository(settings)
     d = settings.profile_defaults
     try:
         if args.admin_cmd == "bootstrap":
@@ -251,6 +258,8 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     rp.add_argument("id")
     rk = asub.add_parser("revoke-user-group-key", help="revoke a user group key (id from `vbgw admin user-group-keys`)")
     rk.add_argument("id")
+    from gateway.keys_cli import add_cli as _add_keys
+    _add_keys(asub)
     a.set_defaults(fn=cmd_admin)
 
     from gateway.audiohook_cli import add_cli as _add_audiohook
@@ -330,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a clear line, not a traceback, for operator errors
         from engine.types import EngineError
-        if isinstance(exc, EngineError):
+        from gateway.store.base import StoreError
+        if isinstance(exc, (EngineError, StoreError)):     # StoreError: e.g. PostgreSQL unreachable
             print(f"vbgw: {exc}", file=sys.stderr)
             return 2
         raise

@@ -66,6 +66,38 @@ class ServerConfig(_Section):
 
 class StorageConfig(_Section):
     sqlite_path: Path = Path("vbgw.sqlite3")
+    # postgresql://user:password@host:port/database selects the PostgreSQL store; empty: SQLite.
+    dsn: SecretStr = SecretStr("")
+    pg_schema: str = Field("", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")   # empty: the server's search_path
+    pool_min: int = Field(1, ge=0, le=100)
+    pool_max: int = Field(10, ge=1, le=1000)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    retry_s: float = Field(10.0, ge=0)            # a call retries a lost connection this long, then fails
+    reconnect_max_s: float = Field(30.0, gt=0)    # longest pause between attempts to reach the database
+
+    @model_validator(mode="after")
+    def _postgres_dsn(self) -> "StorageConfig":
+        dsn = self.dsn.get_secret_value()
+        if dsn and not dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError("storage.dsn must be a postgresql:// URL (or empty for the embedded SQLite store)")
+        if self.pool_min > self.pool_max:
+            raise ValueError("storage.pool_min must not exceed storage.pool_max")
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        return bool(self.dsn.get_secret_value())
+
+
+class EncryptionConfig(_Section):
+    """Encryption at rest of voiceprints and fingerprints (docs/security.md)."""
+    # Base64 AES-256 keys separated by commas, the active one first (VBGW_ENCRYPTION__KEYS);
+    # when set, keys_file is not read.
+    keys: SecretStr = SecretStr("")
+    # One base64 key per line, active first; relative to server.data_dir. Created with one new
+    # key on first start with SQLite; with PostgreSQL it must be provided (instances share it).
+    keys_file: Path = Path("data.keys")
+    reload_s: float = Field(5.0, gt=0)            # how often the gateway looks for a rotated keys file
 
 
 class AuthConfig(_Section):
@@ -112,6 +144,7 @@ class UploadsConfig(_Section):
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
     auth: AuthConfig = AuthConfig()
     dialogs: DialogsConfig = DialogsConfig()
     profile_defaults: ProfileDefaults = ProfileDefaults()
@@ -129,7 +162,7 @@ class Settings(_Section):
         are taken from it (not from the working directory), and files derived from the
         models go to <data_dir>/cache unless engine.cache_dir says otherwise."""
         d = self.server.data_dir
-        ev = {k: d / getattr(self.events, k) for k in ("jsonl_path", "outbox_path")
+        ev = {k: d / getattr(self.events, k) for k in ("jsonl_path", "outbox_path", "nats_outbox_path", "redis_outbox_path")
               if not getattr(self.events, k).is_absolute()}
         if ev:
             self.events = self.events.model_copy(update=ev)
@@ -167,6 +200,10 @@ OTHER_ENV = {
     "VBGW_MODEL_DIR": "model files directory (engine.model_dir's default)",
     "VBGW_BENCH_BUS_TAP": "benchmarks only",
     "VBGW_UPDATE_SCREENSHOT": "tests only",
+    "VBGW_REQUIRE_SERVICES": "tests only: a missing PostgreSQL/Redis/NATS fails instead of skipping (.ci/run)",
+    "VBGW_TEST_PG_DSN": "tests only (tests/services.py)",
+    "VBGW_TEST_REDIS_URL": "tests only (tests/services.py)",
+    "VBGW_TEST_NATS_URL": "tests only (tests/services.py)",
 }
 
 

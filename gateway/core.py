@@ -147,7 +147,8 @@ class Core:
         if d is None:
             raise ApiError(400, "UNKNOWN_BIOKEY", f"biokey {key!r} is not defined in VB profile {profile.name!r}")
         if d.sensitive:
-            return StoredBiokey(key, self.keyring.biokey_value(profile.id, key, value), True)
+            return StoredBiokey(key, self.keyring.biokey_value(profile.id, key, value), True, plain=value,
+                                hash_key_id=self.keyring.key_id)
         return StoredBiokey(key, value, False)
 
     async def user(self, c: Caller, user_id: str) -> User | None:

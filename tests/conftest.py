@@ -35,3 +35,14 @@ async def gateway(settings, engine, aiohttp_server):
     base = f"http://127.0.0.1:{server.port}"
     async with aiohttp.ClientSession() as http:
         yield Gateway(base, f"ws://127.0.0.1:{server.port}", http, settings, pat, server.app)
+
+
+@pytest.fixture(scope="session")
+def throwaway_pg():
+    """A PostgreSQL cluster of the tests' own (tests/services.py), running; tests that stop it
+    start it again before they end."""
+    import services
+    pg = services.ThrowawayPostgres()
+    pg.start()
+    yield pg
+    pg.destroy()

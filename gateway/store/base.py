@@ -133,6 +133,10 @@ class StoredBiokey:
     key: str
     value: str          # plain, or the keyed hash for sensitive keys
     sensitive: bool
+    # Sensitive keys only, on write: the clear value, which the store keeps only encrypted under
+    # the data key (so the hash can be recomputed when auth.hash_secret changes); never returned.
+    plain: str | None = field(default=None, repr=False, compare=False)
+    hash_key_id: str | None = None    # id of the hash secret the value's HMAC was made with
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,19 @@ class Conflict(StoreError):
     code = "CONFLICT"
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (or was lost mid-write and the write was not done)."""
+    code = "STORE_UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class HashKeyUsage:
+    """Sensitive biokeys hashed under one hash secret (`key_id`; None: before key ids were kept)."""
+    key_id: str | None
+    rows: int
+    rekeyable: int        # rows with an encrypted copy of the value (re-keyable without the user)
+
+
 class Repository(abc.ABC):
     """What the gateway needs from storage. Every method is a coroutine."""
 
@@ -411,3 +428,23 @@ class Repository(abc.ABC):
         """Count one verification of an enrolled user (deleted with the user on opt-out)."""
     @abc.abstractmethod
     async def verification_stats(self, profile_id: str, user_id: str) -> VerificationStats | None: ...
+
+    # encryption at rest (gateway/store/keys.py) and re-keying of hashed biokeys
+    @abc.abstractmethod
+    async def key_usage(self) -> dict[str, dict[str | None, int]]:
+        """Per sealed table, how many rows each data key id sealed (None: plaintext, from
+        before encryption at rest)."""
+    @abc.abstractmethod
+    async def reencrypt(self, batch: int = 200) -> int:
+        """Re-seal up to `batch` rows not sealed under the active data key (plaintext rows
+        included), in one transaction; returns how many. 0 means none are left."""
+    @abc.abstractmethod
+    async def hash_key_usage(self) -> list[HashKeyUsage]: ...
+    @abc.abstractmethod
+    async def stamp_legacy_hashes(self, key_id: str) -> int:
+        """Give sensitive biokeys stored before hash key ids were kept the id `key_id`."""
+    @abc.abstractmethod
+    async def rekey_biokeys(self, key_id: str, hasher, batch: int = 200) -> int:
+        """Recompute, from their encrypted copies, the hashes of up to `batch` sensitive
+        biokeys not hashed under `key_id` (hasher(profile_id, key, value) -> stored value), in
+        one transaction; returns how many. Rows without an encrypted copy are left alone."""

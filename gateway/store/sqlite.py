@@ -16,81 +16,19 @@ import structlog
 
 from gateway.files import prepare_sqlite
 from gateway.store.base import (
-    AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, OptedOutError, Pat,
-    Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User, UserGroupKey,
+    AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
+    Pat, Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User,
+    UserGroupKey,
     VerificationStats, Voiceprint,
 )
+from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
+from gateway.store.migrations import MIGRATIONS as _MIGRATIONS, SEALED
 
 log = structlog.get_logger(__name__)
 
-# Versioned schema migrations: index i brings the schema from version i to i + 1.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL);
-    CREATE TABLE groups (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
-        name TEXT NOT NULL, created_ms INTEGER NOT NULL, UNIQUE (tenant_id, name));
-    CREATE TABLE profiles (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
-        group_id TEXT NOT NULL REFERENCES groups(id), name TEXT NOT NULL, settings TEXT NOT NULL,
-        created_ms INTEGER NOT NULL, UNIQUE (tenant_id, name));
-    CREATE TABLE pats (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, group_id TEXT NOT NULL REFERENCES groups(id),
-        name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL,
-        revoked INTEGER NOT NULL DEFAULT 0);
-    CREATE TABLE sessions (token_hash TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, group_id TEXT NOT NULL,
-        profile_id TEXT NOT NULL, master_id TEXT NOT NULL, agent_id TEXT NOT NULL, agent_skill TEXT NOT NULL,
-        ccaas_provider TEXT NOT NULL, custom TEXT NOT NULL, created_ms INTEGER NOT NULL,
-        last_used_ms INTEGER NOT NULL);
-    CREATE INDEX sessions_master ON sessions (tenant_id, master_id);
-    CREATE TABLE users (row_id INTEGER PRIMARY KEY AUTOINCREMENT, profile_id TEXT NOT NULL REFERENCES profiles(id),
-        user_id TEXT NOT NULL, status TEXT NOT NULL, created_ms INTEGER NOT NULL,
-        last_update_ms INTEGER NOT NULL, opt_out_ts INTEGER, opt_in_ts INTEGER,
-        UNIQUE (profile_id, user_id));
-    CREATE TABLE biokeys (user_row INTEGER NOT NULL REFERENCES users(row_id) ON DELETE CASCADE,
-        key TEXT NOT NULL, value TEXT NOT NULL, sensitive INTEGER NOT NULL, PRIMARY KEY (user_row, key));
-    CREATE INDEX biokeys_kv ON biokeys (key, value);
-    CREATE TABLE voiceprints (id INTEGER PRIMARY KEY AUTOINCREMENT,
-        user_row INTEGER NOT NULL REFERENCES users(row_id) ON DELETE CASCADE,
-        vector BLOB NOT NULL, speech_ms INTEGER NOT NULL, model TEXT NOT NULL,
-        extractor_version TEXT NOT NULL, plda_version TEXT NOT NULL, dialog_id TEXT NOT NULL,
-        created_ms INTEGER NOT NULL);
-    CREATE TABLE audio (id INTEGER PRIMARY KEY AUTOINCREMENT,
-        user_row INTEGER NOT NULL REFERENCES users(row_id) ON DELETE CASCADE,
-        path TEXT NOT NULL, created_ms INTEGER NOT NULL);
-    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    """,
-    # 2: Genesys AudioHook organisations (API key hashed, client secret encrypted).
-    """
-    CREATE TABLE audiohook_orgs (org_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
-        profile_id TEXT, api_key_hash TEXT NOT NULL UNIQUE, secret_enc TEXT, created_ms INTEGER NOT NULL);
-    """,
-    # 3: fraud signals: blocklists (per group) with fraudster voiceprints, and audio
-    # fingerprints (landmark hashes, never audio) of each user's enrolment and verification audio.
-    """
-    CREATE TABLE blocklists (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
-        group_id TEXT NOT NULL REFERENCES groups(id), name TEXT NOT NULL, description TEXT NOT NULL,
-        risk_level TEXT NOT NULL, custom_ui_message TEXT NOT NULL, custom_agent_message TEXT NOT NULL,
-        active INTEGER NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
-        UNIQUE (group_id, name));
-    CREATE TABLE blocklist_entries (id INTEGER PRIMARY KEY AUTOINCREMENT,
-        blocklist_id TEXT NOT NULL REFERENCES blocklists(id) ON DELETE CASCADE, label TEXT NOT NULL,
-        source TEXT NOT NULL, vector BLOB NOT NULL, speech_ms INTEGER NOT NULL, model TEXT NOT NULL,
-        created_ms INTEGER NOT NULL);
-    CREATE INDEX blocklist_entries_list ON blocklist_entries (blocklist_id);
-    CREATE TABLE fingerprints (id INTEGER PRIMARY KEY AUTOINCREMENT,
-        user_row INTEGER NOT NULL REFERENCES users(row_id) ON DELETE CASCADE, kind TEXT NOT NULL,
-        dialog_id TEXT NOT NULL, hashes BLOB NOT NULL, n INTEGER NOT NULL, created_ms INTEGER NOT NULL);
-    CREATE INDEX fingerprints_user ON fingerprints (user_row, kind);
-    """,
-    # 4: Aculab Users API: user group keys (hashed; bound to one VB profile) and per-user
-    # verification counts (its `stats`), deleted with the user's other data on opt-out.
-    """
-    CREATE TABLE user_group_keys (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
-        group_id TEXT NOT NULL REFERENCES groups(id), profile_id TEXT NOT NULL REFERENCES profiles(id),
-        name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL,
-        revoked INTEGER NOT NULL DEFAULT 0);
-    CREATE TABLE verification_stats (user_row INTEGER PRIMARY KEY REFERENCES users(row_id) ON DELETE CASCADE,
-        attempts INTEGER NOT NULL, passed INTEGER NOT NULL, last_ms INTEGER NOT NULL);
-    """,
-]
+# Versioned schema migrations (gateway/store/migrations.py): index i brings the schema from
+# version i to i + 1.
+MIGRATIONS: list[str] = [m.sqlite for m in _MIGRATIONS]
 
 
 def now_ms() -> int:
@@ -98,8 +36,9 @@ def now_ms() -> int:
 
 
 class SqliteRepository(Repository):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keys: DataKeys | None = None):
         self.path = Path(path)
+        self.keys = keys          # None: vectors and hashes are written in the clear (tools, tests)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
 
@@ -356,19 +295,27 @@ class SqliteRepository(Repository):
                           (t, opt_in_ts, row_id))
                 c.execute("DELETE FROM voiceprints WHERE user_row=?", (row_id,))
             for bk in w.biokeys:
-                c.execute("INSERT INTO biokeys VALUES (?,?,?,?) ON CONFLICT (user_row, key) DO UPDATE"
-                          " SET value=excluded.value, sensitive=excluded.sensitive",
-                          (row_id, bk.key, bk.value, int(bk.sensitive)))
+                # the clear value of a sensitive key is kept only sealed, never without a data key
+                enc, enc_kid = (self.keys.seal(bk.plain.encode(), aad("biokeys", row_id, bk.key))
+                                if bk.sensitive and bk.plain is not None and self.keys else (None, None))
+                c.execute("INSERT INTO biokeys (user_row, key, value, sensitive, hash_key_id, value_enc, value_key_id)"
+                          " VALUES (?,?,?,?,?,?,?) ON CONFLICT (user_row, key) DO UPDATE"
+                          " SET value=excluded.value, sensitive=excluded.sensitive, hash_key_id=excluded.hash_key_id,"
+                          " value_enc=excluded.value_enc, value_key_id=excluded.value_key_id",
+                          (row_id, bk.key, bk.value, int(bk.sensitive), bk.hash_key_id if bk.sensitive else None,
+                           enc, enc_kid))
+            vec, vkid = seal_opt(self.keys, w.vector, aad("voiceprints", row_id))
             c.execute("INSERT INTO voiceprints (user_row, vector, speech_ms, model, extractor_version,"
-                      " plda_version, dialog_id, created_ms) VALUES (?,?,?,?,?,?,?,?)",
-                      (row_id, w.vector, w.speech_ms, w.model, w.extractor_version, w.plda_version, w.dialog_id, t))
+                      " plda_version, dialog_id, created_ms, key_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                      (row_id, vec, w.speech_ms, w.model, w.extractor_version, w.plda_version, w.dialog_id, t, vkid))
             vp_id = c.execute("SELECT last_insert_rowid()").fetchone()[0]
             for p in w.audio_paths:
                 c.execute("INSERT INTO audio (user_row, path, created_ms) VALUES (?,?,?)", (row_id, p, t))
             if w.fingerprint:
-                c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms)"
-                          " VALUES (?,?,?,?,?,?)", (row_id, "ENROL", w.dialog_id, w.fingerprint,
-                                                    len(w.fingerprint) // 8, t))
+                fp, fkid = seal_opt(self.keys, w.fingerprint, aad("fingerprints", row_id))
+                c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms, key_id)"
+                          " VALUES (?,?,?,?,?,?,?)", (row_id, "ENROL", w.dialog_id, fp,
+                                                      len(w.fingerprint) // 8, t, fkid))
             return self._user_by_row_id(c, row_id), Voiceprint(vp_id, row_id, w.vector, w.speech_ms, w.model, w.extractor_version,
                                     w.plda_version, t)
         return await self._tx(fn)
@@ -432,7 +379,8 @@ class SqliteRepository(Repository):
                               " WHERE u.profile_id=? AND u.user_id=? AND u.status='ENROLLED'"
                               " ORDER BY v.id DESC LIMIT 1", (profile_id, uid)).fetchone()
                 if r:
-                    out[uid] = Voiceprint(r["id"], r["user_row"], r["vector"], r["speech_ms"], r["model"],
+                    vec = open_opt(self.keys, r["vector"], r["key_id"], aad("voiceprints", r["user_row"]))
+                    out[uid] = Voiceprint(r["id"], r["user_row"], vec, r["speech_ms"], r["model"],
                                           r["extractor_version"], r["plda_version"], r["created_ms"])
             return out
         return await self._run(fn)
@@ -494,9 +442,9 @@ class SqliteRepository(Repository):
                          row["risk_level"], row["custom_ui_message"], row["custom_agent_message"],
                          bool(row["active"]), row["created_ms"], row["updated_ms"], entries)
 
-    @staticmethod
-    def _entry(row) -> BlocklistEntry:
-        return BlocklistEntry(row["id"], row["blocklist_id"], row["label"], row["source"], row["vector"],
+    def _entry(self, row) -> BlocklistEntry:
+        vec = open_opt(self.keys, row["vector"], row["key_id"], aad("blocklist_entries", row["blocklist_id"]))
+        return BlocklistEntry(row["id"], row["blocklist_id"], row["label"], row["source"], vec,
                               row["speech_ms"], row["model"], row["created_ms"])
 
     _BL_SELECT = ("SELECT b.*, (SELECT count(*) FROM blocklist_entries e WHERE e.blocklist_id=b.id) AS n"
@@ -557,8 +505,9 @@ class SqliteRepository(Repository):
             if not c.execute("SELECT 1 FROM blocklists WHERE group_id=? AND id=?", (group_id, blocklist_id)).fetchone():
                 return None
             t = now_ms()
-            c.execute("INSERT INTO blocklist_entries (blocklist_id, label, source, vector, speech_ms, model, created_ms)"
-                      " VALUES (?,?,?,?,?,?,?)", (blocklist_id, label, source, vector, speech_ms, model, t))
+            vec, kid = seal_opt(self.keys, vector, aad("blocklist_entries", blocklist_id))
+            c.execute("INSERT INTO blocklist_entries (blocklist_id, label, source, vector, speech_ms, model, created_ms,"
+                      " key_id) VALUES (?,?,?,?,?,?,?,?)", (blocklist_id, label, source, vec, speech_ms, model, t, kid))
             eid = c.execute("SELECT last_insert_rowid()").fetchone()[0]
             c.execute("UPDATE blocklists SET updated_ms=? WHERE id=?", (t, blocklist_id))
             return self._entry(c.execute("SELECT * FROM blocklist_entries WHERE id=?", (eid,)).fetchone())
@@ -599,8 +548,9 @@ class SqliteRepository(Repository):
             rid = row["row_id"]
             # one fingerprint per (user, kind, dialog): a later one of the same call replaces it
             c.execute("DELETE FROM fingerprints WHERE user_row=? AND kind=? AND dialog_id=?", (rid, kind, dialog_id))
-            c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms) VALUES (?,?,?,?,?,?)",
-                      (rid, kind, dialog_id, hashes, len(hashes) // 8, now_ms()))
+            sealed, kid = seal_opt(self.keys, hashes, aad("fingerprints", rid))
+            c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms, key_id)"
+                      " VALUES (?,?,?,?,?,?,?)", (rid, kind, dialog_id, sealed, len(hashes) // 8, now_ms(), kid))
             if kind == "VERIFY":
                 c.execute("DELETE FROM fingerprints WHERE user_row=? AND kind='VERIFY' AND id NOT IN"
                           " (SELECT id FROM fingerprints WHERE user_row=? AND kind='VERIFY' ORDER BY id DESC LIMIT ?)",
@@ -610,7 +560,9 @@ class SqliteRepository(Repository):
 
     async def fingerprints(self, profile_id, user_id) -> list[StoredFingerprint]:
         def fn(c):
-            return [StoredFingerprint(r["id"], r["kind"], r["dialog_id"], r["hashes"], r["created_ms"])
+            return [StoredFingerprint(r["id"], r["kind"], r["dialog_id"],
+                                      open_opt(self.keys, r["hashes"], r["key_id"], aad("fingerprints", r["user_row"])),
+                                      r["created_ms"])
                     for r in c.execute("SELECT f.* FROM fingerprints f JOIN users u ON u.row_id=f.user_row"
                                        " WHERE u.profile_id=? AND u.user_id=? AND u.status='ENROLLED'"
                                        " ORDER BY f.id", (profile_id, user_id))]
@@ -654,3 +606,69 @@ class SqliteRepository(Repository):
                           " WHERE u.profile_id=? AND u.user_id=?", (profile_id, user_id)).fetchone()
             return VerificationStats(r["attempts"], r["passed"], r["last_ms"]) if r else None
         return await self._run(fn)
+
+    # -- encryption at rest and re-keying of hashed biokeys -----------------------------------
+    async def key_usage(self) -> dict[str, dict[str | None, int]]:
+        def fn(c):
+            out: dict[str, dict[str | None, int]] = {}
+            for table, _, _ in SEALED:
+                out[table] = {r[0]: r[1] for r in c.execute(f"SELECT key_id, count(*) FROM {table} GROUP BY key_id")}
+            out["biokeys"] = {r[0]: r[1] for r in c.execute(
+                "SELECT value_key_id, count(*) FROM biokeys WHERE value_enc IS NOT NULL GROUP BY value_key_id")}
+            return out
+        return await self._run(fn)
+
+    async def reencrypt(self, batch: int = 200) -> int:
+        keys = self.keys
+        if keys is None:
+            return 0
+        active = keys.active_id
+
+        def fn(c):
+            done = 0
+            for table, col, owner in SEALED:
+                rows = c.execute(f"SELECT id, {owner} AS owner, {col} AS blob, key_id FROM {table}"
+                                 " WHERE key_id IS NULL OR key_id<>? LIMIT ?", (active, batch - done)).fetchall()
+                for r in rows:
+                    ad = aad(table, r["owner"])
+                    blob, kid = keys.seal(open_opt(keys, r["blob"], r["key_id"], ad), ad)
+                    c.execute(f"UPDATE {table} SET {col}=?, key_id=? WHERE id=? AND key_id IS ?",
+                              (blob, kid, r["id"], r["key_id"]))
+                done += len(rows)
+                if done >= batch:
+                    return done
+            rows = c.execute("SELECT user_row, key, value_enc, value_key_id FROM biokeys WHERE value_enc IS NOT NULL"
+                             " AND value_key_id<>? LIMIT ?", (active, batch - done)).fetchall()
+            for r in rows:
+                ad = aad("biokeys", r["user_row"], r["key"])
+                blob, kid = keys.seal(open_opt(keys, r["value_enc"], r["value_key_id"], ad), ad)
+                c.execute("UPDATE biokeys SET value_enc=?, value_key_id=? WHERE user_row=? AND key=?",
+                          (blob, kid, r["user_row"], r["key"]))
+            return done + len(rows)
+        return await self._tx(fn)
+
+    async def hash_key_usage(self) -> list[HashKeyUsage]:
+        def fn(c):
+            return [HashKeyUsage(r[0], r[1], r[2]) for r in c.execute(
+                "SELECT hash_key_id, count(*), count(value_enc) FROM biokeys WHERE sensitive=1"
+                " GROUP BY hash_key_id ORDER BY hash_key_id")]
+        return await self._run(fn)
+
+    async def stamp_legacy_hashes(self, key_id: str) -> int:
+        return await self._tx(lambda c: c.execute(
+            "UPDATE biokeys SET hash_key_id=? WHERE sensitive=1 AND hash_key_id IS NULL", (key_id,)).rowcount)
+
+    async def rekey_biokeys(self, key_id: str, hasher, batch: int = 200) -> int:
+        keys = self.keys
+
+        def fn(c):
+            rows = c.execute(
+                "SELECT b.user_row, b.key, b.value_enc, b.value_key_id, u.profile_id FROM biokeys b"
+                " JOIN users u ON u.row_id=b.user_row WHERE b.sensitive=1 AND b.value_enc IS NOT NULL"
+                " AND (b.hash_key_id IS NULL OR b.hash_key_id<>?) LIMIT ?", (key_id, batch)).fetchall()
+            for r in rows:
+                plain = open_opt(keys, r["value_enc"], r["value_key_id"], aad("biokeys", r["user_row"], r["key"]))
+                c.execute("UPDATE biokeys SET value=?, hash_key_id=? WHERE user_row=? AND key=?",
+                          (hasher(r["profile_id"], r["key"], plain.decode()), key_id, r["user_row"], r["key"]))
+            return len(rows)
+        return await self._tx(fn)
