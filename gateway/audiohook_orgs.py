@@ -32,8 +32,10 @@ def api_key_hash(api_key: str) -> str:
 
 
 def new_credentials() -> tuple[str, str]:
-    """(API key, base64 client secret). The key avoids characters that need quoting anywhere."""
-    return secrets.token_urlsafe(32), base64.b64encode(os.urandom(32)).decode()
+    """(API key, base64 client secret). The key is hex: nothing in it needs quoting anywhere,
+    and it never starts with "-" (a urlsafe key did one time in 32, and command lines then
+    took it for an option: `audiohook-sim --api-key -x...` failed)."""
+    return secrets.token_hex(32), base64.b64encode(os.urandom(32)).decode()
 
 
 class SecretBox:

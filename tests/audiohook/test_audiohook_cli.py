@@ -40,3 +40,11 @@ async def test_simulator_cli_exit_codes(gateway, tmp_path, capsys):
     assert await asyncio.to_thread(cli.main, base + ["--fast", "--fault", "odd_frame", str(wav)]) == 1
     assert await asyncio.to_thread(cli.main, base[:5] + ["--client-secret", "AAAA", "--org-id", org.org_id,
                                                          "--fast", str(wav)]) == 1
+
+
+def test_api_keys_never_look_like_command_line_options():
+    """A key that starts with "-" is read as an option by every command line (it made
+    `audiohook-sim --api-key KEY` fail about one run in 32)."""
+    from gateway.audiohook_orgs import new_credentials
+    keys = [new_credentials()[0] for _ in range(500)]
+    assert all(k[0].isalnum() and k.isalnum() for k in keys)
