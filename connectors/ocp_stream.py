@@ -116,7 +116,7 @@ async def send_error(ws: web.WebSocketResponse, err: ConnectorError) -> None:
 
 
 def read_error_text(max_frame_bytes: int) -> Callable[[int], str | None]:
-    """For connectors.websocket.ReportingWebSocket: the documented error for a frame that
+    """For gateway.web.websocket.ReportingWebSocket: the documented error for a frame that
     aiohttp's reader refused (too big for max_msg_size, text not UTF-8), like the decoder's."""
     def report(close_code: int) -> str | None:
         if close_code == CLOSE_TOO_BIG:

@@ -1,6 +1,6 @@
 """vbgw scoring engine: VAD, speaker embeddings, calibrated scores (see docs/scoring.md)."""
 from .config import EngineConfig
-from .engine import Engine, EngineSession
+from .facade import Engine, EngineSession
 from .models import fetch_models, model_path
 from .types import (SAMPLE_RATE, AudioError, BandTargets, Channel, Embedding, EngineError,
                     EngineStats, Milestone, ModelFileError, ModelInfo, Score, SessionEvent,

@@ -16,18 +16,18 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway import limits
-from gateway.api import aculab, audiohook, blocklists, docs, ocp, sse, system, widget
-from gateway.api import socketio as socketio_api
-from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
-from gateway.auth import Keyring, load_or_create_secret
-from gateway.config import Settings
-from gateway.core import Core
+from gateway.web import limits
+from gateway.web import aculab, audiohook, blocklists, docs, ocp, sse, system, widget
+from gateway.web import socketio as socketio_api
+from gateway.web.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
+from gateway.services.auth import Keyring, load_or_create_secret
+from gateway.infra.config import Settings
+from gateway.services.users import Core
 from gateway.errors import ApiError, client_error, internal_error
-from gateway.events import build_sink
-from gateway.files import private_dir
-from gateway.metrics import Metrics
-from gateway.openapi import build_openapi
+from gateway.events.sinks import build_sink
+from gateway.infra.files import private_dir
+from gateway.infra.metrics import Metrics
+from gateway.web.openapi import build_openapi
 from gateway.store.base import StoreUnavailable
 from gateway.store.factory import build_repository, keep_opening, load_data_keys, watch_keys
 from gateway.store.keys import KeyUnavailable
@@ -199,7 +199,7 @@ async def start_site(app: web.Application, settings: Settings, port: int | None 
                      sock: socket.socket | None = None) -> tuple[web.AppRunner, web.BaseSite, limits.ConnectionGuard]:
     """Run `app` on `sock` (already bound: `vbgw serve` binds before it starts the app) or on
     server.host and `port` (default server.port), with the connection-level limits of
-    gateway.limits attached to the listening server."""
+    gateway.web.limits attached to the listening server."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     s = settings.server
@@ -227,7 +227,7 @@ async def _serve(settings: Settings) -> None:
     The data dir is checked and the socket bound before the app starts (gateway_started),
     and `listening` is logged once it serves: a gateway that cannot start says why
     (StartupError) without having claimed to run."""
-    from gateway.startup import bind_socket, check_data_dir
+    from gateway.infra.startup import bind_socket, check_data_dir
     check_data_dir(settings)
     tls = ssl_context(settings)
     sock = bind_socket(settings.server.host, settings.server.port)

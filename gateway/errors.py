@@ -8,7 +8,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 
 from connectors.safejson import JsonInputError
-from gateway.limits import BodyTimeout
+from gateway.web.limits import BodyTimeout
 
 
 class ErrorBody(BaseModel):
@@ -75,7 +75,7 @@ async def decode_upload(data: bytes):
     """An uploaded WAV file as int16 8 kHz mono, decoded and resampled off the event loop
     (a 50 MB upload takes seconds) block by block (connectors.codecs.iter_wav_8k), so only
     the result is ever whole; unusable audio is a 415 with the codec's code. (Uploads the
-    gateway serves go through gateway.uploads instead, which never holds the whole result.)"""
+    gateway serves go through gateway.services.uploads instead, which never holds the whole result.)"""
     import asyncio
 
     import numpy as np

@@ -18,7 +18,7 @@ def engine():
 
 @pytest.fixture
 def settings(tmp_path):
-    from gateway.config import load_settings
+    from gateway.infra.config import load_settings
     return load_settings(environ={}, overrides={
         "server": {"data_dir": str(tmp_path / "var"), "port": 0, "shutdown_grace_s": 1},
         "events": {"jsonl_path": str(tmp_path / "var" / "events.jsonl")},

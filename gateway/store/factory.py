@@ -17,7 +17,7 @@ log = structlog.get_logger(__name__)
 
 def load_data_keys(settings) -> DataKeys:
     """The configured data keys (ConfigError naming the source if they cannot be used)."""
-    from gateway.config import ConfigError
+    from gateway.infra.config import ConfigError
     enc = settings.encryption
     try:
         return DataKeys.load(settings.data_dir, enc.keys_file, enc.keys.get_secret_value(),

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import structlog
 
-from gateway.files import prepare_sqlite
+from gateway.infra.files import prepare_sqlite
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
     Pat, Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User,

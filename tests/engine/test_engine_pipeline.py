@@ -7,9 +7,9 @@ import time
 import numpy as np
 
 from engine import Engine, EngineConfig, EngineError, Milestone, SpeechLimits
-from engine.engine import _Job, _Scheduler, _State
+from engine.facade import _Job, _Scheduler, _State
 from engine.vad import CHUNK_MS
-from engine_helpers import speaker_audio, speakers
+from engine_support import speaker_audio, speakers
 
 
 class _RecordingCore:

@@ -11,8 +11,8 @@ import aiohttp
 import socketio
 import soundfile as sf
 
-from gateway.api.socketio import NAMESPACE, PATH
-from gateway.appkeys import CORE
+from gateway.web.socketio import NAMESPACE, PATH
+from gateway.web.appkeys import CORE
 from support import admin, dialog_named, pat_of, protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"
@@ -220,8 +220,8 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
 
 async def test_blocklist_cli(settings, engine):
     await admin(settings, "bootstrap", "--tenant", "acme", "--profile", "retail")
-    from gateway.blocklist_cli import _main
-    from gateway.cli import build_parser
+    from gateway.cli.blocklist import _main
+    from gateway.cli.main import build_parser
     import contextlib
 
     async def run(*argv):

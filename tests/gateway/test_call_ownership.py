@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 import socketio
 
-from gateway.api.socketio import NAMESPACE, PATH
-from gateway.appkeys import CORE
+from gateway.web.socketio import NAMESPACE, PATH
+from gateway.web.appkeys import CORE
 from support import admin, pat_of, protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"

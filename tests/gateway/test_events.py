@@ -13,7 +13,7 @@ import pydantic
 import pytest
 from aiohttp import web
 
-from gateway.events import (
+from gateway.events.sinks import (
     Biokey,
     EnrolledUser,
     EventsConfig,

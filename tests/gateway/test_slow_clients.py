@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import socketio
 
-from gateway.appkeys import CORE
+from gateway.web.appkeys import CORE
 from support import Gateway, admin, pat_of
 
 WAIT_S = 30.0
@@ -151,7 +151,7 @@ async def test_a_never_reading_sse_client_is_dropped_and_its_subscription_freed(
 
 async def test_unauthenticated_socketio_clients_are_disconnected(served):
     gw, _ = served
-    from gateway.api.socketio import NAMESPACE, PATH
+    from gateway.web.socketio import NAMESPACE, PATH
     gone = []
     for namespaces in ([NAMESPACE], ["/"]):                  # ours without a token; the default one
         client = socketio.AsyncClient(reconnection=False)
@@ -168,7 +168,7 @@ async def test_unauthenticated_socketio_clients_are_disconnected(served):
 
 async def test_an_authenticated_socketio_client_stays(served):
     gw, _ = served
-    from gateway.api.socketio import NAMESPACE, PATH
+    from gateway.web.socketio import NAMESPACE, PATH
     tok = await gw.token("sio-ok")
     client = socketio.AsyncClient(reconnection=False)
     await client.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"])
@@ -186,7 +186,7 @@ async def test_a_never_reading_socketio_client_is_dropped_and_its_feed_freed(ser
     bound; a client that stopped reading must be let go and its dialog feed closed."""
     import websockets
 
-    from gateway.api.socketio import HUB, NAMESPACE, PATH
+    from gateway.web.socketio import HUB, NAMESPACE, PATH
     gw, guard = served
     hub, core = gw.app[HUB], gw.app[CORE]
     tok = await gw.token("sio-stall")

@@ -8,9 +8,9 @@ from collections import defaultdict
 
 import socketio
 
-from gateway.api.socketio import NAMESPACE, PATH
-from gateway.appkeys import CORE
-from live_helpers import call_closed, enrol, speech
+from gateway.web.socketio import NAMESPACE, PATH
+from gateway.web.appkeys import CORE
+from live_support import call_closed, enrol, speech
 from support import dialog_named
 
 VERIFICATION_KEYS = ["bioResult", "bioScore", "bioUserId", "errorType", "limitType", "llr", "speechMillis"]

@@ -20,9 +20,9 @@ import numpy as np
 import soundfile as sf
 
 from connectors.codecs import encode_mulaw
-from gateway.appkeys import CORE
-from audiohook.ah_support import org_for          # tests/audiohook, by its path under tests/
-from live_helpers import Browser, LiveCall, chromium_or_skip, enrol, node_or_skip, speech
+from gateway.web.appkeys import CORE
+from audiohook.audiohook_support import org_for          # tests/audiohook, by its path under tests/
+from live_support import Browser, LiveCall, chromium_or_skip, enrol, node_or_skip, speech
 from support import dialog_named, protocol_audio
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
