@@ -43,7 +43,7 @@ from .config import EngineConfig
 from .encoders import Encoder, load_encoder
 from .models import model_path
 from .types import (SAMPLE_RATE, BandTargets, Channel, Embedding, EngineError,
-                    EngineStats, Milestone, ModelInfo, Score, SessionEvent, SpeakerChange,
+                    EngineStats, Milestone, MilestoneKind, ModelInfo, Score, SessionEvent, SpeakerChange,
                     SpeechLimits, SpeechProgress)
 from .vad import CHUNK, CHUNK_MS, SileroVad, VadStream
 
@@ -217,9 +217,9 @@ class _State:
         embeddings already computed rather than re-embedding a partial window."""
         L = self.limits
         if self.milestone_idx == 0:
-            return "EARLY", L.early_ms
+            return MilestoneKind.EARLY, L.early_ms
         if self.milestone_idx == 1:
-            return "NORMAL", L.verify_ms
+            return MilestoneKind.NORMAL, L.verify_ms
         return None
 
     def refine_due(self) -> bool:
@@ -364,7 +364,7 @@ class _Core:
                             # A refined NORMAL from the finished windows alone: no extra encoder work.
                             st.milestone_idx += 1
                             st.last_milestone_ms = st.speech.speech_ms
-                            st.tickets.append(_Ticket(kind="NORMAL", windows=list(st.speech.windows),
+                            st.tickets.append(_Ticket(kind=MilestoneKind.NORMAL, windows=list(st.speech.windows),
                                                       speech_ms=st.speech.speech_ms,
                                                       arrived=float(times[idx])))
                 if not is_speech:
@@ -386,7 +386,7 @@ class _Core:
                     cut = st.speech.cut()
                     if cut is not None:
                         window_job(st, cut[0], cut[1], urgent=True)
-                    st.tickets.append(_Ticket(kind="NORMAL", windows=list(st.speech.windows),
+                    st.tickets.append(_Ticket(kind=MilestoneKind.NORMAL, windows=list(st.speech.windows),
                                               speech_ms=st.speech.speech_ms, arrived=arrived))
                 else:
                     part = st.speech.partial(PARTIAL_QUANTUM)

@@ -16,27 +16,33 @@ Ownership rule (docs/api.md, "Who sees a call"):
   authorised session of the tenant to reach it owns it from then on (and if sessions came
   first, it joins the dialog of the first of them).
 
-The owner never changes once set (`Dialog.profile` has no setter).
+The owner never changes once set (`Dialog.profile` has no setter). gateway/calls/registry.py
+finds and creates dialogs by this rule.
 
-A dialog holds the call's state: status, the engine's per-call session, the users under
-verification and its live results, which it publishes on the bus under its own key."""
+A dialog holds the call's state: status, the engine's per-call session, the streams feeding it
+(gateway/calls/attach.py), the push verification and its live results, which it publishes on the
+bus under its own key. It works through the narrow collaborators of `CallServices` (engine
+sessions, bus, scorer, fraud signals, metrics), never through the gateway as a whole, so that a
+test can build one with fakes (tests/gateway/test_dialog_unit.py)."""
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import structlog
 
-from connectors.base import Frame
-from engine.types import Milestone, SpeechLimits, SpeechProgress
-from gateway.calls.bus import BusMessage
+from connectors.base import Channel, Frame
+from engine.types import Embedding, Milestone, MilestoneKind, SpeakerChange, SpeechLimits, SpeechProgress
+from gateway.calls.bus import BusMessage, ResultsBus
+from gateway.calls.results import CleanSpeech, SpeakerChanged, Status, VerificationResults, VerificationRow
 from gateway.store.base import Profile
 
 if TYPE_CHECKING:
-    from gateway.services.users import Core
+    from engine import EngineSession
+    from gateway.infra.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +53,9 @@ SYSTEM_ERROR = "SYSTEM_ERROR"
 CALL_CLOSED = "CALL_CLOSED"
 # The `reason` of a call's statuses while its stream carries no customer (external) audio.
 NO_CUSTOMER_AUDIO = "NO_CUSTOMER_AUDIO"
+# Stream end reasons that close a call normally (any other is an error: SYSTEM_ERROR).
+NORMAL_ENDS = ("completed", "disconnected")
+ALL_CHANNELS: frozenset[Channel] = frozenset(("customer", "agent"))
 
 _SERIAL = itertools.count(1)
 
@@ -60,17 +69,63 @@ def limits_for(profile: Profile | None) -> SpeechLimits:
 
 
 @dataclass(frozen=True)
-class Verification:
+class PushVerification:
     """One verification of a call: its users and its number (`epoch`, counting from 1 per
-    dialog). Every bus "verification" message carries its epoch, so a reader bound to one
+    dialog). Every bus verification message carries its epoch, so a reader bound to one
     verification can tell its own results from a newer verification's."""
     epoch: int
     users: tuple[str, ...]
 
 
+class DialogBusy(Exception):
+    """Another stream already feeds a channel the new stream would feed."""
+    code = "DIALOG_BUSY"
+
+
+# -- the collaborators a dialog uses ----------------------------------------------------------
+
+class EngineSessions(Protocol):
+    """The engine, as a dialog sees it (engine.Engine)."""
+    def open_session(self, dialog_id: str, limits: SpeechLimits,
+                     on_event: Callable[[Any], None]) -> "EngineSession": ...
+
+
+class CallScorer(Protocol):
+    """Verification, as a dialog sees it (gateway/services/verification.py)."""
+    async def score_call(self, dialog: "Dialog", emb: Embedding | None, users: list[str],
+                         change: SpeakerChange | None, result_type: str = "ONDEMAND",
+                         delayed: bool = False) -> list[VerificationRow]: ...
+
+    async def publish_call_event(self, dialog: "Dialog", row: VerificationRow, emb: Embedding | None,
+                                 change: SpeakerChange | None) -> None: ...
+
+
+class CallFraudState(Protocol):
+    def push(self, samples: Any) -> None: ...
+
+
+class CallFraud(Protocol):
+    """Fraud signals, as a dialog sees them (gateway/services/fraud.py)."""
+    def open(self) -> CallFraudState: ...
+    async def on_milestone(self, dialog: "Dialog", kind: str, emb: Embedding) -> None: ...
+    async def call_ended(self, dialog: "Dialog") -> None: ...
+
+
+@dataclass(frozen=True)
+class CallServices:
+    """Everything a dialog works with; built once per gateway (gateway/app.py)."""
+    engine: EngineSessions
+    bus: ResultsBus
+    scorer: CallScorer
+    fraud: CallFraud
+    metrics: "Metrics"
+
+
 class Dialog:
-    def __init__(self, core: "Core", tenant_id: str, dialog_id: str, profile: Profile | None):
-        self.core = core
+    def __init__(self, services: CallServices, tenant_id: str, dialog_id: str, profile: Profile | None):
+        self.services = services
+        self.bus = services.bus
+        self.metrics = services.metrics
         self.tenant_id = tenant_id
         self.dialog_id = dialog_id
         # The bus key: unique per dialog, since several owners may each have a dialog on one
@@ -79,23 +134,25 @@ class Dialog:
         self._profile = profile
         self.retired = False
         self.status = CALL_OPENED
-        self.status_data: dict[str, Any] = {"status": CALL_OPENED}
+        self.status_message = Status(CALL_OPENED)
         self.no_customer_audio = False
+        self.mixed = False                    # its customer audio is mixed with the agent's (NICE MIX)
         self.created = time.time()
         self.closed_at: float | None = None
-        self.active_streams = 0
+        self._fed: dict[int, frozenset[Channel]] = {}      # attachment id -> the channels it feeds
+        self._resume: asyncio.Task | None = None             # a detached stream may come back until then
         self.streamed = False                 # a stream ever fed it (see idle_since)
         self.frames = 0
         self.samples_in = 0
         self.steps = 0                        # dialog_step of vb_verification events
-        self.verification: Verification | None = None     # the call's push verification
+        self.verification: PushVerification | None = None     # the call's push verification
         self.verification_started: BusMessage | None = None   # its STARTING message
         self.verification_latest: BusMessage | None = None    # its latest result message
         self.speaker_change_published = False
         self.log = log.bind(dialog_id=dialog_id)
-        self._tasks: set[asyncio.Task] = set()
-        self.engine_session = core.engine.open_session(dialog_id, limits_for(profile), self._on_engine_event)
-        self.fraud = core.fraud.open()         # fraud signals (gateway/fraud.py)
+        self._tasks: set[asyncio.Future] = set()
+        self.engine_session = services.engine.open_session(dialog_id, limits_for(profile), self._on_engine_event)
+        self.fraud = services.fraud.open()         # fraud signals (gateway/services/fraud.py)
         self.publish_status(CALL_OPENED)
 
     # -- ownership ---------------------------------------------------------------------------
@@ -105,7 +162,7 @@ class Dialog:
         return self._profile
 
     def _claim(self, profile: Profile) -> None:
-        """DialogRegistry only: the first authorised session becomes the owner of an unowned call."""
+        """The registry only: the first authorised session becomes the owner of an unowned call."""
         if self._profile is not None:
             raise RuntimeError("a dialog's owner never changes")
         self._profile = profile
@@ -114,6 +171,64 @@ class Dialog:
     def owned_by(self, profile: Profile) -> bool:
         return self._profile is not None and self._profile.id == profile.id
 
+    # -- streams: attach and detach (the gateway side of the stream contract: attach.py) ------
+    @property
+    def active_streams(self) -> int:
+        return len(self._fed)
+
+    def busy(self, channels: frozenset[Channel] = ALL_CHANNELS) -> bool:
+        """Whether a stream already feeds one of `channels`."""
+        return any(channels & fed for fed in self._fed.values())
+
+    def attach(self, stream_id: int, channels: frozenset[Channel], customer_audio: bool = True,
+               mixed: bool = False) -> None:
+        """A stream starts feeding `channels` (DialogBusy if another feeds one of them). A
+        stream that comes back within the resume time of a detached one (NICE hold/resume)
+        continues the call: nothing is closed, nothing published again."""
+        if self.busy(channels):
+            raise DialogBusy("another stream is already feeding this dialog")
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        self._fed[stream_id] = channels
+        self.mixed = self.mixed or mixed
+        self.stream_started(customer_audio)
+
+    async def detach(self, stream_id: int, reason: str, resume_within_s: float = 0.0) -> None:
+        """A stream stopped feeding. The last one closes the call (`reason`: NORMAL_ENDS close it
+        normally, any other is a SYSTEM_ERROR), at once, or, with `resume_within_s`, only if no
+        stream attaches again within that time."""
+        if self._fed.pop(stream_id, None) is None:
+            return
+        if self._fed:
+            return
+        if resume_within_s > 0:
+            self._resume = asyncio.ensure_future(self._end_unless_resumed(reason, resume_within_s))
+            return
+        # In a task of the dialog's own: the connection's handler may be cancelled once its
+        # socket has closed, and the end status must still be published.
+        await asyncio.shield(self._spawn(self._end_call(reason)))
+
+    async def _end_unless_resumed(self, reason: str, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
+        self._resume = None
+        if not self._fed:
+            await self._spawn(self._end_call(reason))
+
+    @property
+    def awaiting_resume(self) -> bool:
+        return self._resume is not None
+
+    def stream_started(self, customer_audio: bool = True) -> None:
+        """`customer_audio=False` when the stream's media carries no customer (external)
+        channel: the statuses then say NO_CUSTOMER_AUDIO."""
+        self.streamed = True
+        self.closed_at = None
+        was = self.no_customer_audio
+        self.no_customer_audio = not customer_audio
+        if self.status in (CALL_CLOSED, SYSTEM_ERROR) or was != self.no_customer_audio:
+            self.publish_status(CALL_OPENED)
+
     # -- audio in ---------------------------------------------------------------------------
     def push(self, frame: Frame) -> None:
         self.frames += 1
@@ -121,45 +236,26 @@ class Dialog:
             self.samples_in += len(frame.samples)
             self.fraud.push(frame.samples)
         self.engine_session.push(frame.channel, frame.samples)
-        self.core.metrics.inc("vbgw_frames_total")
+        self.metrics.inc("vbgw_frames_total")
 
     @property
     def idle_since(self) -> float | None:
         """Since when the dialog has had no audio: its close, or its creation if no stream
         ever fed it (a session that only asked for status or an on-demand verification);
-        None while a stream is open."""
-        if self.active_streams:
+        None while a stream is open or may still come back."""
+        if self.active_streams or self._resume is not None:
             return None
         return self.closed_at if self.closed_at is not None else (None if self.streamed else self.created)
-
-    def stream_started(self, customer_audio: bool = True) -> None:
-        """A connector starts feeding the dialog; `customer_audio=False` when its media carries
-        no customer (external) channel: the statuses then say NO_CUSTOMER_AUDIO."""
-        self.streamed = True
-        self.active_streams += 1
-        self.closed_at = None
-        was = self.no_customer_audio
-        self.no_customer_audio = not customer_audio
-        if self.status in (CALL_CLOSED, SYSTEM_ERROR) or was != self.no_customer_audio:
-            self.publish_status(CALL_OPENED)
-
-    async def stream_ended(self, reason: str) -> None:
-        self.active_streams = max(0, self.active_streams - 1)
-        if self.active_streams == 0:
-            # In a task of the dialog's own: the connection's handler may be cancelled once its
-            # socket has closed, and the end status must still be published.
-            await asyncio.shield(self._spawn(self._end_call(reason)))
 
     async def _end_call(self, reason: str) -> None:
         await self.drain()
         try:
-            await self.core.fraud.call_ended(self)      # fingerprints of the users verified
+            await self.services.fraud.call_ended(self)      # fingerprints of the users verified
         except Exception:                              # noqa: BLE001 - the end must still be published
             self.log.exception("fraud_call_end_failed")
         if self.active_streams == 0:
             self.closed_at = time.time()
-            self.publish_status(CALL_CLOSED if reason in ("completed", "disconnected") else SYSTEM_ERROR,
-                                reason=reason)
+            self.publish_status(CALL_CLOSED if reason in NORMAL_ENDS else SYSTEM_ERROR, reason=reason)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Let the engine finish the call's audio and its results go out, so live clients see
@@ -174,30 +270,28 @@ class Dialog:
             self.log.warning("drain_failed")
 
     # -- results out ------------------------------------------------------------------------
-    def publish_status(self, status: str, **extra: Any) -> None:
+    def publish_status(self, status: str, reason: str | None = None, connector: str | None = None) -> None:
         self.status = status
-        if self.no_customer_audio and extra.get("reason") in (None, "completed", "disconnected"):
-            extra["reason"] = NO_CUSTOMER_AUDIO
-        self.status_data = {"status": status, **extra}
-        self.core.bus.publish(self.key, "status", self.status_data)
+        if self.no_customer_audio and reason in (None, *NORMAL_ENDS):
+            reason = NO_CUSTOMER_AUDIO
+        self.status_message = Status(status, reason, connector)
+        self.bus.publish(self.key, self.status_message)
 
-    def _on_engine_event(self, event) -> None:
+    def _on_engine_event(self, event: SpeechProgress | Milestone) -> None:
         """Called on the event loop by the engine."""
         if isinstance(event, SpeechProgress):
             if self.status == CALL_OPENED and event.speech_ms > 0:
                 self.publish_status(BIO_ACTIVE)
             enough = self.profile is not None and event.speech_ms >= self.profile.settings.enrol_min_speech_ms
-            self.core.bus.publish(self.key, "clean_speech", {"speech_millis": event.speech_ms,
-                                                             "enough_speech": enough})
+            self.bus.publish(self.key, CleanSpeech(event.speech_ms, enough))
         elif isinstance(event, Milestone):
             change = event.speaker_change
             if change.user_changed and not self.speaker_change_published:
                 # Once per call (the flag is sticky): agents need the moment, not a stream.
                 self.speaker_change_published = True
-                self.core.bus.publish(self.key, "speaker_change", {
-                    "user_changed": True, "scd_llr": change.scd_llr, "scd_nllr": change.scd_nllr,
-                    "result_type": event.kind, "speech_millis": event.embedding.speech_ms})
-                self.core.metrics.inc("vbgw_speaker_changes_total")
+                self.bus.publish(self.key, SpeakerChanged(True, change.scd_llr, change.scd_nllr, event.kind,
+                                                          event.embedding.speech_ms))
+                self.metrics.inc("vbgw_speaker_changes_total")
                 self.log.warning("speaker_change", result_type=event.kind)
             self._spawn(self._score_milestone(event))
             self._spawn(self._fraud_milestone(event))
@@ -208,40 +302,42 @@ class Dialog:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _score_milestone(self, m: Milestone, v: Verification | None = None) -> None:
+    async def _score_milestone(self, m: Milestone, v: PushVerification | None = None) -> None:
         try:
             v = v or self.verification
             if v is None or self.profile is None:
                 return
-            results = await self.core.score_users(self, m.embedding, list(v.users), m.speaker_change,
-                                                  result_type=m.kind, delayed=m.delayed)
+            scorer = self.services.scorer
+            results = await scorer.score_call(self, m.embedding, list(v.users), m.speaker_change,
+                                              result_type=m.kind, delayed=m.delayed)
             if not self.publish_verification(v, m.kind, results):
                 return                              # a newer request replaced this verification meanwhile
-            self.core.metrics.inc("vbgw_results_total", type=m.kind, result=results[0]["bio_result"])
+            self.metrics.inc("vbgw_results_total", type=m.kind, result=results[0].bio_result)
             if m.arrived is not None:
                 # From the moment enough speech had arrived to the result leaving for its clients.
-                self.core.metrics.observe(f"vbgw_{m.kind.lower()}_result_delay_seconds", time.monotonic() - m.arrived)
-            if m.kind == "NORMAL":
-                await self.core.emit_verification_event(self, results[0], m.embedding, m.speaker_change)
+                self.metrics.observe(f"vbgw_{m.kind.lower()}_result_delay_seconds", time.monotonic() - m.arrived)
+            if m.kind == MilestoneKind.NORMAL:
+                await scorer.publish_call_event(self, results[0], m.embedding, m.speaker_change)
         except Exception:
             self.log.exception("milestone_scoring_failed")
             self.publish_status(SYSTEM_ERROR, reason="ENGINE_ERROR")
 
     async def _fraud_milestone(self, m: Milestone) -> None:
         try:
-            await self.core.fraud.on_milestone(self, m.kind, m.embedding)
+            await self.services.fraud.on_milestone(self, m.kind, m.embedding)
         except Exception:
             self.log.exception("fraud_signals_failed")
 
     # -- push verification: one per call ----------------------------------------------------
-    def publish_verification(self, v: Verification, result_type: str, results: list[dict], **extra: Any) -> bool:
+    def publish_verification(self, v: PushVerification, result_type: str, results: list[VerificationRow],
+                             final: bool = False) -> bool:
         """Publish a message of verification `v` (STARTING or results, best first). Results of
         a verification that a newer request replaced are dropped (False): no reader ever gets
         rows of users other than those its verification named."""
         if self.verification is not v:
             return False
-        msg = self.core.bus.publish(self.key, "verification", {"result_type": result_type, "results": results,
-                                                               "epoch": v.epoch, **extra})
+        msg = self.bus.publish(self.key, VerificationResults(str(result_type), v.epoch, tuple(results), final,
+                                                             self.mixed))
         if result_type == "STARTING":
             self.verification_started, self.verification_latest = msg, None
         else:
@@ -253,9 +349,9 @@ class Dialog:
         result (if any), whatever the bus history still holds."""
         return [m for m in (self.verification_started, self.verification_latest) if m is not None]
 
-    async def request_verification(self, users: list[str]) -> tuple[Verification, bool]:
+    async def request_verification(self, users: list[str]) -> tuple[PushVerification, bool]:
         """A push verification request from any surface (SSE /verification, Socket.IO
-        `verification`, the widget, AudioHook's automatic verification). A call has one
+        `verification`, the widget, a connector's automatic verification). A call has one
         verification at a time (docs/live-results.md): a request naming the users already
         under verification joins it (returns it and False: nothing restarts, no reader is
         ended); a request naming other users replaces it (the new one and True): a new epoch,
@@ -263,134 +359,39 @@ class Dialog:
         the speech so far."""
         if self.verification is not None and set(users) == set(self.verification.users):
             return self.verification, False
-        v = Verification((self.verification.epoch if self.verification else 0) + 1, tuple(users))
+        v = PushVerification((self.verification.epoch if self.verification else 0) + 1, tuple(users))
         self.verification = v
         self.publish_verification(v, "STARTING", [
-            {"bio_result": "", "bio_score": 0.0, "bio_user_id": u, "user_id": u, "llr": 0.0,
-             "result_type": "STARTING", "speech_millis": 0, "error_type": None} for u in users])
+            VerificationRow(user_id=u, bio_user_id=u, bio_result="", result_type="STARTING") for u in users])
         # A request made after the speech milestones passed gets the score of the speech so far
         # at once, instead of waiting for the next refinement (or forever, if the call ended).
         if self.profile is not None and self.engine_session.speech_ms >= self.profile.settings.early_speech_ms:
-            emb = await self.engine_session.embedding()
-            if emb is not None:
-                kind = "NORMAL" if emb.speech_ms >= self.profile.settings.verify_min_speech_ms else "EARLY"
-                await self._score_milestone(Milestone(self.dialog_id, kind, emb, self.engine_session.speaker_change), v)
+            await self.score_so_far(v)
         return v, True
+
+    def kind_for(self, speech_ms: int) -> MilestoneKind:
+        """The one rule for results computed outside the engine's milestones (a late request, a
+        call's final results): NORMAL from the profile's verification minimum, EARLY below."""
+        assert self.profile is not None
+        return MilestoneKind.NORMAL if speech_ms >= self.profile.settings.verify_min_speech_ms else MilestoneKind.EARLY
+
+    async def score_so_far(self, v: PushVerification, final: bool = False) -> None:
+        """Verification `v` on all the call's speech so far, by `kind_for`. As a milestone (its
+        NORMAL is a vb_verification event); `final`: the call's last results, published with
+        `final` (a connector's close: FinalResults in attach.py), even without speech."""
+        emb = await self.engine_session.embedding()
+        kind = self.kind_for(emb.speech_ms if emb is not None else 0)
+        change = self.engine_session.speaker_change
+        if not final:
+            if emb is not None:
+                await self._score_milestone(Milestone(self.dialog_id, kind, emb, change), v)
+            return
+        results = await self.services.scorer.score_call(self, emb, list(v.users), change, result_type=kind)
+        self.publish_verification(v, kind, results, final=True)
 
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+        if self._resume is not None:
+            self._resume.cancel()
         await self.engine_session.close()
-
-
-class DialogRegistry:
-    """Every dialog, by call: (tenant id, dialog id) -> its dialogs, one per owner (almost
-    always one). The ownership rule is the module docstring's; these methods are its only
-    implementation."""
-
-    def __init__(self, core: "Core", retain_after_close_s: float):
-        self.core = core
-        self.retain_after_close_s = retain_after_close_s
-        self._calls: dict[tuple[str, str], list[Dialog]] = {}
-        self._reaper: asyncio.Task | None = None
-
-    def _new(self, tenant_id: str, dialog_id: str, profile: Profile | None) -> Dialog:
-        d = Dialog(self.core, tenant_id, dialog_id, profile)
-        self._calls.setdefault((tenant_id, dialog_id), []).append(d)
-        self.core.metrics.inc("vbgw_dialogs_opened_total")
-        return d
-
-    def for_session(self, tenant_id: str, dialog_id: str, profile: Profile, create: bool = False) -> Dialog | None:
-        """The dialog a session of `profile` reaches on its masterId: its own profile's; else an
-        unowned AudioHook call, which it claims; else (create) a new one of its own, which the
-        call's connector will feed if it has the same owner."""
-        dialogs = self._calls.get((tenant_id, dialog_id), ())
-        for d in dialogs:
-            if d.owned_by(profile):
-                return d
-        for d in dialogs:
-            if d.profile is None:
-                d._claim(profile)
-                d.log.info("dialog_claimed", profile_id=profile.id)
-                return d
-        return self._new(tenant_id, dialog_id, profile) if create else None
-
-    def for_connector(self, tenant_id: str, dialog_id: str, profile: Profile | None) -> Dialog:
-        """The dialog a connector's audio feeds. With an owner: that owner's dialog (made by a
-        session before the audio, or new). Without: the call's unowned dialog, else the dialog
-        of the first session that reached the call, else a new unowned one."""
-        dialogs = self._calls.get((tenant_id, dialog_id), ())
-        if profile is not None:
-            return next((d for d in dialogs if d.owned_by(profile)), None) or self._new(tenant_id, dialog_id, profile)
-        unowned = next((d for d in dialogs if d.profile is None), None)
-        if unowned is not None:
-            return unowned
-        if dialogs:
-            return min(dialogs, key=lambda d: d.created)
-        return self._new(tenant_id, dialog_id, None)
-
-    def of_group(self, tenant_id: str, dialog_id: str, group_id: str) -> list[Dialog]:
-        """The call's dialogs owned by profiles of `group_id` (another group's look absent)."""
-        return [d for d in self._calls.get((tenant_id, dialog_id), ()) if d.profile is not None
-                and d.profile.group_id == group_id]
-
-    def all(self) -> list[Dialog]:
-        return [d for ds in self._calls.values() for d in ds]
-
-    def live(self) -> int:
-        return sum(1 for ds in self._calls.values() for d in ds if d.active_streams > 0)
-
-    def __len__(self) -> int:
-        return sum(len(ds) for ds in self._calls.values())
-
-    async def retire(self, d: Dialog) -> None:
-        call = (d.tenant_id, d.dialog_id)
-        dialogs = self._calls.get(call, [])
-        if d in dialogs:
-            dialogs.remove(d)
-            if not dialogs:
-                del self._calls[call]
-        d.retired = True
-        await d.close()
-        self.core.bus.forget(d.key)
-
-    async def reap_once(self) -> None:
-        """Retire dialogs without audio for retain_after_close_s: closed ones, and ones no
-        stream ever fed (they would otherwise live for ever)."""
-        now = time.time()
-        for d in self.all():
-            since = d.idle_since
-            if since is not None and now - since > self.retain_after_close_s:
-                await self.retire(d)
-
-    async def housekeep(self) -> None:
-        """One round of the reaper: retire idle dialogs, and delete expired session rows
-        (their customProperties included) instead of keeping them for ever."""
-        try:
-            await self.reap_once()
-        except Exception:
-            log.exception("dialog_reaper_failed")
-        try:
-            await self.core.purge_expired_sessions()
-        except Exception:
-            log.exception("session_purge_failed")
-
-    async def _reap_loop(self) -> None:
-        while True:
-            await asyncio.sleep(min(30.0, max(1.0, self.retain_after_close_s / 4)))
-            await self.housekeep()
-
-    def start(self) -> None:
-        self._reaper = asyncio.create_task(self._reap_loop())
-
-    async def wait_streams_done(self, timeout: float) -> None:
-        """Graceful shutdown: let open streams finish for up to `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.live() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-
-    async def close(self) -> None:
-        if self._reaper:
-            self._reaper.cancel()
-        for d in self.all():
-            await self.retire(d)

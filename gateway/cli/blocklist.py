@@ -8,7 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-RISKS = ("LOW_RISK", "MEDIUM_RISK", "HIGH_RISK")
+from gateway.services.blocklists import RISK_LEVELS as RISKS
+
+# The command line reads files an administrator chose on this machine: no upload length limit.
+CLI_MAX_AUDIO_S = 7 * 24 * 3600.0
 
 
 def add_cli(sub, settings_fn) -> None:
@@ -100,17 +103,19 @@ async def _main(args, settings) -> int:
         elif cmd == "add":
             from engine import Engine
             from engine.types import AudioError
-            from gateway.web.blocklists import add_entry_from_pcm
-            from gateway.errors import ApiError, decode_upload
+            from gateway.errors import ApiError
+            from gateway.services.blocklists import add_entry_from_file
+            from gateway.services.uploads import Uploads
             engine = Engine.load(settings.engine)
             await engine.start()
+            uploads = Uploads(engine, CLI_MAX_AUDIO_S, 1)
             failed = 0
             for path in args.wav:
                 try:
-                    # the same decoding as the REST upload (gateway.errors.decode_upload)
-                    pcm = await decode_upload(Path(path).read_bytes())
-                    e = await add_entry_from_pcm(engine, store, gid, bl.id, pcm, args.label or Path(path).name,
-                                                 f"wav:{Path(path).name}")
+                    # the same decoding and embedding as the REST upload (gateway/services/uploads.py)
+                    e = await add_entry_from_file(uploads, store, gid, bl.id, Path(path).read_bytes(),
+                                                  args.label or Path(path).name, f"wav:{Path(path).name}",
+                                                  max_s=CLI_MAX_AUDIO_S)
                     print(f"added {e.id}\t{e.label}\t{e.speech_ms} ms")
                 except (AudioError, ApiError, OSError) as exc:
                     failed += 1

@@ -1,7 +1,8 @@
 """Aculab-style Voice Biometrics Users API (seed: aculab-vb-users-api.txt): the decisions.
 gateway/api/aculab.py parses and renders; this module authenticates user group keys, checks
 the audio against the seed's format rules and registers, updates, verifies and deletes users
-through gateway.services.users, on the same user records as the OCP API (docs/aculab-users-api.md)."""
+through the same enrolment, verification and opt-out paths as the OCP API, on the same user
+records (docs/aculab-users-api.md)."""
 from __future__ import annotations
 
 import base64
@@ -15,15 +16,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import structlog
-from aiohttp import web
 
 from connectors.codecs import soundfile_reason
 from engine.fraud import unpack
 from engine.types import Embedding
 from gateway.services.auth import token_hash
-from gateway.services.users import NO_DATA_MS, Core
+from gateway.services.verification import NO_DATA_MS, Verifier, band_targets
 from gateway.errors import ApiError
-from gateway.store.base import Profile, User, UserGroupKey
+from engine import Engine
+from gateway.infra.metrics import Metrics
+from gateway.services.fraud import FraudService
+from gateway.services.uploads import Uploads
+from gateway.services.users import Users
+from gateway.store.base import Profile, Repository, User, UserGroupKey
 
 log = structlog.get_logger(__name__)
 
@@ -65,11 +70,11 @@ _AUTH_MESSAGE = ("HTTP Basic authentication is required: username cloudID/userna
                  "group key of that cloud ID")
 
 
-async def authenticate(core: Core, request: web.Request) -> KeyScope:
+async def authenticate(store: Repository, authorization: str) -> KeyScope:
     """HTTP Basic: `cloudID/username` and a user group key. The cloud ID is the key's tenant
     (name or id); the username is not checked (vbgw has no account users) and never logged.
     A wrong key and a key of another cloud ID get the same answer."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, value = authorization.partition(" ")
     if scheme.lower() != "basic":
         raise ApiError(401, "UNAUTHORIZED", _AUTH_MESSAGE)
     try:
@@ -80,11 +85,11 @@ async def authenticate(core: Core, request: web.Request) -> KeyScope:
     cloud_id, slash, account = username.partition("/")
     if not (colon and slash and cloud_id and account and key):
         raise ApiError(401, "UNAUTHORIZED", _AUTH_MESSAGE)
-    rec = await core.store.find_user_group_key(token_hash(key))
-    tenant = await core.store.get_tenant(rec.tenant_id) if rec else None
+    rec = await store.find_user_group_key(token_hash(key))
+    tenant = await store.get_tenant(rec.tenant_id) if rec else None
     if rec is None or tenant is None or cloud_id not in (tenant.id, tenant.name):
         raise ApiError(401, "UNAUTHORIZED", "the user group key is not valid for this cloud ID")
-    profile = await core.store.get_profile(rec.tenant_id, rec.profile_id)
+    profile = await store.get_profile(rec.tenant_id, rec.profile_id)
     if profile is None:
         raise ApiError(401, "PROFILE_GONE", "the user group key's VB profile no longer exists")
     return KeyScope(rec, profile)
@@ -113,13 +118,13 @@ def _check_wav_header(data: bytes) -> None:
                                               f"this file is {info.frames / info.samplerate:.1f} s")
 
 
-async def analyse_source(core: Core, data: bytes) -> tuple[np.ndarray, Embedding | None]:
+async def analyse_source(engine: Engine, uploads: Uploads, data: bytes) -> tuple[np.ndarray, Embedding | None]:
     """A WAV source checked against the seed's rules, then decoded (int16 8 kHz mono) and
     embedded as file work, after live calls' (gateway/uploads.py)."""
     if not data:
         raise ApiError(400, "FILE_REQUIRED", "the request carries no audio")
-    await core.engine.run_file_work(lambda: _check_wav_header(data))
-    a = await core.uploads.analyse(data, max_s=MAX_AUDIO_S, keep_pcm=True)
+    await engine.run_file_work(lambda: _check_wav_header(data))
+    a = await uploads.analyse(data, max_s=MAX_AUDIO_S, keep_pcm=True)
     return a.pcm, a.embedding
 
 
@@ -144,13 +149,13 @@ class Audio:
     pcm: np.ndarray            # accepted sources joined with 1 s gaps (fingerprint, TTS)
 
 
-async def analyse(core: Core, named: list[tuple[str, bytes]]) -> Audio:
+async def analyse(engine: Engine, uploads: Uploads, named: list[tuple[str, bytes]]) -> Audio:
     """Decode and embed each source; a source is accepted when it is usable audio with at
     least NO_DATA_MS of speech. No accepted source: the first source's error (or LOW_DATA)."""
     sources = [Source(name) for name, _ in named]
     for src, (_, data) in zip(sources, named):
         try:
-            src.pcm, emb = await analyse_source(core, data)
+            src.pcm, emb = await analyse_source(engine, uploads, data)
         except ApiError as exc:
             src.error = exc
             continue
@@ -165,7 +170,7 @@ async def analyse(core: Core, named: list[tuple[str, bytes]]) -> Audio:
     emb = accepted[0].embedding
     for s in accepted[1:]:
         # speech-weighted mean, like a voiceprint update
-        emb = core.engine.merge(emb.vector, emb.speech_ms, s.embedding)
+        emb = engine.merge(emb.vector, emb.speech_ms, s.embedding)
     parts = [p for s in accepted for p in (s.pcm, SOURCE_GAP)][:-1]
     return Audio(sources, emb, np.concatenate(parts))
 
@@ -192,11 +197,19 @@ def _not_registered(user_id: str) -> ApiError:
 
 
 class AculabUsers:
-    def __init__(self, core: Core):
-        self.core = core
+    def __init__(self, store: Repository, engine: Engine, uploads: Uploads, users: Users, verifier: Verifier,
+                 fraud: FraudService, metrics: Metrics, keep_verify_fingerprints: int):
+        self.store = store
+        self.engine = engine
+        self.uploads = uploads
+        self.users = users
+        self.verifier = verifier
+        self.fraud = fraud
+        self.metrics = metrics
+        self.keep_verify_fingerprints = keep_verify_fingerprints
 
     async def registered_user(self, profile: Profile, user_id: str) -> User | None:
-        user = await self.core.store.get_user(profile.id, user_id)
+        user = await self.store.get_user(profile.id, user_id)
         return user if user is not None and user.status in REGISTERED else None
 
     async def register(self, scope: KeyScope, user_id: str, named: list[tuple[str, bytes]],
@@ -205,9 +218,9 @@ class AculabUsers:
         who was deleted or opted out, like OCP's `opt_in: true`."""
         if await self.registered_user(scope.profile, user_id) is not None:
             raise ApiError(400, "USER_EXISTS", f"user_id '{user_id}' is already present")
-        audio = await analyse(self.core, named)
-        fp = await self.core.uploads.fingerprint(audio.pcm)
-        await self.core.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
+        audio = await analyse(self.engine, self.uploads, named)
+        fp = await self.uploads.fingerprint(audio.pcm)
+        await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
                                         opt_in=True, require_new=True, origin=ORIGIN)
         return audio
 
@@ -215,10 +228,10 @@ class AculabUsers:
                      instance_id: str) -> Audio:
         if await self.registered_user(scope.profile, user_id) is None:
             raise _not_found(user_id)
-        audio = await analyse(self.core, named)
-        fp = await self.core.uploads.fingerprint(audio.pcm)
+        audio = await analyse(self.engine, self.uploads, named)
+        fp = await self.uploads.fingerprint(audio.pcm)
         try:
-            await self.core.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
+            await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
                                             origin=ORIGIN)
         except ApiError as exc:
             if exc.code == "USER_OPTED_OUT":       # deleted while the audio was analysed
@@ -230,32 +243,32 @@ class AculabUsers:
                      sensitivity: float, enable_pad: bool) -> tuple[Audio, bool, float, dict | None]:
         """(audio, verified, confidence, pad_detected). The audio's fingerprint is kept as a
         VERIFY fingerprint of the user whatever the outcome, so sending it again is TypeA."""
-        core, profile = self.core, scope.profile
+        profile = scope.profile
         user = await self.registered_user(profile, user_id)
         if user is None:
             raise _not_found(user_id)
         if user.status == "RE_ENROLL":
             raise ApiError(409, "RE_ENROLL", f"user_id '{user_id}' was registered with another speaker model; "
                                              "call update with new audio first")
-        audio = await analyse(core, named)
-        r = (await core.score_profile_users(profile, audio.embedding, [user_id], None))[0]
-        if r["voiceprint_id"] is None:
-            if r["error_type"] in ("NO_SPEECH", "NOT_ENOUGH_SPEECH"):
+        audio = await analyse(self.engine, self.uploads, named)
+        r = (await self.verifier.score(profile, audio.embedding, [user_id], None))[0]
+        if r.voiceprint_id is None:
+            if r.error_type in ("NO_SPEECH", "NOT_ENOUGH_SPEECH"):
                 raise ApiError(422, "LOW_DATA", f"verification needs {profile.settings.early_speech_ms} ms of "
                                                 f"speech; the audio has {audio.embedding.speech_ms} ms")
             raise _not_found(user_id)              # deleted or re-modelled meanwhile
-        th = core.engine.thresholds(core.band_targets(profile))
+        th = self.engine.thresholds(band_targets(profile))
         # Sensitivity moves both thresholds by that many llr units (natural log): +1 asks for
         # e times more evidence that it is the same speaker.
-        verified, conf = confidence(r["llr"], th["TRUE_LOW"] + sensitivity, th["TRUE_HIGH"] + sensitivity)
-        fp = await core.uploads.fingerprint(audio.pcm)
+        verified, conf = confidence(r.llr, th["TRUE_LOW"] + sensitivity, th["TRUE_HIGH"] + sensitivity)
+        fp = await self.uploads.fingerprint(audio.pcm)
         pad = await self._pad(profile, user_id, fp, audio.pcm) if enable_pad else None
         if fp is not None:
-            await core.store.add_fingerprint(profile.id, user_id, "VERIFY", instance_id, fp,
-                                             keep_verify=core.settings.fraud.keep_verify_fingerprints)
-        await core.store.record_verification(profile.id, user_id, verified)
-        await core.publish_verification_event(profile, instance_id, 1, r, audio.embedding, None, origin=ORIGIN)
-        core.metrics.inc("vbgw_verifications_total", result=r["bio_result"])
+            await self.store.add_fingerprint(profile.id, user_id, "VERIFY", instance_id, fp,
+                                             keep_verify=self.keep_verify_fingerprints)
+        await self.store.record_verification(profile.id, user_id, verified)
+        await self.verifier.events.verification(profile, instance_id, 1, r, audio.embedding, None, origin=ORIGIN)
+        self.metrics.inc("vbgw_verifications_total", result=r.bio_result)
         if pad is not None:
             log.warning("pad_detected", pad_type=pad["type"], profile_id=profile.id, dialog_id=instance_id)
         return audio, verified, conf, pad
@@ -263,8 +276,8 @@ class AculabUsers:
     async def _pad(self, profile: Profile, user_id: str, fp: bytes | None, pcm: np.ndarray) -> dict | None:
         """engine.fraud.pad_detected for an uploaded file: its landmarks against the user's
         stored enrolment/verification fingerprints (TypeA/TypeB) and the TTS detector (TypeC)."""
-        fraud = self.core.fraud
-        tts = await self.core.engine.run_file_work(lambda: fraud.tts.score_pcm(pcm)) if fraud.tts is not None else None
+        fraud = self.fraud
+        tts = await self.engine.run_file_work(lambda: fraud.tts.score_pcm(pcm)) if fraud.tts is not None else None
 
         async def landmarks():
             return unpack(fp) if fp is not None else None
@@ -274,4 +287,4 @@ class AculabUsers:
         """Like OCP opt-out: voiceprints, biokeys, fingerprints and counts go in one transaction."""
         if await self.registered_user(scope.profile, user_id) is None:
             raise _not_registered(user_id)
-        return await self.core.opt_out_user(scope.profile, user_id, instance_id)
+        return await self.users.opt_out(scope.profile, user_id, instance_id)

@@ -6,8 +6,8 @@ for the TTS detector and landmark hashes (fingerprints); it keeps no audio beyon
 pending buffer. At each engine milestone (EARLY, NORMAL, refined NORMAL) `FraudService`:
 
 * checks the milestone's whole-session customer embedding against every entry of every active
-  blocklist of the dialog's group and publishes bus kind "blocklist";
-* scores the call so far with the TTS detector and publishes bus kind "tts".
+  blocklist of the dialog's group and publishes BlocklistResults;
+* scores the call so far with the TTS detector and publishes a TtsVerdict.
 
 Verification results (on demand and push NORMALs) get `pad_detected` (engine.fraud.pad) from
 the call's fingerprint against the user's stored enrolment and verification fingerprints; at
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,26 +27,26 @@ import structlog
 from engine.fraud import LfccStats, TtsDetector, TtsResult, pad_detected
 from engine.fraud.fingerprint import Fingerprinter, match, pack, unpack
 from engine.types import Embedding, EngineError
-from gateway.store.base import Blocklist, BlocklistEntry
+from gateway.calls.results import BlocklistResults, BlocklistRow, TtsVerdict, VerificationRow
+from gateway.services.blocklists import MATCH, NO_MATCH, NO_RISK
+from gateway.store.base import Blocklist, BlocklistEntry, Repository
 
 if TYPE_CHECKING:
-    from gateway.services.users import Core
+    from engine import Engine
+    from gateway.calls.bus import ResultsBus
     from gateway.calls.dialog import Dialog
+    from gateway.infra.config import FraudConfig
+    from gateway.infra.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
 SR = 8000
 PROCESS_EVERY_S = 4.0      # pending audio that triggers a background pass between milestones
 MAX_PENDING_S = 20.0       # beyond this (worker backlog) the oldest pending audio is dropped
-MATCH = "MATCH"
-NO_MATCH = "NO_MATCH"
-# risk_level of a row that is not a MATCH: the list found nothing, whatever its own level, so a
-# UI that reads risk_level alone cannot raise an alarm on it (docs/fraud-signals.md).
-NO_RISK = "NO_RISK"
 
 
 def blocklist_results(engine, emb: Embedding, lists: list[tuple[Blocklist, list[BlocklistEntry]]],
-                      threshold: float) -> list[dict]:
+                      threshold: float) -> list[BlocklistRow]:
     """One row per active list: MATCH when any of its entries scores llr >= threshold.
     Rows carry the seed's fields (label, status, risk_level, custom_agent_message,
     custom_ui_message) and, for logs and benchmarks, the list id, name and best llr.
@@ -60,14 +61,14 @@ def blocklist_results(engine, emb: Embedding, lists: list[tuple[Blocklist, list[
             if best is None or s.llr > best:
                 best, best_entry = s.llr, e
         hit = best is not None and best >= threshold
-        rows.append({"label": MATCH if hit else NO_MATCH, "status": "CHECKED" if best is not None else "NOT_CHECKED",
-                     "risk_level": bl.risk_level if hit else NO_RISK,
-                     "custom_agent_message": bl.custom_agent_message if hit else "",
-                     "custom_ui_message": bl.custom_ui_message if hit else "",
-                     "blocklist_id": bl.id, "blocklist_name": bl.name,
-                     "entry_id": best_entry.id if hit and best_entry else None,
-                     "llr": round(best, 3) if best is not None else None})
-    rows.sort(key=lambda r: (r["label"] != MATCH, -(r["llr"] if r["llr"] is not None else -1e9)))
+        rows.append(BlocklistRow(label=MATCH if hit else NO_MATCH, status="CHECKED" if best is not None else "NOT_CHECKED",
+                                 risk_level=bl.risk_level if hit else NO_RISK,
+                                 custom_agent_message=bl.custom_agent_message if hit else "",
+                                 custom_ui_message=bl.custom_ui_message if hit else "",
+                                 blocklist_id=bl.id, blocklist_name=bl.name,
+                                 entry_id=best_entry.id if hit and best_entry else None,
+                                 llr=round(best, 3) if best is not None else None))
+    rows.sort(key=lambda r: (r.label != MATCH, -(r.llr if r.llr is not None else -1e9)))
     return rows
 
 
@@ -86,7 +87,7 @@ class DialogFraud:
         self.fp = Fingerprinter()
         self.verified_users: set[str] = set()
         self.last_tts: TtsResult | None = None
-        self.last_blocklist: list[dict] | None = None
+        self.last_blocklist: list[BlocklistRow] | None = None
 
     def push(self, samples: np.ndarray) -> None:
         """Event loop: append only (processing happens on the fraud worker)."""
@@ -141,10 +142,12 @@ class DialogFraud:
 
 
 class FraudService:
-    def __init__(self, core: "Core"):
-        self.core = core
-        cfg = core.settings.fraud
+    def __init__(self, cfg: "FraudConfig", engine: "Engine", store: Repository, bus: "ResultsBus", metrics: "Metrics"):
         self.cfg = cfg
+        self.engine = engine
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vbgw-fraud")
         self.tts: TtsDetector | None = None
         if cfg.tts_enabled:
@@ -182,37 +185,37 @@ class FraudService:
 
     @property
     def blocklist_threshold(self) -> float:
-        return float(self.core.engine.calibration.thr_far(self.cfg.blocklist_far))
+        return float(self.engine.calibration.thr_far(self.cfg.blocklist_far))
 
     # -- live ------------------------------------------------------------------------------
     async def on_milestone(self, dialog: "Dialog", kind: str, emb: Embedding) -> None:
-        """Blocklists and TTS at each milestone; publishes bus kinds "blocklist" and "tts"."""
+        """Blocklists and TTS at each milestone; publishes BlocklistResults and a TtsVerdict."""
         fr = dialog.fraud
         if self.tts is not None:
             res = await fr.tts_result(self.tts)
             if res is not None:
                 fr.last_tts = res
-                self.core.bus.publish(dialog.key, "tts", {**res.payload(), "result_type": kind,
-                                                          "speech_frames": res.speech_frames})
-                self.core.metrics.inc("vbgw_tts_results_total", label=res.label)
+                payload = res.payload()
+                self.bus.publish(dialog.key, TtsVerdict(payload["label"], payload["detectionScore"], str(kind),
+                                                        res.speech_frames))
+                self.metrics.inc("vbgw_tts_results_total", label=res.label)
         if dialog.profile is not None:
-            lists = await self.core.store.active_blocklist_entries(dialog.profile.group_id)
+            lists = await self.store.active_blocklist_entries(dialog.profile.group_id)
             if lists:
-                rows = blocklist_results(self.core.engine, emb, lists, self.blocklist_threshold)
+                rows = blocklist_results(self.engine, emb, lists, self.blocklist_threshold)
                 fr.last_blocklist = rows
-                self.core.bus.publish(dialog.key, "blocklist", {"results": rows, "result_type": kind,
-                                                                "speech_millis": emb.speech_ms})
-                if rows and rows[0]["label"] == MATCH:
-                    self.core.metrics.inc("vbgw_blocklist_matches_total", risk=rows[0]["risk_level"])
-                    dialog.log.warning("blocklist_match", blocklist_id=rows[0]["blocklist_id"],
-                                       risk_level=rows[0]["risk_level"], result_type=kind)
+                self.bus.publish(dialog.key, BlocklistResults(tuple(rows), str(kind), emb.speech_ms))
+                if rows and rows[0].label == MATCH:
+                    self.metrics.inc("vbgw_blocklist_matches_total", risk=rows[0].risk_level)
+                    dialog.log.warning("blocklist_match", blocklist_id=rows[0].blocklist_id,
+                                       risk_level=rows[0].risk_level, result_type=kind)
 
     async def pad_for(self, profile_id: str, user_id: str, landmarks, tts: TtsResult | None,
                       exclude_dialog: str | None = None) -> dict | None:
         """Aculab `pad_detected` (None: nothing detected) for audio whose landmarks
         `await landmarks()` gives (asked for only when the user has stored fingerprints),
         against the user's stored enrolment/verification fingerprints, plus the TTS verdict."""
-        stored = [f for f in await self.core.store.fingerprints(profile_id, user_id)
+        stored = [f for f in await self.store.fingerprints(profile_id, user_id)
                   if exclude_dialog is None or f.dialog_id != exclude_dialog]
         matches = []
         if stored:
@@ -221,7 +224,7 @@ class FraudService:
                 matches = await self.run_now(lambda: [(f.kind, match(query, unpack(f.hashes))) for f in stored])
         found = pad_detected(matches, tts)
         if found is not None:
-            self.core.metrics.inc("vbgw_pad_detected_total", type=found["type"])
+            self.metrics.inc("vbgw_pad_detected_total", type=found["type"])
         return found
 
     async def pad(self, dialog: "Dialog", user_id: str) -> dict | None:
@@ -234,19 +237,23 @@ class FraudService:
             dialog.log.warning("pad_detected", pad_type=found["type"])
         return found
 
-    async def annotate(self, dialog: "Dialog", results: list[dict], result_type: str) -> None:
-        """Add `pad_detected` to scored results (on-demand and NORMAL) and remember the users
-        verified in this call (their VERIFY fingerprints are stored at its end)."""
+    async def annotate(self, dialog: "Dialog", results: list[VerificationRow],
+                       result_type: str) -> list[VerificationRow]:
+        """The results with `pad_detected` on scored rows (on-demand and NORMAL); remembers the
+        users verified in this call (their VERIFY fingerprints are stored at its end)."""
+        out = []
         for r in results:
-            if r.get("voiceprint_id") is None:
-                continue
-            dialog.fraud.verified_users.add(r["user_id"])
-            if result_type in ("ONDEMAND", "NORMAL"):
-                try:
-                    r["pad_detected"] = await self.pad(dialog, r["user_id"])
-                except Exception:     # noqa: BLE001 - a PAD failure must not lose the result
-                    log.exception("pad_check_failed")
-                    r["pad_detected"] = None
+            if r.voiceprint_id is not None:
+                dialog.fraud.verified_users.add(r.user_id)
+                if result_type in ("ONDEMAND", "NORMAL"):
+                    try:
+                        pad = await self.pad(dialog, r.user_id)
+                    except Exception:     # noqa: BLE001 - a PAD failure must not lose the result
+                        log.exception("pad_check_failed")
+                        pad = None
+                    r = replace(r, pad_detected=pad)
+            out.append(r)
+        return out
 
     async def call_ended(self, dialog: "Dialog") -> None:
         """Store the call's fingerprint as a VERIFY fingerprint of each user verified in it."""
@@ -257,7 +264,7 @@ class FraudService:
             return
         blob = pack(h, t)
         for uid in sorted(dialog.fraud.verified_users):
-            await self.core.store.add_fingerprint(dialog.profile.id, uid, "VERIFY", dialog.dialog_id, blob,
+            await self.store.add_fingerprint(dialog.profile.id, uid, "VERIFY", dialog.dialog_id, blob,
                                                   keep_verify=self.cfg.keep_verify_fingerprints)
 
     async def dialog_fingerprint(self, dialog: "Dialog") -> bytes | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 import uuid
 import zlib
 from typing import Any, Awaitable, Callable
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
+from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
     Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, StoreUnavailable, Tenant,
@@ -42,8 +42,6 @@ log = structlog.get_logger(__name__)
 SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def redact_dsn(dsn: str) -> str:

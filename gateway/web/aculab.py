@@ -14,21 +14,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connectors import safejson
-from gateway.web.websocket import READ_ERROR_CLOSE_CODES, ReportingWebSocket
+from connectors import aculab_ws
+from gateway.web.websocket import READ_ERROR_CLOSE_CODES, ReportingWebSocket, open_socket
 from gateway.services.aculab import (
     MAX_SOURCES, USER_ID_CHARS_MESSAGE, USER_ID_RE, AculabUsers, Audio, KeyScope, authenticate,
     new_application_instance_id, new_transaction_id,
 )
 from gateway.web.forms import form_parts
 from gateway.web.routing import RouteTable
-from gateway.web.appkeys import CORE, OPEN_SOCKETS, SETTINGS
+from gateway.web.appkeys import SERVICES, SETTINGS
 from gateway.services.auth import token_hash
-from gateway.services.users import Core
-from gateway.errors import ApiError, client_error, internal_error, scrub
+from gateway.services.wiring import Services
+from gateway.errors import ApiError
+from gateway.web.errors import client_error, internal_error, scrub
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,6 @@ PHRASES = {400: "Bad Request", 401: "Unauthorized", 404: "Not found", 405: "Meth
 SOURCE_NAME_RE = re.compile(r"^Source[1-9][0-9]{0,2}$")
 TICKET_TTL_S = 60.0
 MAX_OPEN_TICKETS = 10000       # unused WebSocket URLs held in memory at once
-MAX_EVENT_CHARS = 1024         # a text message on the one-time WebSocket is {"event": "audio_sent"}
 
 
 def aculab_datetime(t: float) -> str:
@@ -160,7 +160,7 @@ def _with_envelope(fn, action: str):
     @functools.wraps(fn)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         received = time.time()
-        core: Core = request.app[CORE]
+        services = request.app[SERVICES]
         try:
             return await fn(request)
         except asyncio.CancelledError:
@@ -169,7 +169,7 @@ def _with_envelope(fn, action: str):
             err = client_error(exc, request.app[SETTINGS].server.max_body_bytes)
             if err is None:
                 err = internal_error(request, exc)
-            core.metrics.inc("vbgw_errors_total", code=err.code)
+            services.metrics.inc("vbgw_errors_total", code=err.code)
             return aculab_error(request, received, action, err.status, err.code, err.message, err.headers)
     return wrapped
 
@@ -263,10 +263,19 @@ def _issue_ticket(request: web.Request, action: str, scope: KeyScope, params: Us
 
 
 # -- the actions -----------------------------------------------------------------------------
-async def _run_audio_action(core: Core, action: str, scope: KeyScope, params: UserParams,
+def aculab_users(services: Services) -> AculabUsers:
+    return AculabUsers(services.store, services.engine, services.uploads, services.users, services.verifier,
+                       services.fraud, services.metrics, services.settings.fraud.keep_verify_fingerprints)
+
+
+async def _authenticate(request: web.Request) -> KeyScope:
+    return await authenticate(request.app[SERVICES].store, request.headers.get("Authorization", ""))
+
+
+async def _run_audio_action(services: Services, action: str, scope: KeyScope, params: UserParams,
                             parts: list[tuple[str, bytes]], instance_id: str) -> tuple[str, dict]:
     """Run register/update/verify; (transaction id, result fields)."""
-    users = AculabUsers(core)
+    users = aculab_users(services)
     tid = new_transaction_id()
     if action == "verify":
         assert isinstance(params, VerifyParams)
@@ -287,8 +296,8 @@ async def _run_audio_action(core: Core, action: str, scope: KeyScope, params: Us
 
 
 async def _audio_action(request: web.Request, action: str) -> web.Response:
-    core: Core = request.app[CORE]
-    scope = await authenticate(core, request)
+    services = request.app[SERVICES]
+    scope = await _authenticate(request)
     params = await _params(request, VerifyParams if action == "verify" else UserParams)
     instance_id = new_application_instance_id()
     if request.method == "GET":
@@ -298,7 +307,7 @@ async def _audio_action(request: web.Request, action: str) -> web.Response:
         return _render(WebSocketUrl(application_instance_id=instance_id,
                                     url=f"{scheme}://{request.host}{PREFIX}/wss/{action}?auth_token={token}"))
     parts = await _audio_parts(request)
-    tid, out = await _run_audio_action(core, action, scope, params, parts, instance_id)
+    tid, out = await _run_audio_action(services, action, scope, params, parts, instance_id)
     # Sources are listed for POST (several files), and for verify only when text_dependent is false.
     sources = _sources(out["audio"]) if request.method == "POST" else None
     if action == "verify":
@@ -311,13 +320,13 @@ async def _audio_action(request: web.Request, action: str) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    core: Core = request.app[CORE]
-    scope = await authenticate(core, request)
+    services = request.app[SERVICES]
+    scope = await _authenticate(request)
     params = await _params(request, UserParams)
-    user = await AculabUsers(core).registered_user(scope.profile, params.user_id)
+    user = await aculab_users(services).registered_user(scope.profile, params.user_id)
     if user is None:
         raise ApiError(404, "NOT_REGISTERED", f"user Id {params.user_id} is not a registered user.")
-    st = await core.store.verification_stats(scope.profile.id, params.user_id)
+    st = await services.store.verification_stats(scope.profile.id, params.user_id)
     # registration: the latest (re-)admission, so a register after a delete starts afresh
     registered_ms = max(user.created_ms, user.opt_in_ts or 0)
     return _render(StatsResult(
@@ -329,19 +338,19 @@ async def _stats(request: web.Request) -> web.Response:
 
 
 async def _exists(request: web.Request) -> web.Response:
-    core: Core = request.app[CORE]
-    scope = await authenticate(core, request)
+    services = request.app[SERVICES]
+    scope = await _authenticate(request)
     params = await _params(request, UserParams)
-    user = await AculabUsers(core).registered_user(scope.profile, params.user_id)
+    user = await aculab_users(services).registered_user(scope.profile, params.user_id)
     return _render(ExistsResult(user_id=params.user_id, transaction_id=new_transaction_id(), exists=user is not None))
 
 
 async def _delete(request: web.Request) -> web.Response:
-    core: Core = request.app[CORE]
-    scope = await authenticate(core, request)
+    services = request.app[SERVICES]
+    scope = await _authenticate(request)
     params = await _params(request, UserParams)
     tid = new_transaction_id()
-    user = await AculabUsers(core).delete(scope, params.user_id, tid)
+    user = await aculab_users(services).delete(scope, params.user_id, tid)
     log.info("aculab_deleted", profile_id=scope.profile.id, transaction_id=tid)
     return _render(DeleteResult(user_id=params.user_id, transaction_id=tid,
                                 deleted=aculab_datetime((user.opt_out_ts or 0) / 1000)))
@@ -422,7 +431,8 @@ def _read_error(close_code: int, max_bytes: int) -> ApiError:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """One-time URL from GET register/update/verify: binary WAV data, then
-    {"event": "audio_sent"}; answers one event ({"event": <action>, ...} or "reject") and closes."""
+    {"event": "audio_sent"}; answers one event ({"event": <action>, ...} or "reject") and closes
+    (the protocol: connectors/aculab_ws.py)."""
     received = time.time()
     action = request.match_info["action"]
     ticket: Ticket | None = request.app[TICKETS].pop(token_hash(request.query.get("auth_token", "")), None)
@@ -436,60 +446,27 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return aculab_error(request, received, action, 400, "WEBSOCKET_REQUIRED", "this URL needs a WebSocket upgrade")
     await ws.prepare(request)
-    request.app[OPEN_SOCKETS].add(ws)
-    core: Core = request.app[CORE]
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        while True:
-            try:
-                msg = await ws.receive(timeout=idle_s)
-            except asyncio.TimeoutError:
-                await ws.send_json(_reject(ApiError(408, "TIMEOUT", f"no message for {idle_s:g} s: send the wav "
-                                                                    "data, then {\"event\": \"audio_sent\"}")))
-                break
-            if msg.type == WSMsgType.BINARY:
-                size += len(msg.data)
-                if size > max_bytes:
-                    await ws.send_json(_reject(ApiError(413, "BODY_TOO_LARGE", f"audio over {max_bytes} bytes")))
-                    break
-                chunks.append(msg.data)
-                continue
-            if msg.type != WSMsgType.TEXT:
-                break
-            event = None
-            if len(msg.data) <= MAX_EVENT_CHARS:
-                try:
-                    data = safejson.loads(msg.data)
-                    event = data.get("event") if isinstance(data, dict) else None
-                except safejson.JsonInputError:
-                    pass
-            if event != "audio_sent":
-                await ws.send_json(_reject(ApiError(400, "BAD_MESSAGE", "text messages must be "
-                                                                        "{\"event\": \"audio_sent\"}")))
-                break
-            try:
-                tid, out = await _run_audio_action(core, action, ticket.scope, ticket.params,
-                                                   [("Source1", b"".join(chunks))], ticket.instance_id)
-            except ApiError as exc:
-                core.metrics.inc("vbgw_errors_total", code=exc.code)
-                await ws.send_json(_reject(exc))
-                break
-            reply = {"event": action, "transaction_id": tid, "user_id": ticket.params.user_id}
-            if action == "verify":
-                reply.update(verified=out["verified"], confidence=out["confidence"])
-                if out["pad_detected"] is not None and ticket.params.enable_pad:
-                    reply["pad_detected"] = out["pad_detected"].model_dump()
-            await ws.send_json(reply)
-            break
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception as exc:
-        err = internal_error(request, exc)
-        if not ws.closed:
-            await ws.send_json(_reject(err))
-    finally:
-        request.app[OPEN_SOCKETS].discard(ws)
-        await ws.close()
-    return ws
+    services = request.app[SERVICES]
+    scope, params = ticket.scope, ticket.params
 
+    async def run(audio: bytes) -> dict:
+        tid, out = await _run_audio_action(services, action, scope, params, [("Source1", audio)], ticket.instance_id)
+        reply = {"event": action, "transaction_id": tid, "user_id": params.user_id}
+        if action == "verify":
+            assert isinstance(params, VerifyParams)
+            reply.update(verified=out["verified"], confidence=out["confidence"])
+            if out["pad_detected"] is not None and params.enable_pad:
+                reply["pad_detected"] = out["pad_detected"].model_dump()
+        return reply
+
+    def reject(exc: BaseException) -> dict:
+        if isinstance(exc, aculab_ws.StreamRefused):
+            return _reject(ApiError(exc.status, exc.code, exc.message))
+        if isinstance(exc, ApiError):
+            services.metrics.inc("vbgw_errors_total", code=exc.code)
+            return _reject(exc)
+        return _reject(internal_error(request, exc))
+
+    async with open_socket(request.app, ws) as wire:
+        await aculab_ws.serve(wire, run, reject, max_bytes, idle_s)
+    return ws

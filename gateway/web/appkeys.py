@@ -7,9 +7,9 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.infra.config import Settings
-    from gateway.services.users import Core
+    from gateway.services.wiring import Services
 
 SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
-CORE: web.AppKey["Core"] = web.AppKey("core")
+SERVICES: web.AppKey["Services"] = web.AppKey("services")
 OPEN_SOCKETS: web.AppKey[set] = web.AppKey("open_sockets", set)
 METRICS_TOKEN: web.AppKey[str] = web.AppKey("metrics_token", str)

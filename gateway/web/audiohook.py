@@ -3,8 +3,9 @@
 The upgrade is authenticated before the 101: the organisation is looked up by X-API-KEY, the
 HTTP message signature is verified when the organisation has a client secret, and a failure is
 answered with 401 no sooner than `audiohook.signature_failure_delay_s` after the request
-arrived. The session then runs `connectors.audiohook.serve` bound to the dialog
-(tenant of the organisation, dialog id = conversationId = masterId)."""
+arrived. The session then runs `connectors.audiohook.serve`, which on `open` attaches the session
+to its call (tenant of the organisation, dialog id = conversationId = masterId) through the stream
+contract (gateway/calls/attach.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,22 +18,23 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from connectors import audiohook
-from connectors.audiohook import AudioHookError, AudioHookSession, ClientEvent, OpenRequest, is_uuid
+from connectors.audiohook import AudioHookError, AudioHookSession, OpenRequest, is_uuid
 from connectors.audiohook_signature import NonceCache, SignatureError, VerifyPolicy, authority_of, verify
-from connectors.base import Frame
-from gateway.web.websocket import READ_ERROR_CLOSE_CODES, ReportingWebSocket
-from gateway.web.routing import RouteTable
-from gateway.web.schemas import BiokeyIn
-from gateway.web.appkeys import CORE, OPEN_SOCKETS, SETTINGS
+from connectors.base import StreamPort
+from gateway.calls.attach import attach
+from gateway.calls.dialog import Dialog, DialogBusy
+from gateway.errors import ApiError, bad_request
 from gateway.services.audiohook_orgs import SecretBox, api_key_hash
 from gateway.services.auth import load_or_create_secret
-from gateway.services.users import Core
-from gateway.calls.dialog import Dialog
-from gateway.errors import ApiError, bad_request
+from gateway.services.verification import MAX_USERS
+from gateway.services.wiring import Services
 from gateway.store.base import AudioHookOrg, Profile
+from gateway.web.appkeys import SERVICES, SETTINGS
+from gateway.web.routing import RouteTable
+from gateway.web.schemas import BiokeyIn
+from gateway.web.websocket import READ_ERROR_CLOSE_CODES, ReportingWebSocket, open_socket
 
 log = structlog.get_logger(__name__)
-MAX_TARGETS = 5
 _ANI_SCHEME = re.compile(r"^(?:tel|sip|sips):", re.I)
 
 
@@ -80,7 +82,7 @@ def normalize_ani(ani: str) -> str:
     return plus + "".join(c for c in ani if c.isdigit())
 
 
-async def _authenticate(request: web.Request, core: Core, state: _AuthState) -> AudioHookOrg:
+async def _authenticate(request: web.Request, core: Services, state: _AuthState) -> AudioHookOrg:
     """The organisation of a valid upgrade request; raises 401 (after the delay) otherwise."""
     started = time.monotonic()
     h = request.headers
@@ -114,50 +116,51 @@ async def _authenticate(request: web.Request, core: Core, state: _AuthState) -> 
     raise ApiError(401, "UNAUTHORIZED", "AudioHook authentication failed")
 
 
-class _AudioHookPort:
-    """Binds one AudioHook session to its dialog (connectors.audiohook.SessionHandler)."""
+class _Opener:
+    """Attaches one AudioHook session to its call (connectors.audiohook.StreamOpener)."""
 
-    def __init__(self, core: Core, org: AudioHookOrg, session_id: str):
-        self.core = core
+    def __init__(self, services: Services, org: AudioHookOrg, session_id: str):
+        self.services = services
         self.org = org
         self.session_id = session_id
-        self.dialog: Dialog | None = None
-        self.dialog_id = ""
-        self._task: asyncio.Task | None = None
         self.log = log.bind(session_id=session_id, org_id=org.org_id)
 
     async def _profile(self, custom: dict[str, Any]) -> Profile | None:
+        store = self.services.store
         name = custom.get("vbProfile") or custom.get("profile")
         if isinstance(name, str) and name:
-            p = await self.core.store.get_profile(self.org.tenant_id, name)
+            p = await store.get_profile(self.org.tenant_id, name)
             if p is not None:
                 return p
             self.log.warning("audiohook_unknown_profile", profile=name[:128])
         if self.org.profile_id:
-            return await self.core.store.get_profile(self.org.tenant_id, self.org.profile_id)
+            return await store.get_profile(self.org.tenant_id, self.org.profile_id)
         return None
 
-    async def open(self, req: OpenRequest) -> None:
+    async def attach(self, req: OpenRequest) -> StreamPort:
         p = req.params
         custom = p.customConfig if isinstance(p.customConfig, dict) else {}
         if p.customConfig is not None and not isinstance(p.customConfig, dict):
             self.log.warning("audiohook_custom_config_invalid", error="not a JSON object")
         profile = await self._profile(custom)
-        # The connector fixes the call's owner: this profile's dialog (gateway/dialogs.py).
-        dialog = self.core.dialogs.for_connector(self.org.tenant_id, p.conversationId, profile)
-        if dialog.active_streams > 0:
+        # The connector fixes the call's owner: this profile's dialog (gateway/calls/dialog.py).
+        dialog = self.services.dialogs.for_connector(self.org.tenant_id, p.conversationId, profile)
+        cfg = self.services.settings.audiohook
+        try:
+            stream = attach(dialog, connector="audiohook", metrics=self.services.metrics,
+                            customer_audio=req.customer_audio or req.problem is not None,
+                            final_drain_s=max(0.5, cfg.close_timeout_s / 2))
+        except DialogBusy:
             raise AudioHookError("DIALOG_BUSY", "Server error: another stream is already feeding this conversation",
-                                 status=audiohook.SYSTEM_ERROR)
-        self.dialog, self.dialog_id = dialog, dialog.dialog_id
+                                 status=audiohook.SYSTEM_ERROR) from None
         self.log = self.log.bind(dialog_id=dialog.dialog_id)
-        dialog.stream_started(customer_audio=req.customer_audio or req.problem is not None)
-        self.core.metrics.inc("vbgw_streams_total", connector="audiohook")
         if req.problem is None and not req.customer_audio:
             self.log.warning("audiohook_no_customer_audio", media=req.media.model_dump() if req.media else None)
         if req.problem is None and req.customer_audio:
-            self._task = asyncio.create_task(self._set_targets(dialog, req, custom))
+            stream.track(asyncio.create_task(self._verify_automatically(dialog, req, custom)))
+        return stream
 
-    async def _set_targets(self, dialog: Dialog, req: OpenRequest, custom: dict[str, Any]) -> None:
+    async def _verify_automatically(self, dialog: Dialog, req: OpenRequest, custom: dict[str, Any]) -> None:
         """customConfig / the participant's ANI name the users to verify: no agent action needed.
         Started only if no verification runs (an agent's request is never replaced by it)."""
         profile = dialog.profile
@@ -167,7 +170,8 @@ class _AudioHookPort:
             users = custom.get("userIds") or custom.get("users") or []
             if isinstance(users, str):
                 users = [users]
-            users = [BiokeyIn(key="user_id", value=str(u)).value for u in users][:MAX_TARGETS]
+            users = [BiokeyIn(key="user_id", value=str(u)).value for u in users][:MAX_USERS]
+            biokeys: list[BiokeyIn] = []
             if not users:
                 raw = custom.get("biokeys") or {}
                 if isinstance(raw, list):
@@ -177,58 +181,24 @@ class _AudioHookPort:
                 ani = normalize_ani(req.params.participant.ani)
                 if ani_key and ani and ani_key not in pairs and profile.settings.biokey(ani_key) is not None:
                     pairs[ani_key] = ani
-                if pairs:
-                    found = await self.core.search(profile, [BiokeyIn(key=k, value=v) for k, v in pairs.items()])
-                    users = [u.user_id for u in found if u.status == "ENROLLED"][:MAX_TARGETS]
+                biokeys = [BiokeyIn(key=k, value=v) for k, v in pairs.items()]
+            started = await self.services.verifier.start_automatic(dialog, users, biokeys, self.services.users)
         except (ValidationError, ApiError, KeyError, TypeError, ValueError, AttributeError) as exc:
             self.log.warning("audiohook_custom_config_invalid", error=type(exc).__name__)
             return
-        if users and dialog.verification is None:
-            await dialog.request_verification(users)
-            self.log.info("audiohook_verification_started", users=len(users))
+        if started:
+            self.log.info("audiohook_verification_started", users=len(started))
 
-    def push(self, frame: Frame) -> None:
-        if self.dialog is not None:
-            self.dialog.push(frame)
-
-    def status(self, status: str, **extra: Any) -> None:
-        if self.dialog is not None:
-            self.dialog.publish_status(status, connector="audiohook", **extra)
-
-    def event(self, ev: ClientEvent) -> None:
-        self.log.info("audiohook_" + ev.type, position_s=round(ev.position / 8000, 3))
-
-    async def finish(self, reason: str) -> None:
-        """Final results for the users under verification, from all the call's speech."""
-        d = self.dialog
-        if self._task is not None and not self._task.done():
-            await self._task
-        if d is None or d.profile is None or d.verification is None or d.no_customer_audio:
-            return
-        v = d.verification
-        # The call's milestones first: their results and vb_verification events go out
-        # before `closed`, so a client that saw `closed` finds them in the event log.
-        await d.drain(timeout=max(0.5, self.core.settings.audiohook.close_timeout_s / 2))
-        emb = await d.engine_session.embedding()
-        kind = "NORMAL" if emb is not None and emb.speech_ms >= d.profile.settings.verify_min_speech_ms else "EARLY"
-        results = await self.core.score_users(d, emb, list(v.users), d.engine_session.speaker_change, result_type=kind)
-        d.publish_verification(v, kind, results, final=True)
-
-    async def end(self, outcome: str) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.core.metrics.inc("vbgw_audiohook_sessions_total",
-                              outcome=outcome if outcome in ("completed", "disconnected") else "error")
-        if self.dialog is not None:
-            reason = outcome if outcome in ("completed", "disconnected", "SYSTEM_ERROR") else "disconnected"
-            await self.dialog.stream_ended(reason)
+    def ended(self, outcome: str) -> None:
+        self.services.metrics.inc("vbgw_audiohook_sessions_total",
+                                  outcome=outcome if outcome in ("completed", "disconnected") else "error")
 
 
 @routes.route("GET", "/audiohook/ws", summary="Genesys Cloud AudioHook Monitor (WebSocket; X-API-KEY and HTTP "
               "message signature; path set by audiohook.path)", auth="none", content="application/octet-stream",
               tags=("audiohook",))
 async def audiohook_ws(request: web.Request) -> web.StreamResponse:
-    core: Core = request.app[CORE]
+    services = request.app[SERVICES]
     cfg = request.app[SETTINGS].audiohook
     h = request.headers
     session = AudioHookSession(h.get("Audiohook-Session-Id", ""), h.get("Audiohook-Organization-Id", ""),
@@ -243,11 +213,8 @@ async def audiohook_ws(request: web.Request) -> web.StreamResponse:
     session_id = h.get("Audiohook-Session-Id", "")
     if not is_uuid(session_id) or not is_uuid(h.get("Audiohook-Organization-Id")):
         raise bad_request("BAD_AUDIOHOOK_HEADERS", "Audiohook-Session-Id and Audiohook-Organization-Id must be UUIDs")
-    org = await _authenticate(request, core, request.app[AUTH_STATE])
+    org = await _authenticate(request, services, request.app[AUTH_STATE])
     await ws.prepare(request)
-    request.app[OPEN_SOCKETS].add(ws)
-    try:
-        await audiohook.serve(ws, session, _AudioHookPort(core, org, session_id), cfg)
-    finally:
-        request.app[OPEN_SOCKETS].discard(ws)
+    async with open_socket(request.app, ws) as wire:
+        await audiohook.serve(wire, session, _Opener(services, org, session_id), cfg)
     return ws

@@ -6,25 +6,22 @@ all its active lists (gateway/fraud.py); docs/fraud-signals.md describes the who
 from __future__ import annotations
 
 import re
-from typing import Literal
-
-import numpy as np
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.web.forms import form_parts
-from gateway.web.routing import RouteTable, json_response, parse_json
-from gateway.web.appkeys import CORE, SETTINGS
-from gateway.services.users import Core
 from gateway.errors import ApiError, bad_request, not_found
+from gateway.services.blocklists import RiskLevel, add_entry, add_entry_from_file
+from gateway.services.wiring import Services
 from gateway.store.base import Blocklist, BlocklistEntry, Conflict, Pat
+from gateway.web.appkeys import SERVICES, SETTINGS
+from gateway.web.forms import form_parts
+from gateway.web.http_auth import pat as request_pat
+from gateway.web.routing import RouteTable, json_response, parse_json
 
 log = structlog.get_logger(__name__)
 routes = RouteTable()
 
-RiskLevel = Literal["LOW_RISK", "MEDIUM_RISK", "HIGH_RISK"]
-MIN_ENTRY_SPEECH_MS = 3000          # a fraudster voiceprint needs at least this much speech
 _NAME = dict(min_length=1, max_length=128)
 _TEXT = dict(max_length=1000)
 _LABEL_RE = re.compile(r"^[^\x00-\x1f]{1,128}$")
@@ -104,15 +101,15 @@ def _entry(e: BlocklistEntry) -> EntryOut:
                     created_ms=e.created_ms)
 
 
-def _core(request: web.Request) -> Core:
-    return request.app[CORE]
+def _core(request: web.Request) -> Services:
+    return request.app[SERVICES]
 
 
 async def _pat(request: web.Request) -> Pat:
-    return await _core(request).auth.pat(request)
+    return await request_pat(request)
 
 
-async def _list_or_404(core: Core, pat: Pat, blocklist_id: str) -> Blocklist:
+async def _list_or_404(core: Services, pat: Pat, blocklist_id: str) -> Blocklist:
     bl = await core.store.get_blocklist(pat.group_id, blocklist_id)
     if bl is None:
         raise not_found("BLOCKLIST_NOT_FOUND", "no such blocklist in this token's group")
@@ -124,26 +121,6 @@ def _label(raw: str, default: str) -> str:
     if not _LABEL_RE.match(label):
         raise bad_request("BAD_LABEL", "label: 1 to 128 printable characters")
     return label
-
-
-async def add_entry(store, group_id: str, blocklist_id: str, emb, label: str, source: str,
-                    what: str = "the recording") -> BlocklistEntry:
-    """Store a fraudster voiceprint (an engine Embedding, or None without speech)."""
-    have = emb.speech_ms if emb is not None else 0
-    if emb is None or have < MIN_ENTRY_SPEECH_MS:
-        raise ApiError(422, "LOW_DATA", f"a blocklist voiceprint needs {MIN_ENTRY_SPEECH_MS} ms of speech; "
-                                        f"{what} has {have} ms")
-    entry = await store.add_blocklist_entry(group_id, blocklist_id, label, source,
-                                            np.asarray(emb.vector, np.float32).tobytes(), emb.speech_ms, emb.model)
-    if entry is None:
-        raise not_found("BLOCKLIST_NOT_FOUND", "no such blocklist in this token's group")
-    return entry
-
-
-async def add_entry_from_pcm(engine, store, group_id: str, blocklist_id: str, pcm: np.ndarray, label: str,
-                             source: str) -> BlocklistEntry:
-    """Embed a fraudster recording (int16 8 kHz) and add it to a list (shared with the CLI)."""
-    return await add_entry(store, group_id, blocklist_id, await engine.embed_pcm(pcm), label, source)
 
 
 @routes.route("POST", "/api/blocklists", summary="Create a blocklist in the token's group", auth="pat",
@@ -232,8 +209,7 @@ async def add_from_wav(request: web.Request) -> web.Response:
     name = re.sub(r"[^0-9A-Za-z._+\-]", "_", filename)[-100:]
     label = _label(label, name)
     # decoded and embedded block by block, after live calls' work (gateway/uploads.py)
-    emb = (await core.uploads.analyse(audio)).embedding
-    entry = await add_entry(core.store, pat.group_id, bl.id, emb, label, f"wav:{name}")
+    entry = await add_entry_from_file(core.uploads, core.store, pat.group_id, bl.id, audio, label, f"wav:{name}")
     log.info("blocklist_entry_added", blocklist_id=bl.id, entry_id=entry.id, speech_ms=entry.speech_ms)
     return json_response(_entry(entry), status=201)
 

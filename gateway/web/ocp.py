@@ -1,43 +1,33 @@
-"""OCP standalone Voice Biometrics API (seed: ocp-vb-standalone-api.txt): REST handlers and
-the direct audio stream endpoint. Handlers parse and render; gateway.services.users decides."""
+"""OCP standalone Voice Biometrics API (seed: ocp-vb-standalone-api.txt): REST handlers (the
+direct audio stream: gateway/web/stream.py). Handlers parse and render; the services decide."""
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 
 import structlog
 from aiohttp import web
 
-from connectors import ocp_stream
-from connectors.base import Frame
-from gateway.web.websocket import ReportingWebSocket
+from gateway.errors import ApiError, bad_request, forbidden, not_found
+from gateway.infra.logging import token_ref
+from gateway.services.auth import PAT_PREFIX
+from gateway.services.verification import MAX_USERS
+from gateway.services.wiring import Services
+from gateway.store.base import BIOKEY_CHARS_MESSAGE, BIOKEY_RE, User
+from gateway.web.appkeys import SERVICES, SETTINGS
 from gateway.web.forms import form_parts
+from gateway.web.http_auth import bearer, caller, pat
 from gateway.web.routing import RouteTable, json_response, parse_json
 from gateway.web.schemas import (
     BatchEnrolResponse, DataMessage, EnrolRequest, OnDemandResponse, SearchRequest, SearchResponse,
     TokenData, TokenRequest, TokenResponse, UserIdRequest, UserInfo,
 )
-from gateway.web.appkeys import CORE, OPEN_SOCKETS, SETTINGS
-from gateway.services.auth import PAT_PREFIX, bearer
-from gateway.services.users import MAX_VERIFY_USERS, Caller, Core
-from gateway.calls.dialog import Dialog
-from gateway.errors import ApiError, bad_request, forbidden, not_found
-from gateway.infra.logging import token_ref
-from gateway.store.base import BIOKEY_CHARS_MESSAGE, BIOKEY_RE, User
 
 log = structlog.get_logger(__name__)
 routes = RouteTable()
 
 
-def _core(request: web.Request) -> Core:
-    return request.app[CORE]
-
-
-async def _caller(request: web.Request) -> Caller:
-    core = _core(request)
-    rec, tok = await core.auth.session(request)
-    return await core.caller(rec, tok)
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
 
 
 def _user_info(u: User | None, user_id: str) -> UserInfo:
@@ -47,7 +37,7 @@ def _user_info(u: User | None, user_id: str) -> UserInfo:
                     opt_out_ts=u.opt_out_ts, opt_in_ts=u.opt_in_ts)
 
 
-def _users_param(request: web.Request) -> list[str]:
+def users_param(request: web.Request) -> list[str]:
     # `users=a,b` and the repeated form `users=a&users=b` mean the same: no value is dropped.
     return parse_users(",".join(request.query.getall("users", [])))
 
@@ -56,9 +46,9 @@ def parse_users(raw: str) -> list[str]:
     """`users` of a verification request (query parameter or Socket.IO payload)."""
     users = [u.strip() for u in raw.split(",") if u.strip()]
     if not users:
-        raise bad_request("USERS_REQUIRED", "give users=<user id>[,<user id>...] (1 to 5)")
-    if len(users) > MAX_VERIFY_USERS:
-        raise bad_request("TOO_MANY_USERS", f"at most {MAX_VERIFY_USERS} users per verification")
+        raise bad_request("USERS_REQUIRED", f"give users=<user id>[,<user id>...] (1 to {MAX_USERS})")
+    if len(users) > MAX_USERS:
+        raise bad_request("TOO_MANY_USERS", f"at most {MAX_USERS} users per verification")
     for u in users:
         if not BIOKEY_RE.match(u):
             raise bad_request("BAD_USER_ID", "user ids: " + BIOKEY_CHARS_MESSAGE)
@@ -72,10 +62,9 @@ def _max_json(request: web.Request) -> int:
 @routes.route("POST", "/api/token/", summary="Initiate session: a session token for one call",
               auth="pat", body=TokenRequest, response=TokenResponse, tags=("session",), aliases=("/api/token",))
 async def create_token(request: web.Request) -> web.Response:
-    core = _core(request)
-    pat = await core.auth.pat(request)
+    body_pat = await pat(request)
     body = await parse_json(request, TokenRequest, _max_json(request))
-    token = await core.create_token(pat, body)
+    token = await _services(request).sessions.create_token(body_pat, body)
     log.info("session_created", dialog_id=body.masterId, token_ref=token_ref(token))
     return json_response(TokenResponse(data=TokenData(token=token)))
 
@@ -83,19 +72,19 @@ async def create_token(request: web.Request) -> web.Response:
 @routes.route("GET", "/users/info/{userID}", summary="User status", auth="session", response=UserInfo,
               tags=("users",))
 async def user_info(request: web.Request) -> web.Response:
-    c = await _caller(request)
+    c = await caller(request)
     uid = request.match_info["userID"]
     if not BIOKEY_RE.match(uid):
         raise bad_request("BAD_USER_ID", "user ids: " + BIOKEY_CHARS_MESSAGE)
-    return json_response(_user_info(await _core(request).user(c, uid), uid))
+    return json_response(_user_info(await _services(request).users.user(c, uid), uid))
 
 
 @routes.route("POST", "/users/search", summary="Search users of the session's profile by biokeys",
               auth="session", body=SearchRequest, response=SearchResponse, tags=("users",))
 async def search_users(request: web.Request) -> web.Response:
-    c = await _caller(request)
+    c = await caller(request)
     body = await parse_json(request, SearchRequest, _max_json(request))
-    found = await _core(request).search(c.profile, body.biokeys)
+    found = await _services(request).users.search(c.profile, body.biokeys)
     status = "NOT_FOUND" if not found else "FOUND_ONE" if len(found) == 1 else "FOUND_MANY"
     return json_response(SearchResponse(users=[_user_info(u, u.user_id) for u in found], response_status=status))
 
@@ -103,9 +92,9 @@ async def search_users(request: web.Request) -> web.Response:
 @routes.route("POST", "/enrol", summary="Enrol a user from the session's accumulated clean speech",
               auth="session", body=EnrolRequest, response=DataMessage, tags=("enrolment",))
 async def enrol(request: web.Request) -> web.Response:
-    c = await _caller(request)
+    c = await caller(request)
     body = await parse_json(request, EnrolRequest, _max_json(request))
-    user, speech = await _core(request).enrol_from_dialog(c, body.biokeys, body.user_id, body.opt_in)
+    user, speech = await _services(request).users.enrol_from_dialog(c, body.biokeys, body.user_id, body.opt_in)
     log.info("enrolled", dialog_id=c.session.master_id, speech_ms=speech)
     return json_response(DataMessage(data="Enroll user accepted"))
 
@@ -113,9 +102,9 @@ async def enrol(request: web.Request) -> web.Response:
 @routes.route("POST", "/users/optout", summary="Opt a user out: irrevocably deletes audio, voiceprints, biokeys",
               auth="session", body=UserIdRequest, response=DataMessage, tags=("users",))
 async def opt_out(request: web.Request) -> web.Response:
-    c = await _caller(request)
+    c = await caller(request)
     body = await parse_json(request, UserIdRequest, _max_json(request))
-    await _core(request).opt_out(c, body.user_id)
+    await _services(request).users.opt_out(c.profile, body.user_id, c.session.master_id)
     log.info("opted_out", dialog_id=c.session.master_id)
     return json_response(DataMessage(data="User opted-out"))
 
@@ -123,9 +112,9 @@ async def opt_out(request: web.Request) -> web.Response:
 @routes.route("POST", "/users/optin", summary="Opt a user back in (explicit consent); enrolment is then possible",
               auth="session", body=UserIdRequest, response=DataMessage, tags=("users",))
 async def opt_in(request: web.Request) -> web.Response:
-    c = await _caller(request)
+    c = await caller(request)
     body = await parse_json(request, UserIdRequest, _max_json(request))
-    await _core(request).store.opt_in(c.profile.id, body.user_id)
+    await _services(request).users.opt_in(c.profile, body.user_id)
     return json_response(DataMessage(data="User opted-in"))
 
 
@@ -133,13 +122,16 @@ async def opt_in(request: web.Request) -> web.Response:
               auth="session", response=OnDemandResponse, tags=("verification",),
               query={"users": "User ids (1 to 5): users=a,b or users=a&users=b", "token": "Session token"})
 async def verify_ondemand(request: web.Request) -> web.Response:
-    c = await _caller(request)
-    users = _users_param(request)
-    best = await _core(request).verify_ondemand(c, users)
+    c = await caller(request)
+    users = users_param(request)
+    services = _services(request)
+    dialog = services.sessions.dialog_of(c, create=True)       # no audio yet: NO_DATA, honestly
+    assert dialog is not None
+    best = await services.verifier.ondemand(dialog, users)
     return json_response(OnDemandResponse(
-        bio_result=best["bio_result"], bio_score=best["bio_score"], bio_user_id=best["bio_user_id"],
-        bio_plain_user_id=best["user_id"], error_type=best["error_type"], user_changed=best["user_changed"],
-        speech_millis=best["speech_millis"]))
+        bio_result=best.bio_result, bio_score=best.bio_score, bio_user_id=best.bio_user_id,
+        bio_plain_user_id=best.user_id, error_type=best.error_type, user_changed=best.user_changed,
+        speech_millis=best.speech_millis))
 
 
 _BIOKEY_FIELD = re.compile(r"^biokeys\[([0-9A-Za-z_+\-]{1,128})\]$")
@@ -152,7 +144,7 @@ _BIOKEY_FIELD = re.compile(r"^biokeys\[([0-9A-Za-z_+\-]{1,128})\]$")
                     "tenant_id": "Tenant id or name", "ccaas_provider": "GENESYS, NICE_IN_CONTACT...",
                     "biokeys[user_id]": "Required", "biokeys[<key>]": "More biokeys"})
 async def batch_enrol(request: web.Request) -> web.Response:
-    core = _core(request)
+    services = _services(request)
     if not request.content_type.startswith("multipart/"):
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send multipart/form-data")
     fields: dict[str, str] = {}
@@ -178,16 +170,15 @@ async def batch_enrol(request: web.Request) -> web.Response:
 
     tok = bearer(request) or ""
     if tok.startswith(PAT_PREFIX):
-        pat = await core.auth.pat(request)
-        tenant = await core.store.get_tenant(fields.get("tenant_id", ""))
-        if tenant is None or tenant.id != pat.tenant_id:
+        tenant, profile = await services.sessions.pat_scope(await pat(request), fields.get("tenant_id", ""),
+                                                            fields.get("profile_id", ""))
+        if tenant is None:
             raise forbidden("tenant_id is missing or not this token's tenant")
-        profile = await core.store.get_profile(tenant.id, fields.get("profile_id", ""))
-        if profile is None or profile.group_id != pat.group_id:
+        if profile is None:
             raise not_found("PROFILE_NOT_FOUND", "no such VB profile in this token's group")
         dialog_id = fields.get("ccaas_session_id") or f"batch-{filename}"
     else:
-        c = await _caller(request)
+        c = await caller(request)
         profile, dialog_id = c.profile, c.session.master_id
     if "ccaas_session_id" in fields and audio is None:
         raise ApiError(501, "CCAAS_FETCH_UNAVAILABLE", "fetching recordings by ccaas_session_id needs the "
@@ -201,63 +192,6 @@ async def batch_enrol(request: web.Request) -> web.Response:
     if filename.lower().endswith(".mp4"):
         raise ApiError(415, "UNSUPPORTED_MEDIA", ".mp4 recordings (NICE) are not supported yet; send a .wav")
     # decoded, embedded and kept block by block, after live calls' work (gateway/uploads.py)
-    user, speech = await core.enrol_from_upload(profile, user_id, biokeys, audio, dialog_id, keep_audio=True)
+    user, speech = await services.users.enrol_from_upload(profile, user_id, biokeys, audio, dialog_id, keep_audio=True)
     log.info("batch_enrolled", dialog_id=dialog_id, speech_ms=speech)
     return json_response(BatchEnrolResponse(data="Enroll user accepted", user_id=user.user_id, speech_millis=speech))
-
-
-BACKPRESSURE_S = 4.0          # unprocessed audio per direct stream before reading pauses
-BACKPRESSURE_MAX_WAIT_S = 10.0  # < common WebSocket keepalive timeouts (20 s): pings are read between waits
-
-
-class _StreamPort:
-    """Binds one OCP stream connection to its dialog."""
-
-    def __init__(self, dialog: Dialog):
-        self.dialog = dialog
-        self.dialog_id = dialog.dialog_id
-
-    def push(self, frame: Frame) -> None:
-        self.dialog.push(frame)
-
-    async def wait_capacity(self) -> None:
-        # Keep at most BACKPRESSURE_S of unprocessed audio per stream; past the deadline the
-        # engine's own overload rule (drop the oldest, flagged in metrics) applies instead.
-        deadline = time.monotonic() + BACKPRESSURE_MAX_WAIT_S
-        while self.dialog.engine_session.pending_s > BACKPRESSURE_S and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-
-    async def end(self, reason: str) -> None:
-        await self.dialog.stream_ended(reason)
-
-
-@routes.route("GET", "/agent-vb-mw/stream", summary="Direct audio stream (WebSocket): RecognitionConfig, "
-              "audio frames, empty message", auth="session", content="application/octet-stream",
-              tags=("stream",), query={"token": "Session token"}, aliases=("/stream",))
-async def stream(request: web.Request) -> web.StreamResponse:
-    core = _core(request)
-    c = await _caller(request)
-    dialog = core.dialog_of(c, create=True)
-    if dialog.active_streams > 0:
-        raise ApiError(409, "DIALOG_BUSY", "another stream is already feeding this dialog")
-    max_frame = request.app[SETTINGS].dialogs.max_frame_bytes
-    # compress=False: audio barely deflates, and inflating every frame costs the event loop CPU.
-    # max_msg_size: base64 text frames are 4/3 of the audio they carry.
-    ws = ReportingWebSocket(report=ocp_stream.read_error_text(max_frame), heartbeat=30.0,
-                            max_msg_size=max_frame * 2, compress=False)
-    if not ws.can_prepare(request).ok:
-        raise bad_request("WEBSOCKET_REQUIRED", "this endpoint needs a WebSocket upgrade")
-    await ws.prepare(request)
-    request.app[OPEN_SOCKETS].add(ws)
-    dialog.stream_started()
-    core.metrics.inc("vbgw_streams_total", connector="ocp")
-    try:
-        reason = await ocp_stream.serve(ws, _StreamPort(dialog), max_frame,
-                                        request.app[SETTINGS].server.first_message_timeout_s)
-        if reason not in ("completed", "disconnected"):
-            core.metrics.inc("vbgw_errors_total", code=reason)
-    finally:
-        request.app[OPEN_SOCKETS].discard(ws)
-    return ws
-
-

@@ -6,7 +6,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.web.routing import RouteSpec
-from gateway.errors import ErrorResponse
+from gateway.web.errors import ErrorResponse
 
 _SECURITY = {
     "pat": [{"pat": []}],

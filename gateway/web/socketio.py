@@ -34,13 +34,13 @@ import structlog
 from aiohttp import web
 
 from connectors import safejson
-from gateway.web import live
-from gateway.web.ocp import parse_users
-from gateway.web.appkeys import CORE, SETTINGS
-from gateway.services.auth import token_hash
-from gateway.calls.bus import DialogKey, Subscription
+from gateway.calls.bus import CallKey, Subscription
 from gateway.errors import ApiError
 from gateway.infra.logging import library_logger
+from gateway.services.auth import token_hash
+from gateway.web import live
+from gateway.web.appkeys import SERVICES, SETTINGS
+from gateway.web.ocp import parse_users
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +99,7 @@ def room(audience: str, th: str) -> str:
 @dataclass
 class _Feed:
     """One dialog's bus subscription and the tokens (hash -> token) listening to it."""
-    key: DialogKey
+    key: CallKey
     sub: Subscription
     tokens: dict[str, str] = field(default_factory=dict)
     task: asyncio.Task | None = None
@@ -113,9 +113,9 @@ class LiveHub:
         self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=library_logger("socketio.server"),
                                         engineio_logger=library_logger("engineio.server"), json=_PacketJson)
         self.sio.attach(app, socketio_path=PATH)
-        self.feeds: dict[DialogKey, _Feed] = {}
+        self.feeds: dict[CallKey, _Feed] = {}
         self.watchers: dict[str, set[str]] = {}          # token hash -> sids
-        self.clients: dict[str, dict[str, DialogKey]] = {}   # sid -> token hash -> dialog key
+        self.clients: dict[str, dict[str, CallKey]] = {}   # sid -> token hash -> dialog key
         self._first_seen: dict[str, float] = {}             # Engine.IO sid -> monotonic time
         self._sweeper: asyncio.Task | None = None
         self.sio.on("connect", self.on_connect, namespace=NAMESPACE)
@@ -124,13 +124,13 @@ class LiveHub:
         self.sio.on("status", self.on_status, namespace=NAMESPACE)
 
     @property
-    def core(self):
-        return self.app[CORE]
+    def services(self):
+        return self.app[SERVICES]
 
     # -- connections ------------------------------------------------------------------------
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         self.clients[sid] = {}
-        self.core.metrics.inc("vbgw_socketio_connections_total")
+        self.services.metrics.inc("vbgw_socketio_connections_total")
 
     async def _sweep_unauthenticated(self) -> None:
         """Close Engine.IO connections without an authenticated namespace session after the
@@ -153,7 +153,7 @@ class LiveHub:
             seen = self._first_seen.setdefault(eio_sid, now)
             sock = eio.sockets.get(eio_sid)
             if now - seen >= grace and sock is not None and not sock.closed:
-                self.core.metrics.inc("vbgw_socketio_unauthenticated_closed_total")
+                self.services.metrics.inc("vbgw_socketio_unauthenticated_closed_total")
                 # wait=False: a client that never reads or polls must not hold up the sweep
                 await sock.close(wait=False, abort=False, reason=eio.reason.SERVER_DISCONNECT)
                 eio.sockets.pop(eio_sid, None)
@@ -182,16 +182,15 @@ class LiveHub:
 
     async def _error(self, sid: str, event: str, code: str, message: str) -> dict:
         body = {"code": code, "message": message, "event": event}
-        self.core.metrics.inc("vbgw_errors_total", code=code)
+        self.services.metrics.inc("vbgw_errors_total", code=code)
         await self.sio.emit("error", body, to=sid, namespace=NAMESPACE)
         return {"error": body}
 
     async def _request(self, sid: str, data: Any, channel: str) -> dict:
-        core = self.core
+        services = self.services
         try:
             req = parse_request(data, need_users=channel == "verification")
-            rec = await core.auth.session_for(req.token)
-            caller = await core.caller(rec, req.token)
+            caller = await services.sessions.caller(req.token)
         except BadPayload as exc:
             return await self._error(sid, channel, exc.code, exc.message)
         except ApiError as exc:
@@ -203,16 +202,17 @@ class LiveHub:
         if th not in watching and len(watching) >= MAX_TOKENS_PER_CLIENT:
             return await self._error(sid, channel, "TOO_MANY_TOKENS",
                                      f"one connection follows at most {MAX_TOKENS_PER_CLIENT} sessions")
-        dialog = core.dialog_of(caller, create=True)
+        dialog = services.sessions.dialog_of(caller, create=True)
+        assert dialog is not None
         self._watch(sid, th, req.token, dialog.key)
         await self.sio.enter_room(sid, room(channel, th), namespace=NAMESPACE)
         await self.sio.enter_room(sid, room("any", th), namespace=NAMESPACE)
         token = req.token
         if channel == "status":
-            await self.sio.emit(f"status-{token}", live.status_payload(dialog.status_data), to=sid,
+            await self.sio.emit(f"status-{token}", live.status_payload(dialog.status_message), to=sid,
                                 namespace=NAMESPACE)
         # Bring a late joiner up to date with the latest clean speech and fraud signals.
-        latest = {m.kind: m for m in core.bus.history(dialog.key) if m.kind in live.SNAPSHOT_KINDS}
+        latest = {m.kind: m for m in await services.bus.history(dialog.key) if m.kind in live.SNAPSHOT_KINDS}
         snapshot = [latest[kind] for kind in live.SNAPSHOT_KINDS if kind in latest]
         if channel == "verification":
             # One verification per call: other users replace it (STARTING and the score so far
@@ -224,15 +224,15 @@ class LiveHub:
             snapshot += dialog.verification_snapshot()      # e.g. AudioHook's automatic verification
         for msg in snapshot:
             ev = live.SOCKETIO_EVENTS[msg.kind]
-            await self.sio.emit(f"{ev.name}-{token}", ev.render(msg.data), to=sid, namespace=NAMESPACE)
+            await self.sio.emit(f"{ev.name}-{token}", ev.render(msg.payload), to=sid, namespace=NAMESPACE)
         return {"ok": True}
 
-    def _watch(self, sid: str, th: str, token: str, key: DialogKey) -> None:
+    def _watch(self, sid: str, th: str, token: str, key: CallKey) -> None:
         self.clients[sid][th] = key
         self.watchers.setdefault(th, set()).add(sid)
         feed = self.feeds.get(key)
         if feed is None:
-            feed = self.feeds[key] = _Feed(key, self.core.bus.subscribe(key, maxsize=1024))
+            feed = self.feeds[key] = _Feed(key, self.services.bus.subscribe(key, maxsize=1024))
             feed.task = asyncio.create_task(self._pump(feed))
         feed.tokens[th] = token
 
@@ -244,14 +244,14 @@ class LiveHub:
 
     # -- results out ------------------------------------------------------------------------
     async def _pump(self, feed: _Feed) -> None:
-        metrics = self.core.metrics
+        metrics = self.services.metrics
         while True:
             msg = await feed.sub.get()
             ev = live.SOCKETIO_EVENTS.get(msg.kind)
             if ev is None:
                 continue
             try:
-                payload = ev.render(msg.data)
+                payload = ev.render(msg.payload)
                 for th, token in list(feed.tokens.items()):
                     await self.sio.emit(f"{ev.name}-{token}", payload, to=room(ev.audience, th), namespace=NAMESPACE)
                 metrics.observe("vbgw_socketio_delivery_seconds", time.time() - msg.ts)

@@ -24,18 +24,25 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from gateway.web import live
-from gateway.web.ocp import _caller, _core, _users_param
-from gateway.web.routing import RouteTable
-from gateway.services.auth import token_hash
 from gateway.calls.bus import BusMessage, Subscription
-from gateway.services.users import Caller
 from gateway.calls.dialog import Dialog
+from gateway.calls.results import Status, VerificationResults
+from gateway.services.sessions import Caller
+from gateway.services.wiring import Services
+from gateway.web import live
+from gateway.web.appkeys import SERVICES
+from gateway.web.http_auth import caller
+from gateway.web.ocp import users_param
+from gateway.web.routing import RouteTable
 
 routes = RouteTable()
 HEARTBEAT_S = 15.0
 RETRY_MS = 3000
-Render = Callable[[dict], Any]
+Render = Callable[[Any], Any]
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
 
 
 def _last_event_id(request: web.Request) -> int:
@@ -47,14 +54,17 @@ class _Replay:
     """What a (re)connecting client is owed: the dialog's messages of the wanted kinds after
     `after`, and whether the bounded history may have dropped some of them."""
 
-    def __init__(self, request: web.Request, dialog: Dialog, kinds: set[str], after: int):
-        bus = _core(request).bus
-        full = bus.history(dialog.key)
+    def __init__(self, full: list[BusMessage], history_len: int, kinds: set[str], after: int):
         self.latest_seq = full[-1].seq if full else 0
         # Ids are per dialog: one above the newest is from an earlier dialog of that masterId.
         self.truncated = after > 0 and (after > self.latest_seq
-                                        or (len(full) >= bus._history_len and full[0].seq > after + 1))
+                                        or (len(full) >= history_len and full[0].seq > after + 1))
         self.messages = [m for m in full if m.seq > after and m.kind in kinds]
+
+    @classmethod
+    async def of(cls, request: web.Request, dialog: Dialog, kinds: set[str], after: int) -> "_Replay":
+        bus = _services(request).bus
+        return cls(await bus.history(dialog.key), bus.history_len, kinds, after)
 
 
 class _EventStream:
@@ -72,13 +82,13 @@ class _EventStream:
         self.expires_at = self._expiry(caller.session.last_used_ms)
 
     def _expiry(self, last_used_ms: int) -> float:
-        return last_used_ms / 1000 + _core(self.request).auth.idle_s
+        return last_used_ms / 1000 + _services(self.request).sessions.idle_s
 
     async def token_expired(self) -> bool:
         """The stream's token expired (auth.token_idle_s without a request: the open stream
         is no use of it) or its session is gone. The session is re-read, since another
         request may have used the token meanwhile."""
-        rec = await _core(self.request).store.get_session(token_hash(self.token))
+        rec = await _services(self.request).sessions.current(self.token)
         if rec is None:
             return True
         self.expires_at = self._expiry(rec.last_used_ms)
@@ -96,7 +106,7 @@ class _EventStream:
         self.last = max(self.last, seq)
 
     async def send_msg(self, msg: BusMessage) -> None:
-        await self.send(msg.seq, self.render[msg.kind](msg.data))
+        await self.send(msg.seq, self.render[msg.kind](msg.payload))
 
     async def pump(self, sub: Subscription, replay: list[BusMessage]) -> str:
         """Send `replay`, then live messages, until the call is over; return why it ended."""
@@ -120,16 +130,16 @@ class _EventStream:
                 continue
             if msg.seq <= self.last:
                 continue
-            if self.epoch is not None and msg.kind == "verification":
-                epoch = msg.data.get("epoch", 0)
+            if self.epoch is not None and isinstance(msg.payload, VerificationResults):
+                epoch = msg.payload.epoch
                 if epoch > self.epoch:
                     return "SUPERSEDED"
                 if epoch < self.epoch:
                     continue
             if msg.kind in self.render:
                 await self.send_msg(msg)
-            if msg.kind == "status" and live.call_over(msg.data["status"], self.dialog):
-                return msg.data["status"]
+            if isinstance(msg.payload, Status) and live.call_over(msg.payload.status, self.dialog):
+                return msg.payload.status
 
     async def run(self, sub: Subscription, replay: list[BusMessage]) -> web.StreamResponse:
         try:
@@ -150,20 +160,21 @@ def _nothing_more(replay: _Replay, dialog: Dialog, after: int) -> bool:
 @routes.route("GET", "/dialog-status", summary="Call status as server-sent events", auth="session",
               content="text/event-stream", tags=("sse",), query={"token": "Session token"})
 async def dialog_status(request: web.Request) -> web.StreamResponse:
-    c = await _caller(request)
-    core = _core(request)
-    dialog = core.dialog_of(c, create=True)
+    c = await caller(request)
+    services = _services(request)
+    dialog = services.sessions.dialog_of(c, create=True)
+    assert dialog is not None
     after = _last_event_id(request)
-    replay = _Replay(request, dialog, {"status"}, after)
+    replay = await _Replay.of(request, dialog, {Status.kind}, after)
     if _nothing_more(replay, dialog, after):
         return web.Response(status=204)
-    sub = core.bus.subscribe(dialog.key)
-    stream = _EventStream(request, dialog, {"status": live.status_payload}, c)
+    sub = services.bus.subscribe(dialog.key)
+    stream = _EventStream(request, dialog, {Status.kind: live.status_payload}, c)
     await stream.open()
     messages = replay.messages
     if after == 0 or replay.truncated:
         # A fresh client (or one we cannot replay exactly) starts from the current status.
-        await stream.send(replay.latest_seq, live.status_payload(dialog.status_data))
+        await stream.send(replay.latest_seq, live.status_payload(dialog.status_message))
         messages = []
     return await stream.run(sub, messages)
 
@@ -173,18 +184,19 @@ async def dialog_status(request: web.Request) -> web.StreamResponse:
               auth="session", content="text/event-stream", tags=("sse",),
               query={"users": "User ids (1 to 5): users=a,b or users=a&users=b", "token": "Session token"})
 async def verification(request: web.Request) -> web.StreamResponse:
-    c = await _caller(request)
-    users = _users_param(request)
-    core = _core(request)
-    dialog = core.dialog_of(c, create=True)
+    c = await caller(request)
+    users = users_param(request)
+    services = _services(request)
+    dialog = services.sessions.dialog_of(c, create=True)
+    assert dialog is not None
     after = _last_event_id(request)
     running = dialog.verification
     if after > 0:
-        replay = _Replay(request, dialog, {"verification"}, after)
+        replay = await _Replay.of(request, dialog, {VerificationResults.kind}, after)
         if running is None or set(users) != set(running.users) or _nothing_more(replay, dialog, after):
             # A reconnection to a verification that a newer request replaced, or that is over.
             return web.Response(status=204)
-    sub = core.bus.subscribe(dialog.key)
+    sub = services.bus.subscribe(dialog.key)
     try:
         if after == 0:
             running, started = await dialog.request_verification(users)  # a new one publishes STARTING
@@ -192,8 +204,9 @@ async def verification(request: web.Request) -> web.StreamResponse:
         elif replay.truncated:
             messages = dialog.verification_snapshot()[-1:]
         else:
-            messages = [m for m in replay.messages if m.data.get("epoch") == running.epoch]
-        stream = _EventStream(request, dialog, {"verification": live.sse_verification}, c, running.epoch)
+            messages = [m for m in replay.messages
+                        if isinstance(m.payload, VerificationResults) and m.payload.epoch == running.epoch]
+        stream = _EventStream(request, dialog, {VerificationResults.kind: live.sse_verification}, c, running.epoch)
         await stream.open()
     except BaseException:
         sub.close()

@@ -6,8 +6,8 @@ import hmac
 from aiohttp import web
 
 from gateway.web.routing import RouteTable
-from gateway.web.appkeys import CORE, METRICS_TOKEN
-from gateway.services.auth import bearer
+from gateway.web.appkeys import METRICS_TOKEN, SERVICES
+from gateway.web.http_auth import bearer
 from gateway.errors import unauthorized
 
 routes = RouteTable()
@@ -21,7 +21,7 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.route("GET", "/readyz", summary="Readiness: models loaded and database reachable", auth="none",
               tags=("system",))
 async def readyz(request: web.Request) -> web.Response:
-    core = request.app[CORE]
+    core = request.app[SERVICES]
     checks = {"models": bool(core.engine.ready), "database": await core.store.ping()}
     ok = all(checks.values())
     return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503)
@@ -33,7 +33,7 @@ async def metrics(request: web.Request) -> web.Response:
     expected = request.app[METRICS_TOKEN]
     if not hmac.compare_digest((bearer(request) or "").encode(), expected.encode()):
         raise unauthorized("metrics need Authorization: Bearer <metrics token> (see <data_dir>/metrics.token)")
-    core = request.app[CORE]
+    core = request.app[SERVICES]
     text = core.metrics.render()
     pending = await core.sink.pending()
     text += f"# TYPE vbgw_events_outbox_pending gauge\nvbgw_events_outbox_pending {pending}\n"

@@ -5,13 +5,20 @@ aiohttp enforces `max_msg_size` (and UTF-8 in text frames, and the framing rules
 and closes the socket straight from `receive()` (1009, 1007, 1002), before the handler sees
 anything, so a client sending a 200 KB frame would get a bare close where one of 70 KB gets
 the protocol's documented error message. `report(close_code)` returns that message (or None);
-it is sent just before the close frame."""
+it is sent just before the close frame.
+
+`Wire` is how the connectors see such a socket (connectors.base.WireSocket): they never touch
+aiohttp."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import contextlib
+from typing import AsyncIterator, Callable
 
 from aiohttp import web
+
+from connectors.base import WireMessage
+from gateway.web.appkeys import OPEN_SOCKETS
 
 READ_ERROR_CLOSE_CODES = {1002: "the WebSocket framing is invalid", 1007: "a text message is not valid UTF-8",
                           1009: "a message exceeds the size limit"}
@@ -76,3 +83,47 @@ class ReportingWebSocket(web.WebSocketResponse):
         while not t.is_closing() and loop.time() < deadline:
             await asyncio.sleep(0.05)
         t.close()
+
+
+_CLOSE_TYPES = (web.WSMsgType.CLOSE, web.WSMsgType.CLOSING, web.WSMsgType.CLOSED)
+
+
+class Wire:
+    """An aiohttp WebSocket as the connectors' WireSocket (connectors/base.py): text, binary,
+    close and error messages; pings and pongs stay below it."""
+
+    def __init__(self, ws: web.WebSocketResponse):
+        self.ws = ws
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def receive(self, timeout: float | None = None) -> WireMessage:
+        while True:
+            msg = await self.ws.receive(timeout)
+            if msg.type == web.WSMsgType.TEXT:
+                return WireMessage("text", msg.data)
+            if msg.type == web.WSMsgType.BINARY:
+                return WireMessage("binary", msg.data)
+            if msg.type in _CLOSE_TYPES:
+                return WireMessage("close")
+            if msg.type == web.WSMsgType.ERROR:
+                return WireMessage("error", str(self.ws.exception()))
+
+    async def send_text(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        await self.ws.close(code=code, message=message)
+
+
+@contextlib.asynccontextmanager
+async def open_socket(app: web.Application, ws: web.WebSocketResponse) -> AsyncIterator[Wire]:
+    """A prepared WebSocket, counted among the app's open sockets while in use (the shutdown
+    closes those with 1001)."""
+    app[OPEN_SOCKETS].add(ws)
+    try:
+        yield Wire(ws)
+    finally:
+        app[OPEN_SOCKETS].discard(ws)

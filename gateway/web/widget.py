@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway.web import socketio as sio_api
-from gateway.web.ocp import _caller
+from gateway.web.http_auth import caller
 from gateway.web.routing import RouteTable, json_response
 from gateway.errors import ApiError
 
@@ -57,7 +57,7 @@ GONE_TEXT = {"TOKEN_EXPIRED": "This panel's session has expired.",
               tags=("widget",), query={"token": "Session token"})
 async def agent_page(request: web.Request) -> web.Response:
     try:
-        await _caller(request)
+        await caller(request)
     except ApiError as exc:
         if exc.status != 401:
             raise
@@ -71,7 +71,7 @@ async def agent_page(request: web.Request) -> web.Response:
 @routes.route("GET", "/agent/config", summary="What the agent widget needs: the profile's speech thresholds",
               auth="session", response=AgentConfig, tags=("widget",), query={"token": "Session token"})
 async def agent_config(request: web.Request) -> web.Response:
-    c = await _caller(request)
+    c = await caller(request)
     s = c.profile.settings
     return json_response(AgentConfig(
         dialog_id=c.session.master_id, profile=c.profile.name, enrol_min_speech_ms=s.enrol_min_speech_ms,

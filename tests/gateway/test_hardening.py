@@ -49,8 +49,8 @@ async def batch_enrol(gw: Gateway, user_id: str, wav: bytes, **biokeys: str):
 
 
 def core_of(gw: Gateway):
-    from gateway.web.appkeys import CORE
-    return gw.app[CORE]
+    from gateway.web.appkeys import SERVICES
+    return gw.app[SERVICES]
 
 
 # -- 1. uploads: a duration limit and bounded memory ----------------------------------------

@@ -59,7 +59,8 @@ def blocklist_args(ap: argparse.ArgumentParser) -> None:
 
 
 def blocklist_main(args) -> int:
-    from gateway.services.fraud import MATCH, blocklist_results
+    from gateway.services.blocklists import MATCH
+    from gateway.services.fraud import blocklist_results
     from gateway.store.base import Blocklist, BlocklistEntry
     fars = args.far or [0.0005, 0.001, 0.005, 0.01]
     eng = _engine(args)
@@ -84,7 +85,7 @@ def blocklist_main(args) -> int:
                     e = tst.get(t)
                     if e is None or e.speech_ms < 500:
                         continue          # NO_DATA: no check is made
-                    hit = blocklist_results(eng, e, [(bl, entries)], thr)[0]["label"] == MATCH
+                    hit = blocklist_results(eng, e, [(bl, entries)], thr)[0].label == MATCH
                     if s in listed:
                         c["listed_calls"] += 1
                         c["misses"] += int(not hit)

@@ -18,7 +18,8 @@ from gateway.cli.main import main
 
 
 def match_key(kind: str, data: dict) -> str:
-    """What identifies a message within its dialog, for the gateway and the bench clients alike."""
+    """What identifies a message within its dialog, for the gateway and the bench clients alike
+    (`data`: the message's JSON object, Result.to_dict())."""
     if kind == "status":
         return data["status"]
     if kind == "clean_speech":
@@ -31,14 +32,14 @@ def match_key(kind: str, data: dict) -> str:
 def install_tap(path: str) -> None:
     out = open(path, "a", buffering=1)       # line-buffered: nothing lost if the server is killed
     atexit.register(out.close)
-    publish = bus.ResultsBus.publish
+    publish = bus.LocalResultsBus.publish
 
-    def tapped(self, key, kind, data):
-        msg = publish(self, key, kind, data)
-        out.write(json.dumps([msg.ts, key[1], kind, match_key(kind, data)]) + "\n")
+    def tapped(self, key, payload):
+        msg = publish(self, key, payload)
+        out.write(json.dumps([msg.ts, key[1], payload.kind, match_key(payload.kind, payload.to_dict())]) + "\n")
         return msg
 
-    bus.ResultsBus.publish = tapped
+    bus.LocalResultsBus.publish = tapped
 
     # Event-loop lag (how late a 100 ms sleep wakes up), as ["_lag", seconds] lines.
     create_app = app_module.create_app

@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
 
     enc = load_encoder(cfg.encoder, cfg.model_dir, runtime="onnx", threads=args.threads)
     print(f"{enc.extractor_version} (front end included):")
-    _row(f"one stream", *_measure(lambda: enc.embed([one]), S, args.repeat))
+    _row("one stream", *_measure(lambda: enc.embed([one]), S, args.repeat))
     _row(f"batch of {B}", *_measure(lambda: enc.embed(many), S * B, args.repeat))
     if args.encoder == "campp":
         np_enc = load_encoder("campp", cfg.model_dir, runtime="numpy", threads=args.threads)
