@@ -565,7 +565,7 @@ async def serve(ws: WireSocket, session: AudioHookSession, opener: StreamOpener,
                 await asyncio.wait_for(bound.port.finish(), cfg.close_timeout_s)
         except asyncio.TimeoutError:
             slog.warning("audiohook_final_results_timeout", timeout_s=cfg.close_timeout_s)
-        except Exception:
+        except Exception:  # noqa: BLE001 - every path must end the session and its call
             slog.exception("audiohook_final_results_failed")
         await send(session.closed())
         closed_sent.set()
@@ -637,13 +637,13 @@ async def serve(ws: WireSocket, session: AudioHookSession, opener: StreamOpener,
                 await signal(err)
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception:  # noqa: BLE001 - every path must end the session and its call
         slog.exception("audiohook_session_failed")
         outcome = "SYSTEM_ERROR"
         bound.report(SYSTEM_ERROR, "INTERNAL")
         try:
             await send(session.disconnect("error", "Server error: internal error"))
-        except Exception:
+        except Exception:  # noqa: BLE001 - every path must end the session and its call
             pass
     finally:
         dog.cancel()
@@ -667,7 +667,7 @@ async def _cleanup(ws: WireSocket, session: AudioHookSession, opener: StreamOpen
         try:
             await finisher
             closed_sent = True
-        except Exception:
+        except Exception:  # noqa: BLE001 - every path must end the session and its call
             pass
     if outcome is None:
         if closed_sent:
@@ -680,17 +680,17 @@ async def _cleanup(ws: WireSocket, session: AudioHookSession, opener: StreamOpen
                 try:
                     if bound.port is not None:
                         await asyncio.wait_for(bound.port.finish(), cfg.close_timeout_s)
-                except Exception:
+                except Exception:  # noqa: BLE001 - every path must end the session and its call
                     slog.warning("audiohook_final_results_failed_after_drop")
     try:
         if not ws.closed:
             await ws.close()
-    except Exception:
+    except Exception:  # noqa: BLE001 - every path must end the session and its call
         pass
     try:
         if bound.port is not None:
             await bound.port.end(call_end_reason(outcome))
-    except Exception:
+    except Exception:  # noqa: BLE001 - every path must end the session and its call
         slog.exception("audiohook_end_failed")
     opener.ended(outcome)
     slog.info("audiohook_session_ended", outcome=outcome, audio_bytes=session.audio_bytes,

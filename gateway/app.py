@@ -72,7 +72,7 @@ async def error_middleware(request: web.Request, handler):
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, f"HTTP_{exc.status}")
         err = ApiError(exc.status, code, exc.reason,
                        headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"} or None)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - anything else is a server fault, answered 500
         err = client_error(exc, request.app[SETTINGS].server.max_body_bytes) or internal_error(request, exc)
     request.app[SERVICES].metrics.inc("vbgw_errors_total", code=err.code)
     prepared = request.get(PREPARED)

@@ -152,7 +152,7 @@ class Dialog:
         self.log = log.bind(dialog_id=dialog_id)
         self._tasks: set[asyncio.Future] = set()
         self.engine_session = services.engine.open_session(dialog_id, limits_for(profile), self._on_engine_event)
-        self.fraud = services.fraud.open()         # fraud signals (gateway/services/fraud.py)
+        self.fraud: Any = services.fraud.open()    # fraud signals (gateway/services/fraud.py)
         self.publish_status(CALL_OPENED)
 
     # -- ownership ---------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class SpeakerChanged(_Message):
 
 
 Result = Union[Status, CleanSpeech, VerificationResults, TtsVerdict, BlocklistResults, SpeakerChanged]
-RESULT_TYPES: dict[str, type] = {t.kind: t for t in (Status, CleanSpeech, VerificationResults, TtsVerdict,
+RESULT_TYPES: dict[str, Any] = {t.kind: t for t in (Status, CleanSpeech, VerificationResults, TtsVerdict,
                                                        BlocklistResults, SpeakerChanged)}
 
 

@@ -480,7 +480,7 @@ class OutboxSink(EventSink):
                 await self._sleep(delay)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # e.g. sqlite trouble: never let the task die
+            except Exception as exc:  # noqa: BLE001 - e.g. sqlite trouble: never let the task die
                 consecutive_errors += 1
                 log.error(f"events.{self.kind}.loop_error", error=type(exc).__name__)
                 await self._sleep(self._backoff(consecutive_errors))
@@ -634,7 +634,7 @@ class NatsSink(OutboxSink):
                 timeout=self.cfg.timeout_s, stream=self.cfg.nats_stream,
                 headers={"Nats-Msg-Id": delivery_id, "VBGW-Event": message_type},
             )
-        except Exception as exc:  # nats-py raises its own types for every failure; all mean "not stored"
+        except Exception as exc:  # noqa: BLE001 - nats-py raises its own types for every failure; all mean "not stored"
             log.warning("events.nats.publish_error", delivery_id=delivery_id, error=type(exc).__name__)
             return False, None
         return ack.stream == self.cfg.nats_stream, None
@@ -690,7 +690,7 @@ class RedisStreamSink(OutboxSink):
             await self._script(keys=[stream, f"{stream}:seen:{delivery_id}"],
                                args=[self.cfg.redis_dedup_ttl_s, self.cfg.redis_maxlen, delivery_id,
                                      message_type, body])
-        except Exception as exc:  # redis-py's ConnectionError/TimeoutError and server errors
+        except Exception as exc:  # noqa: BLE001 - redis-py's ConnectionError/TimeoutError and server errors
             log.warning("events.redis.xadd_error", delivery_id=delivery_id, error=type(exc).__name__)
             return False, None
         return True, None

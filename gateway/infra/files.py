@@ -83,7 +83,7 @@ def tighten_tree(root: Path | str) -> int:
     if not root.exists():
         return 0
     changed = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for name, mode in [(dirpath, DIR_MODE)] + [(os.path.join(dirpath, f), FILE_MODE) for f in filenames]:
             try:
                 st = os.lstat(name)

@@ -55,7 +55,7 @@ class Metrics:
         for name, fn in sorted(self.gauges.items()):
             try:
                 value = fn()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failing gauge is left out of the page
                 continue
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {value:g}")

@@ -102,7 +102,7 @@ def _check_wav_header(data: bytes) -> None:
     import soundfile as sf
     try:
         info = sf.info(io.BytesIO(data))
-    except Exception as exc:  # libsndfile raises RuntimeError/LibsndfileError for junk
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises RuntimeError/LibsndfileError for junk
         raise ApiError(415, "BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}") from None
     if info.format != "WAV":
         raise ApiError(415, "BAD_AUDIO", f"expected a WAV file, got {info.format}")

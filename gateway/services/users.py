@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 import structlog
@@ -88,7 +88,7 @@ class Users:
     async def user(self, c: Caller, user_id: str) -> User | None:
         return await self.store.get_user(c.profile.id, user_id)
 
-    async def search(self, profile: Profile, biokeys: list[BiokeyLike]) -> list[User]:
+    async def search(self, profile: Profile, biokeys: Sequence[BiokeyLike]) -> list[User]:
         pairs: list[tuple[str, str]] = []
         users_by_id: list[str] = []
         for bk in biokeys:
@@ -103,7 +103,7 @@ class Users:
             found = [u for u in found if u.user_id in users_by_id] if pairs else direct
         return found
 
-    def _enrol_biokeys(self, c: Caller, biokeys: list[BiokeyLike], user_id: str | None) -> tuple[str, list[StoredBiokey]]:
+    def _enrol_biokeys(self, c: Caller, biokeys: Sequence[BiokeyLike], user_id: str | None) -> tuple[str, list[StoredBiokey]]:
         uid_key = next(b.key for b in c.profile.settings.biokeys if b.is_user_id)
         flagged = [b.value for b in biokeys if b.is_user_id or b.key == uid_key]
         if user_id is None and not flagged:
@@ -126,7 +126,7 @@ class Users:
         stored.append(StoredBiokey(uid_key, uid, False))
         return uid, stored
 
-    async def enrol_from_dialog(self, c: Caller, biokeys: list[BiokeyLike], user_id: str | None,
+    async def enrol_from_dialog(self, c: Caller, biokeys: Sequence[BiokeyLike], user_id: str | None,
                                 opt_in: bool) -> tuple[User, int]:
         uid, stored = self._enrol_biokeys(c, biokeys, user_id)
         dialog = self.sessions.dialog_of(c)

@@ -4,7 +4,7 @@ call's biokeys (AudioHook from the ANI, NICE from its script parameters)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
@@ -116,7 +116,7 @@ class Verifier:
         return best
 
     # -- automatic verification ----------------------------------------------------------------
-    async def start_automatic(self, dialog: "Dialog", users: list[str], biokeys: "list[BiokeyLike]",
+    async def start_automatic(self, dialog: "Dialog", users: list[str], biokeys: "Sequence[BiokeyLike]",
                               search: "Users") -> list[str]:
         """A connector's automatic verification (AudioHook from customConfig or the caller's ANI;
         NICE from its script parameters): `users` as named, else the ENROLLED users the biokeys

@@ -75,7 +75,7 @@ async def watch_keys(keys: DataKeys, every_s: float) -> None:
         await asyncio.sleep(every_s)
         try:
             changed = await asyncio.to_thread(keys.reload)
-        except Exception as exc:    # never let the watcher die; the next round tries again
+        except Exception as exc:  # noqa: BLE001 - never let the watcher die; the next round tries again
             log.error("data_keys_reload_failed", error=type(exc).__name__)
             continue
         if changed:

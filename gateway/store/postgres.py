@@ -88,7 +88,7 @@ def _terminate(conn) -> None:
     """Close a pooled connection at once (already gone or detached from the pool: nothing to do)."""
     try:
         conn.terminate()
-    except Exception:
+    except Exception:  # noqa: BLE001 - the driver raises many types; all mean the connection is in doubt
         pass
 
 
@@ -177,7 +177,7 @@ class PostgresRepository(Repository):
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
-            except (asyncio.TimeoutError, Exception):
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - the driver raises many types; all mean the connection is in doubt
                 pool.terminate()
 
     async def ping(self) -> bool:
@@ -187,7 +187,7 @@ class PostgresRepository(Repository):
         try:
             async with pool.acquire(timeout=2) as conn:
                 return await conn.fetchval("SELECT 1", timeout=2) == 1
-        except Exception:
+        except Exception:  # noqa: BLE001 - the driver raises many types; all mean the connection is in doubt
             return False
 
     async def _tx(self, fn: Callable[[Any], Awaitable[Any]], idempotent: bool = False) -> Any:
@@ -216,7 +216,7 @@ class PostgresRepository(Repository):
                         else:
                             try:
                                 await tr.rollback()
-                            except Exception:  # the connection broke: the server rolled back
+                            except Exception:  # noqa: BLE001 - the connection broke: the server rolled back
                                 _terminate(conn)
                         raise
             except Exception as exc:

@@ -103,7 +103,7 @@ class SqliteRepository(Repository):
     async def ping(self) -> bool:
         try:
             return await self._run(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means not ready (/readyz)
             return False
 
     @property

@@ -165,7 +165,7 @@ def _with_envelope(fn, action: str):
             return await fn(request)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure gets the envelope
             err = client_error(exc, request.app[SETTINGS].server.max_body_bytes)
             if err is None:
                 err = internal_error(request, exc)
