@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test models install bench clean test-container
+.PHONY: run test test-fast lint models install clean test-container
 
 $(STAMP): pyproject.toml
 	@echo "==> make: creating the virtual environment $(VENV) with $(PYTHON)"
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@echo "==> make: upgrading pip"
 	$(BIN)/pip install --quiet --upgrade pip
 	@echo "==> make: installing vbgw and its dependencies from PyPI (about a minute the first time)"
-	$(BIN)/pip install --progress-bar off -e '.[test]'
+	$(BIN)/pip install --progress-bar off -e '.[test,tools,lint]'
 	touch $(STAMP)
 	@echo "==> make: installed; .venv/bin/vbgw is the command line"
 
@@ -29,6 +29,18 @@ run: models
 test: models
 	@echo "==> make: running the test suite"
 	$(BIN)/python -m pytest -q -ra
+
+# The unit tier: no models, no gateway, no server or service, under a minute (tests marked e2e
+# by tests/conftest.py are left out).
+test-fast: install
+	@echo "==> make: running the unit tests (no models, no servers)"
+	$(BIN)/python -m pytest -q -ra -m "not e2e"
+
+# ruff (style and bug patterns) and mypy (types), both clean; levels in pyproject.toml.
+lint: install
+	@echo "==> make: ruff and mypy"
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Slow, opt-in: builds the Dockerfile's image with podman (on a local debootstrap base) and makes a
 # call against it (tests/container/test_image.py). Needs root and Debian's podman, runc, debootstrap.

@@ -1,9 +1,11 @@
 """Genesys Cloud AudioHook Monitor (protocol version 2), server side.
 
 `AudioHookSession` is the pure protocol state machine: JSON text messages and binary audio in,
-server messages and normalised `Frame`s out. `serve()` is the socket loop that runs it against a
-`SessionHandler` (the gateway's binding to a dialog). Nothing here imports the engine or a
-surface. Protocol notes: docs/genesys-audiohook.md and the protocol brief.
+server messages and normalised `Frame`s out. `serve()` is the socket loop that runs it: on `open`
+it asks the gateway's `StreamOpener` to attach the session to its call, and from then on drives
+the call through the `StreamPort` it got (connectors/base.py, the one stream contract). Nothing
+here imports aiohttp, the engine or a surface. Protocol notes: docs/genesys-audiohook.md and the
+protocol brief.
 
 States: PREPARING -> (open/opened) ACTIVE <-> PAUSED -> (close) CLOSING -> (closed) CLOSED.
 A protocol violation sends `disconnect {reason: error}` and moves to ERROR: further audio is
@@ -19,14 +21,13 @@ from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import structlog
-from aiohttp import WSMsgType, web
 from pydantic import (
     BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, field_validator,
 )
 
 
 from connectors import safejson
-from connectors.base import SAMPLE_RATE, Channel, ConnectorError, Frame
+from connectors.base import SAMPLE_RATE, Channel, ConnectorError, Frame, StreamPort, WireSocket
 from connectors.codecs import decode
 
 log = structlog.get_logger(__name__)
@@ -503,40 +504,50 @@ def is_uuid(text: str | None) -> bool:
 
 # -- the socket loop ----------------------------------------------------------------------------
 
-class SessionHandler(Protocol):
+class StreamOpener(Protocol):
     """The gateway's side of one session."""
 
-    dialog_id: str
+    async def attach(self, req: OpenRequest) -> StreamPort:
+        """Attach the session to its call (fast: `opened` waits for it). Raise AudioHookError to
+        refuse (the call is busy, ...)."""
 
-    async def open(self, req: OpenRequest) -> None:
-        """Bind the session (fast: `opened` waits for it). Raise AudioHookError to refuse."""
-
-    def push(self, frame: Frame) -> None: ...
-
-    def status(self, status: str, **extra: Any) -> None: ...
-
-    def event(self, ev: ClientEvent) -> None: ...
-
-    async def finish(self, reason: str) -> None:
-        """Compute final results; `serve` bounds it by close_timeout_s."""
-
-    async def end(self, outcome: str) -> None:
-        """Always called once, last: "completed", "disconnected" or an error code."""
+    def ended(self, outcome: str) -> None:
+        """The session is over (always called once, last, attached or not): "completed",
+        "disconnected" or an error code."""
 
 
-async def serve(ws: web.WebSocketResponse, session: AudioHookSession, handler: SessionHandler,
+class _Binding:
+    """The session's port once attached (None before `open`, and for a probe)."""
+
+    def __init__(self) -> None:
+        self.port: StreamPort | None = None
+
+    def report(self, status: str, reason: str) -> None:
+        if self.port is not None:
+            self.port.report(status, reason)
+
+
+def call_end_reason(outcome: str) -> str:
+    """How a session's outcome ends its call: a protocol error was reported as its own status
+    (ERR_CODE_xx) already, so the call itself ends as disconnected; a server fault is a
+    SYSTEM_ERROR."""
+    return outcome if outcome in ("completed", "disconnected", SYSTEM_ERROR) else "disconnected"
+
+
+async def serve(ws: WireSocket, session: AudioHookSession, opener: StreamOpener,
                 cfg: AudioHookConfig) -> str:
     """Run one AudioHook session until the socket closes. Returns the outcome. Never raises for
-    peer misbehaviour; every path ends in `handler.end()`."""
+    peer misbehaviour; every path ends in the port's `end()` and `opener.ended()`."""
     slog = log.bind(session_id=session.session_id)
     outcome: str | None = None           # set once the session ends or an error is signalled
     closed_sent = asyncio.Event()
     finisher: asyncio.Task | None = None
     started = time.monotonic()
+    bound = _Binding()
 
     async def send(text: str | None) -> None:
         if text is not None and not ws.closed:
-            await ws.send_str(text)
+            await ws.send_text(text)
 
     async def signal(err: AudioHookError) -> None:
         nonlocal outcome
@@ -545,15 +556,16 @@ async def serve(ws: web.WebSocketResponse, session: AudioHookSession, handler: S
         outcome = err.code
         slog.info("audiohook_disconnect", code=err.code, reason=err.reason, status=err.status,
                   conversation_id=session.conversation_id)
-        handler.status(err.status, reason=err.code)
+        bound.report(err.status, err.code)
         await send(session.disconnect(err.reason, err.message))
 
-    async def finish_and_close(reason: str) -> None:
+    async def finish_and_close() -> None:
         try:
-            await asyncio.wait_for(handler.finish(reason), cfg.close_timeout_s)
+            if bound.port is not None:
+                await asyncio.wait_for(bound.port.finish(), cfg.close_timeout_s)
         except asyncio.TimeoutError:
             slog.warning("audiohook_final_results_timeout", timeout_s=cfg.close_timeout_s)
-        except Exception:
+        except Exception:  # noqa: BLE001 - every path must end the session and its call
             slog.exception("audiohook_final_results_failed")
         await send(session.closed())
         closed_sent.set()
@@ -579,23 +591,29 @@ async def serve(ws: web.WebSocketResponse, session: AudioHookSession, handler: S
 
     dog = asyncio.create_task(watchdog())
     try:
-        async for msg in ws:
+        while True:
+            msg = await ws.receive()
+            if msg.kind == "close":
+                break
             try:
-                if msg.type == WSMsgType.BINARY:
-                    for frame in session.on_audio(msg.data, handler.dialog_id):
-                        handler.push(frame)
+                if msg.kind == "binary":
+                    assert isinstance(msg.data, bytes)
+                    frames = session.on_audio(msg.data, bound.port.dialog_id if bound.port else "")
+                    if bound.port is not None:
+                        for frame in frames:
+                            bound.port.push(frame)
                     continue
-                if msg.type != WSMsgType.TEXT:
-                    if msg.type == WSMsgType.ERROR:
-                        slog.info("audiohook_socket_error", error=str(ws.exception()))
+                if msg.kind == "error":
+                    slog.info("audiohook_socket_error", error=str(msg.data))
                     continue
+                assert isinstance(msg.data, str)
                 out = session.on_text(msg.data)
                 for r in out.replies:                    # pong: sent before anything else happens
                     await send(r)
                 ev = out.event
                 if isinstance(ev, OpenRequest):
                     if not ev.probe:
-                        await handler.open(ev)
+                        bound.port = await opener.attach(ev)
                     else:
                         slog.info("audiohook_connection_probe")
                     if ev.problem is not None:
@@ -607,31 +625,31 @@ async def serve(ws: web.WebSocketResponse, session: AudioHookSession, handler: S
                                       media=ev.media.model_dump() if ev.media else None)
                 elif isinstance(ev, CloseRequest):
                     if ev.reason == "error":
-                        handler.status(ERR_CLIENT, reason="CLIENT_CLOSED_WITH_ERROR")
-                    finisher = asyncio.create_task(finish_and_close(ev.reason))
+                        bound.report(ERR_CLIENT, "CLIENT_CLOSED_WITH_ERROR")
+                    finisher = asyncio.create_task(finish_and_close())
                 elif isinstance(ev, ClientEvent):
                     if ev.type == "error":
                         p = ev.params
                         slog.warning("audiohook_client_error", code=p.code, message=p.message[:300])
-                        handler.status(ERR_CLIENT, reason=f"CLIENT_ERROR_{p.code}")
-                    handler.event(ev)
+                        bound.report(ERR_CLIENT, f"CLIENT_ERROR_{p.code}")
+                    slog.info("audiohook_" + ev.type, position_s=round(ev.position / SAMPLE_RATE, 3))
             except AudioHookError as err:
                 await signal(err)
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception:  # noqa: BLE001 - every path must end the session and its call
         slog.exception("audiohook_session_failed")
         outcome = "SYSTEM_ERROR"
-        handler.status(SYSTEM_ERROR, reason="INTERNAL")
+        bound.report(SYSTEM_ERROR, "INTERNAL")
         try:
             await send(session.disconnect("error", "Server error: internal error"))
-        except Exception:
+        except Exception:  # noqa: BLE001 - every path must end the session and its call
             pass
     finally:
         dog.cancel()
         # aiohttp cancels the handler once the peer has gone; the cleanup (final results, the
         # dialog's end) must run to completion anyway, so it runs in its own task.
-        cleanup = asyncio.ensure_future(_cleanup(ws, session, handler, cfg, outcome, finisher,
+        cleanup = asyncio.ensure_future(_cleanup(ws, session, opener, bound, cfg, outcome, finisher,
                                                  closed_sent.is_set(), slog))
         _CLEANUPS.add(cleanup)
         cleanup.add_done_callback(_CLEANUPS.discard)
@@ -642,14 +660,14 @@ async def serve(ws: web.WebSocketResponse, session: AudioHookSession, handler: S
 _CLEANUPS: set[asyncio.Task] = set()
 
 
-async def _cleanup(ws: web.WebSocketResponse, session: AudioHookSession, handler: SessionHandler,
+async def _cleanup(ws: WireSocket, session: AudioHookSession, opener: StreamOpener, bound: _Binding,
                    cfg: AudioHookConfig, outcome: str | None, finisher: asyncio.Task | None, closed_sent: bool,
                    slog) -> str:
     if finisher is not None:
         try:
             await finisher
             closed_sent = True
-        except Exception:
+        except Exception:  # noqa: BLE001 - every path must end the session and its call
             pass
     if outcome is None:
         if closed_sent:
@@ -658,20 +676,23 @@ async def _cleanup(ws: web.WebSocketResponse, session: AudioHookSession, handler
             outcome = "disconnected"
             if session.opened_at is not None and not session.probe:
                 # An abrupt drop is cleaned up like a close: final results, then the end.
-                handler.status(ERR_DROPPED, reason="SOCKET_DROPPED")
+                bound.report(ERR_DROPPED, "SOCKET_DROPPED")
                 try:
-                    await asyncio.wait_for(handler.finish("dropped"), cfg.close_timeout_s)
-                except Exception:
+                    if bound.port is not None:
+                        await asyncio.wait_for(bound.port.finish(), cfg.close_timeout_s)
+                except Exception:  # noqa: BLE001 - every path must end the session and its call
                     slog.warning("audiohook_final_results_failed_after_drop")
     try:
         if not ws.closed:
             await ws.close()
-    except Exception:
+    except Exception:  # noqa: BLE001 - every path must end the session and its call
         pass
     try:
-        await handler.end(outcome)
-    except Exception:
+        if bound.port is not None:
+            await bound.port.end(call_end_reason(outcome))
+    except Exception:  # noqa: BLE001 - every path must end the session and its call
         slog.exception("audiohook_end_failed")
+    opener.ended(outcome)
     slog.info("audiohook_session_ended", outcome=outcome, audio_bytes=session.audio_bytes,
               pongs=session.pong_count, position_drift_max=session.position_drift_max)
     return outcome

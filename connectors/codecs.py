@@ -103,7 +103,7 @@ def _open_wav(data: bytes):
     import soundfile as sf
     try:
         f = sf.SoundFile(io.BytesIO(data))
-    except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError for junk
+    except Exception as exc:  # noqa: BLE001 - soundfile raises RuntimeError/LibsndfileError for junk
         raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {exc}", 1003) from None
     if f.format != "WAV":
         f.close()
@@ -157,7 +157,7 @@ def read_wav(data: bytes) -> tuple[np.ndarray, int]:
             rate = f.samplerate
     except ConnectorError:
         raise
-    except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError for junk
+    except Exception as exc:  # noqa: BLE001 - soundfile raises RuntimeError/LibsndfileError for junk
         raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}", 1003) from None
     return np.ascontiguousarray(audio[:, 0]), rate
 

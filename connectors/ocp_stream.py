@@ -13,11 +13,10 @@ import json
 from typing import Callable, Literal
 
 import structlog
-from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors import safejson
-from connectors.base import ConnectorError, DialogPort, Frame
+from connectors.base import ConnectorError, Frame, StreamPort, WireSocket
 from connectors.codecs import SUPPORTED_RATES, StreamResampler, decode
 
 log = structlog.get_logger(__name__)
@@ -109,14 +108,14 @@ def error_text(code: str, message: str) -> str:
     return json.dumps({"error": {"code": code, "message": message}})
 
 
-async def send_error(ws: web.WebSocketResponse, err: ConnectorError) -> None:
+async def send_error(ws: WireSocket, err: ConnectorError) -> None:
     if not ws.closed:
-        await ws.send_str(error_text(err.code, err.message))
+        await ws.send_text(error_text(err.code, err.message))
         await ws.close(code=err.close_code, message=err.code.encode()[:120])
 
 
 def read_error_text(max_frame_bytes: int) -> Callable[[int], str | None]:
-    """For connectors.websocket.ReportingWebSocket: the documented error for a frame that
+    """For gateway.web.websocket.ReportingWebSocket: the documented error for a frame that
     aiohttp's reader refused (too big for max_msg_size, text not UTF-8), like the decoder's."""
     def report(close_code: int) -> str | None:
         if close_code == CLOSE_TOO_BIG:
@@ -127,10 +126,7 @@ def read_error_text(max_frame_bytes: int) -> Callable[[int], str | None]:
     return report
 
 
-_END = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-
-
-async def serve(ws: web.WebSocketResponse, port: DialogPort, max_frame_bytes: int,
+async def serve(ws: WireSocket, port: StreamPort, max_frame_bytes: int,
                 first_message_timeout_s: float | None = None) -> str:
     """Run one stream until it ends. Returns the end reason ("completed", "disconnected",
     or an error code). Never raises for peer misbehaviour; a socket that sends no
@@ -144,27 +140,22 @@ async def serve(ws: web.WebSocketResponse, port: DialogPort, max_frame_bytes: in
             except asyncio.TimeoutError:
                 raise ConnectorError("CONFIG_TIMEOUT", f"no RecognitionConfig within {first_message_timeout_s:g} s",
                                      CLOSE_POLICY) from None
-            if msg.type in _END:
+            if msg.kind == "close":
                 break
-            if msg.type == WSMsgType.TEXT:
-                out = decoder.on_message("text", msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                out = decoder.on_message("binary", msg.data)
-            elif msg.type == WSMsgType.ERROR:
+            if msg.kind == "error":
                 reason = "socket_error"
                 break
-            else:
-                continue
+            out = decoder.on_message(msg.kind, msg.data)
             if isinstance(out, Frame):
                 if len(out.samples):
                     port.push(out)
                     await port.wait_capacity()
             elif isinstance(out, RecognitionConfig):
-                await ws.send_str(json.dumps({"event": "session_started", "dialog_id": out.dialog_id,
+                await ws.send_text(json.dumps({"event": "session_started", "dialog_id": out.dialog_id,
                                               "encoding": out.encoding, "sample_rate": out.sample_rate}))
             elif out is None:
                 reason = "completed"
-                await ws.send_str(json.dumps({"event": "session_ended", "dialog_id": port.dialog_id}))
+                await ws.send_text(json.dumps({"event": "session_ended", "dialog_id": port.dialog_id}))
                 await ws.close(code=CLOSE_NORMAL)
                 break
     except ConnectorError as err:

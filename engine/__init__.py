@@ -1,14 +1,14 @@
 """vbgw scoring engine: VAD, speaker embeddings, calibrated scores (see docs/scoring.md)."""
 from .config import EngineConfig
-from .engine import Engine, EngineSession
+from .facade import Engine, EngineSession
 from .models import fetch_models, model_path
 from .types import (SAMPLE_RATE, AudioError, BandTargets, Channel, Embedding, EngineError,
-                    EngineStats, Milestone, ModelFileError, ModelInfo, Score, SessionEvent,
+                    EngineStats, Milestone, MilestoneKind, ModelFileError, ModelInfo, Score, SessionEvent,
                     SpeakerChange, SpeechLimits, SpeechProgress)
 
 __all__ = [
     "Engine", "EngineConfig", "EngineSession", "fetch_models", "model_path", "SAMPLE_RATE",
     "AudioError", "BandTargets", "Channel", "Embedding", "EngineError", "EngineStats",
-    "Milestone", "ModelFileError", "ModelInfo", "Score", "SessionEvent", "SpeakerChange",
+    "Milestone", "MilestoneKind", "ModelFileError", "ModelInfo", "Score", "SessionEvent", "SpeakerChange",
     "SpeechLimits", "SpeechProgress",
 ]

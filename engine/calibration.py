@@ -1,7 +1,7 @@
 """Score calibration: cosine -> llr = a * cosine + b, and llr thresholds for error targets.
 
 The parameters come from `engine/data/calibration-<encoder>.json`, written by
-`python -m engine.calibrate`. Besides (a, b) the file stores the tails of the target and
+`python -m tools.calibrate`. Besides (a, b) the file stores the tails of the target and
 non-target llr distributions measured on the dev protocols, so a target false-accept rate
 (FAR) or false-reject rate (FRR) can be turned into an llr threshold (see docs/scoring.md).
 """

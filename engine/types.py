@@ -6,6 +6,7 @@ voiceprints. It knows nothing of HTTP, tokens, tenants or storage.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -113,12 +114,19 @@ class SpeechProgress:
     speech_ms: int
 
 
+class MilestoneKind(enum.StrEnum):
+    """The speech milestones of a call: EARLY (a first score at early_ms of speech), NORMAL (at
+    verify_ms, then refined every refine_ms). A str: results and metrics carry the name."""
+    EARLY = "EARLY"
+    NORMAL = "NORMAL"
+
+
 @dataclass(frozen=True)
 class Milestone:
     """Emitted when customer speech reaches early_ms, verify_ms, then every refine_ms."""
 
     dialog_id: str
-    kind: Literal["EARLY", "NORMAL"]
+    kind: MilestoneKind
     embedding: Embedding
     speaker_change: SpeakerChange
     delayed: bool = False    # computed late because the worker was overloaded

@@ -16,25 +16,26 @@ import structlog
 from aiohttp import web
 
 from engine import Engine
-from gateway import limits
-from gateway.api import aculab, audiohook, blocklists, docs, ocp, sse, system, widget
-from gateway.api import socketio as socketio_api
-from gateway.appkeys import CORE, METRICS_TOKEN, OPEN_SOCKETS, SETTINGS
-from gateway.auth import Keyring, load_or_create_secret
-from gateway.config import Settings
-from gateway.core import Core
-from gateway.errors import ApiError, client_error, internal_error
-from gateway.events import build_sink
-from gateway.files import private_dir
-from gateway.metrics import Metrics
-from gateway.openapi import build_openapi
+from gateway.web import limits
+from gateway.errors import ApiError
+from gateway.events.sinks import build_sink
+from gateway.infra.config import Settings
+from gateway.infra.files import private_dir
+from gateway.infra.metrics import Metrics
+from gateway.services.auth import Keyring, load_or_create_secret
+from gateway.services.wiring import Services, wire
+from gateway.web import aculab, audiohook, blocklists, docs, ocp, sse, stream, system, widget
+from gateway.web import socketio as socketio_api
+from gateway.web.appkeys import METRICS_TOKEN, OPEN_SOCKETS, SERVICES, SETTINGS
+from gateway.web.errors import client_error, error_response, internal_error
+from gateway.web.openapi import build_openapi
 from gateway.store.base import StoreUnavailable
 from gateway.store.factory import build_repository, keep_opening, load_data_keys, watch_keys
 from gateway.store.keys import KeyUnavailable
 
 log = structlog.get_logger(__name__)
-ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes, blocklists.routes,
-                aculab.routes, docs.routes)
+ROUTE_TABLES = (ocp.routes, stream.routes, sse.routes, system.routes, audiohook.routes, widget.routes,
+                blocklists.routes, aculab.routes, docs.routes)
 
 
 def sw_version() -> str:
@@ -71,15 +72,15 @@ async def error_middleware(request: web.Request, handler):
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, f"HTTP_{exc.status}")
         err = ApiError(exc.status, code, exc.reason,
                        headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"} or None)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - anything else is a server fault, answered 500
         err = client_error(exc, request.app[SETTINGS].server.max_body_bytes) or internal_error(request, exc)
-    request.app[CORE].metrics.inc("vbgw_errors_total", code=err.code)
+    request.app[SERVICES].metrics.inc("vbgw_errors_total", code=err.code)
     prepared = request.get(PREPARED)
     if prepared is not None:
         if isinstance(prepared, web.WebSocketResponse) and not prepared.closed:
             await prepared.close(code=1011 if err.status >= 500 else 1008, message=err.code.encode()[:120])
         return prepared
-    return err.response()
+    return error_response(err)
 
 
 def load_metrics_token(data_dir: Path) -> str:
@@ -115,13 +116,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         await sink.start()
         keyring = Keyring(load_or_create_secret(settings.data_dir, settings.auth.hash_secret.get_secret_value()))
         metrics = Metrics()
-        core = Core(settings, store, eng, sink, keyring, metrics)
-        metrics.gauge("vbgw_live_dialogs", core.dialogs.live)
-        metrics.gauge("vbgw_dialogs", lambda: len(core.dialogs))
+        services = wire(settings, store, eng, sink, keyring, metrics)
+        metrics.gauge("vbgw_live_dialogs", services.dialogs.live)
+        metrics.gauge("vbgw_dialogs", lambda: len(services.dialogs))
         metrics.gauge("vbgw_engine_queue_depth", lambda: eng.stats().queue_depth)
         metrics.gauge("vbgw_engine_overloaded", lambda: int(eng.stats().overloaded))
         metrics.gauge("vbgw_engine_dropped_audio_seconds", lambda: eng.stats().extra.get("dropped_audio_s", 0.0))
-        metrics.gauge("vbgw_bus_subscribers", core.bus.subscriber_count)
+        metrics.gauge("vbgw_bus_subscribers", services.bus.subscriber_count)
         background = [asyncio.create_task(watch_keys(keys, settings.encryption.reload_s), name="vbgw-keys")]
         try:
             await store.open()
@@ -132,17 +133,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             log.error("database_unreachable", error=str(exc), retrying=True,
                       max_retry_interval_s=settings.storage.reconnect_max_s)
             background.append(asyncio.create_task(
-                keep_opening(store, lambda: store_ready(core), settings.storage.reconnect_max_s), name="vbgw-db-open"))
+                keep_opening(store, lambda: store_ready(services), settings.storage.reconnect_max_s), name="vbgw-db-open"))
         else:
-            await store_ready(core)
-        app[CORE] = core
-        core.dialogs.start()
+            await store_ready(services)
+        app[SERVICES] = services
+        services.dialogs.start()
         log.info("gateway_started", model=eng.info.model, extractor=eng.info.extractor_version)
         yield
         for ws in list(app[OPEN_SOCKETS]):
             await ws.close(code=1001, message=b"server shutting down")
-        await core.dialogs.close()
-        await core.fraud.close()
+        await services.dialogs.close()
+        await services.fraud.close()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -159,24 +160,24 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     return app
 
 
-async def store_ready(core: Core) -> None:
+async def store_ready(services: Services) -> None:
     """Start-up checks once the store is open: voiceprints of another model need re-enrolment;
     sensitive biokeys hashed under another auth.hash_secret, and records not sealed under the
     active data key, are reported with the command that fixes them (docs/security.md)."""
-    store, eng = core.store, core.engine
+    store, eng = services.store, services.engine
     for p in await store.list_profiles():
         n = await store.mark_re_enroll(p.id, eng.info.model, eng.info.extractor_version)
         if n:
             log.warning("users_need_re_enrolment", profile_id=p.id, users=n)
-    await core.reconcile_files()       # kept audio vs rows after a crash; owner-only modes
+    await services.users.reconcile_files()       # kept audio vs rows after a crash; owner-only modes
     usage = await store.hash_key_usage()
     if any(u.key_id is None for u in usage):
         # Hashes from before key ids were kept: assume today's secret made them (it is the one
         # they were made with unless the secret was changed before this upgrade).
-        await store.stamp_legacy_hashes(core.keyring.key_id)
-    other = [u for u in usage if u.key_id not in (None, core.keyring.key_id)]
+        await store.stamp_legacy_hashes(services.keyring.key_id)
+    other = [u for u in usage if u.key_id not in (None, services.keyring.key_id)]
     if other:
-        log.warning("biokey_hashes_under_another_secret", hash_key_id=core.keyring.key_id,
+        log.warning("biokey_hashes_under_another_secret", hash_key_id=services.keyring.key_id,
                     other_key_ids=[u.key_id for u in other], rows=sum(u.rows for u in other),
                     rekeyable=sum(u.rekeyable for u in other),
                     fix="vbgw admin rekey-biokeys (searches by these biokeys find nobody until then)")
@@ -199,7 +200,7 @@ async def start_site(app: web.Application, settings: Settings, port: int | None 
                      sock: socket.socket | None = None) -> tuple[web.AppRunner, web.BaseSite, limits.ConnectionGuard]:
     """Run `app` on `sock` (already bound: `vbgw serve` binds before it starts the app) or on
     server.host and `port` (default server.port), with the connection-level limits of
-    gateway.limits attached to the listening server."""
+    gateway.web.limits attached to the listening server."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     s = settings.server
@@ -227,7 +228,7 @@ async def _serve(settings: Settings) -> None:
     The data dir is checked and the socket bound before the app starts (gateway_started),
     and `listening` is logged once it serves: a gateway that cannot start says why
     (StartupError) without having claimed to run."""
-    from gateway.startup import bind_socket, check_data_dir
+    from gateway.infra.startup import bind_socket, check_data_dir
     check_data_dir(settings)
     tls = ssl_context(settings)
     sock = bind_socket(settings.server.host, settings.server.port)
@@ -246,9 +247,9 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        log.info("shutdown_started", open_streams=app[CORE].dialogs.live())
+        log.info("shutdown_started", open_streams=app[SERVICES].dialogs.live())
         await site.stop()
-        await app[CORE].dialogs.wait_streams_done(settings.server.shutdown_grace_s)
+        await app[SERVICES].dialogs.wait_streams_done(settings.server.shutdown_grace_s)
     finally:
         await guard.close()
         await runner.cleanup()

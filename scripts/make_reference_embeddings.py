@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from engine.audio import campp_features, read_wav_8k
-from engine.bench.torch_campp import load_campplus
+from tools.bench.torch_campp import load_campplus
 from engine.models import fetch_models, model_path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ def engine():
 
 @pytest.fixture
 def settings(tmp_path):
-    from gateway.config import load_settings
+    from gateway.infra.config import load_settings
     return load_settings(environ={}, overrides={
         "server": {"data_dir": str(tmp_path / "var"), "port": 0, "shutdown_grace_s": 1},
         "events": {"jsonl_path": str(tmp_path / "var" / "events.jsonl")},
@@ -46,3 +46,21 @@ def throwaway_pg():
     pg.start()
     yield pg
     pg.destroy()
+
+
+# -- the two tiers: `make test-fast` runs what is not e2e -------------------------------------
+# e2e: needs the models, a running gateway, a server process or browser, or a service
+# (PostgreSQL, Redis, NATS). Everything else is a unit test: no models, no servers.
+E2E_FIXTURES = {"engine", "engine_sync", "model_dir", "gateway", "gateway_process", "throwaway_pg",
+                "aiohttp_server", "aiohttp_client"}
+E2E_MODULES = {"test_serve_process", "test_serve_logs", "test_startup", "test_operator_tools", "test_event_brokers",
+               "test_postgres_gateway", "test_postgres_faults", "test_audiohook_cli", "test_image", "test_api_docs",
+               "test_readonly_models", "test_det_plot", "test_key_rotation"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in E2E_MODULES
+                or "postgres" in str(params.get("backend", ""))):
+            item.add_marker(pytest.mark.e2e)

@@ -40,7 +40,7 @@ def read_mulaw_bytes(path: Path) -> bytes:
 
 
 async def admin(settings, *argv: str) -> str:
-    from gateway.cli import _admin, build_parser
+    from gateway.cli.main import _admin, build_parser
     args = build_parser(include_bench=False).parse_args(["admin", "--data-dir", str(settings.data_dir), *argv])
     buf = io.StringIO()
     with redirect_stdout(buf):
@@ -150,7 +150,7 @@ async def serve_process(data_dir: Path, **env: str):
     import subprocess
     import sys
 
-    from gateway.bench.stream import _free_port
+    from tools.bench.stream import _free_port
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "admin", "--data-dir", str(data_dir), "bootstrap",
                           "--tenant", "acme", "--profile", "retail"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout

@@ -1,6 +1,6 @@
 """Synthetic-speech (TTS) detector: a small numpy MLP over LFCC statistics.
 
-Weights: `engine/data/tts-detector.npz`, written by `python -m engine.fraud.train_tts`
+Weights: `engine/data/tts-detector.npz`, written by `python -m tools.train_tts`
 (see docs/fraud-signals.md for the data, the leave-one-engine-out figures and the limits).
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ log = structlog.get_logger(__name__)
 
 def load_data_keys(settings) -> DataKeys:
     """The configured data keys (ConfigError naming the source if they cannot be used)."""
-    from gateway.config import ConfigError
+    from gateway.infra.config import ConfigError
     enc = settings.encryption
     try:
         return DataKeys.load(settings.data_dir, enc.keys_file, enc.keys.get_secret_value(),
@@ -75,7 +75,7 @@ async def watch_keys(keys: DataKeys, every_s: float) -> None:
         await asyncio.sleep(every_s)
         try:
             changed = await asyncio.to_thread(keys.reload)
-        except Exception as exc:    # never let the watcher die; the next round tries again
+        except Exception as exc:  # noqa: BLE001 - never let the watcher die; the next round tries again
             log.error("data_keys_reload_failed", error=type(exc).__name__)
             continue
         if changed:

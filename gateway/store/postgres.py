@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 import uuid
 import zlib
 from typing import Any, Awaitable, Callable
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
+from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
     Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, StoreUnavailable, Tenant,
@@ -42,8 +42,6 @@ log = structlog.get_logger(__name__)
 SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -90,7 +88,7 @@ def _terminate(conn) -> None:
     """Close a pooled connection at once (already gone or detached from the pool: nothing to do)."""
     try:
         conn.terminate()
-    except Exception:
+    except Exception:  # noqa: BLE001 - the driver raises many types; all mean the connection is in doubt
         pass
 
 
@@ -179,7 +177,7 @@ class PostgresRepository(Repository):
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
-            except (asyncio.TimeoutError, Exception):
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - the driver raises many types; all mean the connection is in doubt
                 pool.terminate()
 
     async def ping(self) -> bool:
@@ -189,7 +187,7 @@ class PostgresRepository(Repository):
         try:
             async with pool.acquire(timeout=2) as conn:
                 return await conn.fetchval("SELECT 1", timeout=2) == 1
-        except Exception:
+        except Exception:  # noqa: BLE001 - the driver raises many types; all mean the connection is in doubt
             return False
 
     async def _tx(self, fn: Callable[[Any], Awaitable[Any]], idempotent: bool = False) -> Any:
@@ -218,7 +216,7 @@ class PostgresRepository(Repository):
                         else:
                             try:
                                 await tr.rollback()
-                            except Exception:  # the connection broke: the server rolled back
+                            except Exception:  # noqa: BLE001 - the connection broke: the server rolled back
                                 _terminate(conn)
                         raise
             except Exception as exc:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any, Callable
 
 import structlog
 
-from gateway.files import prepare_sqlite
+from gateway.infra.files import prepare_sqlite
+from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
     Pat, Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User,
@@ -31,8 +31,6 @@ log = structlog.get_logger(__name__)
 MIGRATIONS: list[str] = [m.sqlite for m in _MIGRATIONS]
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class SqliteRepository(Repository):
@@ -105,7 +103,7 @@ class SqliteRepository(Repository):
     async def ping(self) -> bool:
         try:
             return await self._run(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means not ready (/readyz)
             return False
 
     @property

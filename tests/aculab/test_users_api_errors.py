@@ -7,7 +7,7 @@ import numpy as np
 from aculab_support import (
     USERS, Client, assert_error, basic, pcm, raw_basic, sources, user_group_key, wav_bytes, wav_file,
 )
-from gateway.aculab import confidence
+from gateway.services.aculab import confidence
 from support import admin
 
 ACTIONS = {"register": ("PUT", "POST", "GET"), "update": ("PUT", "POST", "GET"), "verify": ("PUT", "POST", "GET"),
@@ -133,7 +133,7 @@ async def test_user_group_key_cli(settings):
     import sqlite3
     from contextlib import redirect_stderr
 
-    from gateway.cli import _admin, build_parser
+    from gateway.cli.main import _admin, build_parser
     await admin(settings, "bootstrap", "--tenant", "acme", "--profile", "retail")
     key = (await admin(settings, "user-group-key", "--tenant", "acme", "--profile", "retail")).strip().splitlines()[-1]
     assert key.startswith("key=ak-")

@@ -5,9 +5,9 @@ import asyncio
 import uuid
 
 import soundfile as sf
-from ah_support import org_for, speech
+from audiohook_support import org_for, speech
 
-from gateway import cli
+from gateway.cli import main as cli
 
 
 async def test_add_org_output_and_errors(gateway, capsys):
@@ -45,6 +45,6 @@ async def test_simulator_cli_exit_codes(gateway, tmp_path, capsys):
 def test_api_keys_never_look_like_command_line_options():
     """A key that starts with "-" is read as an option by every command line (it made
     `audiohook-sim --api-key KEY` fail about one run in 32)."""
-    from gateway.audiohook_orgs import new_credentials
+    from gateway.services.audiohook_orgs import new_credentials
     keys = [new_credentials()[0] for _ in range(500)]
     assert all(k[0].isalnum() and k.isalnum() for k in keys)

@@ -9,9 +9,9 @@ import uuid
 
 import aiohttp
 import pytest
-from ah_support import org_for, tone
+from audiohook_support import org_for, tone
 
-from gateway.audiohook_sim import MONO_PCMU, SimOptions, run_session
+from tools.audiohook_sim import MONO_PCMU, SimOptions, run_session
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ async def test_replayed_nonce_is_rejected(gateway):
 
 
 async def test_unsigned_org_and_short_nonce(gateway):
-    from ah_support import add_org
+    from audiohook_support import add_org
     org_id, key, _, out = await add_org(gateway.settings, "--no-secret")
     assert out.strip().splitlines()[-1] == "client_secret="
     rep = await run_session(SimOptions(uri=f"{gateway.ws_url}/audiohook/ws", api_key=key, client_secret=None,
@@ -221,7 +221,7 @@ async def test_agent_side_only_and_empty_offers_are_opened_with_no_customer_audi
     call scores nothing and its statuses say NO_CUSTOMER_AUDIO. The other offers the reference
     server accepts are accepted too: no offer at all (`media: []`), `supportedLanguages` asked
     for, a long participant name."""
-    from ah_support import speech
+    from audiohook_support import speech
     org = await org_for(gateway)
     internal_only = {"type": "audio", "format": "PCMU", "channels": ["internal"], "rate": 8000}
     conv = str(uuid.uuid4())

@@ -9,7 +9,7 @@ import json
 import pytest
 import websockets
 
-from ah_support import org_for
+from audiohook_support import org_for
 
 
 async def test_audiohook_deeply_nested_message_gets_a_client_error_disconnect(gateway):

@@ -5,10 +5,10 @@ import asyncio
 import socket
 
 import soundfile as sf
-from ah_support import org_for, speech
+from audiohook_support import org_for, speech
 
 from connectors.codecs import encode_mulaw
-from gateway import cli
+from gateway.cli import main as cli
 
 
 async def _cli(*argv: str) -> int:

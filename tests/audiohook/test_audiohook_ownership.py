@@ -9,7 +9,7 @@ import json
 import uuid
 
 import numpy as np
-from ah_support import org_for, speech
+from audiohook_support import org_for, speech
 
 from connectors.codecs import encode_mulaw
 from support import admin, pat_of

@@ -9,10 +9,10 @@ import uuid
 
 import numpy as np
 import socketio
-from ah_support import org_for, speech
+from audiohook_support import org_for, speech
 
 from connectors.codecs import encode_mulaw
-from gateway.api.socketio import NAMESPACE, PATH
+from gateway.web.socketio import NAMESPACE, PATH
 
 A, B = "1688", "1998"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.bench.accuracy import det_figure
-from engine.metrics import eer
+from tools.bench.accuracy import det_figure
+from tools.metrics import eer
 from support import PROTOCOLS
 
 
@@ -39,7 +39,7 @@ def test_a_protocol_without_errors_says_so():
 
 
 def test_bench_accuracy_on_the_in_repo_protocol_writes_the_plot(tmp_path, capsys, model_dir):
-    from gateway import cli
+    from gateway.cli import main as cli
     png = tmp_path / "det.png"
     assert cli.main(["bench", "accuracy", "--protocol", str(PROTOCOLS / "ls-other-tel2s"), "--det", str(png),
                      "--model-dir", str(model_dir)]) == 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from engine.calibrate import TrialSet, calibration_of, cross_validate, fit, summarise
+from tools.calibrate import TrialSet, calibration_of, cross_validate, fit, summarise
 from engine.calibration import (Calibration, conservative_tail, envelope, speaker_bootstrap,
                                 tail_quantiles)
 from engine.types import BandTargets
@@ -142,7 +142,7 @@ def test_shipped_calibration_was_checked_on_left_out_speakers(encoder):
     TRUE_HIGH let 0.10 % of unseen impostors through, issue #11)."""
     cal = Calibration.load(encoder)
     cv = cal.extra.get("cv")
-    assert cv, "calibration fitted without `python -m engine.calibrate --cv`"
+    assert cv, "calibration fitted without `python -m tools.calibrate --cv`"
     t = BandTargets()
     for band, target in (("TRUE_HIGH", t.far_high), ("TRUE_MEDIUM", t.far_medium),
                          ("TRUE_LOW", t.far_low)):

@@ -6,7 +6,7 @@ from engine.audio import campp_features
 from engine.campp import CamppNumpy, CamppOnnx, CamppWeights
 from engine.models import model_path
 
-from engine_helpers import DATA, read
+from engine_support import DATA, read
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_ge2e_end_to_end(model_dir):
 def _first_test(proto, k):
     import csv
 
-    from engine_helpers import PROTOCOLS
+    from engine_support import PROTOCOLS
     with open(PROTOCOLS / proto / "test.csv") as fh:
         rows = list(csv.DictReader(fh))
     spk = sorted({r["speaker"] for r in rows})[k]

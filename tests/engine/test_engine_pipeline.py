@@ -7,42 +7,54 @@ import time
 import numpy as np
 
 from engine import Engine, EngineConfig, EngineError, Milestone, SpeechLimits
-from engine.engine import _Job, _Scheduler, _State
+from engine.facade import _Job, _Scheduler, _State
 from engine.vad import CHUNK_MS
-from engine_helpers import speaker_audio, speakers
+from engine_support import speaker_audio, speakers
+
+WAIT = 30.0            # an upper bound for events on a loaded machine, never a measurement
 
 
 class _RecordingCore:
     """Stands in for _Core in the scheduler: records the order jobs run in. The first job
-    blocks until released, so everything submitted meanwhile is queued."""
+    says it started, then blocks until released, so everything submitted meanwhile is queued;
+    `all_done` is set once the scheduler reported `expected` jobs done (its on_done hook, called
+    after its own bookkeeping). Events, not sleeps: a loaded machine only makes it slower."""
 
-    def __init__(self):
+    def __init__(self, expected: int):
         self.order: list[str] = []
+        self.started = threading.Event()
         self.release = threading.Event()
+        self.all_done = threading.Event()
+        self.expected = expected
+        self.done = 0
 
     def run_job(self, job):
-        if not self.order:
-            self.release.wait(5)
+        if not self.order and not self.started.is_set():
+            self.started.set()
+            self.release.wait(WAIT)
         self.order.append(job.audio)
+
+    def job_done(self):
+        self.done += 1
+        if self.done >= self.expected:
+            self.all_done.set()
 
     def finish_job(self, job):
         job.done = True
 
 
 def test_urgent_jobs_and_promoted_sessions_run_first():
-    core = _RecordingCore()
-    sched = _Scheduler(core, 1, lambda: None)
+    core = _RecordingCore(expected=5)
+    sched = _Scheduler(core, 1, core.job_done)
     try:
         a, b = object(), object()
         sched.submit([_Job("blocker", state=a)])
-        time.sleep(0.05)                                  # the one thread is now busy
+        assert core.started.wait(WAIT)                    # the one thread is now busy
         sched.submit([_Job("bg-a1", state=a), _Job("bg-b1", state=b), _Job("bg-a2", state=a)])
         sched.submit([_Job("urgent-b", urgent=True, state=b)])
         sched.promote({id(b)})                            # b's milestone waits for bg-b1 too
         core.release.set()
-        deadline = time.monotonic() + 5
-        while len(core.order) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert core.all_done.wait(WAIT)
         assert core.order == ["blocker", "urgent-b", "bg-b1", "bg-a1", "bg-a2"]
         assert sched.idle() and sched.queued_samples == 0
     finally:

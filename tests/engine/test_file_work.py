@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from engine import SpeechLimits
-from engine.engine import FILE_BLOCK_S, _FileTask, _Job, _Scheduler
-from engine_helpers import speaker_audio, speakers
+from engine.facade import FILE_BLOCK_S, _FileTask, _Job, _Scheduler
+from engine_support import speaker_audio, speakers
 
 WAIT = 30.0            # an upper bound for events on a loaded machine, never a measurement
 

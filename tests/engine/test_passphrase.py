@@ -17,7 +17,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "fsdd"
 def utterance(engine, phrase: str, speaker: str, index: int, seed: int) -> np.ndarray:
     """The digits' recordings cut to their speech, joined with short pauses, level set and
     G.711 mu-law coded, as `vbgw bench passphrase` builds its protocol."""
-    from gateway.bench.passphrase import telephony, trimmed
+    from tools.bench.passphrase import telephony, trimmed
     parts = [trimmed(engine, read_wav_8k(DATA / f"{d}_{speaker}_{index}.wav")) for d in phrase]
     assert all(p is not None for p in parts)
     return telephony(parts, np.random.default_rng(seed))

@@ -26,7 +26,7 @@ def test_read_only_model_dir_gateway_engine_loads(model_dir, tmp_path):
     """Reproduction: `OSError: [Errno 30] Read-only file system` on first start."""
     models = _model_copy(model_dir, tmp_path / "models")
     data = tmp_path / "data"
-    script = ("from gateway.config import load_settings\n"
+    script = ("from gateway.infra.config import load_settings\n"
               "from engine import Engine\n"
               "s = load_settings()\n"
               "e = Engine.load(s.engine)\n"
@@ -43,7 +43,7 @@ def test_read_only_model_dir_gateway_engine_loads(model_dir, tmp_path):
 
 def test_models_fetch_prebuilds_the_graph_and_the_engine_uses_it(model_dir, tmp_path, capsys, monkeypatch):
     from engine import Engine, EngineConfig
-    from gateway import cli
+    from gateway.cli import main as cli
     models = _model_copy(model_dir, tmp_path / "models")
     for name in ("ge2e",):      # fetch checks every non-optional model: present, no download
         shutil.copy2(model_dir / MODELS[name].filename, models / MODELS[name].filename)

@@ -11,8 +11,8 @@ import aiohttp
 import socketio
 import soundfile as sf
 
-from gateway.api.socketio import NAMESPACE, PATH
-from gateway.appkeys import CORE
+from gateway.web.socketio import NAMESPACE, PATH
+from gateway.web.appkeys import SERVICES
 from support import admin, dialog_named, pat_of, protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"
@@ -34,8 +34,8 @@ async def post_wav(gw, list_id: str, name: str, pat: str | None = None, label: s
 
 
 def bus(gw, dialog_id: str, kind: str) -> list[dict]:
-    core = gw.app[CORE]
-    return [m.data for m in core.bus.history(dialog_named(core, dialog_id).key) if m.kind == kind]
+    core = gw.app[SERVICES]
+    return [m.payload.to_dict() for m in core.bus.recent(dialog_named(core, dialog_id).key) if m.kind == kind]
 
 
 async def stream_call(gw, token: str, dialog_id: str, payload: bytes, pace_s: float = 0.0) -> None:
@@ -159,24 +159,24 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     # then that verification audio is played again on a third call: TypeA. Fresh audio: none.
     status, _ = await gw.call("POST", "/enrol", tok2, json={"user_id": "cust-1688"})
     assert status == 200
-    core = gw.app[CORE]
+    core = gw.app[SERVICES]
     tok3 = await gw.token("call-v1")
     await stream_call(gw, tok3, "call-v1", read_mulaw_bytes(protocol_audio(P, "1688_test1")))
     d1 = dialog_named(core, "call-v1")
-    r = await core.score_users(d1, await d1.engine_session.embedding(), ["cust-1688"], None)
-    assert r[0]["bio_result"].startswith("TRUE_") and r[0]["pad_detected"] is None, r[0]
+    r = await core.verifier.score_call(d1, await d1.engine_session.embedding(), ["cust-1688"], None)
+    assert r[0].bio_result.startswith("TRUE_") and r[0].pad_detected is None, r[0]
     await core.fraud.call_ended(d1)
     tok4 = await gw.token("call-replay")
     await stream_call(gw, tok4, "call-replay", read_mulaw_bytes(protocol_audio(P, "1688_test1")))
     d2 = dialog_named(core, "call-replay")
-    r = await core.score_users(d2, await d2.engine_session.embedding(), ["cust-1688"], None)
-    assert r[0]["pad_detected"] == {"type": "TypeA"}, r[0]
+    r = await core.verifier.score_call(d2, await d2.engine_session.embedding(), ["cust-1688"], None)
+    assert r[0].pad_detected == {"type": "TypeA"}, r[0]
     # the enrolment audio replayed: TypeB
     tok5 = await gw.token("call-replay-enrol")
     await stream_call(gw, tok5, "call-replay-enrol", read_mulaw_bytes(protocol_audio(P, "1688_enrol0"))[40000:80000])
     d3 = dialog_named(core, "call-replay-enrol")
-    r = await core.score_users(d3, await d3.engine_session.embedding(), ["cust-1688"], None)
-    assert r[0]["pad_detected"] == {"type": "TypeB"}, r[0]
+    r = await core.verifier.score_call(d3, await d3.engine_session.embedding(), ["cust-1688"], None)
+    assert r[0].pad_detected == {"type": "TypeB"}, r[0]
 
     # Speaker change: 1688 speaks, then 1998 takes over the customer channel. user_changed,
     # scd_llr and scd_nllr reach the on-demand result, the vb_verification event and, live,
@@ -202,7 +202,7 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     assert changes[0]["scdLlr"] < 4.0 and changes[0]["speechMillis"] > 10000
     assert len(bus(gw, "call-splice", "speaker_change")) == 1
     status, res = await gw.call("GET", "/verification/ondemand", params={"users": "cust-1688", "token": tok6})
-    dd = dialog_named(gw.app[CORE], "call-splice")
+    dd = dialog_named(gw.app[SERVICES], "call-splice")
     assert status == 200 and res["user_changed"] is True, (res, dd.engine_session.speaker_change, dd.engine_session.speech_ms)
     import json
     ev = [json.loads(x) for x in (gw.settings.data_dir / "events.jsonl").read_text().splitlines()]
@@ -220,8 +220,8 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
 
 async def test_blocklist_cli(settings, engine):
     await admin(settings, "bootstrap", "--tenant", "acme", "--profile", "retail")
-    from gateway.blocklist_cli import _main
-    from gateway.cli import build_parser
+    from gateway.cli.blocklist import _main
+    from gateway.cli.main import build_parser
     import contextlib
 
     async def run(*argv):

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 import socketio
 
-from gateway.api.socketio import NAMESPACE, PATH
-from gateway.appkeys import CORE
+from gateway.web.socketio import NAMESPACE, PATH
+from gateway.web.appkeys import SERVICES
 from support import admin, pat_of, protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"
@@ -132,7 +132,7 @@ async def test_a_dialogs_owner_cannot_be_changed(gateway):
     await admin(gw.settings, "profile", "--tenant", "acme", "--name", "pb")
     tok = await gw.token("owned")
     await gw.ondemand(tok, "someone")
-    core = gw.app[CORE]
+    core = gw.app[SERVICES]
     d = next(d for d in core.dialogs.all() if d.dialog_id == "owned")
     other = await core.store.get_profile(d.tenant_id, "pb")
     with pytest.raises(AttributeError):

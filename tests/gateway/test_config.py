@@ -1,6 +1,6 @@
 import pytest
 
-from gateway.config import ConfigError, load_settings
+from gateway.infra.config import ConfigError, load_settings
 
 
 def test_defaults_load():
@@ -26,7 +26,7 @@ def test_env_overrides_and_bad_values_name_the_key(tmp_path):
 
 
 def test_cli_reports_config_errors_without_traceback(capsys, monkeypatch):
-    from gateway.cli import main
+    from gateway.cli.main import main
     monkeypatch.setenv("VBGW_SERVER__PORT", "-5")
     assert main(["admin", "profiles"]) == 2
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import services
-from gateway.events import EventsConfig, NatsSink, RedisStreamSink, build_sink, event_id
+from gateway.events.sinks import EventsConfig, NatsSink, RedisStreamSink, build_sink, event_id
 from test_events import enrolment, verification
 
 

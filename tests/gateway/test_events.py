@@ -13,23 +13,25 @@ import pydantic
 import pytest
 from aiohttp import web
 
-from gateway.events import (
+from gateway.events.models import (
     Biokey,
     EnrolledUser,
-    EventsConfig,
-    JsonlSink,
-    MultiSink,
     VbEnrolmentEvent,
     VbVerificationEvent,
     VerificationEnrolledUser,
     VerificationResult,
     VoiceprintBlock,
+)
+from gateway.events.sinks import (
+    EventsConfig,
+    JsonlSink,
+    MultiSink,
     WebhookSink,
     build_sink,
-    now_ms,
     sign,
     verify_signature,
 )
+from gateway.infra.clock import now_ms
 
 SECRET = "s3cr3t-for-tests"
 

@@ -1,4 +1,4 @@
-"""gateway.fetch: the SSRF-safe URL fetcher, against local aiohttp servers on loopback.
+"""gateway.infra.fetch: the SSRF-safe URL fetcher, against local aiohttp servers on loopback.
 
 Host names are mapped to addresses by a resolver injected into the fetcher (the machine's
 /etc/hosts is not ours to change); "public" addresses are simulated by listing the test
@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
-from gateway.config import load_settings
-from gateway.fetch import AddressPolicy, FetchConfig, FetchError, UrlFetcher
+from gateway.infra.config import load_settings
+from gateway.infra.fetch import AddressPolicy, FetchConfig, FetchError, UrlFetcher
 
 SERVER_IP = "127.0.0.1"          # where the test server listens; "public" in these tests
 

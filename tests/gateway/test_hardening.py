@@ -49,8 +49,8 @@ async def batch_enrol(gw: Gateway, user_id: str, wav: bytes, **biokeys: str):
 
 
 def core_of(gw: Gateway):
-    from gateway.appkeys import CORE
-    return gw.app[CORE]
+    from gateway.web.appkeys import SERVICES
+    return gw.app[SERVICES]
 
 
 # -- 1. uploads: a duration limit and bounded memory ----------------------------------------
@@ -194,7 +194,7 @@ async def test_expired_sessions_are_purged(gateway):
     gw = gateway
     old, fresh = await gw.token("purge-1"), await gw.token("purge-2")
     db = sqlite3.connect(gw.settings.sqlite_path)
-    from gateway.auth import token_hash
+    from gateway.services.auth import token_hash
     idle_ms = gw.settings.auth.token_idle_s * 1000
     db.execute("UPDATE sessions SET last_used_ms = last_used_ms - ? WHERE token_hash=?", (idle_ms + 1000, token_hash(old)))
     db.commit()
@@ -249,7 +249,7 @@ async def test_every_file_the_gateway_writes_is_owner_only(gateway):
 
 
 def test_the_webhook_outbox_is_owner_only(tmp_path):
-    from gateway.events import _Outbox
+    from gateway.events.sinks import _Outbox
     old = os.umask(0o022)
     try:
         box = _Outbox(tmp_path / "events" / "outbox.sqlite3")

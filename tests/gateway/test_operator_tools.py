@@ -7,8 +7,8 @@ import asyncio
 import base64
 import socket
 
-from gateway import cli
-from gateway.auth import token_hash
+from gateway.cli import main as cli
+from gateway.services.auth import token_hash
 from support import admin, pat_of, protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"

@@ -20,7 +20,7 @@ from support import Gateway, admin, pat_of, protocol_audio, read_mulaw_bytes
 async def test_start_while_postgres_is_down_then_ready_end_to_end(throwaway_pg, engine, aiohttp_server, tmp_path,
                                                                   monkeypatch):
     from gateway.app import create_app
-    from gateway.config import load_settings
+    from gateway.infra.config import load_settings
     from gateway.store.keys import key_id
     key = os.urandom(32)
     schema = services.unique("gw")

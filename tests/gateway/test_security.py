@@ -20,7 +20,7 @@ async def test_logs_never_carry_tokens_biokeys_or_pats(gateway, capsys):
     import sys
     import threading
 
-    from gateway.logging import configure_logging
+    from gateway.infra.logging import configure_logging
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, sys.excepthook, threading.excepthook)
     configure_logging("debug", "json")
@@ -106,7 +106,7 @@ async def test_tls_serves_https_and_wss(settings, engine, tmp_path):
                    check=True, capture_output=True)
     from support import admin, pat_of
     from gateway.app import create_app, ssl_context
-    from gateway.config import load_settings
+    from gateway.infra.config import load_settings
     s = load_settings(environ={}, overrides={"server": {"data_dir": str(settings.data_dir), "port": 0,
                                                         "tls_cert": str(cert), "tls_key": str(key)},
                                              "events": {"jsonl_path": str(settings.data_dir / "e.jsonl")}})

@@ -72,7 +72,7 @@ async def test_every_stderr_line_is_json_and_tokens_are_redacted(tmp_path):
 
 
 def test_redaction_of_credentials_in_free_text():
-    from gateway.logging import redact_text
+    from gateway.infra.logging import redact_text
     tok, pat = "0b5e8f0e-4b8e-4c3e-9d7f-2a6c1e0d9b11", "vbgw_pat_AbCdEf0123456789_-xyz"
     samples = [f"GET /stream?token={tok}&x=1 HTTP/1.1", f"/voice_biometrics/v1/wss/verify?auth_token={tok}",
                f"token%3D{tok}", f"Authorization: Bearer {tok}", f"{{'authorization': 'Bearer : {tok}'}}",

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 import socketio
 
-from gateway.appkeys import CORE
+from gateway.calls.results import Status
+from gateway.web.appkeys import SERVICES
 from support import Gateway, admin, pat_of
 
 WAIT_S = 30.0
@@ -127,7 +128,7 @@ async def test_connections_per_client_address_are_capped(served):
 
 async def test_a_never_reading_sse_client_is_dropped_and_its_subscription_freed(served):
     gw, guard = served
-    core = gw.app[CORE]
+    core = gw.app[SERVICES]
     tok = await gw.token("sse-stall")
     before = core.bus.subscriber_count()
     sock = socket.socket()
@@ -143,7 +144,7 @@ async def test_a_never_reading_sse_client_is_dropped_and_its_subscription_freed(
     async with asyncio.timeout(WAIT_S * 2):
         while core.bus.subscriber_count() > before:
             for _ in range(20):
-                core.bus.publish(key, "status", {"status": "X" * 50_000})
+                core.bus.publish(key, Status("X" * 50_000))
             await asyncio.sleep(0.05)
     assert guard.aborted >= 1
     sock.close()
@@ -151,7 +152,7 @@ async def test_a_never_reading_sse_client_is_dropped_and_its_subscription_freed(
 
 async def test_unauthenticated_socketio_clients_are_disconnected(served):
     gw, _ = served
-    from gateway.api.socketio import NAMESPACE, PATH
+    from gateway.web.socketio import NAMESPACE, PATH
     gone = []
     for namespaces in ([NAMESPACE], ["/"]):                  # ours without a token; the default one
         client = socketio.AsyncClient(reconnection=False)
@@ -168,7 +169,7 @@ async def test_unauthenticated_socketio_clients_are_disconnected(served):
 
 async def test_an_authenticated_socketio_client_stays(served):
     gw, _ = served
-    from gateway.api.socketio import NAMESPACE, PATH
+    from gateway.web.socketio import NAMESPACE, PATH
     tok = await gw.token("sio-ok")
     client = socketio.AsyncClient(reconnection=False)
     await client.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"])
@@ -186,9 +187,9 @@ async def test_a_never_reading_socketio_client_is_dropped_and_its_feed_freed(ser
     bound; a client that stopped reading must be let go and its dialog feed closed."""
     import websockets
 
-    from gateway.api.socketio import HUB, NAMESPACE, PATH
+    from gateway.web.socketio import HUB, NAMESPACE, PATH
     gw, guard = served
-    hub, core = gw.app[HUB], gw.app[CORE]
+    hub, core = gw.app[HUB], gw.app[SERVICES]
     tok = await gw.token("sio-stall")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -209,7 +210,7 @@ async def test_a_never_reading_socketio_client_is_dropped_and_its_feed_freed(ser
         async with asyncio.timeout(WAIT_S * 2):          # the client reads nothing from here on
             while hub.feeds or any(hub.clients.values()):
                 for _ in range(20):                       # random text: permessage-deflate cannot shrink it
-                    core.bus.publish(key, "status", {"status": base64.b64encode(os.urandom(40_000)).decode()})
+                    core.bus.publish(key, Status(base64.b64encode(os.urandom(40_000)).decode()))
                 await asyncio.sleep(0.05)
         assert guard.aborted > aborted
     finally:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway import cli
-from gateway.config import load_settings
+from gateway.cli import main as cli
+from gateway.infra.config import load_settings
 from support import REPO, readonly_mount
 
 
@@ -98,7 +98,7 @@ def test_everything_written_lives_under_the_data_dir(tmp_path):
 
 
 def test_unknown_vbgw_variables_are_reported_with_the_likely_key(capsys, monkeypatch, tmp_path):
-    from gateway.config import unknown_env
+    from gateway.infra.config import unknown_env
     warnings = unknown_env({"VBGW_SERVER_PORT": "9", "VBGW_MODEL_DIR": "/m", "VBGW_SERVER__PORT": "9",
                             "VBGW_NONSENSE": "1", "PATH": "/bin"})
     assert len(warnings) == 2, warnings

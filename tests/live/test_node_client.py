@@ -2,7 +2,7 @@
 installed with `npm ci`): a live call paced 4x real time, status and verification pushes."""
 from __future__ import annotations
 
-from live_helpers import NodeScript, enrol, node_or_skip, paced_stream, speech
+from live_support import NodeScript, enrol, node_or_skip, paced_stream, speech
 
 
 async def test_node_socketio_client_follows_a_live_call(gateway):

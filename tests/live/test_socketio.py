@@ -8,9 +8,10 @@ from collections import defaultdict
 
 import socketio
 
-from gateway.api.socketio import NAMESPACE, PATH
-from gateway.appkeys import CORE
-from live_helpers import call_closed, enrol, speech
+from gateway.web.socketio import NAMESPACE, PATH
+from gateway.calls.results import BlocklistResults, BlocklistRow, TtsVerdict
+from gateway.web.appkeys import SERVICES
+from live_support import call_closed, enrol, speech
 from support import dialog_named
 
 VERIFICATION_KEYS = ["bioResult", "bioScore", "bioUserId", "errorType", "limitType", "llr", "speechMillis"]
@@ -85,12 +86,12 @@ async def test_every_event_reaches_the_agent_with_the_seed_payloads(gateway):
         assert all(c["enoughSpeechDetected"] is (c["cleanSpeechDuration"] >= 10000) for c in clean), clean
 
         # Fraud signals: the fraud-signal detectors publish these bus kinds (docs/live-results.md).
-        core = gw.app[CORE]
+        core = gw.app[SERVICES]
         dialog = dialog_named(core, "sio-1")
-        core.bus.publish(dialog.key, "tts", {"label": "TTS_Detected", "detectionScore": 0.98})
-        core.bus.publish(dialog.key, "blocklist", {"results": [{
-            "label": "MATCH", "status": "CHECKED", "risk_level": "HIGH_RISK",
-            "custom_agent_message": "Blocklisted voice has been detected", "custom_ui_message": "blocklisted"}]})
+        core.bus.publish(dialog.key, TtsVerdict("TTS_Detected", 0.98))
+        core.bus.publish(dialog.key, BlocklistResults((BlocklistRow(
+            label="MATCH", status="CHECKED", risk_level="HIGH_RISK",
+            custom_agent_message="Blocklisted voice has been detected", custom_ui_message="blocklisted"),)))
         await agent.wait(lambda ev: ev[f"TTS-Detection-{tok}"] and ev[f"blocklist-Detection-{tok}"])
         # the call's own live TTS results (real speech: No_TTS_Detected), then the published one
         tts = agent.events[f"TTS-Detection-{tok}"]
@@ -161,7 +162,7 @@ async def test_late_joiners_catch_up_and_listeners_are_cleaned_up(gateway):
     tok = await gw.token("late-1")
     await gw.stream(tok, "late-1", speech("1688_enrol1"))
     await call_closed(gw, tok)
-    core = gw.app[CORE]
+    core = gw.app[SERVICES]
     agent = await Agent().connect(gw)
     try:
         assert await agent.ask("verification", req(tok, user)) == {"ok": True}

@@ -8,8 +8,8 @@ import json
 import aiohttp
 import websockets
 
-from gateway.api import sse
-from live_helpers import SseReader, speech
+from gateway.web import sse
+from live_support import SseReader, speech
 
 NO_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
 

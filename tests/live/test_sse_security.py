@@ -7,7 +7,7 @@ import sqlite3
 
 import aiohttp
 
-from live_helpers import SseReader
+from live_support import SseReader
 from support import admin, pat_of
 
 NO_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
@@ -42,8 +42,8 @@ async def test_sse_ids_are_per_dialog_not_a_count_shared_by_every_tenant(gateway
 
 
 async def test_an_sse_stream_ends_when_its_token_expires(gateway, monkeypatch):
-    from gateway.api import sse
-    from gateway.auth import token_hash
+    from gateway.web import sse
+    from gateway.services.auth import token_hash
     gw = gateway
     monkeypatch.setattr(sse, "HEARTBEAT_S", 0.3)
     tok = await gw.token("expiring")

@@ -9,8 +9,8 @@ import time
 import aiohttp
 import socketio
 
-from gateway.api.socketio import NAMESPACE, PATH
-from live_helpers import LiveCall, SseReader, call_closed, enrol, speech
+from gateway.web.socketio import NAMESPACE, PATH
+from live_support import LiveCall, SseReader, call_closed, enrol, speech
 
 NO_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
 SEED_KEYS = ["bio_result", "bio_score", "bio_user_id", "llr", "result_type", "speech_millis"]
@@ -93,7 +93,7 @@ async def test_bad_users_and_tokens(gateway):
 
 
 async def test_heartbeats_keep_an_idle_verification_stream_open(gateway, monkeypatch):
-    from gateway.api import sse
+    from gateway.web import sse
     monkeypatch.setattr(sse, "HEARTBEAT_S", 0.2)
     gw = gateway
     tok = await gw.token("v-5")

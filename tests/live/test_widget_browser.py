@@ -20,9 +20,9 @@ import numpy as np
 import soundfile as sf
 
 from connectors.codecs import encode_mulaw
-from gateway.appkeys import CORE
-from audiohook.ah_support import org_for          # tests/audiohook, by its path under tests/
-from live_helpers import Browser, LiveCall, chromium_or_skip, enrol, node_or_skip, speech
+from gateway.web.appkeys import SERVICES
+from audiohook.audiohook_support import org_for          # tests/audiohook, by its path under tests/
+from live_support import Browser, LiveCall, chromium_or_skip, enrol, node_or_skip, speech
 from support import dialog_named, protocol_audio
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -54,8 +54,8 @@ def wav(name: str) -> bytes:
 
 
 def tts_labels(gw, dialog_id: str) -> list[str]:
-    core = gw.app[CORE]
-    return [m.data["label"] for m in core.bus.history(dialog_named(core, dialog_id).key) if m.kind == "tts"]
+    core = gw.app[SERVICES]
+    return [m.payload.label for m in core.bus.recent(dialog_named(core, dialog_id).key) if m.kind == "tts"]
 
 
 async def test_a_live_call_provisional_final_and_speaker_change(gateway, tmp_path):

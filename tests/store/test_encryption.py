@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from gateway.auth import Keyring
+from gateway.services.auth import Keyring
 from gateway.store.base import Blocklist, StoredBiokey
 from gateway.store.keys import DataKeys, KeyUnavailable, new_key
 from store_support import make_store, vec, write

@@ -1,1 +1,0 @@
-"""Engine benchmarks (`vbgw bench accuracy|speed`)."""

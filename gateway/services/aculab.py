@@ -1,0 +1,290 @@
+"""Aculab-style Voice Biometrics Users API (seed: aculab-vb-users-api.txt): the decisions.
+gateway/api/aculab.py parses and renders; this module authenticates user group keys, checks
+the audio against the seed's format rules and registers, updates, verifies and deletes users
+through the same enrolment, verification and opt-out paths as the OCP API, on the same user
+records (docs/aculab-users-api.md)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from connectors.codecs import soundfile_reason
+from engine.fraud import unpack
+from engine.types import Embedding
+from gateway.services.auth import token_hash
+from gateway.services.verification import NO_DATA_MS, Verifier, band_targets
+from gateway.errors import ApiError
+from engine import Engine
+from gateway.infra.metrics import Metrics
+from gateway.services.fraud import FraudService
+from gateway.services.uploads import Uploads
+from gateway.services.users import Users
+from gateway.store.base import Profile, Repository, User, UserGroupKey
+
+log = structlog.get_logger(__name__)
+
+# The seed: "Characters a-z, A-Z, 0-9, "." and "-" can all be used." (OCP biokeys use another set.)
+USER_ID_RE = re.compile(r"^[A-Za-z0-9.\-]{1,128}$")
+USER_ID_CHARS_MESSAGE = "user_id may use only a-z A-Z 0-9 . - (1 to 128 characters)"
+USER_GROUP_KEY_PREFIX = "ak-"
+ORIGIN = "Aculab Users API"          # origin / verification_origin of the vb_* events
+REGISTERED = ("ENROLLED", "RE_ENROLL")
+MAX_AUDIO_S = 60.0
+MAX_SOURCES = 10                     # bounds the CPU one request can take
+# The seed's three encodings, as libsndfile names them.
+WAV_SUBTYPES = {"PCM_16": "16-bit PCM", "ALAW": "a-law", "ULAW": "mu-law"}
+SOURCE_GAP = np.zeros(8000, np.int16)  # 1 s between sources: no landmark pairs across files
+MIN_CONFIDENCE_SPAN = 1.0            # llr units; guards a profile whose TRUE_HIGH == TRUE_LOW
+
+
+def new_user_group_key() -> str:
+    # The Aculab form (ak-<uuid>); uuid4 draws 122 bits from os.urandom.
+    return USER_GROUP_KEY_PREFIX + str(uuid.uuid4())
+
+
+def new_transaction_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_application_instance_id() -> str:
+    return f"vb-{secrets.token_hex(10)}.000001"
+
+
+@dataclass(frozen=True)
+class KeyScope:
+    """What an authenticated request reaches: one VB profile's users."""
+    key: UserGroupKey
+    profile: Profile
+
+
+_AUTH_MESSAGE = ("HTTP Basic authentication is required: username cloudID/username, password a user "
+                 "group key of that cloud ID")
+
+
+async def authenticate(store: Repository, authorization: str) -> KeyScope:
+    """HTTP Basic: `cloudID/username` and a user group key. The cloud ID is the key's tenant
+    (name or id); the username is not checked (vbgw has no account users) and never logged.
+    A wrong key and a key of another cloud ID get the same answer."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        raise ApiError(401, "UNAUTHORIZED", _AUTH_MESSAGE)
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ApiError(401, "UNAUTHORIZED", _AUTH_MESSAGE) from None
+    username, colon, key = decoded.partition(":")
+    cloud_id, slash, account = username.partition("/")
+    if not (colon and slash and cloud_id and account and key):
+        raise ApiError(401, "UNAUTHORIZED", _AUTH_MESSAGE)
+    rec = await store.find_user_group_key(token_hash(key))
+    tenant = await store.get_tenant(rec.tenant_id) if rec else None
+    if rec is None or tenant is None or cloud_id not in (tenant.id, tenant.name):
+        raise ApiError(401, "UNAUTHORIZED", "the user group key is not valid for this cloud ID")
+    profile = await store.get_profile(rec.tenant_id, rec.profile_id)
+    if profile is None:
+        raise ApiError(401, "PROFILE_GONE", "the user group key's VB profile no longer exists")
+    return KeyScope(rec, profile)
+
+
+# -- audio -----------------------------------------------------------------------------------
+def _check_wav_header(data: bytes) -> None:
+    """The seed's format rules, from the header alone: mono WAV, 16-bit PCM, a-law or mu-law,
+    at least 8 kHz, at most 60 s."""
+    import soundfile as sf
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises RuntimeError/LibsndfileError for junk
+        raise ApiError(415, "BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}") from None
+    if info.format != "WAV":
+        raise ApiError(415, "BAD_AUDIO", f"expected a WAV file, got {info.format}")
+    if info.channels != 1:
+        raise ApiError(415, "NOT_MONO", f"the audio must be mono; this file has {info.channels} channels")
+    if info.subtype not in WAV_SUBTYPES:
+        raise ApiError(415, "UNSUPPORTED_ENCODING", f"the audio must be 16-bit PCM, a-law or mu-law; "
+                                                    f"this file is {info.subtype_info}")
+    if info.samplerate < 8000:
+        raise ApiError(415, "BAD_SAMPLE_RATE", f"the sample rate must be at least 8000 Hz, not {info.samplerate}")
+    if info.frames > MAX_AUDIO_S * info.samplerate:
+        raise ApiError(415, "AUDIO_TOO_LONG", f"the audio must be at most {MAX_AUDIO_S:.0f} s long; "
+                                              f"this file is {info.frames / info.samplerate:.1f} s")
+
+
+async def analyse_source(engine: Engine, uploads: Uploads, data: bytes) -> tuple[np.ndarray, Embedding | None]:
+    """A WAV source checked against the seed's rules, then decoded (int16 8 kHz mono) and
+    embedded as file work, after live calls' (gateway/uploads.py)."""
+    if not data:
+        raise ApiError(400, "FILE_REQUIRED", "the request carries no audio")
+    await engine.run_file_work(lambda: _check_wav_header(data))
+    a = await uploads.analyse(data, max_s=MAX_AUDIO_S, keep_pcm=True)
+    return a.pcm, a.embedding
+
+
+@dataclass
+class Source:
+    """One audio source of a request: the part name (Source1, ...), and its audio if accepted."""
+    name: str
+    pcm: np.ndarray | None = None
+    embedding: Embedding | None = None
+    error: ApiError | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.embedding is not None
+
+
+@dataclass
+class Audio:
+    """The accepted sources of a request as one voice sample."""
+    sources: list[Source]
+    embedding: Embedding
+    pcm: np.ndarray            # accepted sources joined with 1 s gaps (fingerprint, TTS)
+
+
+async def analyse(engine: Engine, uploads: Uploads, named: list[tuple[str, bytes]]) -> Audio:
+    """Decode and embed each source; a source is accepted when it is usable audio with at
+    least NO_DATA_MS of speech. No accepted source: the first source's error (or LOW_DATA)."""
+    sources = [Source(name) for name, _ in named]
+    for src, (_, data) in zip(sources, named):
+        try:
+            src.pcm, emb = await analyse_source(engine, uploads, data)
+        except ApiError as exc:
+            src.error = exc
+            continue
+        if emb is not None and emb.speech_ms >= NO_DATA_MS:
+            src.embedding = emb
+        else:
+            src.error = ApiError(422, "LOW_DATA", f"{src.name}: no usable speech "
+                                                  f"({emb.speech_ms if emb else 0} ms)")
+    accepted = [s for s in sources if s.accepted]
+    if not accepted:
+        raise next(s.error for s in sources if s.error is not None)
+    emb = accepted[0].embedding
+    for s in accepted[1:]:
+        # speech-weighted mean, like a voiceprint update
+        emb = engine.merge(emb.vector, emb.speech_ms, s.embedding)
+    parts = [p for s in accepted for p in (s.pcm, SOURCE_GAP)][:-1]
+    return Audio(sources, emb, np.concatenate(parts))
+
+
+# -- confidence ------------------------------------------------------------------------------
+def confidence(llr: float, pass_llr: float, high_llr: float) -> tuple[bool, float]:
+    """(verified, confidence). Confidence is 1.0 at the pass threshold and 2.0 at the
+    TRUE_HIGH threshold, doubling every (high - pass) llr above (halving below)."""
+    span = max(high_llr - pass_llr, MIN_CONFIDENCE_SPAN)
+    verified = llr >= pass_llr
+    value = round(math.pow(2.0, (llr - pass_llr) / span), 3)
+    if not verified and value >= 1.0:
+        value = 0.999          # rounding must not make a failed verification read as passed
+    return verified, value
+
+
+# -- the API's actions -----------------------------------------------------------------------
+def _not_found(user_id: str) -> ApiError:
+    return ApiError(400, "USER_NOT_FOUND", f"user_id '{user_id}' not found")
+
+
+def _not_registered(user_id: str) -> ApiError:
+    return ApiError(404, "NOT_REGISTERED", f"user Id {user_id} is not a registered user.")
+
+
+class AculabUsers:
+    def __init__(self, store: Repository, engine: Engine, uploads: Uploads, users: Users, verifier: Verifier,
+                 fraud: FraudService, metrics: Metrics, keep_verify_fingerprints: int):
+        self.store = store
+        self.engine = engine
+        self.uploads = uploads
+        self.users = users
+        self.verifier = verifier
+        self.fraud = fraud
+        self.metrics = metrics
+        self.keep_verify_fingerprints = keep_verify_fingerprints
+
+    async def registered_user(self, profile: Profile, user_id: str) -> User | None:
+        user = await self.store.get_user(profile.id, user_id)
+        return user if user is not None and user.status in REGISTERED else None
+
+    async def register(self, scope: KeyScope, user_id: str, named: list[tuple[str, bytes]],
+                       instance_id: str) -> Audio:
+        """A new user from the audio. Registering is the explicit act that (re-)admits a user
+        who was deleted or opted out, like OCP's `opt_in: true`."""
+        if await self.registered_user(scope.profile, user_id) is not None:
+            raise ApiError(400, "USER_EXISTS", f"user_id '{user_id}' is already present")
+        audio = await analyse(self.engine, self.uploads, named)
+        fp = await self.uploads.fingerprint(audio.pcm)
+        await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
+                                        opt_in=True, require_new=True, origin=ORIGIN)
+        return audio
+
+    async def update(self, scope: KeyScope, user_id: str, named: list[tuple[str, bytes]],
+                     instance_id: str) -> Audio:
+        if await self.registered_user(scope.profile, user_id) is None:
+            raise _not_found(user_id)
+        audio = await analyse(self.engine, self.uploads, named)
+        fp = await self.uploads.fingerprint(audio.pcm)
+        try:
+            await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
+                                            origin=ORIGIN)
+        except ApiError as exc:
+            if exc.code == "USER_OPTED_OUT":       # deleted while the audio was analysed
+                raise _not_found(user_id) from None
+            raise
+        return audio
+
+    async def verify(self, scope: KeyScope, user_id: str, named: list[tuple[str, bytes]], instance_id: str,
+                     sensitivity: float, enable_pad: bool) -> tuple[Audio, bool, float, dict | None]:
+        """(audio, verified, confidence, pad_detected). The audio's fingerprint is kept as a
+        VERIFY fingerprint of the user whatever the outcome, so sending it again is TypeA."""
+        profile = scope.profile
+        user = await self.registered_user(profile, user_id)
+        if user is None:
+            raise _not_found(user_id)
+        if user.status == "RE_ENROLL":
+            raise ApiError(409, "RE_ENROLL", f"user_id '{user_id}' was registered with another speaker model; "
+                                             "call update with new audio first")
+        audio = await analyse(self.engine, self.uploads, named)
+        r = (await self.verifier.score(profile, audio.embedding, [user_id], None))[0]
+        if r.voiceprint_id is None:
+            if r.error_type in ("NO_SPEECH", "NOT_ENOUGH_SPEECH"):
+                raise ApiError(422, "LOW_DATA", f"verification needs {profile.settings.early_speech_ms} ms of "
+                                                f"speech; the audio has {audio.embedding.speech_ms} ms")
+            raise _not_found(user_id)              # deleted or re-modelled meanwhile
+        th = self.engine.thresholds(band_targets(profile))
+        # Sensitivity moves both thresholds by that many llr units (natural log): +1 asks for
+        # e times more evidence that it is the same speaker.
+        verified, conf = confidence(r.llr, th["TRUE_LOW"] + sensitivity, th["TRUE_HIGH"] + sensitivity)
+        fp = await self.uploads.fingerprint(audio.pcm)
+        pad = await self._pad(profile, user_id, fp, audio.pcm) if enable_pad else None
+        if fp is not None:
+            await self.store.add_fingerprint(profile.id, user_id, "VERIFY", instance_id, fp,
+                                             keep_verify=self.keep_verify_fingerprints)
+        await self.store.record_verification(profile.id, user_id, verified)
+        await self.verifier.events.verification(profile, instance_id, 1, r, audio.embedding, None, origin=ORIGIN)
+        self.metrics.inc("vbgw_verifications_total", result=r.bio_result)
+        if pad is not None:
+            log.warning("pad_detected", pad_type=pad["type"], profile_id=profile.id, dialog_id=instance_id)
+        return audio, verified, conf, pad
+
+    async def _pad(self, profile: Profile, user_id: str, fp: bytes | None, pcm: np.ndarray) -> dict | None:
+        """engine.fraud.pad_detected for an uploaded file: its landmarks against the user's
+        stored enrolment/verification fingerprints (TypeA/TypeB) and the TTS detector (TypeC)."""
+        fraud = self.fraud
+        tts = await self.engine.run_file_work(lambda: fraud.tts.score_pcm(pcm)) if fraud.tts is not None else None
+
+        async def landmarks():
+            return unpack(fp) if fp is not None else None
+        return await fraud.pad_for(profile.id, user_id, landmarks, tts)
+
+    async def delete(self, scope: KeyScope, user_id: str, instance_id: str) -> User:
+        """Like OCP opt-out: voiceprints, biokeys, fingerprints and counts go in one transaction."""
+        if await self.registered_user(scope.profile, user_id) is None:
+            raise _not_registered(user_id)
+        return await self.users.opt_out(scope.profile, user_id, instance_id)

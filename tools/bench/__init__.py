@@ -1,0 +1,1 @@
+"""Benchmarks: `vbgw bench <name>` (gateway.cli.main.BENCHES lists them)."""
