@@ -28,11 +28,12 @@ from gateway.events import build_sink
 from gateway.files import private_dir
 from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
+from gateway.recordings import api as recordings_api
 from gateway.store.sqlite import SqliteRepository
 
 log = structlog.get_logger(__name__)
 ROUTE_TABLES = (ocp.routes, sse.routes, system.routes, audiohook.routes, widget.routes, blocklists.routes,
-                aculab.routes, docs.routes)
+                aculab.routes, docs.routes, recordings_api.routes)
 
 
 def sw_version() -> str:
@@ -137,6 +138,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         log.info("gateway_stopped")
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(recordings_api.lifecycle)     # enrolment jobs: after the core is up
     for table in ROUTE_TABLES:
         table.install(app)
     socketio_api.install(app)    # Socket.IO for agent desktops, on the same app and port

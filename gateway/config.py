@@ -15,6 +15,7 @@ from connectors.audiohook import AudioHookConfig
 from engine.config import EngineConfig
 from gateway.events import EventsConfig
 from gateway.fetch import FetchConfig
+from gateway.recordings.config import RecordingsConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 ENV_PREFIX = "VBGW_"
@@ -122,6 +123,7 @@ class Settings(_Section):
     fraud: FraudConfig = FraudConfig()
     uploads: UploadsConfig = UploadsConfig()
     fetch: FetchConfig = FetchConfig()
+    recordings: RecordingsConfig = RecordingsConfig()
 
     @model_validator(mode="after")
     def _paths_under_data_dir(self) -> "Settings":

@@ -17,8 +17,8 @@ import structlog
 from gateway.files import prepare_sqlite
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, OptedOutError, Pat,
-    Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User, UserGroupKey,
-    VerificationStats, Voiceprint,
+    Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User,
+    UserGroupKey, VerificationStats, Voiceprint,
 )
 
 log = structlog.get_logger(__name__)
@@ -89,6 +89,18 @@ MIGRATIONS: list[str] = [
         revoked INTEGER NOT NULL DEFAULT 0);
     CREATE TABLE verification_stats (user_row INTEGER PRIMARY KEY REFERENCES users(row_id) ON DELETE CASCADE,
         attempts INTEGER NOT NULL, passed INTEGER NOT NULL, last_ms INTEGER NOT NULL);
+    """,
+    # 5: enrolment jobs from CCaaS recordings (gateway/recordings/jobs.py). Portable SQL: plain
+    # types, BIGINT milliseconds, no SQLite-only syntax (a PostgreSQL store runs it as is).
+    """
+    CREATE TABLE recording_jobs (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        group_id TEXT NOT NULL, profile_id TEXT NOT NULL REFERENCES profiles(id), provider TEXT NOT NULL,
+        ccaas_session_id TEXT NOT NULL, user_id TEXT NOT NULL, biokeys TEXT NOT NULL, status TEXT NOT NULL,
+        stage TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms BIGINT NOT NULL, error_code TEXT,
+        error_message TEXT, speech_ms INTEGER, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL,
+        finished_ms BIGINT);
+    CREATE INDEX recording_jobs_due ON recording_jobs (status, next_attempt_ms);
+    CREATE INDEX recording_jobs_call ON recording_jobs (profile_id, ccaas_session_id, user_id);
     """,
 ]
 
@@ -393,6 +405,8 @@ class SqliteRepository(Repository):
                           " AND json_extract(custom, ?) = ?", (path, profile_id, path, b["value"]))
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
+            # queued recording enrolments keep no biokeys of the user (they fail: opted out)
+            c.execute("UPDATE recording_jobs SET biokeys='[]' WHERE profile_id=? AND user_id=?", (profile_id, user_id))
             c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=?, last_update_ms=? WHERE row_id=?", (t, t, rid))
             return self._user_by_row_id(c, rid), paths
         out = await self._tx(fn)
@@ -653,4 +667,85 @@ class SqliteRepository(Repository):
             r = c.execute("SELECT s.* FROM verification_stats s JOIN users u ON u.row_id=s.user_row"
                           " WHERE u.profile_id=? AND u.user_id=?", (profile_id, user_id)).fetchone()
             return VerificationStats(r["attempts"], r["passed"], r["last_ms"]) if r else None
+        return await self._run(fn)
+
+    # -- enrolment jobs from CCaaS recordings ----------------------------------------------
+    _JOB_COLUMNS = ("id", "tenant_id", "group_id", "profile_id", "provider", "ccaas_session_id", "user_id",
+                    "biokeys", "status", "stage", "attempts", "next_attempt_ms", "error_code", "error_message",
+                    "speech_ms", "created_ms", "updated_ms", "finished_ms")
+
+    @staticmethod
+    def _job(r) -> RecordingJob:
+        bks = [StoredBiokey(b["key"], b["value"], bool(b["sensitive"])) for b in json.loads(r["biokeys"])]
+        return RecordingJob(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["provider"],
+                            r["ccaas_session_id"], r["user_id"], bks, r["status"], r["stage"], r["attempts"],
+                            r["next_attempt_ms"], r["error_code"], r["error_message"], r["speech_ms"],
+                            r["created_ms"], r["updated_ms"], r["finished_ms"])
+
+    async def create_recording_job(self, job) -> None:
+        bks = json.dumps([{"key": b.key, "value": b.value, "sensitive": b.sensitive} for b in job.biokeys])
+        values = (job.id, job.tenant_id, job.group_id, job.profile_id, job.provider, job.ccaas_session_id,
+                  job.user_id, bks, job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code,
+                  job.error_message, job.speech_ms, job.created_ms, job.updated_ms, job.finished_ms)
+        sql = (f"INSERT INTO recording_jobs ({', '.join(self._JOB_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(self._JOB_COLUMNS))})")
+        await self._tx(lambda c: c.execute(sql, values))
+
+    async def get_recording_job(self, job_id) -> RecordingJob | None:
+        def fn(c):
+            r = c.execute("SELECT * FROM recording_jobs WHERE id=?", (job_id,)).fetchone()
+            return self._job(r) if r else None
+        return await self._run(fn)
+
+    async def active_recording_job(self, profile_id, provider, ccaas_session_id, user_id) -> RecordingJob | None:
+        def fn(c):
+            r = c.execute("SELECT * FROM recording_jobs WHERE profile_id=? AND provider=? AND ccaas_session_id=?"
+                          " AND user_id=? AND status IN ('QUEUED', 'RUNNING') ORDER BY created_ms LIMIT 1",
+                          (profile_id, provider, ccaas_session_id, user_id)).fetchone()
+            return self._job(r) if r else None
+        return await self._run(fn)
+
+    async def claim_recording_jobs(self, now_ms_, limit) -> list[RecordingJob]:
+        def fn(c):
+            ids = [r["id"] for r in c.execute(
+                "SELECT id FROM recording_jobs WHERE status='QUEUED' AND next_attempt_ms<=?"
+                " ORDER BY next_attempt_ms, created_ms LIMIT ?", (now_ms_, limit))]
+            out = []
+            for i in ids:
+                c.execute("UPDATE recording_jobs SET status='RUNNING', stage='FETCHING', updated_ms=? WHERE id=?",
+                          (now_ms_, i))
+                out.append(self._job(c.execute("SELECT * FROM recording_jobs WHERE id=?", (i,)).fetchone()))
+            return out
+        return await self._tx(fn)
+
+    async def update_recording_job(self, job) -> None:
+        def fn(c):
+            c.execute("UPDATE recording_jobs SET status=?, stage=?, attempts=?, next_attempt_ms=?, error_code=?,"
+                      " error_message=?, speech_ms=?, updated_ms=?, finished_ms=?,"
+                      " biokeys=CASE WHEN ? IN ('SUCCEEDED', 'FAILED') THEN '[]' ELSE biokeys END WHERE id=?",
+                      (job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code, job.error_message,
+                       job.speech_ms, job.updated_ms, job.finished_ms, job.status, job.id))
+        await self._tx(fn)
+
+    async def recording_jobs_with_status(self, status) -> list[RecordingJob]:
+        def fn(c):
+            return [self._job(r) for r in c.execute(
+                "SELECT * FROM recording_jobs WHERE status=? ORDER BY created_ms", (status,))]
+        return await self._run(fn)
+
+    async def next_recording_job_ms(self) -> int | None:
+        return await self._run(lambda c: c.execute(
+            "SELECT MIN(next_attempt_ms) FROM recording_jobs WHERE status='QUEUED'").fetchone()[0])
+
+    async def purge_recording_jobs(self, finished_before_ms) -> int:
+        return await self._tx(lambda c: c.execute(
+            "DELETE FROM recording_jobs WHERE status IN ('SUCCEEDED', 'FAILED') AND finished_ms<?",
+            (finished_before_ms,)).rowcount)
+
+    async def enrolled_since(self, profile_id, user_id, dialog_id, since_ms) -> bool:
+        def fn(c):
+            return c.execute(
+                "SELECT 1 FROM voiceprints v JOIN users u ON u.row_id=v.user_row WHERE u.profile_id=? AND"
+                " u.user_id=? AND u.status='ENROLLED' AND v.dialog_id=? AND v.created_ms>=?",
+                (profile_id, user_id, dialog_id, since_ms)).fetchone() is not None
         return await self._run(fn)
