@@ -25,6 +25,8 @@ ENCODINGS = ("l16", "mulaw", "alaw")
 SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # Recording files (batch enrolment from CCaaS recordings) may also be at studio rates.
 FILE_RATES = SUPPORTED_RATES + (64000, 88200, 96000)
+# libsndfile's names for WAV: plain, WAVE_FORMAT_EXTENSIBLE, and RF64 (WAV over 4 GB).
+WAV_FORMATS = ("WAV", "WAVEX", "RF64")
 
 
 def decode(payload: bytes, encoding: str) -> np.ndarray:
@@ -106,8 +108,8 @@ def _open_wav(data: bytes, rates: tuple[int, ...] = SUPPORTED_RATES):
     try:
         f = sf.SoundFile(io.BytesIO(data))
     except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError for junk
-        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {exc}", 1003) from None
-    if f.format != "WAV":
+        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}", 1003) from None
+    if f.format not in WAV_FORMATS:
         f.close()
         raise ConnectorError("BAD_AUDIO", f"expected a WAV file, got {f.format}", 1003)
     if f.samplerate not in rates:

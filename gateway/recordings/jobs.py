@@ -33,7 +33,7 @@ import time
 
 import structlog
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, scrub
 from gateway.fetch import FetchConfig
 from gateway.recordings.config import RecordingsConfig
 from gateway.recordings.media import RecordingSource
@@ -204,7 +204,7 @@ class RecordingJobs:
             return
         job.status, job.stage = "QUEUED", ""
         job.next_attempt_ms = t + int(delay * 1000)
-        job.error_code, job.error_message, job.updated_ms = exc.code, exc.message, t
+        job.error_code, job.error_message, job.updated_ms = exc.code, scrub(exc.message), t
         await self.store.update_recording_job(job)
         log.info("recording_job_retry", job_id=job.id, code=exc.code, attempts=job.attempts, delay_s=round(delay, 2))
 
@@ -218,7 +218,8 @@ class RecordingJobs:
 
     async def _finish(self, job: RecordingJob, status: str, code: str | None, message: str | None) -> None:
         t = now_ms()
-        job.status, job.stage, job.error_code, job.error_message = status, "", code, message
+        job.status, job.stage, job.error_code = status, "", code
+        job.error_message = scrub(message) if message else None
         job.updated_ms = job.finished_ms = t
         job.biokeys = []
         await self.store.update_recording_job(job)
