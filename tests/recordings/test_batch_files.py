@@ -12,14 +12,22 @@ from recording_audio import (AGENT, CALLER, IMPOSTOR, mp4_bytes, mulaw_of, speec
                              wav_bytes)
 
 
-async def enroll(gw, file: tuple[bytes, str] | None, token: str | None = None, **fields: str):
-    form = aiohttp.FormData()
-    base = {"tenant_id": "acme", "profile_id": "retail"} if token is None else {}
-    for k, v in {**base, **fields}.items():
-        form.add_field(k, v)
+def multipart(fields: dict[str, str], file: tuple[bytes, str] | None = None) -> aiohttp.MultipartWriter:
+    """multipart/form-data as curl -F sends it (also with no file part)."""
+    mp = aiohttp.MultipartWriter("form-data")
+    for k, v in fields.items():
+        mp.append(v, {"Content-Type": "text/plain"}).set_content_disposition("form-data", name=k)
     if file is not None:
-        form.add_field("file", file[0], filename=file[1], content_type="application/octet-stream")
-    return await gw.call("POST", "/api/enroll", token or gw.pat, data=form)
+        mp.append(file[0], {"Content-Type": "application/octet-stream"}).set_content_disposition(
+            "form-data", name="file", filename=file[1])
+    return mp
+
+
+async def enroll(gw, file: tuple[bytes, str] | None, token: str | None = None, pat: str | None = None,
+                 **fields: str):
+    """POST /api/enroll: with the PAT (tenant_id/profile_id acme/retail unless given) or a session token."""
+    base = {"tenant_id": "acme", "profile_id": "retail"} if token is None else {}
+    return await gw.call("POST", "/api/enroll", token or pat or gw.pat, data=multipart({**base, **fields}, file))
 
 
 async def live_result(gw, call_id: str, user_id: str, speaker: str) -> dict:
