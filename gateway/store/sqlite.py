@@ -17,9 +17,8 @@ from gateway.infra.files import prepare_sqlite
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
-    Pat, Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User,
-    UserGroupKey,
-    VerificationStats, Voiceprint,
+    Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant,
+    User, UserGroupKey, VerificationStats, Voiceprint,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS as _MIGRATIONS, SEALED
@@ -338,6 +337,8 @@ class SqliteRepository(Repository):
                           " AND json_extract(custom, ?) = ?", (path, profile_id, path, b["value"]))
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
+            # queued recording enrolments keep no biokeys of the user (they fail: opted out)
+            c.execute("UPDATE recording_jobs SET biokeys='[]' WHERE profile_id=? AND user_id=?", (profile_id, user_id))
             c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=?, last_update_ms=? WHERE row_id=?", (t, t, rid))
             return self._user_by_row_id(c, rid), paths
         out = await self._tx(fn)
@@ -670,3 +671,84 @@ class SqliteRepository(Repository):
                           (hasher(r["profile_id"], r["key"], plain.decode()), key_id, r["user_row"], r["key"]))
             return len(rows)
         return await self._tx(fn)
+
+    # -- enrolment jobs from CCaaS recordings ----------------------------------------------
+    _JOB_COLUMNS = ("id", "tenant_id", "group_id", "profile_id", "provider", "ccaas_session_id", "user_id",
+                    "biokeys", "status", "stage", "attempts", "next_attempt_ms", "error_code", "error_message",
+                    "speech_ms", "created_ms", "updated_ms", "finished_ms")
+
+    @staticmethod
+    def _job(r) -> RecordingJob:
+        bks = [StoredBiokey(b["key"], b["value"], bool(b["sensitive"])) for b in json.loads(r["biokeys"])]
+        return RecordingJob(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["provider"],
+                            r["ccaas_session_id"], r["user_id"], bks, r["status"], r["stage"], r["attempts"],
+                            r["next_attempt_ms"], r["error_code"], r["error_message"], r["speech_ms"],
+                            r["created_ms"], r["updated_ms"], r["finished_ms"])
+
+    async def create_recording_job(self, job) -> None:
+        bks = json.dumps([{"key": b.key, "value": b.value, "sensitive": b.sensitive} for b in job.biokeys])
+        values = (job.id, job.tenant_id, job.group_id, job.profile_id, job.provider, job.ccaas_session_id,
+                  job.user_id, bks, job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code,
+                  job.error_message, job.speech_ms, job.created_ms, job.updated_ms, job.finished_ms)
+        sql = (f"INSERT INTO recording_jobs ({', '.join(self._JOB_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(self._JOB_COLUMNS))})")
+        await self._tx(lambda c: c.execute(sql, values))
+
+    async def get_recording_job(self, job_id) -> RecordingJob | None:
+        def fn(c):
+            r = c.execute("SELECT * FROM recording_jobs WHERE id=?", (job_id,)).fetchone()
+            return self._job(r) if r else None
+        return await self._run(fn)
+
+    async def active_recording_job(self, profile_id, provider, ccaas_session_id, user_id) -> RecordingJob | None:
+        def fn(c):
+            r = c.execute("SELECT * FROM recording_jobs WHERE profile_id=? AND provider=? AND ccaas_session_id=?"
+                          " AND user_id=? AND status IN ('QUEUED', 'RUNNING') ORDER BY created_ms LIMIT 1",
+                          (profile_id, provider, ccaas_session_id, user_id)).fetchone()
+            return self._job(r) if r else None
+        return await self._run(fn)
+
+    async def claim_recording_jobs(self, now_ms_, limit) -> list[RecordingJob]:
+        def fn(c):
+            ids = [r["id"] for r in c.execute(
+                "SELECT id FROM recording_jobs WHERE status='QUEUED' AND next_attempt_ms<=?"
+                " ORDER BY next_attempt_ms, created_ms LIMIT ?", (now_ms_, limit))]
+            out = []
+            for i in ids:
+                c.execute("UPDATE recording_jobs SET status='RUNNING', stage='FETCHING', updated_ms=? WHERE id=?",
+                          (now_ms_, i))
+                out.append(self._job(c.execute("SELECT * FROM recording_jobs WHERE id=?", (i,)).fetchone()))
+            return out
+        return await self._tx(fn)
+
+    async def update_recording_job(self, job) -> None:
+        def fn(c):
+            c.execute("UPDATE recording_jobs SET status=?, stage=?, attempts=?, next_attempt_ms=?, error_code=?,"
+                      " error_message=?, speech_ms=?, updated_ms=?, finished_ms=?,"
+                      " biokeys=CASE WHEN ? IN ('SUCCEEDED', 'FAILED') THEN '[]' ELSE biokeys END WHERE id=?",
+                      (job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code, job.error_message,
+                       job.speech_ms, job.updated_ms, job.finished_ms, job.status, job.id))
+        await self._tx(fn)
+
+    async def recording_jobs_with_status(self, status) -> list[RecordingJob]:
+        def fn(c):
+            return [self._job(r) for r in c.execute(
+                "SELECT * FROM recording_jobs WHERE status=? ORDER BY created_ms", (status,))]
+        return await self._run(fn)
+
+    async def next_recording_job_ms(self) -> int | None:
+        return await self._run(lambda c: c.execute(
+            "SELECT MIN(next_attempt_ms) FROM recording_jobs WHERE status='QUEUED'").fetchone()[0])
+
+    async def purge_recording_jobs(self, finished_before_ms) -> int:
+        return await self._tx(lambda c: c.execute(
+            "DELETE FROM recording_jobs WHERE status IN ('SUCCEEDED', 'FAILED') AND finished_ms<?",
+            (finished_before_ms,)).rowcount)
+
+    async def enrolled_since(self, profile_id, user_id, dialog_id, since_ms) -> bool:
+        def fn(c):
+            return c.execute(
+                "SELECT 1 FROM voiceprints v JOIN users u ON u.row_id=v.user_row WHERE u.profile_id=? AND"
+                " u.user_id=? AND u.status='ENROLLED' AND v.dialog_id=? AND v.created_ms>=?",
+                (profile_id, user_id, dialog_id, since_ms)).fetchone() is not None
+        return await self._run(fn)
