@@ -17,8 +17,9 @@ from gateway.infra.files import prepare_sqlite
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
-    Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant,
-    User, UserGroupKey, VerificationStats, Voiceprint,
+    Pat, Profile, ProfileSettings, RECORDING_JOB_COLUMNS, RecordingJob, Repository, SessionRecord, StoredBiokey,
+    StoredFingerprint, Tenant, User, UserGroupKey, VerificationStats, Voiceprint, recording_job_from_row,
+    recording_job_values,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS as _MIGRATIONS, SEALED
@@ -673,31 +674,15 @@ class SqliteRepository(Repository):
         return await self._tx(fn)
 
     # -- enrolment jobs from CCaaS recordings ----------------------------------------------
-    _JOB_COLUMNS = ("id", "tenant_id", "group_id", "profile_id", "provider", "ccaas_session_id", "user_id",
-                    "biokeys", "status", "stage", "attempts", "next_attempt_ms", "error_code", "error_message",
-                    "speech_ms", "created_ms", "updated_ms", "finished_ms")
-
-    @staticmethod
-    def _job(r) -> RecordingJob:
-        bks = [StoredBiokey(b["key"], b["value"], bool(b["sensitive"])) for b in json.loads(r["biokeys"])]
-        return RecordingJob(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["provider"],
-                            r["ccaas_session_id"], r["user_id"], bks, r["status"], r["stage"], r["attempts"],
-                            r["next_attempt_ms"], r["error_code"], r["error_message"], r["speech_ms"],
-                            r["created_ms"], r["updated_ms"], r["finished_ms"])
-
     async def create_recording_job(self, job) -> None:
-        bks = json.dumps([{"key": b.key, "value": b.value, "sensitive": b.sensitive} for b in job.biokeys])
-        values = (job.id, job.tenant_id, job.group_id, job.profile_id, job.provider, job.ccaas_session_id,
-                  job.user_id, bks, job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code,
-                  job.error_message, job.speech_ms, job.created_ms, job.updated_ms, job.finished_ms)
-        sql = (f"INSERT INTO recording_jobs ({', '.join(self._JOB_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(self._JOB_COLUMNS))})")
-        await self._tx(lambda c: c.execute(sql, values))
+        sql = (f"INSERT INTO recording_jobs ({', '.join(RECORDING_JOB_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(RECORDING_JOB_COLUMNS))})")
+        await self._tx(lambda c: c.execute(sql, recording_job_values(job)))
 
     async def get_recording_job(self, job_id) -> RecordingJob | None:
         def fn(c):
             r = c.execute("SELECT * FROM recording_jobs WHERE id=?", (job_id,)).fetchone()
-            return self._job(r) if r else None
+            return recording_job_from_row(r) if r else None
         return await self._run(fn)
 
     async def active_recording_job(self, profile_id, provider, ccaas_session_id, user_id) -> RecordingJob | None:
@@ -705,7 +690,7 @@ class SqliteRepository(Repository):
             r = c.execute("SELECT * FROM recording_jobs WHERE profile_id=? AND provider=? AND ccaas_session_id=?"
                           " AND user_id=? AND status IN ('QUEUED', 'RUNNING') ORDER BY created_ms LIMIT 1",
                           (profile_id, provider, ccaas_session_id, user_id)).fetchone()
-            return self._job(r) if r else None
+            return recording_job_from_row(r) if r else None
         return await self._run(fn)
 
     async def claim_recording_jobs(self, now_ms_, limit) -> list[RecordingJob]:
@@ -717,7 +702,7 @@ class SqliteRepository(Repository):
             for i in ids:
                 c.execute("UPDATE recording_jobs SET status='RUNNING', stage='FETCHING', updated_ms=? WHERE id=?",
                           (now_ms_, i))
-                out.append(self._job(c.execute("SELECT * FROM recording_jobs WHERE id=?", (i,)).fetchone()))
+                out.append(recording_job_from_row(c.execute("SELECT * FROM recording_jobs WHERE id=?", (i,)).fetchone()))
             return out
         return await self._tx(fn)
 
@@ -732,7 +717,7 @@ class SqliteRepository(Repository):
 
     async def recording_jobs_with_status(self, status) -> list[RecordingJob]:
         def fn(c):
-            return [self._job(r) for r in c.execute(
+            return [recording_job_from_row(r) for r in c.execute(
                 "SELECT * FROM recording_jobs WHERE status=? ORDER BY created_ms", (status,))]
         return await self._run(fn)
 

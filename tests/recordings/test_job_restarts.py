@@ -95,3 +95,53 @@ async def test_opting_out_while_a_job_waits_leaves_it_nothing(gateway, providers
     done = await finished(gw, body["status_url"])
     assert done["status"] == "FAILED" and done["error"]["code"] == "USER_OPTED_OUT", done
     assert (await gw.call("GET", "/users/info/leaving", tok))[1]["status"] == "OPTED_OUT"
+
+
+async def test_on_postgresql_a_restart_loses_no_job(engine, aiohttp_server, providers, tmp_path, monkeypatch):
+    """The same on a PostgreSQL store (its own schema): the job's state is in PostgreSQL, the
+    claim is PostgreSQL's, and a restarted gateway reports and finishes the job."""
+    import base64
+    import os
+
+    import asyncpg
+
+    import services
+    from conftest import recordings_overrides
+    from gateway.infra.config import load_settings
+    services.need("postgres")
+    genesys, nice = providers
+    schema = services.unique("rec")
+    overrides = recordings_overrides(tmp_path, genesys, nice)
+    key = base64.b64encode(os.urandom(32)).decode()        # PostgreSQL instances share their data keys
+    overrides.update(storage={"dsn": services.PG_DSN, "pg_schema": schema}, encryption={"keys": key})
+    settings = load_settings(environ={}, overrides=overrides)
+    monkeypatch.setenv("VBGW_STORAGE__DSN", services.PG_DSN)       # `vbgw admin` reads the environment
+    monkeypatch.setenv("VBGW_STORAGE__PG_SCHEMA", schema)
+    monkeypatch.setenv("VBGW_ENCRYPTION__KEYS", key)
+
+    async def job_status(job_id: str) -> str:
+        conn = await asyncpg.connect(services.PG_DSN, server_settings={"search_path": schema})
+        try:
+            return await conn.fetchval("SELECT status FROM recording_jobs WHERE id=$1", job_id)
+        finally:
+            await conn.close()
+    try:
+        pat = pat_of(await admin(settings, "bootstrap", "--tenant", "acme", "--profile", "retail"))
+        async with aiohttp.ClientSession() as http:
+            server, gw = await start(settings, engine, aiohttp_server, http, pat)
+            nice_call(nice, "pg-777")
+            nice.media_mode["pg-777"] = "hang"
+            status, body = await submit(gw, "NICE", "pg-777", "pg-user")
+            assert status == 202, body
+            await wait_for(lambda: nice.calls("/media/pg-777"))
+            await server.close()
+            assert await job_status(body["job_id"]) == "RUNNING"
+            del nice.media_mode["pg-777"]
+            server, gw = await start(settings, engine, aiohttp_server, http, pat)
+            done = await finished(gw, body["status_url"])
+            assert done["status"] == "SUCCEEDED" and done["result"]["user_id"] == "pg-user", done
+            assert done["last_error"] is None and len(nice.calls("/media/pg-777")) == 2
+            assert await job_status(body["job_id"]) == "SUCCEEDED"
+            await server.close()
+    finally:
+        await services.drop_schema(schema)
