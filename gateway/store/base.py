@@ -3,7 +3,6 @@ PostgreSQL implementation only has to implement `Repository`."""
 from __future__ import annotations
 
 import abc
-import json
 import re
 from dataclasses import dataclass, field
 
@@ -282,25 +281,6 @@ class RecordingJob:
     created_ms: int = 0
     updated_ms: int = 0
     finished_ms: int | None = None
-
-
-# recording_jobs' columns in the order RecordingJob declares them (both stores' INSERT and row
-# mapping; `biokeys` is JSON: [{"key", "value", "sensitive"}], "[]" once emptied).
-RECORDING_JOB_COLUMNS = ("id", "tenant_id", "group_id", "profile_id", "provider", "ccaas_session_id", "user_id",
-                         "biokeys", "status", "stage", "attempts", "next_attempt_ms", "error_code", "error_message",
-                         "speech_ms", "created_ms", "updated_ms", "finished_ms")
-
-
-def recording_job_values(job: RecordingJob) -> tuple:
-    """The job as a row of RECORDING_JOB_COLUMNS."""
-    bks = json.dumps([{"key": b.key, "value": b.value, "sensitive": b.sensitive} for b in job.biokeys])
-    return tuple(bks if c == "biokeys" else getattr(job, c) for c in RECORDING_JOB_COLUMNS)
-
-
-def recording_job_from_row(r) -> RecordingJob:
-    """A recording_jobs row (sqlite3.Row or asyncpg.Record) as a RecordingJob."""
-    bks = [StoredBiokey(b["key"], b["value"], bool(b["sensitive"])) for b in json.loads(r["biokeys"])]
-    return RecordingJob(*(bks if c == "biokeys" else r[c] for c in RECORDING_JOB_COLUMNS))
 
 
 @dataclass

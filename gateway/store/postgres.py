@@ -31,12 +31,14 @@ import structlog
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
-    Profile, ProfileSettings, RECORDING_JOB_COLUMNS, RecordingJob, Repository, SessionRecord, StoredBiokey,
+    Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
     StoredFingerprint, StoreUnavailable, Tenant, User, UserGroupKey, VerificationStats, Voiceprint,
-    recording_job_from_row, recording_job_values,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS, SEALED
+from gateway.store.recording_jobs import (
+    EMPTY_BIOKEYS, ROW_COLUMNS, job_aad, recording_job_from_row, recording_job_values,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -479,7 +481,7 @@ class PostgresRepository(Repository):
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 await c.execute(f"DELETE FROM {table} WHERE user_row=$1", rid)
             # queued recording enrolments keep no biokeys of the user (they fail: opted out)
-            await c.execute("UPDATE recording_jobs SET biokeys='[]' WHERE profile_id=$1 AND user_id=$2",
+            await c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE profile_id=$1 AND user_id=$2",
                             profile_id, user_id)
             await c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=$1, last_update_ms=$1 WHERE row_id=$2",
                             t, rid)
@@ -757,17 +759,17 @@ class PostgresRepository(Repository):
 
     # -- enrolment jobs from CCaaS recordings ----------------------------------------------
     async def create_recording_job(self, job: RecordingJob) -> None:
-        sql = (f"INSERT INTO recording_jobs ({', '.join(RECORDING_JOB_COLUMNS)}) "
-               f"VALUES ({', '.join(f'${i}' for i in range(1, len(RECORDING_JOB_COLUMNS) + 1))})")
+        sql = (f"INSERT INTO recording_jobs ({', '.join(ROW_COLUMNS)}) "
+               f"VALUES ({', '.join(f'${i}' for i in range(1, len(ROW_COLUMNS) + 1))})")
 
         async def fn(c):
-            await c.execute(sql, *recording_job_values(job))
+            await c.execute(sql, *recording_job_values(job, self.keys))
         await self._tx(fn)
 
     async def get_recording_job(self, job_id: str) -> RecordingJob | None:
         async def fn(c):
             r = await c.fetchrow("SELECT * FROM recording_jobs WHERE id=$1", job_id)
-            return recording_job_from_row(r) if r else None
+            return recording_job_from_row(r, self.keys) if r else None
         return await self._read(fn)
 
     async def active_recording_job(self, profile_id, provider, ccaas_session_id, user_id) -> RecordingJob | None:
@@ -775,7 +777,7 @@ class PostgresRepository(Repository):
             r = await c.fetchrow("SELECT * FROM recording_jobs WHERE profile_id=$1 AND provider=$2"
                                  " AND ccaas_session_id=$3 AND user_id=$4 AND status IN ('QUEUED', 'RUNNING')"
                                  " ORDER BY created_ms LIMIT 1", profile_id, provider, ccaas_session_id, user_id)
-            return recording_job_from_row(r) if r else None
+            return recording_job_from_row(r, self.keys) if r else None
         return await self._read(fn)
 
     async def claim_recording_jobs(self, now_ms: int, limit: int) -> list[RecordingJob]:
@@ -788,7 +790,7 @@ class PostgresRepository(Repository):
                 "UPDATE recording_jobs SET status='RUNNING', stage='FETCHING', updated_ms=$1 WHERE id IN"
                 " (SELECT id FROM recording_jobs WHERE status='QUEUED' AND next_attempt_ms<=$1"
                 "  ORDER BY next_attempt_ms, created_ms LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *", now_ms, limit)
-            jobs = [recording_job_from_row(r) for r in rows]
+            jobs = [recording_job_from_row(r, self.keys) for r in rows]
             return sorted(jobs, key=lambda j: (j.next_attempt_ms, j.created_ms))   # RETURNING has no order
         return await self._tx(fn)
 
@@ -796,15 +798,16 @@ class PostgresRepository(Repository):
         async def fn(c):
             await c.execute(
                 "UPDATE recording_jobs SET status=$1, stage=$2, attempts=$3, next_attempt_ms=$4, error_code=$5,"
-                " error_message=$6, speech_ms=$7, updated_ms=$8, finished_ms=$9,"
-                " biokeys=CASE WHEN $1 IN ('SUCCEEDED', 'FAILED') THEN '[]' ELSE biokeys END WHERE id=$10",
+                " error_message=$6, speech_ms=$7, updated_ms=$8, finished_ms=$9 WHERE id=$10",
                 job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code, job.error_message,
                 job.speech_ms, job.updated_ms, job.finished_ms, job.id)
+            if job.status in ("SUCCEEDED", "FAILED"):
+                await c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE id=$1", job.id)
         await self._tx(fn, idempotent=True)
 
     async def recording_jobs_with_status(self, status: str) -> list[RecordingJob]:
         async def fn(c):
-            return [recording_job_from_row(r) for r in await c.fetch(
+            return [recording_job_from_row(r, self.keys) for r in await c.fetch(
                 "SELECT * FROM recording_jobs WHERE status=$1 ORDER BY created_ms", status)]
         return await self._read(fn)
 
@@ -836,6 +839,9 @@ class PostgresRepository(Repository):
                     f"SELECT key_id, count(*) FROM {table} GROUP BY key_id")}
             out["biokeys"] = {r[0]: r[1] for r in await c.fetch(
                 "SELECT value_key_id, count(*) FROM biokeys WHERE value_enc IS NOT NULL GROUP BY value_key_id")}
+            out["recording_jobs"] = {r[0]: r[1] for r in await c.fetch(
+                "SELECT biokeys_key_id, count(*) FROM recording_jobs WHERE biokeys_enc IS NOT NULL"
+                " GROUP BY biokeys_key_id")}
             return out
         return await self._read(fn)
 
@@ -867,6 +873,17 @@ class PostgresRepository(Repository):
                 blob, kid = keys.seal(open_opt(keys, r["value_enc"], r["value_key_id"], ad), ad)
                 await c.execute("UPDATE biokeys SET value_enc=$1, value_key_id=$2 WHERE user_row=$3 AND key=$4",
                                 blob, kid, r["user_row"], r["key"])
+            done += len(rows)
+            if done >= batch:
+                return done
+            rows = await c.fetch("SELECT id, biokeys_enc, biokeys_key_id FROM recording_jobs WHERE biokeys_enc IS NOT"
+                                 " NULL AND biokeys_key_id IS DISTINCT FROM $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
+                                 active, batch - done)
+            for r in rows:
+                ad = job_aad(r["id"])
+                blob, kid = keys.seal(open_opt(keys, r["biokeys_enc"], r["biokeys_key_id"], ad), ad)
+                await c.execute("UPDATE recording_jobs SET biokeys_enc=$1, biokeys_key_id=$2 WHERE id=$3",
+                                blob, kid, r["id"])
             return done + len(rows)
         return await self._tx(fn, idempotent=True)
 

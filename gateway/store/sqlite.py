@@ -17,12 +17,14 @@ from gateway.infra.files import prepare_sqlite
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
-    Pat, Profile, ProfileSettings, RECORDING_JOB_COLUMNS, RecordingJob, Repository, SessionRecord, StoredBiokey,
-    StoredFingerprint, Tenant, User, UserGroupKey, VerificationStats, Voiceprint, recording_job_from_row,
-    recording_job_values,
+    Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
+    StoredFingerprint, Tenant, User, UserGroupKey, VerificationStats, Voiceprint,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS as _MIGRATIONS, SEALED
+from gateway.store.recording_jobs import (
+    EMPTY_BIOKEYS, ROW_COLUMNS, job_aad, recording_job_from_row, recording_job_values,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -339,7 +341,7 @@ class SqliteRepository(Repository):
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
             # queued recording enrolments keep no biokeys of the user (they fail: opted out)
-            c.execute("UPDATE recording_jobs SET biokeys='[]' WHERE profile_id=? AND user_id=?", (profile_id, user_id))
+            c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE profile_id=? AND user_id=?", (profile_id, user_id))
             c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=?, last_update_ms=? WHERE row_id=?", (t, t, rid))
             return self._user_by_row_id(c, rid), paths
         out = await self._tx(fn)
@@ -615,6 +617,9 @@ class SqliteRepository(Repository):
                 out[table] = {r[0]: r[1] for r in c.execute(f"SELECT key_id, count(*) FROM {table} GROUP BY key_id")}
             out["biokeys"] = {r[0]: r[1] for r in c.execute(
                 "SELECT value_key_id, count(*) FROM biokeys WHERE value_enc IS NOT NULL GROUP BY value_key_id")}
+            out["recording_jobs"] = {r[0]: r[1] for r in c.execute(
+                "SELECT biokeys_key_id, count(*) FROM recording_jobs WHERE biokeys_enc IS NOT NULL"
+                " GROUP BY biokeys_key_id")}
             return out
         return await self._run(fn)
 
@@ -644,6 +649,15 @@ class SqliteRepository(Repository):
                 blob, kid = keys.seal(open_opt(keys, r["value_enc"], r["value_key_id"], ad), ad)
                 c.execute("UPDATE biokeys SET value_enc=?, value_key_id=? WHERE user_row=? AND key=?",
                           (blob, kid, r["user_row"], r["key"]))
+            done += len(rows)
+            if done >= batch:
+                return done
+            rows = c.execute("SELECT id, biokeys_enc, biokeys_key_id FROM recording_jobs WHERE biokeys_enc IS NOT NULL"
+                             " AND biokeys_key_id IS NOT ? LIMIT ?", (active, batch - done)).fetchall()
+            for r in rows:
+                ad = job_aad(r["id"])
+                blob, kid = keys.seal(open_opt(keys, r["biokeys_enc"], r["biokeys_key_id"], ad), ad)
+                c.execute("UPDATE recording_jobs SET biokeys_enc=?, biokeys_key_id=? WHERE id=?", (blob, kid, r["id"]))
             return done + len(rows)
         return await self._tx(fn)
 
@@ -675,14 +689,14 @@ class SqliteRepository(Repository):
 
     # -- enrolment jobs from CCaaS recordings ----------------------------------------------
     async def create_recording_job(self, job) -> None:
-        sql = (f"INSERT INTO recording_jobs ({', '.join(RECORDING_JOB_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(RECORDING_JOB_COLUMNS))})")
-        await self._tx(lambda c: c.execute(sql, recording_job_values(job)))
+        sql = (f"INSERT INTO recording_jobs ({', '.join(ROW_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})")
+        await self._tx(lambda c: c.execute(sql, recording_job_values(job, self.keys)))
 
     async def get_recording_job(self, job_id) -> RecordingJob | None:
         def fn(c):
             r = c.execute("SELECT * FROM recording_jobs WHERE id=?", (job_id,)).fetchone()
-            return recording_job_from_row(r) if r else None
+            return recording_job_from_row(r, self.keys) if r else None
         return await self._run(fn)
 
     async def active_recording_job(self, profile_id, provider, ccaas_session_id, user_id) -> RecordingJob | None:
@@ -690,7 +704,7 @@ class SqliteRepository(Repository):
             r = c.execute("SELECT * FROM recording_jobs WHERE profile_id=? AND provider=? AND ccaas_session_id=?"
                           " AND user_id=? AND status IN ('QUEUED', 'RUNNING') ORDER BY created_ms LIMIT 1",
                           (profile_id, provider, ccaas_session_id, user_id)).fetchone()
-            return recording_job_from_row(r) if r else None
+            return recording_job_from_row(r, self.keys) if r else None
         return await self._run(fn)
 
     async def claim_recording_jobs(self, now_ms_, limit) -> list[RecordingJob]:
@@ -702,22 +716,24 @@ class SqliteRepository(Repository):
             for i in ids:
                 c.execute("UPDATE recording_jobs SET status='RUNNING', stage='FETCHING', updated_ms=? WHERE id=?",
                           (now_ms_, i))
-                out.append(recording_job_from_row(c.execute("SELECT * FROM recording_jobs WHERE id=?", (i,)).fetchone()))
+                out.append(recording_job_from_row(c.execute("SELECT * FROM recording_jobs WHERE id=?", (i,)).fetchone(),
+                                                  self.keys))
             return out
         return await self._tx(fn)
 
     async def update_recording_job(self, job) -> None:
         def fn(c):
             c.execute("UPDATE recording_jobs SET status=?, stage=?, attempts=?, next_attempt_ms=?, error_code=?,"
-                      " error_message=?, speech_ms=?, updated_ms=?, finished_ms=?,"
-                      " biokeys=CASE WHEN ? IN ('SUCCEEDED', 'FAILED') THEN '[]' ELSE biokeys END WHERE id=?",
+                      " error_message=?, speech_ms=?, updated_ms=?, finished_ms=? WHERE id=?",
                       (job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code, job.error_message,
-                       job.speech_ms, job.updated_ms, job.finished_ms, job.status, job.id))
+                       job.speech_ms, job.updated_ms, job.finished_ms, job.id))
+            if job.status in ("SUCCEEDED", "FAILED"):
+                c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE id=?", (job.id,))
         await self._tx(fn)
 
     async def recording_jobs_with_status(self, status) -> list[RecordingJob]:
         def fn(c):
-            return [recording_job_from_row(r) for r in c.execute(
+            return [recording_job_from_row(r, self.keys) for r in c.execute(
                 "SELECT * FROM recording_jobs WHERE status=? ORDER BY created_ms", (status,))]
         return await self._run(fn)
 

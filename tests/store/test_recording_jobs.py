@@ -113,7 +113,8 @@ async def test_updates_keep_biokeys_until_the_job_ends(repo, profile, raw):
 async def test_opt_out_empties_the_users_jobs_biokeys(repo, profile, raw):
     await repo.enrol(write(profile.id, "leaving"))
     await repo.enrol(write(profile.id, "staying"))
-    mine, theirs = job(profile, "1", user_id="leaving"), job(profile, "2", user_id="staying")
+    sealed = [StoredBiokey("DoB", "hmac:abc", True, plain="19700101", hash_key_id="hk1")]
+    mine, theirs = job(profile, "1", user_id="leaving", biokeys=sealed), job(profile, "2", user_id="staying")
     running = job(profile, "3", user_id="leaving", session="call-2")
     for j in (mine, theirs, running):
         await repo.create_recording_job(j)
@@ -122,6 +123,7 @@ async def test_opt_out_empties_the_users_jobs_biokeys(repo, profile, raw):
     assert user.status == "OPTED_OUT"
     assert await stored_biokeys(raw, mine.id) == [] and await stored_biokeys(raw, running.id) == []
     assert (await repo.get_recording_job(mine.id)).biokeys == []
+    assert await raw.rows("SELECT biokeys_enc, biokeys_key_id FROM recording_jobs WHERE id=?", mine.id) == [(None, None)]
     assert [b["key"] for b in await stored_biokeys(raw, theirs.id)] == ["Ani", "DoB"]
     assert "+15550100" not in str(await raw.rows("SELECT * FROM recording_jobs WHERE user_id='leaving'"))
 
@@ -149,3 +151,53 @@ async def test_enrolled_since_tells_a_committed_enrolment(repo, profile):
     assert not await repo.enrolled_since(profile.id, "u2", "call-9", 0)
     await repo.opt_out(profile.id, "u1")
     assert not await repo.enrolled_since(profile.id, "u1", "call-9", 0)                    # nothing left
+
+
+async def test_a_jobs_sensitive_biokeys_keep_their_hash_key_and_a_sealed_clear_value(backend, repo, profile, raw,
+                                                                                      data_keys):
+    """What the enrolment writes into `biokeys` (the hash, the id of the hash secret, the clear
+    value sealed under the data key, so `rekey-biokeys` can redo the hash) survives the queue,
+    and the clear value is never at rest unsealed; rotate-key counts and re-seals queued jobs."""
+    from gateway.store.keys import DataKeys, new_key
+    bks = [StoredBiokey("Ani", "+15550100", False), StoredBiokey("DoB", "hmac:abc", True, plain="19700101",
+                                                                 hash_key_id="hk1")]
+    j = job(profile, "1", biokeys=bks)
+    await repo.create_recording_job(j)
+    got = await repo.get_recording_job(j.id)
+    assert [(b.key, b.value, b.plain, b.hash_key_id) for b in got.biokeys] == [
+        ("Ani", "+15550100", None, None), ("DoB", "hmac:abc", "19700101", "hk1")]
+    [row] = await raw.rows("SELECT * FROM recording_jobs")
+    assert not any(b"19700101" in (bytes(v) if isinstance(v, (bytes, memoryview)) else str(v).encode()) for v in row)
+    assert (await repo.key_usage())["recording_jobs"] == {data_keys.active_id: 1}
+    # rotation: re-sealed under the new key, readable with it alone
+    rotated = DataKeys([new_key(), *data_keys.raw_keys()])
+    store = make_store(*backend, rotated)
+    await store.open()
+    try:
+        assert await store.reencrypt() == 1
+        assert (await store.key_usage())["recording_jobs"] == {rotated.active_id: 1}
+    finally:
+        await store.close()
+    only_new = make_store(*backend, DataKeys(rotated.raw_keys()[:1]))
+    await only_new.open()
+    try:
+        assert [b.plain for b in (await only_new.get_recording_job(j.id)).biokeys] == [None, "19700101"]
+        # the job ends: nothing of its biokeys is left, sealed or not
+        await only_new.update_recording_job(dataclasses.replace(j, status="FAILED", finished_ms=5000))
+        assert (await only_new.key_usage())["recording_jobs"] == {}
+        assert await raw.rows("SELECT biokeys, biokeys_enc, biokeys_key_id FROM recording_jobs") == [("[]", None, None)]
+    finally:
+        await only_new.close()
+
+
+async def test_without_data_keys_a_job_keeps_no_clear_value(backend, repo, profile, raw):
+    plain_store = make_store(*backend, None)
+    await plain_store.open()
+    try:
+        j = job(profile, "1", biokeys=[StoredBiokey("DoB", "hmac:abc", True, plain="19700101", hash_key_id="hk1")])
+        await plain_store.create_recording_job(j)
+        [b] = (await plain_store.get_recording_job(j.id)).biokeys
+        assert (b.value, b.plain, b.hash_key_id) == ("hmac:abc", None, "hk1")
+        assert await raw.one("SELECT biokeys_enc FROM recording_jobs") is None
+    finally:
+        await plain_store.close()
