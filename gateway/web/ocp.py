@@ -140,8 +140,8 @@ _BIOKEY_FIELD = re.compile(r"^biokeys\[([0-9A-Za-z_+\-]{1,128})\]$")
 
 @routes.route("POST", "/api/enroll", summary="Batch enrolment from a recording (.wav, .mp4) or, as a job "
               "answered 202, from the CCaaS provider's recording of ccaas_session_id (docs/recordings.md)",
-              auth="pat_or_session", response=BatchEnrolResponse, tags=("enrolment",),
-              aliases=("/agent-vb-mw/api/enroll",),
+              auth="pat_or_session", response=BatchEnrolResponse, responses={202: recordings_web.EnrolJobAccepted},
+              tags=("enrolment",), aliases=("/agent-vb-mw/api/enroll",),
               form={"file": "Recording: .wav (Genesys) or .mp4/.m4a (NICE)", "profile_id": "VB profile id or name",
                     "tenant_id": "Tenant id or name", "ccaas_provider": "GENESYS, NICE_IN_CONTACT...",
                     "ccaas_session_id": "Call id: fetch its recording from the provider (a job) when no file",

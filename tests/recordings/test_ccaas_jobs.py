@@ -50,6 +50,11 @@ async def test_genesys_recording_is_fetched_after_processing_and_enrols(gateway,
     status, body = await submit(gw, "GENESYS", cid, "caller-genesys", **{"biokeys[Ani]": "+15550101"})
     assert status == 202 and body["status"] == "QUEUED" and body["data"] == "Enroll job accepted", body
     assert body["status_url"] == f"/api/enroll/jobs/{body['job_id']}"
+    import jsonschema                              # the 202 is the one /openapi.json declares
+    _, doc = await gw.call("GET", "/openapi.json")
+    assert doc["paths"]["/api/enroll"]["post"]["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EnrolJobAccepted"}
+    jsonschema.validate(body, doc["components"]["schemas"]["EnrolJobAccepted"])
     done = await finished(gw, body["status_url"])
     assert done["status"] == "SUCCEEDED" and done["error"] is None, done
     assert done["result"] == {"data": "Enroll user accepted", "user_id": "caller-genesys",
