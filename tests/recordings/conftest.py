@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fake_providers import FakeProvider
+from fake_providers import FakeProvider, recordings_overrides
 
 
 @pytest.fixture
@@ -19,21 +19,6 @@ async def providers(aiohttp_server):
     yield genesys, nice
     for fake in (genesys, nice):
         fake.release.set()
-
-
-def recordings_overrides(tmp_path, genesys: FakeProvider, nice: FakeProvider, **recordings) -> dict:
-    rec = {"tenants": {"acme": {"genesys": genesys.tenant_config(), "nice": nice.tenant_config()}},
-           "retry_base_s": 0.05, "retry_max_s": 0.2, "processing_poll_s": 0.1, "max_attempts": 3,
-           "download_timeout_s": 3.0, "api_timeout_s": 10.0, "job_deadline_s": 120.0}
-    rec.update(recordings)
-    return {
-        "server": {"data_dir": str(tmp_path / "var"), "port": 0, "shutdown_grace_s": 1},
-        "events": {"jsonl_path": str(tmp_path / "var" / "events.jsonl")},
-        "dialogs": {"retain_after_close_s": 600},
-        "fetch": {"allowed_networks": ["127.0.0.1/32"]},
-        "uploads": {"max_audio_s": 60},
-        "recordings": rec,
-    }
 
 
 @pytest.fixture

@@ -197,3 +197,21 @@ class FakeProvider:
 
 def dumps(obj) -> str:
     return json.dumps(obj)
+
+
+def recordings_overrides(tmp_path, genesys: FakeProvider, nice: FakeProvider, **recordings) -> dict:
+    """Settings overrides of a gateway whose acme tenant fetches from these fakes, with short
+    retry timings (here, not in conftest.py: several conftest modules exist, so tests import
+    from uniquely named modules)."""
+    rec = {"tenants": {"acme": {"genesys": genesys.tenant_config(), "nice": nice.tenant_config()}},
+           "retry_base_s": 0.05, "retry_max_s": 0.2, "processing_poll_s": 0.1, "max_attempts": 3,
+           "download_timeout_s": 3.0, "api_timeout_s": 10.0, "job_deadline_s": 120.0}
+    rec.update(recordings)
+    return {
+        "server": {"data_dir": str(tmp_path / "var"), "port": 0, "shutdown_grace_s": 1},
+        "events": {"jsonl_path": str(tmp_path / "var" / "events.jsonl")},
+        "dialogs": {"retain_after_close_s": 600},
+        "fetch": {"allowed_networks": ["127.0.0.1/32"]},
+        "uploads": {"max_audio_s": 60},
+        "recordings": rec,
+    }

@@ -106,7 +106,7 @@ async def test_on_postgresql_a_restart_loses_no_job(engine, aiohttp_server, prov
     import asyncpg
 
     import services
-    from conftest import recordings_overrides
+    from fake_providers import recordings_overrides
     from gateway.infra.config import load_settings
     services.need("postgres")
     genesys, nice = providers
