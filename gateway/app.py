@@ -24,7 +24,7 @@ from gateway.infra.files import private_dir
 from gateway.infra.metrics import Metrics
 from gateway.services.auth import Keyring, load_or_create_secret
 from gateway.services.wiring import Services, wire
-from gateway.web import aculab, audiohook, blocklists, docs, ocp, sse, stream, system, widget
+from gateway.web import aculab, audiohook, blocklists, docs, ocp, recordings, sse, stream, system, widget
 from gateway.web import socketio as socketio_api
 from gateway.web.appkeys import METRICS_TOKEN, OPEN_SOCKETS, SERVICES, SETTINGS
 from gateway.web.errors import client_error, error_response, internal_error
@@ -35,7 +35,7 @@ from gateway.store.keys import KeyUnavailable
 
 log = structlog.get_logger(__name__)
 ROUTE_TABLES = (ocp.routes, stream.routes, sse.routes, system.routes, audiohook.routes, widget.routes,
-                blocklists.routes, aculab.routes, docs.routes)
+                blocklists.routes, aculab.routes, docs.routes, recordings.routes)
 
 
 def sw_version() -> str:
@@ -153,6 +153,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         log.info("gateway_stopped")
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(recordings.lifecycle)     # enrolment jobs: after the services are up
     for table in ROUTE_TABLES:
         table.install(app)
     socketio_api.install(app)    # Socket.IO for agent desktops, on the same app and port
