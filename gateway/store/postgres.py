@@ -37,7 +37,7 @@ from gateway.store.base import (
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS, SEALED
 from gateway.store.recording_jobs import (
-    EMPTY_BIOKEYS, ROW_COLUMNS, job_aad, recording_job_from_row, recording_job_values,
+    EMPTY_BIOKEYS, ROW_COLUMNS, UNFINISHED_JOB_WHERE, job_aad, recording_job_from_row, recording_job_values,
 )
 
 log = structlog.get_logger(__name__)
@@ -466,13 +466,21 @@ class PostgresRepository(Repository):
         """Deletes voiceprints, biokeys, audio records, audio fingerprints and verification counts;
         keeps an OPTED_OUT tombstone (the user id and timestamps only). The user's biokey values
         also leave the customProperties of the profile's sessions. A user with no row gets none
-        (None): nothing is stored about them. Returns the audio file paths the caller must unlink.
-        (SQLite then truncates its WAL; PostgreSQL's dead tuples go with VACUUM, docs/security.md.)"""
+        (None): nothing is stored about them, unless a recording job would enrol them: then the
+        refusal is recorded (an OPTED_OUT tombstone). Returns the audio file paths the caller must
+        unlink. (SQLite then truncates its WAL; PostgreSQL's dead tuples go with VACUUM,
+        docs/security.md.)"""
         async def fn(c):
             t = now_ms()
             row = await self._locked_user(c, profile_id, user_id)
             if row is None:
-                return None, []
+                waiting = await c.fetchval("SELECT 1 FROM recording_jobs WHERE "
+                                           + UNFINISHED_JOB_WHERE.format("$1", "$2"), profile_id, user_id)
+                if not waiting:
+                    return None, []
+                row, new_rid = await self._lock_or_insert_user(c, profile_id, user_id, "OPTED_OUT", t)
+                if row is None:
+                    row = await c.fetchrow("SELECT * FROM users WHERE row_id=$1", new_rid)
             rid = row["row_id"]
             paths = [r["path"] for r in await c.fetch("SELECT path FROM audio WHERE user_row=$1 ORDER BY id", rid)]
             for b in await c.fetch("SELECT key, value FROM biokeys WHERE user_row=$1", rid):

@@ -22,6 +22,9 @@ RECORDING_JOB_COLUMNS = ("id", "tenant_id", "group_id", "profile_id", "provider"
 ROW_COLUMNS = RECORDING_JOB_COLUMNS + ("biokeys_enc", "biokeys_key_id")
 # SQL (both dialects) that empties a job's biokeys: when it ends, when its user opts out.
 EMPTY_BIOKEYS = "biokeys='[]', biokeys_enc=NULL, biokeys_key_id=NULL"
+# SQL (both dialects; the two parameters are the profile id and the user id) for "enrolment work
+# of this user is waiting": an opt-out of a user with no row must then record the refusal.
+UNFINISHED_JOB_WHERE = "profile_id={} AND user_id={} AND status IN ('QUEUED', 'RUNNING')"
 
 
 def job_aad(job_id: str) -> bytes:

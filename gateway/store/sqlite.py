@@ -23,7 +23,7 @@ from gateway.store.base import (
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS as _MIGRATIONS, SEALED
 from gateway.store.recording_jobs import (
-    EMPTY_BIOKEYS, ROW_COLUMNS, job_aad, recording_job_from_row, recording_job_values,
+    EMPTY_BIOKEYS, ROW_COLUMNS, UNFINISHED_JOB_WHERE, job_aad, recording_job_from_row, recording_job_values,
 )
 
 log = structlog.get_logger(__name__)
@@ -323,7 +323,9 @@ class SqliteRepository(Repository):
     async def opt_out(self, profile_id, user_id) -> tuple[User | None, list[str]]:
         """Deletes voiceprints, biokeys, audio records, audio fingerprints and verification counts; keeps an OPTED_OUT tombstone (the
         user id and timestamps only). The user's biokey values also leave the customProperties of
-        the profile's sessions. A user with no row gets none (None): nothing is stored about them.
+        the profile's sessions. A user with no row gets none (None): nothing is stored about them,
+        unless a recording job would enrol them: then the refusal is recorded (an OPTED_OUT
+        tombstone), or the job would enrol someone who said no.
         Returns the audio file paths the caller must unlink. Then the WAL is checkpointed and
         truncated: it still held earlier page images of the deleted rows (secure_delete zeroes
         them in the database file only)."""
@@ -331,7 +333,12 @@ class SqliteRepository(Repository):
             t = now_ms()
             row = self._user_row(c, profile_id, user_id)
             if row is None:
-                return None, []
+                waiting = c.execute("SELECT 1 FROM recording_jobs WHERE " + UNFINISHED_JOB_WHERE.format("?", "?"),
+                                    (profile_id, user_id)).fetchone()
+                if not waiting:
+                    return None, []
+                self._insert_user(c, profile_id, user_id, "OPTED_OUT", t, opt_out_ts=t)
+                row = self._user_row(c, profile_id, user_id)
             rid = row["row_id"]
             paths = [r["path"] for r in c.execute("SELECT path FROM audio WHERE user_row=?", (rid,))]
             for b in c.execute("SELECT key, value FROM biokeys WHERE user_row=?", (rid,)).fetchall():

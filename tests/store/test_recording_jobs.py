@@ -11,7 +11,9 @@ import asyncio
 import dataclasses
 import json
 
-from gateway.store.base import RecordingJob, StoredBiokey
+import pytest
+
+from gateway.store.base import OptedOutError, RecordingJob, StoredBiokey
 from store_support import make_store, write
 
 
@@ -201,3 +203,18 @@ async def test_without_data_keys_a_job_keeps_no_clear_value(backend, repo, profi
         assert await raw.one("SELECT biokeys_enc FROM recording_jobs") is None
     finally:
         await plain_store.close()
+
+
+async def test_opting_out_a_user_a_job_would_enrol_records_the_refusal(repo, profile):
+    """A user with no row who opts out is not stored (docs/api.md), unless a recording job is
+    about to enrol them: then the refusal is kept, and the job's enrolment is refused, instead
+    of enrolling someone who said no."""
+    await repo.create_recording_job(job(profile, "1", user_id="newcomer"))
+    user, paths = await repo.opt_out(profile.id, "newcomer")
+    assert user is not None and user.status == "OPTED_OUT" and user.opt_out_ts and paths == []
+    assert (await repo.get_recording_job(job(profile, "1").id)).biokeys == []
+    with pytest.raises(OptedOutError):
+        await repo.enrol(write(profile.id, "newcomer"))
+    # Without waiting work nothing is stored, as before.
+    assert (await repo.opt_out(profile.id, "stranger"))[0] is None
+    assert await repo.get_user(profile.id, "stranger") is None
