@@ -3,7 +3,7 @@
 Real speech, synthetic speech from several *families* of generators, and the telephony channel
 every utterance goes through. Used by `engine.fraud.train_tts` (training, leave-one-family-out
 evaluation) and `vbgw bench tts`. Nothing here ships audio: utterances are made on the machine
-and cached under `~/.cache/vbgw/tts-corpus` (never in the repository).
+and cached under `~/.cache/vbgw/tts-corpus2` (never in the repository).
 
 Families (`FAMILIES`; kind in brackets):
 
