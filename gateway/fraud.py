@@ -2,8 +2,8 @@
 
 Per dialog, `DialogFraud` receives the customer audio the dialog receives (push: an append) and
 turns it, on one dedicated worker thread (never on the event loop), into the TTS detector's
-running frame evidence (`TtsStream`: a logit sum and a count) and landmark hashes (fingerprints); it keeps no audio beyond a short
-pending buffer. At each engine milestone (EARLY, NORMAL, refined NORMAL) `FraudService`:
+running evidence (`TtsStream`: a few running sums) and landmark hashes (fingerprints); it keeps
+no audio beyond a short pending buffer. At each engine milestone (EARLY, NORMAL, refined NORMAL) `FraudService`:
 
 * checks the milestone's whole-session customer embedding against every entry of every active
   blocklist of the dialog's group and publishes bus kind "blocklist";

@@ -376,7 +376,7 @@ def tts_main(args) -> int:
     print(f"detector {det.version}, threshold P >= {det.threshold:.4f}")
     real, fams = build_corpus(args.cache)
     fs = cached_features(args.cache, real, fams)
-    families = [f for f in (args.families.split(",") if args.families else sorted(fams)) if f in fams]
+    families = [f for f in (args.families.split(",") if args.families else list(fams)) if f in fams]   # train_tts order: same seeded runs
     if not args.shipped_only:
         print("leave-one-family-out (a model per row, trained without that family):")
         report, _ = evaluate(fs, families=families, log=print)
