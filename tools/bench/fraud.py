@@ -379,12 +379,13 @@ def tts_main(args) -> int:
     print(f"detector {det.version}, threshold P >= {det.threshold:.4f}")
     real, fams = build_corpus(args.cache, args.speech)
     fs = cached_features(args.cache, real, fams)
-    families = [f for f in (args.families.split(",") if args.families else list(fams)) if f in fams]   # train_tts order: same seeded runs
+    # the training tool's order: the same seeded runs, so the same table
+    families = [f for f in (args.families.split(",") if args.families else list(fams)) if f in fams]
     if not args.shipped_only:
         print("leave-one-family-out (a model per row, trained without that family):")
         report, _ = evaluate(fs, families=families, log=print)
         out["lofo"] = report["families"]
-        print(f"| left-out family | kind | crops | EER | detected at threshold | TEST false alarms |")
+        print("| left-out family | kind | crops | EER | detected at threshold | TEST false alarms |")
         print("|---|---|---|---|---|---|")
         for f, r in sorted(report["families"].items(), key=lambda kv: (kv[1]["kind"], kv[0])):
             print(f"| {f} | {r['kind']} | {r['crops']} | {_pct(r['eer'])} | {_pct(r['detected'])} | "
