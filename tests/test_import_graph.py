@@ -1,6 +1,7 @@
 """The run-time import graph: the running gateway and the engine import neither the tools
-package (benchmarks, simulators, calibration and training code) nor matplotlib; connectors
-import no aiohttp, engine or surface; the engine imports nothing of the gateway (issue #13)."""
+package (benchmarks, simulators, calibration and training code, the TTS detector's among them)
+nor matplotlib; connectors import no aiohttp, engine or surface; the engine imports nothing of
+the gateway (issue #13)."""
 from __future__ import annotations
 
 import json
@@ -23,8 +24,15 @@ def _under(mods: set[str], *packages: str) -> list[str]:
 
 
 def test_the_running_gateway_imports_no_tools_and_no_matplotlib():
-    mods = imported_by("gateway.app", "gateway.cli.main", "engine")
+    # the fraud and Aculab services load the TTS detector; its training code (tools.train_tts,
+    # tools.train_tts_corpus) must stay out of the running process
+    mods = imported_by("gateway.app", "gateway.cli.main", "gateway.services.fraud", "gateway.services.aculab",
+                       "engine", "engine.fraud")
     assert _under(mods, "tools", "matplotlib") == []
+
+
+def test_training_code_lives_in_tools_not_in_the_engine():
+    assert sorted(p.relative_to(REPO).as_posix() for p in (REPO / "engine").rglob("train*.py")) == []
 
 
 def test_the_engine_imports_nothing_of_the_gateway_or_the_connectors():

@@ -62,7 +62,7 @@ def find_speakers(root: Path) -> dict[str, list[Path]]:
 def telephony(x: np.ndarray, sr: int) -> np.ndarray:
     """float audio at `sr` -> int16 8 kHz at -26 dBFS (RMS), through G.711 mu-law."""
     from engine.audio import resample
-    from tools.train_tts import ulaw_roundtrip
+    from tools.train_tts_corpus import ulaw_roundtrip
     y = resample(np.asarray(x, np.float64) - float(np.mean(x)), sr, SAMPLE_RATE).astype(np.float64)
     rms = float(np.sqrt(np.mean(y * y))) if len(y) else 0.0
     if rms > 0:

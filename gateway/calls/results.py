@@ -117,12 +117,16 @@ class VerificationResults(_Message):
 
 @dataclass(frozen=True, slots=True)
 class TtsVerdict(_Message):
-    """The synthetic-speech detector on the call so far, at a milestone."""
+    """The synthetic-speech detector on the call so far, at a milestone. `model` is the weights
+    file's id (TtsDetector.version, e.g. "tts-frame-mlp-2026-11-30"): which detector gave the
+    score, for logs, benchmarks and a shared bus; the seed's TTS-Detection payload does not
+    carry it (gateway/web/live.py)."""
     kind: ClassVar[str] = "tts"
     label: str
     detectionScore: float            # noqa: N815 - the seed's name, kept on the bus as in the payload
     result_type: str = ""
     speech_frames: int = 0
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)

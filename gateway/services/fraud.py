@@ -1,9 +1,9 @@
 """Fraud signals on live calls: blocklists, synthetic speech (TTS), replay/duplicate audio (PAD).
 
 Per dialog, `DialogFraud` receives the customer audio the dialog receives (push: an append) and
-turns it, on one dedicated worker thread (never on the event loop), into running LFCC statistics
-for the TTS detector and landmark hashes (fingerprints); it keeps no audio beyond a short
-pending buffer. At each engine milestone (EARLY, NORMAL, refined NORMAL) `FraudService`:
+turns it, on one dedicated worker thread (never on the event loop), into the TTS detector's
+running evidence (`TtsStream`: a few running sums) and landmark hashes (fingerprints); it keeps
+no audio beyond a short pending buffer. At each engine milestone (EARLY, NORMAL, refined NORMAL) `FraudService`:
 
 * checks the milestone's whole-session customer embedding against every entry of every active
   blocklist of the dialog's group and publishes BlocklistResults;
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import structlog
 
-from engine.fraud import LfccStats, TtsDetector, TtsResult, pad_detected
+from engine.fraud import TtsDetector, TtsResult, TtsStream, pad_detected
 from engine.fraud.fingerprint import Fingerprinter, match, pack, unpack
 from engine.types import Embedding, EngineError
 from gateway.calls.results import BlocklistResults, BlocklistRow, TtsVerdict, VerificationRow
@@ -83,7 +83,7 @@ class DialogFraud:
         self._pending_samples = 0
         self._scheduled = False
         self.dropped_samples = 0
-        self.lfcc = LfccStats()
+        self.tts: TtsStream | None = service.tts.stream() if service.tts is not None else None
         self.fp = Fingerprinter()
         self.verified_users: set[str] = set()
         self.last_tts: TtsResult | None = None
@@ -117,7 +117,8 @@ class DialogFraud:
                 # one pass over all of it: fewer, larger numpy calls, so fewer GIL hand-overs
                 # with the engine's threads
                 audio = np.concatenate(chunks)
-                self.lfcc.add(audio)
+                if self.tts is not None:
+                    self.tts.add(audio)
                 self.fp.add(audio)
 
     async def tts_result(self, detector: TtsDetector) -> TtsResult | None:
@@ -126,7 +127,7 @@ class DialogFraud:
         def fn():
             self._process()
             with self._proc_lock:
-                return detector.result(self.lfcc)
+                return detector.result(self.tts) if self.tts is not None else None
         return await self.service.run_now(fn)
 
     async def landmarks(self) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +139,7 @@ class DialogFraud:
         return await self.service.run_now(fn)
 
     def memory_bytes(self) -> int:
-        return self._pending_samples * 2 + self.lfcc.nbytes() + self.fp.nbytes()
+        return self._pending_samples * 2 + (self.tts.nbytes() if self.tts else 0) + self.fp.nbytes()
 
 
 class FraudService:
@@ -155,6 +156,7 @@ class FraudService:
                 self.tts = TtsDetector.load(cfg.tts_weights or None)
                 if cfg.tts_threshold is not None:
                     self.tts.threshold = cfg.tts_threshold
+                log.info("tts_detector_loaded", version=self.tts.version, threshold=round(self.tts.threshold, 4))
             except EngineError as exc:
                 log.error("tts_detector_unavailable", error=str(exc))
 
@@ -197,7 +199,7 @@ class FraudService:
                 fr.last_tts = res
                 payload = res.payload()
                 self.bus.publish(dialog.key, TtsVerdict(payload["label"], payload["detectionScore"], str(kind),
-                                                        res.speech_frames))
+                                                        res.speech_frames, self.tts.version))
                 self.metrics.inc("vbgw_tts_results_total", label=res.label)
         if dialog.profile is not None:
             lists = await self.store.active_blocklist_entries(dialog.profile.group_id)

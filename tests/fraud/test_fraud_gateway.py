@@ -4,6 +4,7 @@ call, replay detection (pad_detected TypeA) and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import sqlite3
 
@@ -31,6 +32,22 @@ async def post_wav(gw, list_id: str, name: str, pat: str | None = None, label: s
     if label:
         form.add_field("label", label)
     return await gw.call("POST", f"/api/blocklists/{list_id}/fraudsters", pat or gw.pat, data=form)
+
+
+@contextlib.asynccontextmanager
+async def agent_listening(gw, event: str, token: str):
+    """An agent's Socket.IO client joined to the call of `token`, collecting `event` payloads."""
+    agent = socketio.AsyncClient(reconnection=False)
+    seen: list[dict] = []
+    agent.on(event, seen.append, namespace=NAMESPACE)
+    await agent.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"])
+    try:
+        joined = await agent.call("status", {"token": token, "users": "", "time": "2026-11-23T12:00:00Z"},
+                                  namespace=NAMESPACE, timeout=10)
+        assert joined == {"ok": True}
+        yield seen
+    finally:
+        await agent.disconnect()
 
 
 def bus(gw, dialog_id: str, kind: str) -> list[dict]:
@@ -182,22 +199,13 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     # scd_llr and scd_nllr reach the on-demand result, the vb_verification event and, live,
     # an agent's Socket.IO client (speaker-change-{token}, once).
     tok6 = await gw.token("call-splice")
-    agent = socketio.AsyncClient(reconnection=False)
-    changes: list[dict] = []
-    agent.on(f"speaker-change-{tok6}", changes.append, namespace=NAMESPACE)
-    await agent.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"])
-    try:
-        joined = await agent.call("status", {"token": tok6, "users": "", "time": "2026-11-23T12:00:00Z"},
-                                  namespace=NAMESPACE, timeout=10)
-        assert joined == {"ok": True}
+    async with agent_listening(gw, f"speaker-change-{tok6}", tok6) as changes:
         spliced = b"".join(read_mulaw_bytes(protocol_audio(P, n)) for n in ("1688_enrol0", "1688_enrol1", "1998_enrol0", "1998_enrol1"))
         await stream_call(gw, tok6, "call-splice", spliced, pace_s=0.02)
         for _ in range(100):
             if changes:
                 break
             await asyncio.sleep(0.1)
-    finally:
-        await agent.disconnect()
     assert len(changes) == 1 and changes[0]["userChanged"] is True, changes
     assert changes[0]["scdLlr"] < 4.0 and changes[0]["speechMillis"] > 10000
     assert len(bus(gw, "call-splice", "speaker_change")) == 1
@@ -247,3 +255,49 @@ async def test_blocklist_cli(settings, engine):
     assert rc == 2 and "already" in out
     rc, out = await run("show", "bl_nope")
     assert rc == 2
+
+
+async def test_live_call_of_synthetic_speech_is_flagged_and_pad_says_type_c(gateway):
+    """Synthetic speech played into a call (tests/fraud/data: clips through the telephony channel,
+    a text the training never used). The live result at the call's milestones is the shipped
+    detector's score of the call so far, with its version: the SVOX Pico and espeak clips are
+    flagged TTS_Detected, an agent's Socket.IO client gets TTS-Detection-{token} with the seed's
+    two fields, and a verification on that call carries pad_detected TypeC. The Piper VITS clip
+    is scored the same way (it is not flagged at the shipped threshold: docs/fraud-signals.md).
+    A real caller on the same gateway: No_TTS_Detected, no PAD."""
+    from pathlib import Path
+
+    from engine.audio import read_wav_8k
+    from engine.fraud import TtsDetector
+    gw = gateway
+    core = gw.app[SERVICES]
+    data = Path(__file__).parent / "data"
+    det = TtsDetector.load()
+    tok = await gw.token("call-real")
+    await stream_call(gw, tok, "call-real", read_mulaw_bytes(protocol_audio(P, "1688_enrol0")))
+    status, _ = await gw.call("POST", "/enrol", tok, json={"user_id": "cust-real"})
+    assert status == 200
+    real = bus(gw, "call-real", "tts")
+    assert real and all(t["label"] == "No_TTS_Detected" and t["model"] == det.version for t in real), real
+    for name, flagged in (("tts-pico", True), ("tts-espeak", True), ("tts-piper-vits", False)):
+        clip = read_mulaw_bytes(data / f"{name}.wav")
+        tok = await gw.token(f"call-{name}")
+        async with agent_listening(gw, f"TTS-Detection-{tok}", tok) as seen:
+            await stream_call(gw, tok, f"call-{name}", clip)
+            for _ in range(50):
+                if seen:
+                    break
+                await asyncio.sleep(0.1)
+        tts = bus(gw, f"call-{name}", "tts")
+        assert tts and tts[-1]["model"] == det.version, (name, tts)
+        # the live score is the detector's score of the audio the call received
+        offline = det.score_pcm(read_wav_8k(data / f"{name}.wav"))
+        assert abs(tts[-1]["detectionScore"] - offline.score) < 0.02, (name, tts[-1], offline)
+        assert seen and sorted(seen[-1]) == ["detectionScore", "label"] and seen[-1]["label"] == tts[-1]["label"]
+        d = dialog_named(core, f"call-{name}")
+        r = await core.verifier.score_call(d, await d.engine_session.embedding(), ["cust-real"], None)
+        if flagged:
+            assert tts[-1]["label"] == "TTS_Detected", (name, tts)
+            assert r[0].pad_detected == {"type": "TypeC"}, (name, r[0])
+        else:
+            assert tts[-1]["label"] == ("TTS_Detected" if offline.score >= det.threshold else "No_TTS_Detected")

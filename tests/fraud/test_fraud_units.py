@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.audio import read_wav_8k
-from engine.fraud import (LfccStats, TtsDetector, fingerprint, match, pack, pad_detected, unpack)
+from engine.fraud import (FrameFeatures, TtsDetector, fingerprint, match, pack, pad_detected, unpack)
 from engine.fraud.fingerprint import Fingerprinter, Match
 from engine.fraud.tts import NO_TTS_DETECTED, TTS_DETECTED, TtsResult
 from support import protocol_audio
@@ -86,15 +86,23 @@ def test_pad_detected_types():
     assert pad_detected([], None) is None
 
 
-def test_lfcc_stats_do_not_depend_on_chunking():
+def test_tts_frame_features_and_stream_do_not_depend_on_chunking():
     x = pcm("1688_test0")
-    a, b = LfccStats(), LfccStats()
-    a.add(x)
-    for i in range(0, len(x), 777):
-        b.add(x[i:i + 777])
-    assert a.n == b.n > 100
-    np.testing.assert_allclose(a.vector(), b.vector(), rtol=1e-9, atol=1e-9)
-    assert LfccStats().vector() is None            # not enough audio: no score
+    a, b = FrameFeatures(), FrameFeatures()
+    fa = a.add(x)
+    fb = np.concatenate([b.add(x[i:i + 777]) for i in range(0, len(x), 777)])
+    assert fa.shape == fb.shape and len(fa) > 100
+    np.testing.assert_allclose(fa, fb, rtol=1e-9, atol=1e-9)
+    det = TtsDetector.load()
+    s1, s2 = det.stream(), det.stream()
+    s1.add(x)
+    for i in range(0, len(x), 1600):
+        s2.add(x[i:i + 1600])
+    assert s1.speech_frames == s2.speech_frames == len(fa)
+    assert det.result(s1).score == pytest.approx(det.result(s2).score, abs=1e-9)
+    short = det.stream()
+    short.add(x[:4000])                             # 0.5 s: not enough audio, no score
+    assert det.result(short) is None
 
 
 def test_shipped_tts_detector_on_real_and_synthetic_telephony_speech():
@@ -103,11 +111,31 @@ def test_shipped_tts_detector_on_real_and_synthetic_telephony_speech():
     real = [det.score_pcm(pcm(n, p)) for p, n in (("ls-other-tel", "1688_test0"), ("ls-other-tel", "2414_test1"),
                                                   ("fsdd-tel", "jackson_test0"), ("fsdd-tel", "lucas_test2"))]
     assert all(r is not None and r.label == NO_TTS_DETECTED for r in real), real
-    synth = [det.score_pcm(read_wav_8k(p)) for p in sorted(DATA.glob("tts-*.wav"))]
-    assert len(synth) == 3
-    # engines the detector was trained on, on a text it never saw: most are flagged at the shipped
-    # threshold (1 % false alarms on held-out real speakers), and all score above real speech
-    assert sum(r.label == TTS_DETECTED for r in synth) >= 2, synth
-    assert min(r.score for r in synth) > max(r.score for r in real), (synth, real)
+    synth = {p.stem: det.score_pcm(read_wav_8k(p)) for p in sorted(DATA.glob("tts-*.wav"))}
+    assert set(synth) == {"tts-piper-vits", "tts-kokoro", "tts-espeak", "tts-pico"}
+    # families the detector was trained on, on a text it never saw: the Debian engines are flagged
+    # at the shipped threshold; the neural clips score above the real clips on average but are
+    # not flagged (docs/fraud-signals.md: the detector's limits)
+    assert synth["tts-espeak"].label == synth["tts-pico"].label == TTS_DETECTED, synth
+    assert np.mean([r.score for r in synth.values()]) > np.mean([r.score for r in real]) + 0.2, (synth, real)
+    # issue #15's finding, reproduced small: the previous detector scored the Kokoro clip (0.14)
+    # below a real caller (FSDD jackson, 0.15): neural speech ranked with real speech. Now both
+    # neural clips rank above every real clip, even where the threshold does not flag them.
+    assert min(synth["tts-piper-vits"].score, synth["tts-kokoro"].score) > max(r.score for r in real), (synth, real)
+    synth = list(synth.values())
     assert set(synth[0].payload()) == {"label", "detectionScore"}
     assert det.score_pcm(np.zeros(8000, np.int16)) is None
+
+
+def test_tts_verdict_carries_the_model_on_the_bus_not_in_the_seed_payload():
+    """The bus's `tts` message names the weights that scored it (`model`) and crosses processes
+    with it; the Socket.IO TTS-Detection payload stays the seed's two fields."""
+    from gateway.calls.results import TtsVerdict, result_from_json
+    from gateway.web.live import SOCKETIO_EVENTS
+    det = TtsDetector.load()
+    v = TtsVerdict(TTS_DETECTED, 0.91, "NORMAL", 512, det.version)
+    assert det.version.startswith("tts-frame-mlp-")
+    assert v.to_dict()["model"] == det.version and result_from_json(v.to_json()) == v
+    assert result_from_json(TtsVerdict(TTS_DETECTED, 0.91).to_json()).model == ""   # a message of an older gateway
+    ev = SOCKETIO_EVENTS[TtsVerdict.kind]
+    assert ev.name == "TTS-Detection" and ev.render(v) == {"label": TTS_DETECTED, "detectionScore": 0.91}

@@ -7,8 +7,8 @@
                                 fresh genuine audio: detection and false-positive rates
     vbgw bench speaker-change   live engine sessions of one speaker, and of speaker A then B:
                                 false alarms, misses, speech from the change to the flag
-    vbgw bench tts              the shipped detector on the protocols' real telephony audio:
-                                false alarms (the synthetic side is in tools.train_tts)
+    vbgw bench tts              synthetic speech: leave-one-generator-family-out EER and detection,
+                                false alarms on unseen speakers, CPU per second of audio
 
 Every bench goes through the product code: engine sessions / embed_many_sync, the gateway's
 blocklist_results(), engine.fraud fingerprints, match() and pad_detected()."""
@@ -339,31 +339,90 @@ def scd_main(args) -> int:
 # ----------------------------------------------------------------------------- tts
 def tts_args(ap: argparse.ArgumentParser) -> None:
     _common(ap)
-    ap.add_argument("--synthetic-dir", type=Path, action="append",
-                    help="also score the WAV files in this folder as synthetic (e.g. the training cache)")
+    ap.add_argument("--speech", type=Path, required=True, metavar="DIR",
+                    help="the training corpus's real speech (DIR/fsdd, DIR/librispeech-test-other; see "
+                         "`python -m tools.train_tts --help`)")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vbgw" / "tts-corpus2",
+                    help="the training corpus (made by `python -m tools.train_tts`, cached there)")
+    ap.add_argument("--families", help="comma-separated subset of the families (default: all in the corpus)")
+    ap.add_argument("--shipped-only", action="store_true",
+                    help="skip the leave-one-family-out retraining (minutes); only the shipped detector")
+    ap.add_argument("--weights", type=Path, help="detector weights (default: the shipped file)")
+
+
+def _tts_cpu_ms_per_s(det, pcm: np.ndarray, chunk: int, repeats: int = 3) -> float:
+    """CPU time (process_time) of the live path, TtsStream.add, per second of audio."""
+    best = float("inf")
+    for _ in range(repeats):
+        st = det.stream()
+        t0 = time.process_time()
+        for i in range(0, len(pcm), chunk):
+            st.add(pcm[i:i + chunk])
+        best = min(best, time.process_time() - t0)
+    return 1000 * best / (len(pcm) / 8000)
 
 
 def tts_main(args) -> int:
-    from engine.audio import read_wav_8k
+    """The synthetic-speech detector, measured like a paper (docs/benchmarks.md):
+
+    1. leave-one-family-out: for each generator family, a model trained without it (same recipe
+       as the shipped one) on the family's crops vs real crops of TEST speakers (never trained on):
+       EER, detection at that model's threshold, TEST false alarms;
+    2. the shipped detector (the weights file, not retrained): false alarms on the TEST speakers'
+       telephony crops and on the dev protocols' real files of TEST speakers, in-domain detection;
+    3. CPU per second of audio of the live path (TtsStream.add), 0.2 s and 4 s pieces."""
     from engine.fraud import TtsDetector
-    det = TtsDetector.load()
-    out: dict = {"threshold": det.threshold, "version": det.version, "real": {}, "synthetic": {}}
+    from tools.train_tts import cached_features, crop_scores, evaluate, normalised
+    from tools.train_tts_corpus import TEST_SPEAKERS, build_corpus
+    det = TtsDetector.load(args.weights)
+    out: dict = {"version": det.version, "threshold": det.threshold}
+    print(f"detector {det.version}, threshold P >= {det.threshold:.4f}")
+    real, fams = build_corpus(args.cache, args.speech)
+    fs = cached_features(args.cache, real, fams)
+    # the training tool's order: the same seeded runs, so the same table
+    families = [f for f in (args.families.split(",") if args.families else list(fams)) if f in fams]
+    if not args.shipped_only:
+        print("leave-one-family-out (a model per row, trained without that family):")
+        report, _ = evaluate(fs, families=families, log=print)
+        out["lofo"] = report["families"]
+        print("| left-out family | kind | crops | EER | detected at threshold | TEST false alarms |")
+        print("|---|---|---|---|---|---|")
+        for f, r in sorted(report["families"].items(), key=lambda kv: (kv[1]["kind"], kv[0])):
+            print(f"| {f} | {r['kind']} | {r['crops']} | {_pct(r['eer'])} | {_pct(r['detected'])} | "
+                  f"{_pct(r['test_false_alarms'])} |")
+    # the shipped detector, unchanged, on audio of speakers it never saw
+    role = fs.role()
+    fs = normalised(fs, det.params["cmn_prior"])
+    prob = np.array([det.probability(s) for s in crop_scores(det.params, fs, np.arange(len(fs.family)))])
+    test = np.flatnonzero(fs.real & (role == "TEST"))
+    fa = int((prob[test] >= det.threshold).sum())
+    out["shipped"] = {"test_speaker_crops": len(test), "test_false_alarms": fa}
+    print(f"shipped: TEST speakers ({', '.join(TEST_SPEAKERS)}), {len(test)} telephony crops of 3-6 s: "
+          f"false alarms {fa} ({_pct(fa / max(len(test), 1))})")
+    det_rows = {}
+    for f in families:
+        idx = np.flatnonzero(fs.family == f)
+        hit = int((prob[idx] >= det.threshold).sum())
+        det_rows[f] = [hit, len(idx)]
+    out["shipped"]["in_domain_detected"] = det_rows
+    print("shipped, in domain (families it was trained on; vocoded crops include CAL/TEST speakers): " +
+          ", ".join(f"{f} {_pct(h / max(n, 1))}" for f, (h, n) in det_rows.items()))
+    proto_files = proto_fa = 0
     for proto in _protocols(args):
-        scores = []
-        for _, _, p in proto.enrol + proto.test:
+        for _, spk, p in proto.enrol + proto.test:
+            if not any(spk == t.split("-", 1)[1] for t in TEST_SPEAKERS):
+                continue
             r = det.score_pcm(proto.audio(p))
             if r is not None:
-                scores.append(r.score)
-        s = np.array(scores)
-        fa = int((s >= det.threshold).sum())
-        out["real"][proto.name] = {"files": len(s), "false_alarms": fa}
-        print(f"{proto.name}: real telephony files {len(s)}, flagged TTS {fa} ({_pct(fa / max(len(s), 1))})")
-    for d in args.synthetic_dir or []:
-        s = np.array([r.score for p in sorted(d.glob("*.wav")) if (r := det.score_pcm(read_wav_8k(p))) is not None])
-        hit = int((s >= det.threshold).sum())
-        out["synthetic"][str(d)] = {"files": len(s), "detected": hit}
-        print(f"{d}: synthetic files {len(s)}, detected {hit} ({_pct(hit / max(len(s), 1))}) "
-              "(no telephony channel applied: not the training condition)")
+                proto_files += 1
+                proto_fa += int(r.label == "TTS_Detected")
+    out["shipped"]["protocol_test_speaker_files"] = [proto_fa, proto_files]
+    print(f"shipped: dev protocols' real files of TEST speakers: false alarms {proto_fa} / {proto_files}")
+    pcm = np.concatenate([proto.audio(p) for proto in _protocols(args)[:1] for _, _, p in proto.enrol[:6]])
+    cost = {str(c / 8000): round(_tts_cpu_ms_per_s(det, pcm, c), 3) for c in (1600, 32000)}
+    out["cpu_ms_per_audio_s"] = cost
+    print(f"CPU of the live path per second of audio ({len(pcm) / 8000:.0f} s of speech): "
+          + ", ".join(f"{k} s pieces {v} ms" for k, v in cost.items()))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
@@ -374,7 +433,7 @@ def add_benches(bsub) -> None:
             ("blocklist", "blocklist miss and false-match rates on the dev protocols", blocklist_args, blocklist_main),
             ("replay", "replay/duplicate (PAD type A/B) detection and false positives", replay_args, replay_main),
             ("speaker-change", "speaker-change flags on spliced two-speaker calls", scd_args, scd_main),
-            ("tts", "synthetic-speech detector false alarms on real telephony speech", tts_args, tts_main)):
+            ("tts", "synthetic-speech detector: leave-one-family-out EER, false alarms, CPU", tts_args, tts_main)):
         p = bsub.add_parser(name, help=help_)
         a(p)
         p.set_defaults(fn=m)

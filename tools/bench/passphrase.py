@@ -146,7 +146,7 @@ class _Draw:
 def telephony(parts: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """Digits joined with 50-300 ms pauses (and 200-500 ms around), low background noise,
     level -30..-22 dBFS, G.711 mu-law. int16 8 kHz."""
-    from tools.train_tts import ulaw_roundtrip
+    from tools.train_tts_corpus import ulaw_roundtrip
 
     def pause(lo, hi):
         return np.zeros(int(rng.uniform(lo, hi) * 8000))
