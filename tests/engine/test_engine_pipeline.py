@@ -7,7 +7,8 @@ import time
 import numpy as np
 
 from engine import Engine, EngineConfig, EngineError, Milestone, SpeechLimits
-from engine.facade import _Job, _Scheduler, _State
+from engine.scheduler import _Scheduler
+from engine.state import _Job, _State
 from engine.vad import CHUNK_MS
 from engine_support import speaker_audio, speakers
 

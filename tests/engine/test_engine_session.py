@@ -160,7 +160,7 @@ def test_delayed_flag(engine_sync):
     """A milestone computed more than 1 s after its audio arrived says delayed=True."""
     import time
 
-    from engine.facade import _State
+    from engine.state import _State
     core = engine_sync._core
     a = speaker_audio(speakers()[5], 1)[: 8000 * 6]
     fresh = _State("fresh", SpeechLimits(), None, core.window_samples)
@@ -176,7 +176,7 @@ def test_delayed_flag(engine_sync):
 
 
 def test_no_speaker_change_for_one_speaker(engine_sync):
-    from engine.facade import _State
+    from engine.state import _State
     core = engine_sync._core
     a = speaker_audio(speakers()[6], 3)
     st = _State("one", SpeechLimits(), None, core.window_samples)
@@ -189,7 +189,7 @@ def test_no_speaker_change_for_one_speaker(engine_sync):
 
 def test_folding_old_windows_keeps_the_session_embedding():
     """Long calls: folding windows bounds memory and leaves every weighted mean unchanged."""
-    from engine.facade import _Speech, _Window
+    from engine.state import _Speech, _Window
     rng = np.random.default_rng(3)
     sp = _Speech(80000)
     sp.windows = [_Window(int(rng.integers(2000, 10000)), rng.normal(size=192).astype(np.float32))

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from engine import SpeechLimits
-from engine.facade import FILE_BLOCK_S, _FileTask, _Job, _Scheduler
+from engine.facade import FILE_BLOCK_S
+from engine.scheduler import _FileTask, _Scheduler
+from engine.state import _Job
 from engine_support import speaker_audio, speakers
 
 WAIT = 30.0            # an upper bound for events on a loaded machine, never a measurement

@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
     from engine import EngineConfig
     from engine.audio import campp_features
     from engine.encoders import load_encoder
-    from engine.facade import _limit_threads
+    from engine.threads import _limit_threads
     from engine.models import model_path
     from engine.vad import CHUNK, SileroVad, VadStream
 
