@@ -1,17 +1,30 @@
-"""The synchronous pipeline: VAD feed, windows, milestones, resolve, combine, speaker change."""
+"""The synchronous pipeline: what happens to a session's audio, one step at a time.
+
+`feed` runs the VAD over sessions' pending audio (batched across sessions), fills windows and
+turns full windows and milestones into encoder jobs and in-order tickets; `resolve` turns a
+session's tickets whose jobs are done into results, in order (window embeddings, speaker
+change, Milestone events, answers to waiting callers); `combine` is the speech-weighted mean
+of windows (and a partial window) that every milestone and session embedding is.
+
+Nothing here owns a thread: the coordinator (engine/coordinator.py) calls `feed` and `resolve`
+and hands the jobs to the scheduler; the file path (FileEmbedder) and scripts (`process`,
+`embed_many`) run the jobs inline. The figures in docs/scoring.md are this code's.
+"""
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 
 from .calibration import Calibration
 from .config import EngineConfig
 from .encoders import Encoder
-from .state import _Answer, _Job, _State, _Ticket, _Window
-from .types import (SAMPLE_RATE, Embedding, Milestone, MilestoneKind, SessionEvent, SpeakerChange, SpeechLimits,
+from .state import Answer, EncoderJob, Outcome, SessionState, Ticket, TicketKind, Window
+from .types import (SAMPLE_RATE, Embedding, Milestone, MilestoneKind, SpeakerChange, SpeechLimits,
                     SpeechProgress)
 from .vad import CHUNK, CHUNK_MS, SileroVad
 
@@ -22,8 +35,9 @@ MIN_PARTIAL_S = 0.5         # a partial window shorter than this is left out whe
 _EMPTY = np.zeros(0, np.int16)
 
 
-class _Core:
-    """Synchronous processing shared by the worker thread, embed_pcm and the benchmarks."""
+class Pipeline:
+    """Synchronous processing shared by the coordinator, the file threads and scripts. One per
+    engine: the encoder, the VAD model, the calibration and the engine-wide audio counters."""
 
     def __init__(self, cfg: EngineConfig, encoder: Encoder, vad: SileroVad, cal: Calibration):
         self.cfg = cfg
@@ -36,7 +50,7 @@ class _Core:
         self._stats_lock = threading.Lock()
 
     # -- encoder ---------------------------------------------------------------------
-    def run_jobs(self, jobs: list[_Job]) -> None:
+    def run_jobs(self, jobs: list[EncoderJob]) -> None:
         """Embed jobs inline (batched over the encoder's threads): the synchronous path."""
         todo = [j for j in jobs if len(j.audio) >= self.encoder.min_samples]
         if todo:
@@ -46,13 +60,13 @@ class _Core:
         for j in jobs:
             self.finish_job(j)
 
-    def run_job(self, job: _Job) -> None:
+    def run_job(self, job: EncoderJob) -> None:
         """Embed one job (a scheduler thread); thread-safe."""
         if len(job.audio) >= self.encoder.min_samples:
             job.result = self.encoder.embed_one(job.audio)
         self.finish_job(job)
 
-    def finish_job(self, job: _Job) -> None:
+    def finish_job(self, job: EncoderJob) -> None:
         if job.result is not None:
             with self._stats_lock:                # encoder threads finish jobs concurrently
                 self.speech_s += len(job.audio) / SAMPLE_RATE
@@ -61,7 +75,7 @@ class _Core:
         job.audio = _EMPTY                    # the audio is not needed any more
         job.done = True
 
-    def combine(self, windows: list[_Window], partial: np.ndarray | None, partial_ms: int,
+    def combine(self, windows: list[Window], partial: np.ndarray | None, partial_ms: int,
                 total_ms: int) -> Embedding | None:
         vecs, ws = [], []
         for w in windows:
@@ -77,7 +91,7 @@ class _Core:
         v = (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
         return Embedding(vector=v, speech_ms=int(total_ms), model=self.encoder.model)
 
-    def _speaker_change(self, st: _State, new: _Window) -> None:
+    def _speaker_change(self, st: SessionState, new: Window) -> None:
         """Each window against the call's first window: with the first NORMAL cutting it,
         that is the speech the caller was first verified on. (A growing mean of all earlier
         windows let a window straddling the change contaminate the reference, so the new
@@ -95,8 +109,8 @@ class _Core:
                                       scd_llr=round(llr, 4), scd_nllr=round(nllr, 4))
 
     # -- VAD + windows ---------------------------------------------------------------
-    def feed(self, states: list[_State], max_samples: int | None, now: float | None = None,
-             milestones: bool = True) -> tuple[list[_Job], list[tuple[_State, SessionEvent]]]:
+    def feed(self, states: list[SessionState], max_samples: int | None, now: float | None = None,
+             milestones: bool = True) -> tuple[list[EncoderJob], list[Outcome]]:
         """VAD over the pending audio of `states`; full windows and milestones become
         encoder jobs and in-order tickets on their states. Returns the new jobs and the
         events that need no encoder (SpeechProgress)."""
@@ -107,14 +121,22 @@ class _Core:
             return [], []
         results = self.vad.process_many([st.vad for st, _, _ in active],
                                         [a for _, a, _ in active])
-        jobs: list[_Job] = []
-        events: list[tuple[_State, SessionEvent]] = []
+        jobs: list[EncoderJob] = []
+        events: list[Outcome] = []
 
-        def window_job(st: _State, w: _Window, wa: np.ndarray, urgent: bool) -> _Job:
-            j = _Job(wa, window=w, urgent=urgent, state=st)
+        def window_job(st: SessionState, w: Window, wa: np.ndarray, urgent: bool) -> EncoderJob:
+            j = EncoderJob(wa, window=w, urgent=urgent, state=st)
             jobs.append(j)
-            st.tickets.append(_Ticket(job=j))
+            st.tickets.append(Ticket(TicketKind.WINDOW, job=j))
             return j
+
+        def milestone_ticket(st: SessionState, kind: MilestoneKind, arrived: float,
+                             partial: EncoderJob | None = None, partial_ms: int = 0) -> None:
+            st.milestone_idx += 1
+            st.last_milestone_ms = st.speech.speech_ms
+            st.tickets.append(Ticket(TicketKind.MILESTONE, milestone=kind, windows=list(st.speech.windows),
+                                     partial=partial, partial_ms=partial_ms,
+                                     speech_ms=st.speech.speech_ms, arrived=arrived))
 
         for (st, audio, times), decisions in zip(active, results):
             st.audio_ms += len(audio) * 1000 // SAMPLE_RATE
@@ -127,11 +149,7 @@ class _Core:
                         window_job(st, w, wa, urgent=False)
                         if milestones and st.refine_due():
                             # A refined NORMAL from the finished windows alone: no extra encoder work.
-                            st.milestone_idx += 1
-                            st.last_milestone_ms = st.speech.speech_ms
-                            st.tickets.append(_Ticket(kind=MilestoneKind.NORMAL, windows=list(st.speech.windows),
-                                                      speech_ms=st.speech.speech_ms,
-                                                      arrived=float(times[idx])))
+                            milestone_ticket(st, MilestoneKind.NORMAL, float(times[idx]))
                 if not is_speech:
                     continue
                 st.speech.speech_ms += CHUNK_MS
@@ -141,59 +159,58 @@ class _Core:
                 if nxt is None or st.speech.speech_ms < nxt[1]:
                     continue
                 milestone = True
-                st.milestone_idx += 1
-                st.last_milestone_ms = st.speech.speech_ms
-                arrived = float(times[idx])
-                if nxt[0] == "NORMAL":
+                kind, arrived = nxt[0], float(times[idx])
+                if kind == MilestoneKind.NORMAL:
                     # The first NORMAL closes the current window early, so its audio is
                     # embedded once, as a window, instead of once as a partial and again
                     # inside a 10 s window (~30 % of a call's encoder work).
                     cut = st.speech.cut()
                     if cut is not None:
                         window_job(st, cut[0], cut[1], urgent=True)
-                    st.tickets.append(_Ticket(kind=MilestoneKind.NORMAL, windows=list(st.speech.windows),
-                                              speech_ms=st.speech.speech_ms, arrived=arrived))
+                    milestone_ticket(st, kind, arrived)
                 else:
                     part = st.speech.partial(PARTIAL_QUANTUM)
-                    pj = _Job(part, urgent=True, state=st) if len(part) else None
+                    pj = EncoderJob(part, urgent=True, state=st) if len(part) else None
                     if pj is not None:
                         jobs.append(pj)
-                    st.tickets.append(_Ticket(kind=nxt[0], windows=list(st.speech.windows),
-                                              partial=pj, partial_ms=st.speech.buf_speech_ms,
-                                              speech_ms=st.speech.speech_ms, arrived=arrived))
+                    milestone_ticket(st, kind, arrived, partial=pj, partial_ms=st.speech.buf_speech_ms)
             if grew and (milestone or now - st.last_progress_t >= PROGRESS_EVERY_S):
                 st.last_progress_t = now
                 st.last_progress_ms = st.speech.speech_ms
                 events.append((st, SpeechProgress(st.dialog_id, st.speech.speech_ms)))
         return jobs, events
 
-    def resolve(self, st: _State, now: float | None = None) -> list[tuple[_State, SessionEvent]]:
+    def resolve(self, st: SessionState, now: float | None = None) -> list[Outcome]:
         """Results of `st`'s tickets whose jobs are done, in order (coordinator thread)."""
-        events: list[tuple[_State, SessionEvent]] = []
+        events: list[Outcome] = []
         done = time.monotonic() if now is None else now
         while st.tickets and st.tickets[0].ready():
             t = st.tickets.popleft()
-            if t.kind is None:
+            if t.kind is TicketKind.WINDOW:
+                assert t.job is not None and t.job.window is not None
                 w = t.job.window
                 w.done = True
                 self._speaker_change(st, w)
                 continue
-            if t.kind == "SETTLED":
-                events.append((st, _Answer(t.callback, None)))
+            if t.kind is TicketKind.SETTLED:
+                assert t.callback is not None
+                events.append((st, Answer(t.callback, None)))
                 continue
-            emb = self.combine(t.windows, t.partial.result if t.partial is not None else None,
+            emb = self.combine(t.windows or [], t.partial.result if t.partial is not None else None,
                                t.partial_ms, t.speech_ms)
-            if t.kind == "SESSION":
-                events.append((st, _Answer(t.callback, emb if t.speech_ms > 0 else None)))
+            if t.kind is TicketKind.SESSION:
+                assert t.callback is not None
+                events.append((st, Answer(t.callback, emb if t.speech_ms > 0 else None)))
                 continue
+            assert t.milestone is not None
             if emb is not None:
-                events.append((st, Milestone(st.dialog_id, t.kind, emb, st.change,
+                events.append((st, Milestone(st.dialog_id, t.milestone, emb, st.change,
                                              delayed=(done - t.arrived) > DELAY_S, arrived=t.arrived)))
         st.speech.fold()
         return events
 
-    def process(self, states: list[_State], max_samples: int | None, now: float | None = None,
-                milestones: bool = True) -> list[tuple[_State, SessionEvent]]:
+    def process(self, states: list[SessionState], max_samples: int | None, now: float | None = None,
+                milestones: bool = True) -> list[Outcome]:
         """feed + encoder inline + resolve: the synchronous path (embed_many for scripts
         and benchmarks, tests). Returns the events to deliver, in order."""
         jobs, events = self.feed(states, max_samples, now, milestones)
@@ -202,19 +219,20 @@ class _Core:
             events += self.resolve(st)
         return events
 
-    def session_ticket(self, st: _State, callback) -> _Job | None:
+    def session_ticket(self, st: SessionState,
+                       callback: Callable[[Embedding | None], None]) -> EncoderJob | None:
         """Queue the whole-session embedding of `st` (its windows so far plus the current
         partial window) as a ticket; returns the partial window's job, if any."""
         part = st.speech.partial()
-        job = _Job(part, urgent=True, state=st) if len(part) else None
-        st.tickets.append(_Ticket(kind="SESSION", windows=list(st.speech.windows), partial=job,
-                                  partial_ms=st.speech.buf_speech_ms, speech_ms=st.speech.speech_ms,
-                                  callback=callback))
+        job = EncoderJob(part, urgent=True, state=st) if len(part) else None
+        st.tickets.append(Ticket(TicketKind.SESSION, windows=list(st.speech.windows), partial=job,
+                                 partial_ms=st.speech.buf_speech_ms, speech_ms=st.speech.speech_ms,
+                                 callback=callback))
         return job
 
-    def file_state(self, pcm: np.ndarray) -> _State:
+    def file_state(self, pcm: np.ndarray) -> SessionState:
         """A session holding a whole file as pending audio (one-shot embedding)."""
-        st = _State("", SpeechLimits(), None, self.window_samples)
+        st = SessionState("", SpeechLimits(), None, self.window_samples)
         st.pending.append((0.0, np.asarray(pcm, np.int16)))
         st.pending_samples = len(pcm)
         return st
@@ -226,13 +244,13 @@ class _Core:
         # the < 256-sample tail is not a whole VAD chunk: ignored, as in a live session
         jobs, _ = self.feed(states, None, milestones=False)
         for i, st in enumerate(states):
-            part = self.session_ticket(st, lambda emb, i=i: out.__setitem__(i, emb))
+            part = self.session_ticket(st, functools.partial(out.__setitem__, i))
             if part is not None:
                 jobs.append(part)
         self.run_jobs(jobs)
         for st in states:
             for _, ev in self.resolve(st):
-                if isinstance(ev, _Answer):
+                if isinstance(ev, Answer):
                     ev.callback(ev.value)
         return out
 

@@ -1,31 +1,43 @@
-"""The encoder scheduler: urgent live jobs, background live jobs, then file work."""
+"""The encoder scheduler: which CPU work runs next, live calls always first.
+
+Three lanes, in priority order: urgent live jobs (a milestone waits for them), background
+live jobs (windows only speaker change waits for) and file work (uploaded files, block by
+block). Encoder threads take only live jobs; file threads take file work only while no live
+job is queued. See EncoderScheduler.
+"""
 from __future__ import annotations
 
 import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol, TypeVar
 
-from .state import _Job
-from .threads import _lower_thread_priority
+from .state import EncoderJob
+from .threads import lower_thread_priority
 from .types import EngineError
 
-if TYPE_CHECKING:
-    from .pipeline import _Core
-
 log = logging.getLogger("vbgw.engine")
+T = TypeVar("T")
+
+
+class JobRunner(Protocol):
+    """What the encoder threads call: the engine's Pipeline (tests put a recorder here)."""
+
+    def run_job(self, job: EncoderJob) -> None: ...
+
+    def finish_job(self, job: EncoderJob) -> None: ...
 
 
 @dataclass(eq=False)
-class _FileTask:
+class FileTask:
     """A unit of file work (an uploaded file's next block: decoding, VAD, its windows'
     embeddings, fingerprint): `fn()` runs on a file thread, `done(result, exc)` follows."""
     fn: Callable[[], object]
     done: Callable[[object, BaseException | None], None]
 
 
-class _Scheduler:
+class EncoderScheduler:
     """Runs encoder jobs on `threads` threads of their own, urgent (milestone) jobs first;
     file work (uploaded files: batch enrolment, blocklist and Aculab uploads) on
     `file_threads` threads of its own, last.
@@ -40,20 +52,20 @@ class _Scheduler:
     live thread, so a live job never waits behind a file), and the CPU (file threads run at
     `file_nice` on Linux, so under load the OS hands the cores to live work first)."""
 
-    def __init__(self, core: "_Core", threads: int, on_done: Callable[[], None],
+    def __init__(self, runner: JobRunner, threads: int, on_done: Callable[[], None],
                  file_threads: int = 1, file_nice: int = 10):
-        self._core = core
+        self._runner = runner
         self._on_done = on_done
         self._cv = threading.Condition()
-        self._urgent: deque[_Job] = deque()
-        self._background: deque[_Job] = deque()
-        self._files: deque[_FileTask] = deque()
+        self._urgent: deque[EncoderJob] = deque()
+        self._background: deque[EncoderJob] = deque()
+        self._files: deque[FileTask] = deque()
         self._running = 0
         self.file_running = 0
         self._stop = False
         self.queued_samples = 0
         self._file_nice = file_nice
-        self.finished: deque[_Job] = deque()      # appended by encoder threads, drained by the coordinator
+        self.finished: deque[EncoderJob] = deque()      # appended by encoder threads, drained by the coordinator
         self._threads = [threading.Thread(target=self._loop, name=f"vbgw-encoder-{i}", daemon=True)
                          for i in range(max(1, threads))]
         self._threads += [threading.Thread(target=self._file_loop, name=f"vbgw-files-{i}", daemon=True)
@@ -61,7 +73,7 @@ class _Scheduler:
         for t in self._threads:
             t.start()
 
-    def submit(self, jobs: list[_Job]) -> None:
+    def submit(self, jobs: list[EncoderJob]) -> None:
         if not jobs:
             return
         with self._cv:
@@ -70,7 +82,7 @@ class _Scheduler:
                 self.queued_samples += len(j.audio)
             self._cv.notify_all()
 
-    def submit_file(self, task: _FileTask) -> None:
+    def submit_file(self, task: FileTask) -> None:
         with self._cv:
             if self._stop:
                 raise EngineError("engine stopped")
@@ -84,7 +96,7 @@ class _Scheduler:
     def promote(self, states: set[int]) -> None:
         """Queued jobs of these states (ids) jump the queue: a milestone waits for them."""
         with self._cv:
-            rest: deque[_Job] = deque()
+            rest: deque[EncoderJob] = deque()
             for j in self._background:
                 if id(j.state) in states:
                     j.urgent = True
@@ -108,20 +120,20 @@ class _Scheduler:
             t.join(5.0)
 
     # -- the order (called with self._cv held) ---------------------------------------
-    def _next_live(self) -> _Job | None:
+    def _next_live(self) -> EncoderJob | None:
         if self._urgent:
             return self._urgent.popleft()
         if self._background:
             return self._background.popleft()
         return None
 
-    def _next_file(self) -> _FileTask | None:
+    def _next_file(self) -> FileTask | None:
         if self._urgent or self._background or not self._files:
             return None                  # live work first, whatever is waiting
         return self._files.popleft()
 
     # -- threads ---------------------------------------------------------------------
-    def _wait_for(self, take: Callable):
+    def _wait_for(self, take: Callable[[], T | None]) -> T | None:
         """With the lock held: the next item `take()` gives, waiting for one; None on stop."""
         while not self._stop and (item := take()) is None:
             self._cv.wait()
@@ -138,11 +150,11 @@ class _Scheduler:
                 if self._files and not (self._urgent or self._background):
                     self._cv.notify_all()           # the live queues drained: file work may go
             try:
-                self._core.run_job(job)
+                self._runner.run_job(job)
             except Exception:  # noqa: BLE001 - a failed job yields no embedding, never a dead thread
                 log.exception("encoder job failed")
                 job.result = None
-                self._core.finish_job(job)
+                self._runner.finish_job(job)
             finally:
                 with self._cv:
                     self._running -= 1
@@ -150,7 +162,7 @@ class _Scheduler:
                 self._on_done()
 
     def _file_loop(self) -> None:
-        _lower_thread_priority(self._file_nice)
+        lower_thread_priority(self._file_nice)
         while True:
             with self._cv:
                 task = self._wait_for(self._next_file)

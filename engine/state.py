@@ -1,6 +1,14 @@
-"""The per-session data model of the engine (coordinator-thread state)."""
+"""The engine's per-session data model: what one call's customer audio has become so far.
+
+A `SessionState` is written by one thread at a time: the event loop appends pushed audio to
+`pending` under its lock; everything else belongs to the coordinator thread (or, for a file,
+to the file thread that owns its `FileEmbedder`). Its speech is a list of finished `Window`s
+(their embeddings, filled in by `EncoderJob`s) plus the audio of the current window, so memory
+is bounded whatever the call length. `Ticket`s queue the session's results in order.
+"""
 from __future__ import annotations
 
+import enum
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -8,31 +16,33 @@ from typing import Callable
 
 import numpy as np
 
-from .types import Embedding, MilestoneKind, SpeakerChange, SpeechLimits
+from .types import Embedding, MilestoneKind, SessionEvent, SpeakerChange, SpeechLimits
 from .vad import CHUNK, VadStream
 
 MAX_WINDOWS = 64            # finished windows kept per call before the oldest are folded (memory bound)
 
 
 @dataclass
-class _Window:
+class Window:
+    """A window of a session's speech (cfg.window_s, or shorter where cut): its net speech,
+    which weights it in every mean, and its embedding once its encoder job is done."""
     speech_ms: int
     vector: np.ndarray | None = None
     done: bool = True             # False while its encoder job is queued or running
 
 
-class _Speech:
+class SessionSpeech:
     """Speech of one stream: finished windows' embeddings + the current window's audio."""
 
     def __init__(self, window_samples: int):
         self.window_samples = window_samples
-        self.windows: list[_Window] = []
+        self.windows: list[Window] = []
         self.buf: list[np.ndarray] = []
         self.buf_samples = 0
         self.buf_speech_ms = 0
         self.speech_ms = 0
 
-    def add(self, audio: np.ndarray) -> list[tuple[_Window, np.ndarray]]:
+    def add(self, audio: np.ndarray) -> list[tuple[Window, np.ndarray]]:
         """Append VAD-passed audio; returns windows that became full (to be embedded)."""
         full = []
         if len(audio):
@@ -40,7 +50,7 @@ class _Speech:
             self.buf_samples += len(audio)
         while self.buf_samples >= self.window_samples:
             cat = np.concatenate(self.buf)
-            w = _Window(self.buf_speech_ms, done=False)
+            w = Window(self.buf_speech_ms, done=False)
             self.windows.append(w)
             full.append((w, cat[: self.window_samples]))
             rest = cat[self.window_samples:]
@@ -49,12 +59,12 @@ class _Speech:
             self.buf_speech_ms = 0
         return full
 
-    def cut(self) -> tuple[_Window, np.ndarray] | None:
+    def cut(self) -> tuple[Window, np.ndarray] | None:
         """Close the current buffer as a (short) window now."""
         if not self.buf:
             return None
         cat = np.concatenate(self.buf)
-        w = _Window(self.buf_speech_ms, done=False)
+        w = Window(self.buf_speech_ms, done=False)
         self.windows.append(w)
         self.buf, self.buf_samples, self.buf_speech_ms = [], 0, 0
         return w, cat
@@ -88,50 +98,67 @@ class _Speech:
                 continue
             wa, wb = max(a.speech_ms, 1), max(b.speech_ms, 1)
             merged = ((a.vector.astype(np.float64) * wa + b.vector * wb) / (wa + wb)).astype(np.float32)
-            self.windows[:2] = [_Window(wa + wb, merged)]
+            self.windows[:2] = [Window(wa + wb, merged)]
 
 
 @dataclass(eq=False)
-class _Job:
+class EncoderJob:
     """One encoder input: a full (or cut) window, or the partial window of a milestone."""
     audio: np.ndarray
-    window: _Window | None = None           # window job: fill its vector
+    window: Window | None = None             # window job: fill its vector
     result: np.ndarray | None = None
     done: bool = False
     urgent: bool = False                     # a milestone waits for it (scheduler priority)
-    state: "_State | None" = None
+    state: SessionState | None = None        # whose tickets wait for it (None: a file's job)
 
 
 @dataclass(frozen=True)
-class _Answer:
+class Answer:
     """In an event list: answer a waiting caller here, i.e. only after the events before it
     were posted to the event loop (a flush must not return before its milestones arrive)."""
-    callback: Callable
-    value: object
+    callback: Callable[[Embedding | None], None]
+    value: Embedding | None
+
+
+# What the pipeline hands the coordinator, in order: an event for the session's listener, or
+# an Answer for a caller waiting on the session.
+Outcome = tuple["SessionState", SessionEvent | Answer]
+
+
+class TicketKind(enum.Enum):
+    """What a ticket of a session's in-order result queue stands for."""
+    WINDOW = "window"          # a window whose embedding is awaited (speaker change)
+    MILESTONE = "milestone"    # an EARLY or NORMAL score awaiting its jobs
+    SETTLED = "settled"        # answers a waiting caller (None) once everything before it resolved
+    SESSION = "session"        # answers a waiting caller with the session embedding so far
 
 
 @dataclass(eq=False)
-class _Ticket:
-    """An entry of a state's in-order result queue: a window whose embedding is awaited
-    (speaker change) or a milestone (EARLY/NORMAL) awaiting its jobs. Tickets of a state
-    resolve strictly in order, so a milestone always sees every earlier window embedded."""
-    job: _Job | None = None                 # window ticket: the window's job
-    kind: str | None = None                 # milestone ticket: "EARLY" | "NORMAL"
-    windows: list[_Window] | None = None    # milestone: the windows it combines
-    partial: _Job | None = None             # milestone: its partial-window job, if any
+class Ticket:
+    """An entry of a state's in-order result queue (see TicketKind). Tickets of a state
+    resolve strictly in order, so a milestone always sees every earlier window embedded, and
+    a caller answered by a SETTLED or SESSION ticket has had every earlier event posted first
+    (see Answer)."""
+    kind: TicketKind
+    job: EncoderJob | None = None              # WINDOW: the window's job
+    milestone: MilestoneKind | None = None     # MILESTONE: EARLY or NORMAL
+    windows: list[Window] | None = None        # MILESTONE, SESSION: the windows it combines
+    partial: EncoderJob | None = None          # MILESTONE, SESSION: its partial-window job, if any
     partial_ms: int = 0
     speech_ms: int = 0
     arrived: float = 0.0
-    # kind "SETTLED" / "SESSION": answers a waiting caller (with None / the session embedding)
-    # once every earlier ticket has resolved and their events were posted (see _Answer)
-    callback: Callable[[Embedding | None], None] | None = None
+    callback: Callable[[Embedding | None], None] | None = None   # SETTLED, SESSION
 
     def ready(self) -> bool:
         return (self.job is None or self.job.done) and (self.partial is None or self.partial.done)
 
 
-class _State:
-    def __init__(self, dialog_id: str, limits: SpeechLimits, on_event, window_samples: int):
+class SessionState:
+    """One session (a call's customer audio, or a file): pending audio, VAD stream, speech,
+    milestone bookkeeping, speaker change, and its in-order tickets."""
+
+    def __init__(self, dialog_id: str, limits: SpeechLimits,
+                 on_event: Callable[[SessionEvent], None] | None, window_samples: int):
         self.dialog_id = dialog_id
         self.limits = limits
         self.on_event = on_event
@@ -140,7 +167,7 @@ class _State:
         self.carry = np.zeros(0, np.int16)          # < 256 samples left from the last take
         self.carry_t = 0.0
         self.vad = VadStream()
-        self.speech = _Speech(window_samples)
+        self.speech = SessionSpeech(window_samples)
         self.milestone_idx = 0
         self.last_milestone_ms = 0
         self.last_progress_ms = 0
@@ -153,11 +180,11 @@ class _State:
         self.audio_ms = 0
         self.closed = False
         self.lock = threading.Lock()
-        self.tickets: deque[_Ticket] = deque()     # coordinator thread only
+        self.tickets: deque[Ticket] = deque()     # coordinator thread only
 
-    def next_milestone(self) -> tuple[str, int] | None:
+    def next_milestone(self) -> tuple[MilestoneKind, int] | None:
         """The next speech-count milestone: EARLY, then the first NORMAL. Refined NORMALs
-        come with finished windows instead (see _Core.process), so they reuse the window
+        come with finished windows instead (see Pipeline.feed), so they reuse the window
         embeddings already computed rather than re-embedding a partial window."""
         L = self.limits
         if self.milestone_idx == 0:

@@ -1,4 +1,18 @@
-"""How the engine's threads share the cores: the BLAS thread cap and the file threads' nice."""
+"""How the engine's threads share the cores: two process-level settings, kept apart here.
+
+The engine's CPU work runs on threads it owns: the coordinator (VAD, bookkeeping), the
+encoder threads (ONNX Runtime, which releases the GIL) and the niced file threads (uploads).
+Two things outside those threads would otherwise take their cores:
+
+- OpenBLAS. numpy and scipy (the fbank, small matmuls) each load an OpenBLAS whose idle
+  threads busy-wait after every call, one per core: on a 2-core machine they steal the cores
+  the encoder and the VAD run on. `limit_blas_threads(1)` caps them (Engine.load). This is a
+  hack: OpenBLAS has no public Python switch, so the libraries are found in /proc/self/maps
+  and their `*openblas_set_num_threads*` symbol is called through ctypes, as threadpoolctl
+  does (not a dependency: it would be the only use). Without /proc (not Linux) it does nothing.
+- File work. Uploaded files are embedded on threads of their own that run at a higher nice
+  value (`lower_thread_priority`), so that under load the OS gives the cores to live calls.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,26 +22,13 @@ import threading
 
 log = logging.getLogger("vbgw.engine")
 
-
-def _lower_thread_priority(nice: int) -> None:
-    """Raise the calling thread's nice value (Linux: nice is per thread; elsewhere
-    PRIO_PROCESS would name a process, so nothing is done)."""
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except OSError:
-        log.warning("could not lower the file threads' priority")
+_OPENBLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads")
 
 
-
-def _limit_threads(n: int) -> None:
-    """Cap the OpenBLAS threads of numpy/scipy (used for the fbank and small matmuls).
-
-    Idle OpenBLAS threads busy-wait after each call and would steal the cores the encoder
-    and the VAD run on. Like threadpoolctl (not a dependency), this calls
-    `*openblas_set_num_threads*` in every OpenBLAS library loaded in the process."""
+def limit_blas_threads(n: int) -> None:
+    """Cap the threads of every OpenBLAS library loaded in the process at `n` (see above).
+    Load scipy first (`import scipy.signal`): a library loaded later is not capped."""
     import ctypes
     import re
     try:
@@ -40,12 +41,23 @@ def _limit_threads(n: int) -> None:
             h = ctypes.CDLL(lib)
         except OSError:
             continue
-        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                    "openblas_set_num_threads64_", "openblas_set_num_threads"):
+        for sym in _OPENBLAS_SETTERS:
             fn = getattr(h, sym, None)
             if fn is not None:
                 try:
                     fn(ctypes.c_int(max(1, int(n))))
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - a library we cannot cap keeps its threads
                     pass
                 break
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by `nice` (Linux: nice is per thread; elsewhere
+    PRIO_PROCESS would name a process, so nothing is done)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        log.warning("could not lower the file threads' priority")
