@@ -6,9 +6,12 @@ import abc
 import re
 from dataclasses import dataclass, field
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from gateway.store.keys import DataKeys
 
 # OCP allows these characters in biokey keys and values.
 BIOKEY_RE = re.compile(r"^[0-9A-Za-z_+\-]{1,128}$")
@@ -298,6 +301,9 @@ class HashKeyUsage:
 
 class Repository(abc.ABC):
     """What the gateway needs from storage. Every method is a coroutine."""
+
+    keys: DataKeys | None = None    # the data keys records are sealed under (None: in the clear)
+    retry_open = False              # open() may fail for a while (a database server): the gateway retries
 
     @abc.abstractmethod
     async def open(self) -> None: ...

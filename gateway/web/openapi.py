@@ -1,6 +1,7 @@
 """OpenAPI 3.1 document built from the route table's pydantic models."""
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,6 +17,14 @@ _SECURITY = {
     "user_group_key": [{"user_group_key": []}],
     "none": [],
 }
+
+
+def sw_version() -> str:
+    """The installed vbgw's version (the document's info.version)."""
+    try:
+        return metadata.version("vbgw")
+    except metadata.PackageNotFoundError:
+        return "0.1.0"
 
 
 def build_openapi(specs: list[RouteSpec], version: str) -> dict[str, Any]:
