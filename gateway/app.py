@@ -141,7 +141,8 @@ async def calls_context(app: web.Application) -> AsyncIterator[None]:
     dialogs = app[SERVICES].dialogs
     dialogs.start()
     yield
-    for ws in list(app[OPEN_SOCKETS]):
+    sockets = app[OPEN_SOCKETS]
+    for ws in list(sockets):
         await ws.close(code=1001, message=b"server shutting down")
     await dialogs.close()
 

@@ -18,5 +18,6 @@ ENGINE: web.AppKey["Engine"] = web.AppKey("engine")
 STORE: web.AppKey["Repository"] = web.AppKey("store")
 SINK: web.AppKey["EventSink"] = web.AppKey("event_sink")
 SERVICES: web.AppKey["Services"] = web.AppKey("services")
-OPEN_SOCKETS: web.AppKey[set] = web.AppKey("open_sockets", set)
+# The WebSockets open now (closed with 1001 at shutdown, before the calls finish).
+OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets")
 METRICS_TOKEN: web.AppKey[str] = web.AppKey("metrics_token", str)
