@@ -1,5 +1,5 @@
 """Write tests/engine/data/reference_embeddings.npz: CAM++ embeddings of three short
-protocol files computed with the PyTorch original (engine/bench/torch_campp.py, the
+protocol files computed with the PyTorch original (tools/bench/torch_campp.py, the
 3D-Speaker model definition loading the same state dict), so the numpy port and the ONNX
 graph are tested against torch, not against themselves.
 

@@ -113,7 +113,7 @@ class CallFraud(Protocol):
 
 @dataclass(frozen=True)
 class CallServices:
-    """Everything a dialog works with; built once per gateway (gateway/app.py)."""
+    """Everything a dialog works with; built once per gateway (gateway/services/wiring.py)."""
     engine: EngineSessions
     bus: ResultsBus
     scorer: CallScorer

@@ -29,7 +29,7 @@ def cmd_serve(args) -> int:
     from gateway.infra.logging import configure_logging
     from gateway.infra.startup import StartupError
     # Whatever else the process creates (SQLite temporary files, ...) is owner-only too;
-    # the gateway's own files get 0600/0700 explicitly (gateway/files.py).
+    # the gateway's own files get 0600/0700 explicitly (gateway/infra/files.py).
     os.umask(0o077)
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)

@@ -298,7 +298,7 @@ class _Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        prepare_sqlite(path)          # 0600, and so its -wal and -shm (gateway/files.py)
+        prepare_sqlite(path)          # 0600, and so its -wal and -shm (gateway/infra/files.py)
         self._db = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=30.0
         )

@@ -37,7 +37,7 @@ class ServerConfig(_Section):
     max_json_bytes: int = Field(64 * 1024, ge=256)
     shutdown_grace_s: float = Field(20.0, ge=0)
     data_dir: Path = Path("var")
-    # Limits on idle, slow and never-reading clients (gateway/limits.py, docs/security.md).
+    # Limits on idle, slow and never-reading clients (gateway/web/limits.py, docs/security.md).
     keepalive_timeout_s: float = Field(30.0, gt=0)
     body_timeout_s: float = Field(120.0, gt=0)
     send_timeout_s: float = Field(30.0, ge=0)

@@ -1,5 +1,5 @@
 """Aculab-style Voice Biometrics Users API (seed: aculab-vb-users-api.txt): the decisions.
-gateway/api/aculab.py parses and renders; this module authenticates user group keys, checks
+gateway/web/aculab.py parses and renders; this module authenticates user group keys, checks
 the audio against the seed's format rules and registers, updates, verifies and deletes users
 through the same enrolment, verification and opt-out paths as the OCP API, on the same user
 records (docs/aculab-users-api.md)."""
@@ -120,7 +120,7 @@ def _check_wav_header(data: bytes) -> None:
 
 async def analyse_source(engine: Engine, uploads: Uploads, data: bytes) -> tuple[np.ndarray, Embedding | None]:
     """A WAV source checked against the seed's rules, then decoded (int16 8 kHz mono) and
-    embedded as file work, after live calls' (gateway/uploads.py)."""
+    embedded as file work, after live calls' (gateway/services/uploads.py)."""
     if not data:
         raise ApiError(400, "FILE_REQUIRED", "the request carries no audio")
     await engine.run_file_work(lambda: _check_wav_header(data))

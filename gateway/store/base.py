@@ -171,7 +171,7 @@ class Voiceprint:
 class AudioHookOrg:
     """A Genesys organisation allowed to stream over AudioHook. The API key is stored only as
     its SHA-256; the client secret (needed as the HMAC key) only encrypted (see
-    gateway/audiohook_orgs.py)."""
+    gateway/services/audiohook_orgs.py)."""
     org_id: str                   # Genesys organisation UUID, lower-case
     tenant_id: str
     profile_id: str | None        # default VB profile for its calls (customConfig may override)

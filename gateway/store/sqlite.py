@@ -63,7 +63,7 @@ class SqliteRepository(Repository):
         return self._run(run)
 
     def _open_sync(self) -> None:
-        prepare_sqlite(self.path)            # 0600, and so its -wal and -shm (gateway/files.py)
+        prepare_sqlite(self.path)            # 0600, and so its -wal and -shm (gateway/infra/files.py)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")

@@ -1,7 +1,7 @@
 """Aculab-style Voice Biometrics Users API (seed: aculab-vb-users-api.txt) under
 /voice_biometrics/v1/user/: register, update, verify (PUT one WAV body, POST multipart
 Source1..N, GET a one-time WebSocket URL), stats, exists, delete. Field names, paths and the
-error envelope are the seed's; gateway/aculab.py decides (docs/aculab-users-api.md)."""
+error envelope are the seed's; gateway/services/aculab.py decides (docs/aculab-users-api.md)."""
 from __future__ import annotations
 
 import asyncio

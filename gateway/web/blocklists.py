@@ -2,7 +2,7 @@
 
 A PAT belongs to one group; it reaches only that group's lists (another group's list looks
 exactly like one that does not exist). Every bio-enabled call of the group is checked against
-all its active lists (gateway/fraud.py); docs/fraud-signals.md describes the whole feature."""
+all its active lists (gateway/services/fraud.py); docs/fraud-signals.md describes the whole feature."""
 from __future__ import annotations
 
 import re
@@ -208,7 +208,7 @@ async def add_from_wav(request: web.Request) -> web.Response:
         raise bad_request("FILE_REQUIRED", "a non-empty file field is required")
     name = re.sub(r"[^0-9A-Za-z._+\-]", "_", filename)[-100:]
     label = _label(label, name)
-    # decoded and embedded block by block, after live calls' work (gateway/uploads.py)
+    # decoded and embedded block by block, after live calls' work (gateway/services/uploads.py)
     entry = await add_entry_from_file(core.uploads, core.store, pat.group_id, bl.id, audio, label, f"wav:{name}")
     log.info("blocklist_entry_added", blocklist_id=bl.id, entry_id=entry.id, speech_ms=entry.speech_ms)
     return json_response(_entry(entry), status=201)

@@ -191,7 +191,7 @@ async def batch_enrol(request: web.Request) -> web.Response:
         raise bad_request("FILE_REQUIRED", "a non-empty file field is required")
     if filename.lower().endswith(".mp4"):
         raise ApiError(415, "UNSUPPORTED_MEDIA", ".mp4 recordings (NICE) are not supported yet; send a .wav")
-    # decoded, embedded and kept block by block, after live calls' work (gateway/uploads.py)
+    # decoded, embedded and kept block by block, after live calls' work (gateway/services/uploads.py)
     user, speech = await services.users.enrol_from_upload(profile, user_id, biokeys, audio, dialog_id, keep_audio=True)
     log.info("batch_enrolled", dialog_id=dialog_id, speech_ms=speech)
     return json_response(BatchEnrolResponse(data="Enroll user accepted", user_id=user.user_id, speech_millis=speech))
