@@ -6,7 +6,7 @@ import abc
 import re
 from dataclasses import dataclass, field
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -40,12 +40,12 @@ class BiokeyDef(BaseModel):
 class Bands(BaseModel):
     """Result bands as target error rates (see docs/scoring.md)."""
     model_config = ConfigDict(extra="forbid")
-    far_high: float = Field(0.0005, gt=0, lt=1)
-    far_medium: float = Field(0.005, gt=0, lt=1)
-    far_low: float = Field(0.02, gt=0, lt=1)
-    frr_high: float = Field(0.005, gt=0, lt=1)
-    frr_medium: float = Field(0.02, gt=0, lt=1)
-    frr_low: float = Field(0.10, gt=0, lt=1)
+    far_high: float = Field(default=0.0005, gt=0, lt=1)
+    far_medium: float = Field(default=0.005, gt=0, lt=1)
+    far_low: float = Field(default=0.02, gt=0, lt=1)
+    frr_high: float = Field(default=0.005, gt=0, lt=1)
+    frr_medium: float = Field(default=0.02, gt=0, lt=1)
+    frr_low: float = Field(default=0.10, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Bands":
@@ -62,10 +62,10 @@ def default_biokeys() -> list[BiokeyDef]:
 
 class ProfileSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    enrol_min_speech_ms: int = Field(10000, ge=1000)
-    verify_min_speech_ms: int = Field(5000, ge=500)
-    early_speech_ms: int = Field(2000, ge=500)
-    refine_speech_ms: int = Field(5000, ge=1000)
+    enrol_min_speech_ms: int = Field(default=10000, ge=1000)
+    verify_min_speech_ms: int = Field(default=5000, ge=500)
+    early_speech_ms: int = Field(default=2000, ge=500)
+    refine_speech_ms: int = Field(default=5000, ge=1000)
     bands: Bands = Bands()
     biokeys: list[BiokeyDef] = Field(default_factory=default_biokeys)
 
@@ -142,12 +142,15 @@ class StoredBiokey:
     hash_key_id: str | None = None    # id of the hash secret the value's HMAC was made with
 
 
+UserStatus = Literal["ENROLLED", "NOT_ENROLLED", "OPTED_OUT", "RE_ENROLL"]     # the seed's user status
+
+
 @dataclass(frozen=True)
 class User:
     row_id: int
     profile_id: str
     user_id: str
-    status: str
+    status: UserStatus
     created_ms: int
     last_update_ms: int
     opt_out_ts: int | None
@@ -180,7 +183,8 @@ class AudioHookOrg:
     created_ms: int
 
 
-RISK_LEVELS = ("LOW_RISK", "MEDIUM_RISK", "HIGH_RISK")
+RiskLevel = Literal["LOW_RISK", "MEDIUM_RISK", "HIGH_RISK"]     # a blocklist's, on its matches
+RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
 FINGERPRINT_KINDS = ("ENROL", "VERIFY")
 
 
@@ -192,7 +196,7 @@ class Blocklist:
     group_id: str
     name: str
     description: str
-    risk_level: str               # LOW_RISK | MEDIUM_RISK | HIGH_RISK
+    risk_level: RiskLevel
     custom_ui_message: str
     custom_agent_message: str
     active: bool

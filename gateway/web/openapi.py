@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from gateway.web.routing import RouteSpec
 from gateway.web.errors import ErrorResponse
 
-_SECURITY = {
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "pat": [{"pat": []}],
     "session": [{"session": []}, {"session_query": []}],
     "pat_or_session": [{"pat": []}, {"session": []}],
