@@ -6,12 +6,9 @@ import abc
 import re
 from dataclasses import dataclass, field
 
-from typing import TYPE_CHECKING, Annotated, Literal, get_args
+from typing import Annotated, Literal, Protocol, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:
-    from gateway.store.keys import DataKeys
 
 # OCP allows these characters in biokey keys and values.
 BIOKEY_RE = re.compile(r"^[0-9A-Za-z_+\-]{1,128}$")
@@ -303,10 +300,15 @@ class HashKeyUsage:
     rekeyable: int        # rows with an encrypted copy of the value (re-keyable without the user)
 
 
+class SealingKeys(Protocol):
+    """What the gateway reads of a store's data keys (gateway.store.keys.DataKeys)."""
+    active_id: str
+
+
 class Repository(abc.ABC):
     """What the gateway needs from storage. Every method is a coroutine."""
 
-    keys: DataKeys | None = None    # the data keys records are sealed under (None: in the clear)
+    keys: SealingKeys | None = None   # the data keys records are sealed under (None: in the clear)
     retry_open = False              # open() may fail for a while (a database server): the gateway retries
 
     @abc.abstractmethod

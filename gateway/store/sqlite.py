@@ -36,7 +36,7 @@ MIGRATIONS: list[str] = [m.sqlite for m in _MIGRATIONS]
 class SqliteRepository(Repository):
     def __init__(self, path: Path, keys: DataKeys | None = None):
         self.path = Path(path)
-        self.keys = keys          # None: vectors and hashes are written in the clear (tools, tests)
+        self.keys: DataKeys | None = keys   # None: vectors and hashes are written in the clear (tools, tests)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
 
