@@ -23,6 +23,10 @@ from connectors.base import SAMPLE_RATE, ConnectorError
 
 ENCODINGS = ("l16", "mulaw", "alaw")
 SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# Recording files (batch enrolment from CCaaS recordings) may also be at studio rates.
+FILE_RATES = SUPPORTED_RATES + (64000, 88200, 96000)
+# libsndfile's names for WAV: plain, WAVE_FORMAT_EXTENSIBLE, and RF64 (WAV over 4 GB).
+WAV_FORMATS = ("WAV", "WAVEX", "RF64")
 
 
 def decode(payload: bytes, encoding: str) -> np.ndarray:
@@ -99,34 +103,39 @@ class WavInfo:
         return self.frames / self.rate if self.rate else 0.0
 
 
-def _open_wav(data: bytes):
+def _open_wav(data: bytes, rates: tuple[int, ...] = SUPPORTED_RATES):
     import soundfile as sf
     try:
         f = sf.SoundFile(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - soundfile raises RuntimeError/LibsndfileError for junk
-        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {exc}", 1003) from None
-    if f.format != "WAV":
+        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}", 1003) from None
+    if f.format not in WAV_FORMATS:
         f.close()
         raise ConnectorError("BAD_AUDIO", f"expected a WAV file, got {f.format}", 1003)
-    if f.samplerate not in SUPPORTED_RATES:
+    if f.samplerate not in rates:
         f.close()
         raise ConnectorError("BAD_SAMPLE_RATE", f"unsupported sample rate {f.samplerate}", 1003)
     return f
 
 
-def wav_info(data: bytes) -> WavInfo:
+def wav_info(data: bytes, rates: tuple[int, ...] = SUPPORTED_RATES) -> WavInfo:
     """A WAV file's format and length, from its header (nothing is decoded)."""
-    with _open_wav(data) as f:
+    with _open_wav(data, rates) as f:
         return WavInfo(f.samplerate, f.channels, f.frames, f.subtype)
 
 
-def iter_wav_8k(data: bytes, block_s: float = 5.0) -> Iterator[np.ndarray]:
+def iter_wav_8k(data: bytes, block_s: float = 5.0, channel: int = 0,
+                rates: tuple[int, ...] = SUPPORTED_RATES) -> Iterator[np.ndarray]:
     """Decode a WAV file (as read_wav) to int16 mono 8 kHz, block by block: at most
     `block_s` of input audio is decoded at a time, so memory stays a few blocks whatever the
     file's length (the whole-file path held the file as int16 and, resampling, a float64
     matrix of taps x output samples: gigabytes for a long 48 kHz upload). The blocks joined
-    equal read_wav + to_8k of the whole file (StreamResampler is chunk-exact)."""
-    f = _open_wav(data)
+    equal read_wav + to_8k of the whole file (StreamResampler is chunk-exact). `channel`: which
+    channel of a multi-channel file is kept (a recording's customer side)."""
+    f = _open_wav(data, rates)
+    if not 0 <= channel < f.channels:
+        f.close()
+        raise ConnectorError("BAD_CHANNEL", f"channel {channel} of a {f.channels}-channel file", 1003)
     try:
         resampler = StreamResampler(f.samplerate)
         step = max(1, int(block_s * f.samplerate))
@@ -137,7 +146,7 @@ def iter_wav_8k(data: bytes, block_s: float = 5.0) -> Iterator[np.ndarray]:
                 raise ConnectorError("BAD_AUDIO", f"the WAV data cannot be decoded: {exc}", 1003) from None
             if not len(block):
                 return
-            out = resampler.process(np.ascontiguousarray(block[:, 0]))
+            out = resampler.process(np.ascontiguousarray(block[:, channel]))
             if len(out):
                 yield out
     finally:

@@ -11,6 +11,7 @@ each resource is up before what uses it and outlives it:
   fraud   -> the fraud detectors' worker threads                                (stopped last of the parts)
   calls   -> the call registry's reaper; at shutdown the open sockets are
              closed and the live calls finished first
+  recordings -> the workers of enrolment jobs from CCaaS recordings (gateway/web/recordings.py)
 
 Serving the app as a process (TLS, the site, signals) is gateway/web/server.py; the routes and
 every HTTP helper are under gateway/web/.
@@ -32,7 +33,7 @@ from gateway.services.auth import Keyring, load_or_create_secret
 from gateway.services.wiring import store_ready, wire
 from gateway.store.base import StoreUnavailable
 from gateway.store.factory import build_repository, keep_opening, load_data_keys, watch_keys
-from gateway.web import aculab, audiohook, blocklists, docs, limits, ocp, sse, stream, system, widget
+from gateway.web import aculab, audiohook, blocklists, docs, limits, ocp, recordings, sse, stream, system, widget
 from gateway.web import socketio as socketio_api
 from gateway.web.appkeys import ENGINE, METRICS_TOKEN, OPEN_SOCKETS, SERVICES, SETTINGS, SINK, STORE
 from gateway.web.errors import error_middleware, remember_prepared
@@ -40,7 +41,7 @@ from gateway.web.openapi import build_openapi, sw_version
 
 log = structlog.get_logger(__name__)
 ROUTE_TABLES = (ocp.routes, stream.routes, sse.routes, system.routes, audiohook.routes, widget.routes,
-                blocklists.routes, aculab.routes, docs.routes)
+                blocklists.routes, aculab.routes, docs.routes, recordings.routes)
 Context = Callable[[web.Application], AsyncIterator[None]]
 
 
@@ -56,7 +57,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     private_dir(settings.data_dir)            # 0700 (gateway/infra/files.py)
     app[METRICS_TOKEN] = system.load_metrics_token(settings.data_dir)
     app.cleanup_ctx.extend([engine_context(engine), store_context, sink_context, services_context,
-                            fraud_context, calls_context])
+                            fraud_context, calls_context,
+                            recordings.lifecycle])     # enrolment jobs from recordings: once the calls are up
     app.on_startup.append(_started)
     app.on_cleanup.append(_stopped)
     for table in ROUTE_TABLES:

@@ -3,6 +3,17 @@ carries them. Services raise ApiError; the web layer renders it (gateway/web/err
 `{"error": {"code": ..., "message": ...}}`, or a surface's own envelope)."""
 from __future__ import annotations
 
+import re
+
+_OBJECT_REPR = re.compile(r"<[^<>]{0,200}? (?:object )?at 0x[0-9a-fA-F]+>")
+
+
+def scrub(message: str) -> str:
+    """An error text fit for a client: no Python object reprs (`<_io.BytesIO object at 0x...>`,
+    which also reveal memory addresses), bounded length. (Here, not in gateway/web/errors.py:
+    services keep messages they store for clients, e.g. a recording job's error.)"""
+    return _OBJECT_REPR.sub("<object>", message)[:1000]
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):

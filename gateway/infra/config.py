@@ -15,6 +15,7 @@ from connectors.audiohook import AudioHookConfig
 from engine.config import EngineConfig
 from gateway.events.sinks import EventsConfig
 from gateway.infra.fetch import FetchConfig
+from gateway.services.recordings.config import RecordingsConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.toml"
 ENV_PREFIX = "VBGW_"
@@ -155,6 +156,7 @@ class Settings(_Section):
     fraud: FraudConfig = FraudConfig()
     uploads: UploadsConfig = UploadsConfig()
     fetch: FetchConfig = FetchConfig()
+    recordings: RecordingsConfig = RecordingsConfig()
 
     @model_validator(mode="after")
     def _paths_under_data_dir(self) -> "Settings":

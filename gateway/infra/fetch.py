@@ -23,13 +23,21 @@ host on the private network. `UrlFetcher.fetch` therefore fetches a URL only whe
 Failures raise `FetchError` with a stable `code` (`FETCH_CODES`). Proxies from the
 environment are ignored (a proxy would make the address check moot), cookies are not kept,
 and URLs are never logged (pre-signed URLs carry credentials in the query): only the host.
+
+API calls (the recording providers' token and metadata requests, gateway/services/recordings/) use the
+same fetcher with `request()`: another method, headers and a body, per-call size and time
+limits. A request that is not a GET is never redirected (a redirected POST would resend
+credentials to wherever the answer points); an `Authorization` header is dropped when a
+redirect leaves the origin; a refused status carries the server's `Retry-After` (seconds).
 """
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +61,7 @@ FETCH_CODES = {
     "TIMEOUT": "the connection or the whole fetch took too long",
     "TOO_LARGE": "the body is larger than fetch.max_bytes",
     "TOO_MANY_REDIRECTS": "more redirects than fetch.max_redirects (or a redirect loop)",
-    "BAD_REDIRECT": "a redirect without a usable Location",
+    "BAD_REDIRECT": "a redirect without a usable Location, or a redirected request that is not a GET",
     "HTTP_STATUS": "the server answered with a status other than 2xx",
 }
 _HOST_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -111,25 +119,46 @@ class FetchConfig(BaseModel):
 
 class FetchError(Exception):
     """A fetch refused or failed; `code` is one of FETCH_CODES, `status` the HTTP status for
-    HTTP_STATUS. The message names the host, never the full URL."""
+    HTTP_STATUS and `retry_after` the seconds its Retry-After header asked for (None if it had
+    none). The message names the host, never the full URL."""
 
-    def __init__(self, code: str, message: str, status: int | None = None):
+    def __init__(self, code: str, message: str, status: int | None = None, retry_after: float | None = None):
         assert code in FETCH_CODES, code
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.retry_after = retry_after
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header value asks for: delta-seconds or an HTTP date (RFC 9110
+    10.2.3); None when absent or unreadable. Never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass
 class Fetched:
     """A successful fetch: the body (at most max_bytes), its Content-Type, the final URL and
-    the redirects followed (hosts only are safe to show; the URLs may carry credentials)."""
+    the redirects followed (hosts only are safe to show; the URLs may carry credentials), and
+    the response's Retry-After in seconds (a 202 "not ready yet" may carry one)."""
     url: str
     status: int
     content_type: str
     body: bytes
     redirects: list[str] = field(default_factory=list)
+    retry_after: float | None = None
 
 
 # ----------------------------------------------------------------------------- policy
@@ -279,24 +308,37 @@ class UrlFetcher:
 
     async def fetch(self, url: str) -> Fetched:
         """GET the URL under the policy; the body in memory (at most max_bytes)."""
-        u = self.check_url(url)
-        try:
-            async with asyncio.timeout(self.cfg.total_timeout_s):
-                return await self._follow(u)
-        except TimeoutError:
-            raise FetchError("TIMEOUT", f"fetching from {u.host} took longer than "
-                                        f"{self.cfg.total_timeout_s:g} s") from None
+        return await self.request("GET", url)
 
-    async def _follow(self, u: URL) -> Fetched:
+    async def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                      data: Any = None, max_bytes: int | None = None,
+                      timeout_s: float | None = None) -> Fetched:
+        """One request under the policy (module docstring): `max_bytes` and `timeout_s`
+        override the configured limits for this call (a provider's small JSON answers get
+        small limits, its recordings large ones)."""
+        u = self.check_url(url)
+        total = self.cfg.total_timeout_s if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(total):
+                return await self._follow(u, method.upper(), dict(headers or {}), data,
+                                          self.cfg.max_bytes if max_bytes is None else max_bytes)
+        except TimeoutError:
+            raise FetchError("TIMEOUT", f"fetching from {u.host} took longer than {total:g} s") from None
+
+    async def _follow(self, u: URL, method: str, headers: dict[str, str], data: Any, limit: int) -> Fetched:
         seen = {str(u)}
         redirects: list[str] = []
         while True:
             try:
-                async with self._client().get(u, allow_redirects=False) as resp:
+                async with self._client().request(method, u, headers=headers, data=data,
+                                                  allow_redirects=False) as resp:
                     if resp.status in REDIRECT_STATUSES:
                         loc = resp.headers.get("Location")
                         if not loc:
                             raise FetchError("BAD_REDIRECT", f"{u.host} answered {resp.status} without a Location")
+                        if method != "GET":
+                            raise FetchError("BAD_REDIRECT", f"{u.host} redirected a {method}; only GETs are "
+                                                             "redirected")
                         try:
                             nxt = u.join(URL(loc))
                         except (ValueError, TypeError):
@@ -306,13 +348,19 @@ class UrlFetcher:
                                              f"more than {self.cfg.max_redirects} redirects (or a loop) "
                                              f"starting at {redirects[0] if redirects else u.host}")
                         redirects.append(u.host or "")       # check_url: every URL has a host
-                        u = self.check_url(nxt.with_fragment(None))
+                        nxt = self.check_url(nxt.with_fragment(None))
+                        if nxt.origin() != u.origin():
+                            # credentials are for the origin they were issued by, never a redirect target
+                            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                        u = nxt
                         seen.add(str(u))
                         continue
+                    wait = retry_after_s(resp.headers.get("Retry-After"))
                     if not 200 <= resp.status < 300:
-                        raise FetchError("HTTP_STATUS", f"{u.host} answered HTTP {resp.status}", status=resp.status)
-                    body = await self._read(resp, u.host or "")
-                    return Fetched(str(u), resp.status, resp.headers.get("Content-Type", ""), body, redirects)
+                        raise FetchError("HTTP_STATUS", f"{u.host} answered HTTP {resp.status}", status=resp.status,
+                                         retry_after=wait)
+                    body = await self._read(resp, u.host or "", limit)
+                    return Fetched(str(u), resp.status, resp.headers.get("Content-Type", ""), body, redirects, wait)
             except FetchError:
                 raise
             except aiohttp.ConnectionTimeoutError:
@@ -326,8 +374,7 @@ class UrlFetcher:
             except aiohttp.ClientResponseError as exc:
                 raise FetchError("CONNECT_FAILED", f"{u.host}: bad HTTP response ({exc.status})") from None
 
-    async def _read(self, resp: aiohttp.ClientResponse, host: str) -> bytes:
-        limit = self.cfg.max_bytes
+    async def _read(self, resp: aiohttp.ClientResponse, host: str, limit: int) -> bytes:
         if resp.content_length is not None and resp.content_length > limit:
             raise FetchError("TOO_LARGE", f"{host} announced {resp.content_length} bytes; the limit is {limit}")
         parts, total = [], 0

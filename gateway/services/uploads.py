@@ -15,14 +15,20 @@ ahead of live calls' work. Here:
 * at most `uploads.max_concurrent` files are analysed at once; later uploads wait.
 
 So an upload's memory is a few blocks, its voiceprint windows and its fingerprint whatever
-its length, and live scoring goes first (docs/security.md)."""
+its length, and live scoring goes first (docs/security.md).
+
+Uploads are WAV files unless a `source` says otherwise: a CCaaS recording (.wav or .mp4, the
+customer's channel of a stereo file) is a gateway.services.recordings.media.RecordingSource, probed
+and decoded the same way (docs/recordings.md)."""
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,6 +56,13 @@ class Analysis:
     pcm: np.ndarray | None = None
 
 
+class MediaSource(Protocol):
+    """Another kind of upload than a mono-able WAV file: its header (with `duration_s`) and
+    its 8 kHz int16 blocks."""
+    def probe(self, data: bytes) -> Any: ...
+    def blocks(self, data: bytes, block_s: float) -> Iterator[np.ndarray]: ...
+
+
 def too_long(max_s: float, have_s: float) -> ApiError:
     return ApiError(413, "AUDIO_TOO_LONG", f"recordings may be at most {max_s:.0f} s long "
                                            f"(uploads.max_audio_s); this one is {have_s:.1f} s")
@@ -58,9 +71,9 @@ def too_long(max_s: float, have_s: float) -> ApiError:
 class _FileJob:
     """One upload's state between blocks (touched only by file work, one block at a time)."""
 
-    def __init__(self, engine: Engine, data: bytes, max_s: float, fingerprint: bool, save_to: Path | None,
-                 keep_pcm: bool):
-        self.blocks = iter_wav_8k(data, FILE_BLOCK_S)
+    def __init__(self, engine: Engine, blocks: Iterator[np.ndarray], max_s: float, fingerprint: bool,
+                 save_to: Path | None, keep_pcm: bool):
+        self.blocks = blocks
         self.max_samples = int(max_s * SAMPLE_RATE)
         self.max_s = max_s
         self.embedder = engine.file_embedder()
@@ -149,26 +162,31 @@ class Uploads:
         self.max_s = max_s
         self._slots = asyncio.Semaphore(max_concurrent)
 
-    async def header(self, data: bytes) -> WavInfo:
+    async def header(self, data: bytes, source: MediaSource | None = None) -> WavInfo:
         try:
-            return await self.engine.run_file_work(lambda: wav_info(data))
+            return await self.engine.run_file_work(lambda: source.probe(data) if source else wav_info(data))
         except ConnectorError as exc:
             raise ApiError(415, exc.code, exc.message) from None
 
     async def analyse(self, data: bytes, *, max_s: float | None = None, fingerprint: bool = False,
-                      save_to: Path | None = None, keep_pcm: bool = False) -> Analysis:
+                      save_to: Path | None = None, keep_pcm: bool = False,
+                      source: MediaSource | None = None) -> Analysis:
         """Decode, embed and (optionally) fingerprint, keep as an 8 kHz WAV at `save_to`
         (owner-only, created here, removed again if anything fails) and return the decoded
-        audio (`keep_pcm`, for short files only: Aculab sources)."""
+        audio (`keep_pcm`, for short files only: Aculab sources). `source`: how to read a
+        file that is not a plain WAV upload (module docstring)."""
         max_s = self.max_s if max_s is None else max_s
         if not data:
             raise ApiError(400, "FILE_REQUIRED", "a non-empty file field is required")
         async with self._slots:
-            info = await self.header(data)
+            info = await self.header(data, source)
             if info.duration_s > max_s:
                 raise too_long(max_s, info.duration_s)
+
+            def blocks() -> Iterator[np.ndarray]:
+                return source.blocks(data, FILE_BLOCK_S) if source else iter_wav_8k(data, FILE_BLOCK_S)
             job = await self.engine.run_file_work(
-                lambda: _FileJob(self.engine, data, max_s, fingerprint, save_to, keep_pcm))
+                lambda: _FileJob(self.engine, blocks(), max_s, fingerprint, save_to, keep_pcm))
             try:
                 while await self.engine.run_file_work(job.step):
                     pass

@@ -20,7 +20,7 @@ from gateway.infra.files import DIR_MODE, tighten, tighten_tree
 from gateway.infra.metrics import Metrics
 from gateway.services.auth import HASHED_PREFIX, Keyring, token_hash
 from gateway.services.sessions import Caller, Sessions
-from gateway.services.uploads import Uploads
+from gateway.services.uploads import MediaSource, Uploads
 from gateway.store.base import Conflict, EnrolmentWrite, OptedOutError, Profile, Repository, StoredBiokey, User
 
 if TYPE_CHECKING:
@@ -85,6 +85,11 @@ class Users:
                                 hash_key_id=self.keyring.key_id)
         return StoredBiokey(key, value, False)
 
+    def stored_biokeys(self, profile: Profile, biokeys: dict[str, str]) -> list[StoredBiokey]:
+        """Biokeys as they are stored: each must be defined in the profile (400 UNKNOWN_BIOKEY),
+        sensitive ones become their keyed hash."""
+        return [self._stored_biokey(profile, k, v) for k, v in biokeys.items()]
+
     async def user(self, c: Caller, user_id: str) -> User | None:
         return await self.store.get_user(c.profile.id, user_id)
 
@@ -140,15 +145,17 @@ class Users:
         fp = await self.fingerprints.dialog_fingerprint(dialog)
         return await self._enrol(c.profile, uid, stored, emb, c.session.master_id, opt_in, c, fingerprint=fp)
 
-    async def enrol_from_upload(self, profile: Profile, user_id: str, biokeys: dict[str, str], data: bytes,
-                                dialog_id: str, keep_audio: bool) -> tuple[User, int]:
+    async def enrol_from_upload(self, profile: Profile, user_id: str, biokeys: dict[str, str] | list[StoredBiokey],
+                                data: bytes, dialog_id: str, keep_audio: bool,
+                                source: MediaSource | None = None) -> tuple[User, int]:
         """Batch enrolment from an uploaded WAV file, analysed as file work (gateway.services.uploads:
         streamed, after live calls' work, within uploads.max_audio_s). With `keep_audio` the
         decoded 8 kHz audio is kept beside the voiceprint: the file is on disk (fsynced)
         before the row that points at it commits, and removed if the enrolment fails; a
-        crash in between leaves a file without a row, which start-up removes (reconcile_files)."""
+        crash in between leaves a file without a row, which start-up removes (reconcile_files).
+        `source`: a CCaaS recording's decoder (gateway.services.recordings.media.RecordingSource)."""
         save_to = self._audio_path(profile, user_id) if keep_audio else None
-        a = await self.uploads.analyse(data, fingerprint=True, save_to=save_to)
+        a = await self.uploads.analyse(data, fingerprint=True, save_to=save_to, source=source)
         paths = [a.path] if a.path else []
         try:
             return await self.enrol_embedding(profile, user_id, biokeys, a.embedding, dialog_id, a.fingerprint,
@@ -157,13 +164,16 @@ class Users:
             await asyncio.to_thread(_unlink_all, paths)
             raise
 
-    async def enrol_embedding(self, profile: Profile, user_id: str, biokeys: dict[str, str], emb: Embedding | None,
-                              dialog_id: str, fingerprint: bytes | None, *, audio_paths: list[str] | None = None,
-                              opt_in: bool = False, require_new: bool = False,
+    async def enrol_embedding(self, profile: Profile, user_id: str, biokeys: dict[str, str] | list[StoredBiokey],
+                              emb: Embedding | None, dialog_id: str, fingerprint: bytes | None, *,
+                              audio_paths: list[str] | None = None, opt_in: bool = False, require_new: bool = False,
                               origin: str = "Batch") -> tuple[User, int]:
-        """Enrol (or merge into) `user_id` from an embedding of uploaded audio (no session)."""
+        """Enrol (or merge into) `user_id` from an embedding of uploaded audio (no session).
+        `biokeys`: plain values, or their stored form from stored_biokeys (a queued job keeps
+        no sensitive value in the clear)."""
         uid_key = next(b.key for b in profile.settings.biokeys if b.is_user_id)
-        stored = [self._stored_biokey(profile, k, v) for k, v in biokeys.items() if k != uid_key]
+        stored = biokeys if isinstance(biokeys, list) else self.stored_biokeys(profile, biokeys)
+        stored = [b for b in stored if b.key != uid_key]
         stored.append(StoredBiokey(uid_key, user_id, False))
         return await self._enrol(profile, user_id, stored, emb, dialog_id, opt_in, None, audio_paths,
                                  fingerprint=fingerprint, require_new=require_new, origin=origin)

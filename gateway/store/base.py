@@ -257,6 +257,36 @@ class VerificationStats:
     last_ms: int
 
 
+JOB_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED")
+JOB_STAGES = ("", "FETCHING", "COMMITTING")
+
+
+@dataclass
+class RecordingJob:
+    """An enrolment from a CCaaS recording fetched by ccaas_session_id (gateway/services/recordings/
+    jobs.py). `biokeys` are in their stored form (sensitive ones as their keyed hash) and are
+    emptied when the job finishes; `stage` COMMITTING marks the attempt that may have
+    enrolled (analysis and the atomic enrolment commit), so a restart can tell."""
+    id: str
+    tenant_id: str
+    group_id: str
+    profile_id: str
+    provider: str
+    ccaas_session_id: str
+    user_id: str
+    biokeys: list[StoredBiokey]
+    status: str = "QUEUED"               # QUEUED | RUNNING | SUCCEEDED | FAILED
+    stage: str = ""                      # "" | FETCHING | COMMITTING (while RUNNING)
+    attempts: int = 0                    # provider/download attempts made (polls of a recording
+    next_attempt_ms: int = 0             #   still being processed are not counted)
+    error_code: str | None = None        # FAILED: why; QUEUED after a failure: the last attempt's
+    error_message: str | None = None
+    speech_ms: int | None = None         # SUCCEEDED: clean customer speech enrolled
+    created_ms: int = 0
+    updated_ms: int = 0
+    finished_ms: int | None = None
+
+
 @dataclass
 class EnrolmentWrite:
     """Everything one enrolment commits atomically."""
@@ -460,3 +490,33 @@ class Repository(abc.ABC):
         """Recompute, from their encrypted copies, the hashes of up to `batch` sensitive
         biokeys not hashed under `key_id` (hasher(profile_id, key, value) -> stored value), in
         one transaction; returns how many. Rows without an encrypted copy are left alone."""
+
+    # enrolment jobs from CCaaS recordings (gateway/services/recordings/jobs.py)
+    @abc.abstractmethod
+    async def create_recording_job(self, job: RecordingJob) -> None: ...
+    @abc.abstractmethod
+    async def get_recording_job(self, job_id: str) -> RecordingJob | None: ...
+    @abc.abstractmethod
+    async def active_recording_job(self, profile_id: str, provider: str, ccaas_session_id: str,
+                                   user_id: str) -> RecordingJob | None:
+        """A QUEUED or RUNNING job for the same call and user (a resubmission joins it)."""
+    @abc.abstractmethod
+    async def claim_recording_jobs(self, now_ms: int, limit: int) -> list[RecordingJob]:
+        """At most `limit` QUEUED jobs due by now_ms, earliest first, set RUNNING (stage
+        FETCHING) in one transaction, so no job is started twice."""
+    @abc.abstractmethod
+    async def update_recording_job(self, job: RecordingJob) -> None:
+        """Write status, stage, attempts, next attempt, error, speech and timestamps (never
+        the biokeys); a SUCCEEDED or FAILED job's biokeys are emptied in the same write."""
+    @abc.abstractmethod
+    async def recording_jobs_with_status(self, status: str) -> list[RecordingJob]: ...
+    @abc.abstractmethod
+    async def next_recording_job_ms(self) -> int | None:
+        """The earliest next_attempt_ms of the QUEUED jobs (None: none queued)."""
+    @abc.abstractmethod
+    async def purge_recording_jobs(self, finished_before_ms: int) -> int:
+        """Delete finished jobs that finished before the time; returns how many."""
+    @abc.abstractmethod
+    async def enrolled_since(self, profile_id: str, user_id: str, dialog_id: str, since_ms: int) -> bool:
+        """Whether the user's current voiceprint was committed from `dialog_id` at or after
+        since_ms (a restart's check of a job that died while committing)."""

@@ -159,6 +159,30 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE biokeys ADD COLUMN value_enc BYTEA;
     ALTER TABLE biokeys ADD COLUMN value_key_id TEXT;
     """),
+    # Enrolment jobs from CCaaS recordings (gateway/services/recordings/jobs.py): one row per
+    # POST /api/enroll with ccaas_session_id, its state kept across restarts. `biokeys`: JSON
+    # of the job's biokeys in their stored form; biokeys_enc/biokeys_key_id the sealed clear
+    # values of its sensitive ones (gateway/store/recording_jobs.py); all emptied when the job
+    # ends or the user opts out.
+    Migration(6, "enrolment jobs from CCaaS recordings", """
+    CREATE TABLE recording_jobs (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        group_id TEXT NOT NULL, profile_id TEXT NOT NULL REFERENCES profiles(id), provider TEXT NOT NULL,
+        ccaas_session_id TEXT NOT NULL, user_id TEXT NOT NULL, biokeys TEXT NOT NULL, status TEXT NOT NULL,
+        stage TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL, error_code TEXT,
+        error_message TEXT, speech_ms INTEGER, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        finished_ms INTEGER, biokeys_enc BLOB, biokeys_key_id TEXT);
+    CREATE INDEX recording_jobs_due ON recording_jobs (status, next_attempt_ms);
+    CREATE INDEX recording_jobs_call ON recording_jobs (profile_id, ccaas_session_id, user_id);
+    """, """
+    CREATE TABLE recording_jobs (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        group_id TEXT NOT NULL, profile_id TEXT NOT NULL REFERENCES profiles(id), provider TEXT NOT NULL,
+        ccaas_session_id TEXT NOT NULL, user_id TEXT NOT NULL, biokeys TEXT NOT NULL, status TEXT NOT NULL,
+        stage TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms BIGINT NOT NULL, error_code TEXT,
+        error_message TEXT, speech_ms BIGINT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL,
+        finished_ms BIGINT, biokeys_enc BYTEA, biokeys_key_id TEXT);
+    CREATE INDEX recording_jobs_due ON recording_jobs (status, next_attempt_ms);
+    CREATE INDEX recording_jobs_call ON recording_jobs (profile_id, ccaas_session_id, user_id);
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

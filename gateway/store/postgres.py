@@ -31,11 +31,14 @@ import structlog
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
-    Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, StoreUnavailable, Tenant,
-    User, UserGroupKey, VerificationStats, Voiceprint,
+    Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
+    StoredFingerprint, StoreUnavailable, Tenant, User, UserGroupKey, VerificationStats, Voiceprint,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS, SEALED
+from gateway.store.recording_jobs import (
+    EMPTY_BIOKEYS, ROW_COLUMNS, job_aad, recording_job_from_row, recording_job_values,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -477,6 +480,9 @@ class PostgresRepository(Repository):
                                 " AND custom::jsonb ->> $2::text = $3", profile_id, b["key"], b["value"])
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 await c.execute(f"DELETE FROM {table} WHERE user_row=$1", rid)
+            # queued recording enrolments keep no biokeys of the user (they fail: opted out)
+            await c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE profile_id=$1 AND user_id=$2",
+                            profile_id, user_id)
             await c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=$1, last_update_ms=$1 WHERE row_id=$2",
                             t, rid)
             return await self._user_by_row_id(c, rid), paths
@@ -751,6 +757,79 @@ class PostgresRepository(Repository):
             return VerificationStats(r["attempts"], r["passed"], r["last_ms"]) if r else None
         return await self._read(fn)
 
+    # -- enrolment jobs from CCaaS recordings ----------------------------------------------
+    async def create_recording_job(self, job: RecordingJob) -> None:
+        sql = (f"INSERT INTO recording_jobs ({', '.join(ROW_COLUMNS)}) "
+               f"VALUES ({', '.join(f'${i}' for i in range(1, len(ROW_COLUMNS) + 1))})")
+
+        async def fn(c):
+            await c.execute(sql, *recording_job_values(job, self.keys))
+        await self._tx(fn)
+
+    async def get_recording_job(self, job_id: str) -> RecordingJob | None:
+        async def fn(c):
+            r = await c.fetchrow("SELECT * FROM recording_jobs WHERE id=$1", job_id)
+            return recording_job_from_row(r, self.keys) if r else None
+        return await self._read(fn)
+
+    async def active_recording_job(self, profile_id, provider, ccaas_session_id, user_id) -> RecordingJob | None:
+        async def fn(c):
+            r = await c.fetchrow("SELECT * FROM recording_jobs WHERE profile_id=$1 AND provider=$2"
+                                 " AND ccaas_session_id=$3 AND user_id=$4 AND status IN ('QUEUED', 'RUNNING')"
+                                 " ORDER BY created_ms LIMIT 1", profile_id, provider, ccaas_session_id, user_id)
+            return recording_job_from_row(r, self.keys) if r else None
+        return await self._read(fn)
+
+    async def claim_recording_jobs(self, now_ms: int, limit: int) -> list[RecordingJob]:
+        """One statement: the due rows are locked with SKIP LOCKED, so claimers on other
+        connections (or other gateway instances) pass over them instead of waiting, and a row a
+        claimer committed as RUNNING no longer matches the re-checked `status='QUEUED'`: no job
+        is claimed twice."""
+        async def fn(c):
+            rows = await c.fetch(
+                "UPDATE recording_jobs SET status='RUNNING', stage='FETCHING', updated_ms=$1 WHERE id IN"
+                " (SELECT id FROM recording_jobs WHERE status='QUEUED' AND next_attempt_ms<=$1"
+                "  ORDER BY next_attempt_ms, created_ms LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *", now_ms, limit)
+            jobs = [recording_job_from_row(r, self.keys) for r in rows]
+            return sorted(jobs, key=lambda j: (j.next_attempt_ms, j.created_ms))   # RETURNING has no order
+        return await self._tx(fn)
+
+    async def update_recording_job(self, job: RecordingJob) -> None:
+        async def fn(c):
+            await c.execute(
+                "UPDATE recording_jobs SET status=$1, stage=$2, attempts=$3, next_attempt_ms=$4, error_code=$5,"
+                " error_message=$6, speech_ms=$7, updated_ms=$8, finished_ms=$9 WHERE id=$10",
+                job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code, job.error_message,
+                job.speech_ms, job.updated_ms, job.finished_ms, job.id)
+            if job.status in ("SUCCEEDED", "FAILED"):
+                await c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE id=$1", job.id)
+        await self._tx(fn, idempotent=True)
+
+    async def recording_jobs_with_status(self, status: str) -> list[RecordingJob]:
+        async def fn(c):
+            return [recording_job_from_row(r, self.keys) for r in await c.fetch(
+                "SELECT * FROM recording_jobs WHERE status=$1 ORDER BY created_ms", status)]
+        return await self._read(fn)
+
+    async def next_recording_job_ms(self) -> int | None:
+        async def fn(c):
+            return await c.fetchval("SELECT MIN(next_attempt_ms) FROM recording_jobs WHERE status='QUEUED'")
+        return await self._read(fn)
+
+    async def purge_recording_jobs(self, finished_before_ms: int) -> int:
+        async def fn(c):
+            return _count(await c.execute("DELETE FROM recording_jobs WHERE status IN ('SUCCEEDED', 'FAILED')"
+                                          " AND finished_ms<$1", finished_before_ms))
+        return await self._tx(fn, idempotent=True)
+
+    async def enrolled_since(self, profile_id: str, user_id: str, dialog_id: str, since_ms: int) -> bool:
+        async def fn(c):
+            return await c.fetchval(
+                "SELECT 1 FROM voiceprints v JOIN users u ON u.row_id=v.user_row WHERE u.profile_id=$1 AND"
+                " u.user_id=$2 AND u.status='ENROLLED' AND v.dialog_id=$3 AND v.created_ms>=$4",
+                profile_id, user_id, dialog_id, since_ms) is not None
+        return await self._read(fn)
+
     # -- encryption at rest and re-keying of hashed biokeys -----------------------------------
     async def key_usage(self) -> dict[str, dict[str | None, int]]:
         async def fn(c):
@@ -760,6 +839,9 @@ class PostgresRepository(Repository):
                     f"SELECT key_id, count(*) FROM {table} GROUP BY key_id")}
             out["biokeys"] = {r[0]: r[1] for r in await c.fetch(
                 "SELECT value_key_id, count(*) FROM biokeys WHERE value_enc IS NOT NULL GROUP BY value_key_id")}
+            out["recording_jobs"] = {r[0]: r[1] for r in await c.fetch(
+                "SELECT biokeys_key_id, count(*) FROM recording_jobs WHERE biokeys_enc IS NOT NULL"
+                " GROUP BY biokeys_key_id")}
             return out
         return await self._read(fn)
 
@@ -791,6 +873,17 @@ class PostgresRepository(Repository):
                 blob, kid = keys.seal(open_opt(keys, r["value_enc"], r["value_key_id"], ad), ad)
                 await c.execute("UPDATE biokeys SET value_enc=$1, value_key_id=$2 WHERE user_row=$3 AND key=$4",
                                 blob, kid, r["user_row"], r["key"])
+            done += len(rows)
+            if done >= batch:
+                return done
+            rows = await c.fetch("SELECT id, biokeys_enc, biokeys_key_id FROM recording_jobs WHERE biokeys_enc IS NOT"
+                                 " NULL AND biokeys_key_id IS DISTINCT FROM $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
+                                 active, batch - done)
+            for r in rows:
+                ad = job_aad(r["id"])
+                blob, kid = keys.seal(open_opt(keys, r["biokeys_enc"], r["biokeys_key_id"], ad), ad)
+                await c.execute("UPDATE recording_jobs SET biokeys_enc=$1, biokeys_key_id=$2 WHERE id=$3",
+                                blob, kid, r["id"])
             return done + len(rows)
         return await self._tx(fn, idempotent=True)
 

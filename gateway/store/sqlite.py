@@ -17,12 +17,14 @@ from gateway.infra.files import prepare_sqlite
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
-    Pat, Profile, ProfileSettings, Repository, SessionRecord, StoredBiokey, StoredFingerprint, Tenant, User,
-    UserGroupKey,
-    VerificationStats, Voiceprint,
+    Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
+    StoredFingerprint, Tenant, User, UserGroupKey, VerificationStats, Voiceprint,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS as _MIGRATIONS, SEALED
+from gateway.store.recording_jobs import (
+    EMPTY_BIOKEYS, ROW_COLUMNS, job_aad, recording_job_from_row, recording_job_values,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -338,6 +340,8 @@ class SqliteRepository(Repository):
                           " AND json_extract(custom, ?) = ?", (path, profile_id, path, b["value"]))
             for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
+            # queued recording enrolments keep no biokeys of the user (they fail: opted out)
+            c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE profile_id=? AND user_id=?", (profile_id, user_id))
             c.execute("UPDATE users SET status='OPTED_OUT', opt_out_ts=?, last_update_ms=? WHERE row_id=?", (t, t, rid))
             return self._user_by_row_id(c, rid), paths
         out = await self._tx(fn)
@@ -613,6 +617,9 @@ class SqliteRepository(Repository):
                 out[table] = {r[0]: r[1] for r in c.execute(f"SELECT key_id, count(*) FROM {table} GROUP BY key_id")}
             out["biokeys"] = {r[0]: r[1] for r in c.execute(
                 "SELECT value_key_id, count(*) FROM biokeys WHERE value_enc IS NOT NULL GROUP BY value_key_id")}
+            out["recording_jobs"] = {r[0]: r[1] for r in c.execute(
+                "SELECT biokeys_key_id, count(*) FROM recording_jobs WHERE biokeys_enc IS NOT NULL"
+                " GROUP BY biokeys_key_id")}
             return out
         return await self._run(fn)
 
@@ -642,6 +649,15 @@ class SqliteRepository(Repository):
                 blob, kid = keys.seal(open_opt(keys, r["value_enc"], r["value_key_id"], ad), ad)
                 c.execute("UPDATE biokeys SET value_enc=?, value_key_id=? WHERE user_row=? AND key=?",
                           (blob, kid, r["user_row"], r["key"]))
+            done += len(rows)
+            if done >= batch:
+                return done
+            rows = c.execute("SELECT id, biokeys_enc, biokeys_key_id FROM recording_jobs WHERE biokeys_enc IS NOT NULL"
+                             " AND biokeys_key_id IS NOT ? LIMIT ?", (active, batch - done)).fetchall()
+            for r in rows:
+                ad = job_aad(r["id"])
+                blob, kid = keys.seal(open_opt(keys, r["biokeys_enc"], r["biokeys_key_id"], ad), ad)
+                c.execute("UPDATE recording_jobs SET biokeys_enc=?, biokeys_key_id=? WHERE id=?", (blob, kid, r["id"]))
             return done + len(rows)
         return await self._tx(fn)
 
@@ -670,3 +686,70 @@ class SqliteRepository(Repository):
                           (hasher(r["profile_id"], r["key"], plain.decode()), key_id, r["user_row"], r["key"]))
             return len(rows)
         return await self._tx(fn)
+
+    # -- enrolment jobs from CCaaS recordings ----------------------------------------------
+    async def create_recording_job(self, job) -> None:
+        sql = (f"INSERT INTO recording_jobs ({', '.join(ROW_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})")
+        await self._tx(lambda c: c.execute(sql, recording_job_values(job, self.keys)))
+
+    async def get_recording_job(self, job_id) -> RecordingJob | None:
+        def fn(c):
+            r = c.execute("SELECT * FROM recording_jobs WHERE id=?", (job_id,)).fetchone()
+            return recording_job_from_row(r, self.keys) if r else None
+        return await self._run(fn)
+
+    async def active_recording_job(self, profile_id, provider, ccaas_session_id, user_id) -> RecordingJob | None:
+        def fn(c):
+            r = c.execute("SELECT * FROM recording_jobs WHERE profile_id=? AND provider=? AND ccaas_session_id=?"
+                          " AND user_id=? AND status IN ('QUEUED', 'RUNNING') ORDER BY created_ms LIMIT 1",
+                          (profile_id, provider, ccaas_session_id, user_id)).fetchone()
+            return recording_job_from_row(r, self.keys) if r else None
+        return await self._run(fn)
+
+    async def claim_recording_jobs(self, now_ms_, limit) -> list[RecordingJob]:
+        def fn(c):
+            ids = [r["id"] for r in c.execute(
+                "SELECT id FROM recording_jobs WHERE status='QUEUED' AND next_attempt_ms<=?"
+                " ORDER BY next_attempt_ms, created_ms LIMIT ?", (now_ms_, limit))]
+            out = []
+            for i in ids:
+                c.execute("UPDATE recording_jobs SET status='RUNNING', stage='FETCHING', updated_ms=? WHERE id=?",
+                          (now_ms_, i))
+                out.append(recording_job_from_row(c.execute("SELECT * FROM recording_jobs WHERE id=?", (i,)).fetchone(),
+                                                  self.keys))
+            return out
+        return await self._tx(fn)
+
+    async def update_recording_job(self, job) -> None:
+        def fn(c):
+            c.execute("UPDATE recording_jobs SET status=?, stage=?, attempts=?, next_attempt_ms=?, error_code=?,"
+                      " error_message=?, speech_ms=?, updated_ms=?, finished_ms=? WHERE id=?",
+                      (job.status, job.stage, job.attempts, job.next_attempt_ms, job.error_code, job.error_message,
+                       job.speech_ms, job.updated_ms, job.finished_ms, job.id))
+            if job.status in ("SUCCEEDED", "FAILED"):
+                c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE id=?", (job.id,))
+        await self._tx(fn)
+
+    async def recording_jobs_with_status(self, status) -> list[RecordingJob]:
+        def fn(c):
+            return [recording_job_from_row(r, self.keys) for r in c.execute(
+                "SELECT * FROM recording_jobs WHERE status=? ORDER BY created_ms", (status,))]
+        return await self._run(fn)
+
+    async def next_recording_job_ms(self) -> int | None:
+        return await self._run(lambda c: c.execute(
+            "SELECT MIN(next_attempt_ms) FROM recording_jobs WHERE status='QUEUED'").fetchone()[0])
+
+    async def purge_recording_jobs(self, finished_before_ms) -> int:
+        return await self._tx(lambda c: c.execute(
+            "DELETE FROM recording_jobs WHERE status IN ('SUCCEEDED', 'FAILED') AND finished_ms<?",
+            (finished_before_ms,)).rowcount)
+
+    async def enrolled_since(self, profile_id, user_id, dialog_id, since_ms) -> bool:
+        def fn(c):
+            return c.execute(
+                "SELECT 1 FROM voiceprints v JOIN users u ON u.row_id=v.user_row WHERE u.profile_id=? AND"
+                " u.user_id=? AND u.status='ENROLLED' AND v.dialog_id=? AND v.created_ms>=?",
+                (profile_id, user_id, dialog_id, since_ms)).fetchone() is not None
+        return await self._run(fn)

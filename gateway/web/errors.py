@@ -4,7 +4,6 @@ into that envelope (or closes a response already under way)."""
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 
 from connectors.safejson import JsonInputError
-from gateway.errors import ApiError
+from gateway.errors import ApiError, scrub
 from gateway.store.base import StoreUnavailable
 from gateway.store.keys import KeyUnavailable
 from gateway.web.appkeys import SERVICES, SETTINGS
@@ -26,15 +25,6 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
-
-
-_OBJECT_REPR = re.compile(r"<[^<>]{0,200}? (?:object )?at 0x[0-9a-fA-F]+>")
-
-
-def scrub(message: str) -> str:
-    """An error text fit for a client: no Python object reprs (`<_io.BytesIO object at 0x...>`,
-    which also reveal memory addresses), bounded length."""
-    return _OBJECT_REPR.sub("<object>", message)[:1000]
 
 
 def error_response(err: ApiError) -> web.Response:

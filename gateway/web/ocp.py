@@ -15,6 +15,7 @@ from gateway.services.wiring import Services
 from gateway.store.base import BIOKEY_CHARS_MESSAGE, BIOKEY_RE, User
 from gateway.web.appkeys import SERVICES, SETTINGS
 from gateway.web.forms import form_parts
+from gateway.web import recordings as recordings_web
 from gateway.web.http_auth import bearer, caller, pat
 from gateway.web.routing import RouteTable, json_response, parse_json
 from gateway.web.schemas import (
@@ -137,11 +138,13 @@ async def verify_ondemand(request: web.Request) -> web.Response:
 _BIOKEY_FIELD = re.compile(r"^biokeys\[([0-9A-Za-z_+\-]{1,128})\]$")
 
 
-@routes.route("POST", "/api/enroll", summary="Batch enrolment from a media file (.wav from Genesys)",
-              auth="pat_or_session", response=BatchEnrolResponse, tags=("enrolment",),
-              aliases=("/agent-vb-mw/api/enroll",),
-              form={"file": "WAV recording", "profile_id": "VB profile id or name",
+@routes.route("POST", "/api/enroll", summary="Batch enrolment from a recording (.wav, .mp4) or, as a job "
+              "answered 202, from the CCaaS provider's recording of ccaas_session_id (docs/recordings.md)",
+              auth="pat_or_session", response=BatchEnrolResponse, responses={202: recordings_web.EnrolJobAccepted},
+              tags=("enrolment",), aliases=("/agent-vb-mw/api/enroll",),
+              form={"file": "Recording: .wav (Genesys) or .mp4/.m4a (NICE)", "profile_id": "VB profile id or name",
                     "tenant_id": "Tenant id or name", "ccaas_provider": "GENESYS, NICE_IN_CONTACT...",
+                    "ccaas_session_id": "Call id: fetch its recording from the provider (a job) when no file",
                     "biokeys[user_id]": "Required", "biokeys[<key>]": "More biokeys"})
 async def batch_enrol(request: web.Request) -> web.Response:
     services = _services(request)
@@ -177,21 +180,25 @@ async def batch_enrol(request: web.Request) -> web.Response:
         if profile is None:
             raise not_found("PROFILE_NOT_FOUND", "no such VB profile in this token's group")
         dialog_id = fields.get("ccaas_session_id") or f"batch-{filename}"
+        provider = fields.get("ccaas_provider", "")
     else:
         c = await caller(request)
         profile, dialog_id = c.profile, c.session.master_id
-    if "ccaas_session_id" in fields and audio is None:
-        raise ApiError(501, "CCAAS_FETCH_UNAVAILABLE", "fetching recordings by ccaas_session_id needs the "
-                                                        "NICE/Genesys recording connector; upload the file instead")
+        provider = fields.get("ccaas_provider") or c.session.ccaas_provider
     uid_key = next(b.key for b in profile.settings.biokeys if b.is_user_id)
     user_id = biokeys.pop("user_id", None) or biokeys.pop(uid_key, None)
     if not user_id:
         raise bad_request("USER_ID_REQUIRED", "biokeys[user_id] is required")
+    if audio is None and fields.get("ccaas_session_id"):
+        # fetched from the provider as a job: 202 and a status URL (gateway/web/recordings.py)
+        return await recordings_web.submit_fetch(request, profile, provider, fields["ccaas_session_id"],
+                                                 user_id, biokeys)
     if audio is None or not audio:
         raise bad_request("FILE_REQUIRED", "a non-empty file field is required")
-    if filename.lower().endswith(".mp4"):
-        raise ApiError(415, "UNSUPPORTED_MEDIA", ".mp4 recordings (NICE) are not supported yet; send a .wav")
-    # decoded, embedded and kept block by block, after live calls' work (gateway/services/uploads.py)
-    user, speech = await services.users.enrol_from_upload(profile, user_id, biokeys, audio, dialog_id, keep_audio=True)
+    # .wav or .mp4, the customer's channel, decoded, embedded and kept block by block, after
+    # live calls' work (gateway/services/uploads.py, gateway/services/recordings/media.py)
+    user, speech = await services.users.enrol_from_upload(
+        profile, user_id, biokeys, audio, dialog_id, keep_audio=True,
+        source=recordings_web.recording_source(request, provider, filename))
     log.info("batch_enrolled", dialog_id=dialog_id, speech_ms=speech)
     return json_response(BatchEnrolResponse(data="Enroll user accepted", user_id=user.user_id, speech_millis=speech))

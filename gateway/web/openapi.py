@@ -1,6 +1,7 @@
 """OpenAPI 3.1 document built from the route table's pydantic models."""
 from __future__ import annotations
 
+from http import HTTPStatus
 from importlib import metadata
 from typing import Any
 
@@ -61,8 +62,12 @@ def build_openapi(specs: list[RouteSpec], version: str) -> dict[str, Any]:
             ok["content"] = {s.content: {"schema": ref(s.response)}}
         elif s.content != "application/json":
             ok["content"] = {s.content: {"schema": {"type": "string"}}}
-        op["responses"] = {"200": ok, "default": {"description": "Error", "content": {
-            "application/json": {"schema": ref(s.error) if s.error is not None else err}}}}
+        op["responses"] = {"200": ok}
+        for status, model in sorted(s.responses.items()):
+            op["responses"][str(status)] = {"description": HTTPStatus(status).phrase,
+                                            "content": {"application/json": {"schema": ref(model)}}}
+        op["responses"]["default"] = {"description": "Error", "content": {
+            "application/json": {"schema": ref(s.error) if s.error is not None else err}}}
         paths.setdefault(s.path, {})[s.method.lower()] = op
         for i, alias in enumerate(s.aliases, start=1):
             paths.setdefault(alias, {})[s.method.lower()] = {

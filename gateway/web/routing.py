@@ -31,6 +31,9 @@ class RouteSpec:
     aliases: tuple[str, ...] = ()
     optional_query: tuple[str, ...] = ()                  # query parameters that may be left out
     error: type[BaseModel] | None = None                  # error body, if not ErrorResponse
+    # other successful answers than 200, by status (e.g. {202: JobAccepted} for a request that
+    # may also be answered by queuing a job); their body is JSON
+    responses: dict[int, type[BaseModel]] = field(default_factory=dict)
 
 
 class RouteTable:
@@ -39,10 +42,15 @@ class RouteTable:
 
     def route(self, method: str, path: str, *, summary: str, auth: Auth, body=None, response=None,
               query=None, content="application/json", form=None, tags=(), aliases=(), optional_query=(),
-              error=None):
+              error=None, responses=None):
+        for status in responses or {}:
+            if not (200 <= status < 300 and status != 200):
+                raise ValueError(f"{method} {path}: responses= declares other 2xx answers than 200, not {status}")
+
         def deco(fn):
             self.specs.append(RouteSpec(method, path, fn, summary, auth, body, response, query or {},
-                                        content, form, tags, aliases, tuple(optional_query), error))
+                                        content, form, tags, aliases, tuple(optional_query), error,
+                                        dict(responses or {})))
             return fn
         return deco
 

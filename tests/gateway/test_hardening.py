@@ -287,10 +287,10 @@ async def test_uploads_wait_their_turn(gateway):
     gate = asyncio.Event()
     header = uploads.header
 
-    async def held(data):                      # the first step inside an analysis slot
+    async def held(data, *source):             # the first step inside an analysis slot
         entered.append(len(entered))
         await gate.wait()
-        return await header(data)
+        return await header(data, *source)
     uploads.header = held
     wav = long_wav(20)
     tasks = [asyncio.ensure_future(batch_enrol(gw, f"queued-{i}", wav)) for i in range(limit + 2)]

@@ -115,7 +115,8 @@ async def test_batch_enrol_rejects_bad_files(gateway):
     import aiohttp
     gw = gateway
     for filename, data, status, code in [("x.wav", b"RIFF....garbage", 415, "BAD_AUDIO"),
-                                         ("x.mp4", b"\x00\x00\x00\x18ftypmp42", 415, "UNSUPPORTED_MEDIA")]:
+                                         ("x.mp4", b"\x00\x00\x00\x18ftypmp42", 415, "BAD_AUDIO"),
+                                         ("x.ogg", b"OggS\x00\x02" + b"\x00" * 40, 415, "UNSUPPORTED_MEDIA")]:
         form = aiohttp.FormData()
         form.add_field("tenant_id", "acme")
         form.add_field("profile_id", "retail")
