@@ -344,8 +344,8 @@ def tts_args(ap: argparse.ArgumentParser) -> None:
 
 
 def tts_main(args) -> int:
-    from engine.audio import read_wav_8k
     from engine.fraud import TtsDetector
+    from tools.protocol import read_audio
     det = TtsDetector.load()
     out: dict = {"threshold": det.threshold, "version": det.version, "real": {}, "synthetic": {}}
     for proto in _protocols(args):
@@ -359,7 +359,7 @@ def tts_main(args) -> int:
         out["real"][proto.name] = {"files": len(s), "false_alarms": fa}
         print(f"{proto.name}: real telephony files {len(s)}, flagged TTS {fa} ({_pct(fa / max(len(s), 1))})")
     for d in args.synthetic_dir or []:
-        s = np.array([r.score for p in sorted(d.glob("*.wav")) if (r := det.score_pcm(read_wav_8k(p))) is not None])
+        s = np.array([r.score for p in sorted(d.glob("*.wav")) if (r := det.score_pcm(read_audio(p))) is not None])
         hit = int((s >= det.threshold).sum())
         out["synthetic"][str(d)] = {"files": len(s), "detected": hit}
         print(f"{d}: synthetic files {len(s)}, detected {hit} ({_pct(hit / max(len(s), 1))}) "
