@@ -13,8 +13,9 @@ each resource is up before what uses it and outlives it:
              closed and the live calls finished first
   recordings -> the workers of enrolment jobs from CCaaS recordings (gateway/web/recordings.py)
 
-Serving the app as a process (TLS, the site, signals) is gateway/web/server.py; the routes and
-every HTTP helper are under gateway/web/.
+Running it as a process is `vbgw serve` (gateway/cli/serve.py: signals, graceful shutdown) over
+gateway/web/server.py (TLS, the listening site and its limits); the routes and every HTTP helper
+are under gateway/web/.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def _under(mods: set[str], *packages: str) -> list[str]:
 
 
 def test_the_running_gateway_imports_no_tools_and_no_matplotlib():
-    mods = imported_by("gateway.app", "gateway.web.server", "gateway.cli.main", "engine")
+    mods = imported_by("gateway.app", "gateway.cli.serve", "gateway.cli.main", "engine")
     assert _under(mods, "tools", "matplotlib") == []
 
 

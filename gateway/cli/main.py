@@ -25,7 +25,7 @@ def _settings(args) -> Settings:
 
 
 def cmd_serve(args) -> int:
-    from gateway.web.server import serve
+    from gateway.cli.serve import serve
     from gateway.infra.logging import configure_logging
     from gateway.infra.startup import StartupError
     # Whatever else the process creates (SQLite temporary files, ...) is owner-only too;
