@@ -32,7 +32,7 @@ from connectors.codecs import decode
 
 log = structlog.get_logger(__name__)
 
-PROTOCOL_VERSION = "2"
+PROTOCOL_VERSION: Literal["2"] = "2"
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
 MAX_MESSAGE_CHARS = 65535            # both directions (reference client and server)
 MAX_INFO_CHARS = 1024
@@ -61,16 +61,16 @@ class AudioHookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     path: str = "/audiohook/ws"
-    clock_skew_s: int = Field(3, ge=0, le=300)
-    max_signature_age_s: int = Field(10, ge=1, le=3600)
-    min_nonce_length: int = Field(22, ge=8, le=256)
-    nonce_cache_size: int = Field(100_000, ge=100)
-    signature_failure_delay_s: float = Field(0.5, ge=0, le=10)
-    max_frame_bytes: int = Field(65536, ge=320, le=1 << 20)
-    open_timeout_s: float = Field(10.0, gt=0)
-    ping_timeout_s: float = Field(30.0, ge=0)
-    close_timeout_s: float = Field(5.0, gt=0, le=9)
-    linger_s: float = Field(5.0, gt=0)
+    clock_skew_s: int = Field(default=3, ge=0, le=300)
+    max_signature_age_s: int = Field(default=10, ge=1, le=3600)
+    min_nonce_length: int = Field(default=22, ge=8, le=256)
+    nonce_cache_size: int = Field(default=100_000, ge=100)
+    signature_failure_delay_s: float = Field(default=0.5, ge=0, le=10)
+    max_frame_bytes: int = Field(default=65536, ge=320, le=1 << 20)
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    ping_timeout_s: float = Field(default=30.0, ge=0)
+    close_timeout_s: float = Field(default=5.0, gt=0, le=9)
+    linger_s: float = Field(default=5.0, gt=0)
 
     @field_validator("path")
     @classmethod
@@ -180,12 +180,15 @@ CLIENT_PARAMETERS: dict[str, type[BaseModel]] = {
 }
 
 
+ServerMessageType = Literal["opened", "closed", "pong", "pause", "resume", "disconnect", "updated", "event", "reconnect"]
+
+
 class ServerEnvelope(BaseModel):
     """Every server message: `{version, id, type, seq, clientseq, parameters}` (no position)."""
     model_config = ConfigDict(extra="forbid")
     version: Literal["2"] = PROTOCOL_VERSION
     id: Uuid
-    type: Literal["opened", "closed", "pong", "pause", "resume", "disconnect", "updated", "event", "reconnect"]
+    type: ServerMessageType
     seq: int = Field(ge=1)
     clientseq: int = Field(ge=0)
     parameters: dict[str, Any]
@@ -199,7 +202,7 @@ class OpenedParameters(BaseModel):
 
 class DisconnectParameters(BaseModel):
     reason: Literal["completed", "unauthorized", "error"]
-    info: str | None = Field(None, max_length=MAX_INFO_CHARS)
+    info: str | None = Field(default=None, max_length=MAX_INFO_CHARS)
 
 
 # -- errors and events --------------------------------------------------------------------------
@@ -314,7 +317,7 @@ class AudioHookSession:
         self.pong_count = 0
 
     # -- server messages ---------------------------------------------------------------------
-    def _message(self, type_: str, parameters: BaseModel | dict) -> str:
+    def _message(self, type_: ServerMessageType, parameters: BaseModel | dict) -> str:
         self.server_seq += 1
         params = parameters if isinstance(parameters, dict) else parameters.model_dump(exclude_none=True)
         env = ServerEnvelope(id=self.session_id, type=type_, seq=self.server_seq, clientseq=self.client_seq,
@@ -499,7 +502,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def is_uuid(text: str | None) -> bool:
-    return bool(text) and bool(_UUID_RE.match(text))
+    return bool(text and _UUID_RE.match(text))
 
 
 # -- the socket loop ----------------------------------------------------------------------------
@@ -628,7 +631,7 @@ async def serve(ws: WireSocket, session: AudioHookSession, opener: StreamOpener,
                         bound.report(ERR_CLIENT, "CLIENT_CLOSED_WITH_ERROR")
                     finisher = asyncio.create_task(finish_and_close())
                 elif isinstance(ev, ClientEvent):
-                    if ev.type == "error":
+                    if ev.type == "error" and isinstance(ev.params, ErrorParameters):
                         p = ev.params
                         slog.warning("audiohook_client_error", code=p.code, message=p.message[:300])
                         bound.report(ERR_CLIENT, f"CLIENT_ERROR_{p.code}")

@@ -1,5 +1,13 @@
 """Audio codecs shared by the connectors: G.711 mu-law / A-law, L16, a streaming
-anti-aliased resampler to 8 kHz, and WAV file decoding."""
+anti-aliased resampler to 8 kHz, and WAV file decoding.
+
+The WAV decoder here is the only one: uploads and recordings (iter_wav_8k, block by block),
+the stream client (read_wav, at the file's own rate) and the tools (read_wav_8k: calibration,
+benchmarks and tests read trial protocols through it) decode with the same libsndfile reading
+and resample with the same StreamResampler. The channel rule is one too: a multi-channel file
+gives ONE channel, never a mix: channel 0 unless the caller names another (Genesys recordings
+put the customer first; a provider's channel map names it for recordings,
+gateway/services/recordings/media.py). Mixing would put the agent's voice into the customer's."""
 from __future__ import annotations
 
 import io
@@ -118,6 +126,16 @@ def _open_wav(data: bytes, rates: tuple[int, ...] = SUPPORTED_RATES):
     return f
 
 
+def _read_int16(f, frames: int = -1) -> np.ndarray:
+    """The next `frames` frames (all: -1) as int16, frames x channels. A float WAV is read as
+    float and scaled: libsndfile's own float -> int16 read does not scale, so a float file's
+    speech (|x| < 0.5) came out as silence."""
+    if f.subtype in ("FLOAT", "DOUBLE"):
+        x = np.nan_to_num(f.read(frames, dtype="float32", always_2d=True), nan=0.0, posinf=1.0, neginf=-1.0)
+        return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+    return f.read(frames, dtype="int16", always_2d=True)
+
+
 def wav_info(data: bytes, rates: tuple[int, ...] = SUPPORTED_RATES) -> WavInfo:
     """A WAV file's format and length, from its header (nothing is decoded)."""
     with _open_wav(data, rates) as f:
@@ -130,8 +148,8 @@ def iter_wav_8k(data: bytes, block_s: float = 5.0, channel: int = 0,
     `block_s` of input audio is decoded at a time, so memory stays a few blocks whatever the
     file's length (the whole-file path held the file as int16 and, resampling, a float64
     matrix of taps x output samples: gigabytes for a long 48 kHz upload). The blocks joined
-    equal read_wav + to_8k of the whole file (StreamResampler is chunk-exact). `channel`: which
-    channel of a multi-channel file is kept (a recording's customer side)."""
+    equal the whole file resampled at once (StreamResampler is chunk-exact; read_wav_8k joins
+    them). `channel`: which channel of a multi-channel file is kept (a recording's customer side)."""
     f = _open_wav(data, rates)
     if not 0 <= channel < f.channels:
         f.close()
@@ -141,7 +159,7 @@ def iter_wav_8k(data: bytes, block_s: float = 5.0, channel: int = 0,
         step = max(1, int(block_s * f.samplerate))
         while True:
             try:
-                block = f.read(step, dtype="int16", always_2d=True)
+                block = _read_int16(f, step)
             except Exception as exc:  # noqa: BLE001 - a truncated or corrupt body
                 raise ConnectorError("BAD_AUDIO", f"the WAV data cannot be decoded: {exc}", 1003) from None
             if not len(block):
@@ -153,22 +171,26 @@ def iter_wav_8k(data: bytes, block_s: float = 5.0, channel: int = 0,
         f.close()
 
 
-def read_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode a WAV file (PCM 8/16/24/32-bit, float, mu-law, A-law; any channel count) to
-    int16 mono at its own rate. Multi-channel audio keeps channel 0 (Genesys recordings put
-    the customer first)."""
-    import soundfile as sf
+def read_wav(data: bytes, channel: int = 0, rates: tuple[int, ...] = SUPPORTED_RATES) -> tuple[np.ndarray, int]:
+    """A whole WAV file (PCM 8/16/24/32-bit, float, mu-law, A-law; WAVE_FORMAT_EXTENSIBLE, RF64)
+    as int16 mono at its own rate: channel `channel` (see the module docstring)."""
+    f = _open_wav(data, rates)
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            if f.format != "WAV":
-                raise ConnectorError("BAD_AUDIO", f"expected a WAV file, got {f.format}", 1003)
-            audio = f.read(dtype="int16", always_2d=True)
-            rate = f.samplerate
-    except ConnectorError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - soundfile raises RuntimeError/LibsndfileError for junk
-        raise ConnectorError("BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}", 1003) from None
-    return np.ascontiguousarray(audio[:, 0]), rate
+        if not 0 <= channel < f.channels:
+            raise ConnectorError("BAD_CHANNEL", f"channel {channel} of a {f.channels}-channel file", 1003)
+        try:
+            audio = _read_int16(f)
+        except Exception as exc:  # noqa: BLE001 - a truncated or corrupt body
+            raise ConnectorError("BAD_AUDIO", f"the WAV data cannot be decoded: {exc}", 1003) from None
+        return np.ascontiguousarray(audio[:, channel]), f.samplerate
+    finally:
+        f.close()
+
+
+def read_wav_8k(data: bytes, channel: int = 0, rates: tuple[int, ...] = FILE_RATES) -> np.ndarray:
+    """A whole WAV file as int16 mono 8 kHz: iter_wav_8k's blocks joined (the decoder and
+    resampler of uploads; the tools' and tests' reader of trial protocols)."""
+    return np.concatenate([np.zeros(0, np.int16), *iter_wav_8k(data, 60.0, channel, rates)])
 
 
 def soundfile_reason(exc: Exception) -> str:
@@ -178,11 +200,3 @@ def soundfile_reason(exc: Exception) -> str:
     if not isinstance(reason, str) or not reason:
         reason = str(exc).rpartition(": ")[2] or "unreadable audio"
     return reason[:200]
-
-
-def to_8k(samples: np.ndarray, rate: int) -> np.ndarray:
-    if rate == SAMPLE_RATE:
-        return samples.astype(np.int16, copy=False)
-    if rate not in SUPPORTED_RATES:
-        raise ConnectorError("BAD_SAMPLE_RATE", f"unsupported sample rate {rate}", 1003)
-    return StreamResampler(rate).process(samples)

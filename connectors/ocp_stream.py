@@ -80,10 +80,10 @@ class OcpStreamDecoder:
             self.ended = True
             return None
         if self.config is None:
-            if kind == "binary":
+            if kind == "binary" or not isinstance(data, str):
                 raise ConnectorError("AUDIO_BEFORE_CONFIG", "audio arrived before the RecognitionConfig", CLOSE_POLICY)
             return self.on_config(data)
-        if kind == "text":
+        if isinstance(data, str):                  # a text message (kind "text"): base64 audio
             stripped = data.lstrip()
             if stripped.startswith("{"):
                 raise ConnectorError("CONFIG_REPEATED", "a second RecognitionConfig is not allowed", CLOSE_POLICY)

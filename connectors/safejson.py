@@ -10,7 +10,7 @@ any protocol vbgw speaks is nested more than a few levels."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 MAX_DEPTH = 32
 
@@ -51,6 +51,7 @@ def depth_exceeds(value: Any, max_depth: int) -> bool:
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):

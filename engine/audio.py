@@ -1,14 +1,15 @@
-"""Audio front end: input checks, 8 -> 16 kHz resampling, Kaldi log-mel filterbank."""
+"""Audio front end: input checks, 8 -> 16 kHz resampling, Kaldi log-mel filterbank.
+
+The engine takes int16 mono 8 kHz arrays and reads no files: WAV files are decoded (and other
+rates resampled to 8 kHz) by connectors.codecs, for uploads and tools alike."""
 from __future__ import annotations
 
-from math import gcd
-from pathlib import Path
 
 import numpy as np
 import scipy.fft
 from scipy.signal import resample_poly
 
-from .types import SAMPLE_RATE, AudioError
+from .types import AudioError
 
 INT16_SCALE = 1.0 / 32768.0
 
@@ -55,26 +56,6 @@ def coerce_frame(pcm) -> np.ndarray:
 def to_16k(x8k: np.ndarray) -> np.ndarray:
     """8 kHz -> 16 kHz, anti-aliased polyphase (scipy.signal.resample_poly), float32."""
     return resample_poly(np.asarray(x8k, dtype=np.float64), 2, 1).astype(np.float32)
-
-
-def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    if sr_in == sr_out:
-        return np.asarray(x, dtype=np.float32)
-    g = gcd(int(sr_in), int(sr_out))
-    return resample_poly(np.asarray(x, dtype=np.float64), sr_out // g, sr_in // g).astype(np.float32)
-
-
-def read_wav_8k(path: Path | str) -> np.ndarray:
-    """Read a WAV file (any soundfile format, mu-law included) as int16 mono 8 kHz."""
-    import soundfile as sf
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # noqa: BLE001
-        raise AudioError(f"cannot read {path}: {e}") from e
-    x = data.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        x = resample(x, sr, SAMPLE_RATE)
-    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
 
 
 # ----------------------------------------------------------------------------- fbank

@@ -384,9 +384,10 @@ class CamppOnnx:
         """feats: (B, T, 80) float32 -> (B, 192)."""
         return self.forward_many(list(feats))
 
-    def forward_batch_raw(self, feats: np.ndarray, threads: str = "lat") -> np.ndarray:
-        """One ORT run over the whole batch (for the speed comparison)."""
-        return self._run(self.sess_lat if threads == "lat" else self.sess_one, feats)
+    def forward_batch_raw(self, feats: np.ndarray, single_thread: bool = False) -> np.ndarray:
+        """One ORT run over the whole batch (for the speed comparison), on the latency session
+        (all the encoder's threads) or the single-threaded one."""
+        return self._run(self.sess_one if single_thread else self.sess_lat, feats)
 
     def forward(self, feats: np.ndarray) -> np.ndarray:
         return self._run(self.sess_lat, feats[None])[0]

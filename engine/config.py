@@ -30,5 +30,5 @@ class EngineConfig(BaseModel):
     max_pending_s: float = 20.0                  # per-session cap on unprocessed audio
     # Uploaded files (batch enrolment, blocklist and Aculab uploads) run on threads of their
     # own, after live calls' work, at this nice value (Linux): live scoring comes first.
-    file_threads: int = Field(1, ge=1, le=16)
-    file_nice: int = Field(10, ge=0, le=19)
+    file_threads: int = Field(default=1, ge=1, le=16)
+    file_nice: int = Field(default=10, ge=0, le=19)

@@ -44,6 +44,7 @@ class CamppEncoder(Encoder):
     def __init__(self, model_dir: Path, runtime: str = "onnx", threads: int = 2, cache_dir: Path | None = None):
         wpath = model_path(model_dir, "campp")      # sha256-verified weights
         self.runtime = runtime
+        self.net: _campp.CamppOnnx | _campp.CamppNumpy
         if runtime == "onnx":
             # The graph is built from the verified weights once, under a name derived from
             # their sha256 and the builder version: prebuilt in the model dir by `vbgw models
@@ -73,14 +74,14 @@ class CamppEncoder(Encoder):
         """Features and embeddings; with the ONNX runtime each utterance is one run and
         the runs are spread over the encoder's threads (see CamppOnnx)."""
         out = np.zeros((len(pcms), self.dim), np.float32)
-        if self.runtime == "onnx":
+        net = self.net
+        if isinstance(net, _campp.CamppOnnx):            # runtime "onnx"
             def one(p):
                 f = self.features(p)
                 if len(f) < _campp.MIN_FRAMES:
                     return None
-                return self.net._run(self.net.sess_one if len(pcms) > 1 else self.net.sess_lat,
-                                     f[None])[0]
-            for i, e in enumerate(self.net.map(one, list(pcms))):
+                return net._run(net.sess_one if len(pcms) > 1 else net.sess_lat, f[None])[0]
+            for i, e in enumerate(net.map(one, list(pcms))):
                 if e is not None:
                     out[i] = e
             return _l2(out)
@@ -94,9 +95,10 @@ class CamppEncoder(Encoder):
         f = self.features(pcm)
         if len(f) < _campp.MIN_FRAMES:
             return None
-        if self.runtime == "onnx":
+        net = self.net
+        if isinstance(net, _campp.CamppOnnx):            # runtime "onnx"
             # single-threaded session: the scheduler runs one segment per thread
-            return _l2(self.net._run(self.net.sess_one, f[None]))[0]
+            return _l2(net._run(net.sess_one, f[None]))[0]
         return _l2(self.net.forward(f)[None])[0]
 
 

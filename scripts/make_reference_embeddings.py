@@ -1,5 +1,5 @@
 """Write tests/engine/data/reference_embeddings.npz: CAM++ embeddings of three short
-protocol files computed with the PyTorch original (engine/bench/torch_campp.py, the
+protocol files computed with the PyTorch original (tools/bench/torch_campp.py, the
 3D-Speaker model definition loading the same state dict), so the numpy port and the ONNX
 graph are tested against torch, not against themselves.
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.audio import campp_features, read_wav_8k
+from engine.audio import campp_features
 from tools.bench.torch_campp import load_campplus
+from tools.protocol import read_audio
 from engine.models import fetch_models, model_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def main():
     embs = []
     with torch.no_grad():
         for f in files:
-            feats = campp_features(read_wav_8k(SHARED / f))
+            feats = campp_features(read_audio(SHARED / f))
             embs.append(m(torch.from_numpy(feats[None])).numpy()[0])
     out = REPO / "tests" / "engine" / "data" / "reference_embeddings.npz"
     np.savez(out, files=np.array(files), embeddings=np.stack(embs).astype(np.float32),

@@ -26,7 +26,8 @@ from pydantic import ValidationError
 
 from connectors.audiohook import MAX_MESSAGE_CHARS, ServerEnvelope, format_duration
 from connectors.audiohook_signature import authority_of, new_nonce, sign
-from connectors.codecs import encode_mulaw, to_8k
+from connectors.base import ConnectorError
+from connectors.codecs import FILE_RATES, encode_mulaw, read_wav_8k, wav_info
 
 STEREO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}
 MONO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}
@@ -441,25 +442,25 @@ async def run_load(make_opts, calls: list[tuple[np.ndarray, np.ndarray | None]],
 
 
 def load_call(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A WAV file as (external, internal): a stereo file's left channel is the customer
-    (external), its right the agent (internal); a mono file is the customer alone."""
-    import soundfile as sf
-    data, rate = sf.read(path, dtype="int16", always_2d=True)
-    ext = to_8k(np.ascontiguousarray(data[:, 0]), rate)
-    internal = to_8k(np.ascontiguousarray(data[:, 1]), rate) if data.shape[1] > 1 else None
+    """A WAV file as (external, internal), decoded as the gateway decodes uploads: a stereo
+    file's left channel is the customer (external), its right the agent (internal); a mono file
+    is the customer alone."""
+    data = path.read_bytes()
+    channels = wav_info(data, FILE_RATES).channels
+    ext = read_wav_8k(data, channel=0)
+    internal = read_wav_8k(data, channel=1) if channels > 1 else None
     return ext, internal
 
 
 def _load_calls(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    import soundfile as sf
     calls = []
     for f in files:
         if not f.is_file():
             raise ValueError(f"no such file: {f}")
         try:
             calls.append(load_call(f))
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise ValueError(f"cannot read {f} as audio: {exc}") from None
+        except ConnectorError as exc:
+            raise ValueError(f"cannot read {f} as audio: {exc.message}") from None
     return calls
 
 

@@ -1,4 +1,11 @@
-"""Speaker-verification trial protocols (format: tests/data/README.md; docs/benchmarks.md, "Data")."""
+"""Speaker-verification trial protocols (format: tests/data/README.md; docs/benchmarks.md, "Data").
+
+Every tool reads call audio with `read_audio`: the product's decoder and resampler
+(connectors.codecs.read_wav_8k, the one uploads use), so calibration and the benchmarks score
+exactly what the gateway would. Its channel rule is the product's: a multi-channel file gives
+channel 0 (the customer on Genesys recordings), never a mix of channels; the protocols' files
+are mono 8 kHz G.711, on which the rule changes nothing. (tools/speechset.py is the exception
+on purpose: it builds telephony test speech from raw corpora, simulating the channel in float.)"""
 from __future__ import annotations
 
 import csv
@@ -7,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.audio import read_wav_8k
+from connectors.codecs import read_wav_8k
+
+
+def read_audio(path: Path | str) -> np.ndarray:
+    """A WAV file as int16 mono 8 kHz, decoded as the gateway decodes an upload (see above)."""
+    return read_wav_8k(Path(path).read_bytes())
 
 
 @dataclass
@@ -31,7 +43,7 @@ class Protocol:
         return cls(root.name, root, enrol, test, trials)
 
     def audio(self, rel: str) -> np.ndarray:
-        return read_wav_8k(self.root / rel)
+        return read_audio(self.root / rel)
 
 
 @dataclass
@@ -61,7 +73,7 @@ def score_protocol(engine, proto: Protocol, batch_files: int = 32,
         todo = sorted({k for k in keys.values() if k not in cache})
         for k in range(0, len(todo), batch_files):
             part = todo[k:k + batch_files]
-            embs = engine.embed_many_sync([read_wav_8k(p) for p in part])
+            embs = engine.embed_many_sync([read_audio(p) for p in part])
             cache.update(zip(part, embs))
         return {i: cache[k] for i, k in keys.items()}
     enr = embed_all(proto.enrol)

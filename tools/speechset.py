@@ -59,11 +59,24 @@ def find_speakers(root: Path) -> dict[str, list[Path]]:
     return out
 
 
+def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """float -> float polyphase resampling (scipy), the step before the level and G.711 of the
+    simulated channel. Not the product's resampler on purpose: this makes telephony audio from
+    studio speech (as the shared protocols were made); the tools read that audio back, and any
+    call audio, with the product's decoder (tools/protocol.read_audio)."""
+    if sr_in == sr_out:
+        return np.asarray(x, dtype=np.float32)
+    from math import gcd
+
+    from scipy.signal import resample_poly
+    g = gcd(int(sr_in), int(sr_out))
+    return resample_poly(np.asarray(x, dtype=np.float64), sr_out // g, sr_in // g).astype(np.float32)
+
+
 def telephony(x: np.ndarray, sr: int) -> np.ndarray:
     """float audio at `sr` -> int16 8 kHz at -26 dBFS (RMS), through G.711 mu-law."""
-    from engine.audio import resample
     from tools.train_tts_corpus import ulaw_roundtrip
-    y = resample(np.asarray(x, np.float64) - float(np.mean(x)), sr, SAMPLE_RATE).astype(np.float64)
+    y = _resample(np.asarray(x, np.float64) - float(np.mean(x)), sr, SAMPLE_RATE).astype(np.float64)
     rms = float(np.sqrt(np.mean(y * y))) if len(y) else 0.0
     if rms > 0:
         y = y * (10 ** (LEVEL_DBFS / 20) / rms)
@@ -72,6 +85,8 @@ def telephony(x: np.ndarray, sr: int) -> np.ndarray:
 
 
 def read_channel(path: Path) -> np.ndarray:
+    """A corpus file (FLAC, OGG or WAV: studio speech, one speaker) through the telephony channel;
+    several channels are one voice here, so they are averaged before the channel."""
     import soundfile as sf
     x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     return telephony(x.mean(axis=1), sr)

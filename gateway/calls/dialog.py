@@ -107,13 +107,13 @@ class CallFraudState(Protocol):
 class CallFraud(Protocol):
     """Fraud signals, as a dialog sees them (gateway/services/fraud.py)."""
     def open(self) -> CallFraudState: ...
-    async def on_milestone(self, dialog: "Dialog", kind: str, emb: Embedding) -> None: ...
+    async def on_milestone(self, dialog: "Dialog", kind: MilestoneKind, emb: Embedding) -> None: ...
     async def call_ended(self, dialog: "Dialog") -> None: ...
 
 
 @dataclass(frozen=True)
 class CallServices:
-    """Everything a dialog works with; built once per gateway (gateway/app.py)."""
+    """Everything a dialog works with; built once per gateway (gateway/services/wiring.py)."""
     engine: EngineSessions
     bus: ResultsBus
     scorer: CallScorer

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from gateway.services.blocklists import RISK_LEVELS as RISKS
+from gateway.store.base import RISK_LEVELS as RISKS
 
 # The command line reads files an administrator chose on this machine: no upload length limit.
 CLI_MAX_AUDIO_S = 7 * 24 * 3600.0

@@ -25,11 +25,11 @@ def _settings(args) -> Settings:
 
 
 def cmd_serve(args) -> int:
-    from gateway.app import serve
+    from gateway.cli.serve import serve
     from gateway.infra.logging import configure_logging
     from gateway.infra.startup import StartupError
     # Whatever else the process creates (SQLite temporary files, ...) is owner-only too;
-    # the gateway's own files get 0600/0700 explicitly (gateway/files.py).
+    # the gateway's own files get 0600/0700 explicitly (gateway/infra/files.py).
     os.umask(0o077)
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
@@ -78,7 +78,7 @@ def announce_store(settings: Settings, command: str) -> None:
 
 async def _admin(args) -> int:
     from gateway.services.auth import new_pat, token_hash
-    from gateway.store.base import Bands, Conflict, ProfileSettings
+    from gateway.store.base import Bands, Conflict, Pat, ProfileSettings, Tenant, UserGroupKey
     from gateway.store.factory import open_repository
     settings = _settings(args)
     announce_store(settings, "admin")
@@ -87,6 +87,8 @@ async def _admin(args) -> int:
         return await run_keys_cmd(args, settings)
     store = await open_repository(settings)
     d = settings.profile_defaults
+    tenant: Tenant | None
+    rec: Pat | UserGroupKey
     try:
         if args.admin_cmd == "bootstrap":
             tenant = await store.ensure_tenant(args.tenant)
@@ -135,7 +137,7 @@ async def _admin(args) -> int:
             from gateway.services.aculab import new_user_group_key
             tenant = await store.get_tenant(args.tenant)
             profile = await store.get_profile(tenant.id, args.profile) if tenant else None
-            if profile is None:
+            if tenant is None or profile is None:
                 print(f"no VB profile {args.profile!r} in tenant {args.tenant!r}", file=sys.stderr)
                 return 2
             key = new_user_group_key()

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from connectors import codecs
+from connectors.base import ConnectorError
+from connectors.codecs import SUPPORTED_RATES
 from gateway.cli.client import ClientError, connection_failure, create_token, describe, http_base, ondemand, sse, ws_base
 
-SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 FRAME_S = 0.2
 
 
@@ -43,16 +45,16 @@ def add_cli(sub) -> None:
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    import soundfile as sf
+    """The file's first channel at its own rate (the direct stream takes every SUPPORTED_RATE),
+    decoded as the gateway decodes uploads (connectors.codecs)."""
     if not path.is_file():
         raise ClientError(f"no such file: {path}")
     try:
-        data, rate = sf.read(path, dtype="int16", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise ClientError(f"cannot read {path} as audio: {exc}") from None
-    if rate not in SUPPORTED_RATES:
-        raise ClientError(f"{path}: {rate} Hz is not a rate the gateway takes ({', '.join(map(str, SUPPORTED_RATES))})")
-    return np.ascontiguousarray(data[:, 0]), int(rate)
+        return codecs.read_wav(path.read_bytes())
+    except ConnectorError as exc:
+        if exc.code == "BAD_SAMPLE_RATE":
+            raise ClientError(f"{path}: {exc.message}; the gateway takes {', '.join(map(str, SUPPORTED_RATES))} Hz") from None
+        raise ClientError(f"cannot read {path} as audio: {exc.message}") from None
 
 
 class _Printer:

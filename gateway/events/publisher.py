@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from engine.types import Embedding, ModelInfo, SpeakerChange
 from gateway.events.models import (
-    Biokey, EnrolledUser, VbEnrolmentEvent, VbVerificationEvent, VerificationEnrolledUser, VoiceprintBlock,
+    Biokey, EnrolledUser, VbEnrolmentEvent, VbVerificationEvent, VerificationEnrolledUser, VerificationResult,
+    VoiceprintBlock,
 )
 from gateway.events.sinks import EventSink, EventsConfig
 from gateway.infra.clock import now_ms
@@ -81,7 +82,7 @@ class EventPublisher:
             plda_version=info.plda_version,
             verification_score=r.bio_score if scored else None,
             sw_version=info.sw_version, verification_ts=now_ms(), user_changed=r.user_changed,
-            verification_result=r.bio_result,
+            verification_result=VerificationResult(r.bio_result),
             fail_reason="OK" if r.error_type is None else r.error_type,
             scd_llr=change.scd_llr if change else None, scd_nllr=change.scd_nllr if change else None,
             verification_origin=origin, non_target=False))

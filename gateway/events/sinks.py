@@ -96,12 +96,19 @@ def _event_ref(event: BaseModel) -> dict[str, Any]:
 # --------------------------------------------------------------------------- config
 
 
+SinkName = Literal["jsonl", "webhook", "nats", "redis"]
+
+
+def _default_sinks() -> list[SinkName]:
+    return ["jsonl"]
+
+
 class EventsConfig(BaseModel):
     """The ``events:`` section of the gateway config."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sinks: list[Literal["jsonl", "webhook", "nats", "redis"]] = Field(default_factory=lambda: ["jsonl"])
+    sinks: list[SinkName] = Field(default_factory=_default_sinks)
     jsonl_path: Path = Path("events.jsonl")         # relative: under server.data_dir
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
@@ -298,7 +305,7 @@ class _Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        prepare_sqlite(path)          # 0600, and so its -wal and -shm (gateway/files.py)
+        prepare_sqlite(path)          # 0600, and so its -wal and -shm (gateway/infra/files.py)
         self._db = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=30.0
         )
@@ -315,7 +322,7 @@ class _Outbox:
                 "VALUES (?, ?, ?, ?)",
                 (delivery_id, message_type, body, now_ms()),
             )
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)       # 0: a known delivery id, ignored (was int(None): TypeError)
 
     def head(self) -> tuple[int, str, str, str, int] | None:
         with self._lock:
@@ -707,12 +714,12 @@ class MultiSink(EventSink):
     def __init__(self, sinks: list[EventSink]) -> None:
         self.sinks = list(sinks)
 
-    @property  # type: ignore[override]
-    def delivered(self) -> int:
+    @property
+    def delivered(self) -> int:  # type: ignore[override]  # a sum of its sinks', not a counter of its own
         return sum(s.delivered for s in self.sinks)
 
-    @property  # type: ignore[override]
-    def failed_attempts(self) -> int:
+    @property
+    def failed_attempts(self) -> int:  # type: ignore[override]
         return sum(s.failed_attempts for s in self.sinks)
 
     async def start(self) -> None:

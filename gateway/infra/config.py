@@ -7,7 +7,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -31,20 +31,20 @@ class _Section(BaseModel):
 
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    max_body_bytes: int = Field(50 * 1024 * 1024, ge=1024)
-    max_json_bytes: int = Field(64 * 1024, ge=256)
-    shutdown_grace_s: float = Field(20.0, ge=0)
+    max_body_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(default=64 * 1024, ge=256)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
     data_dir: Path = Path("var")
-    # Limits on idle, slow and never-reading clients (gateway/limits.py, docs/security.md).
-    keepalive_timeout_s: float = Field(30.0, gt=0)
-    body_timeout_s: float = Field(120.0, gt=0)
-    send_timeout_s: float = Field(30.0, ge=0)
-    first_message_timeout_s: float = Field(10.0, gt=0)
-    socketio_auth_timeout_s: float = Field(30.0, gt=0)
-    max_connections_per_client: int = Field(256, ge=0)
+    # Limits on idle, slow and never-reading clients (gateway/web/limits.py, docs/security.md).
+    keepalive_timeout_s: float = Field(default=30.0, gt=0)
+    body_timeout_s: float = Field(default=120.0, gt=0)
+    send_timeout_s: float = Field(default=30.0, ge=0)
+    first_message_timeout_s: float = Field(default=10.0, gt=0)
+    socketio_auth_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections_per_client: int = Field(default=256, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -69,12 +69,12 @@ class StorageConfig(_Section):
     sqlite_path: Path = Path("vbgw.sqlite3")
     # postgresql://user:password@host:port/database selects the PostgreSQL store; empty: SQLite.
     dsn: SecretStr = SecretStr("")
-    pg_schema: str = Field("", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")   # empty: the server's search_path
-    pool_min: int = Field(1, ge=0, le=100)
-    pool_max: int = Field(10, ge=1, le=1000)
-    connect_timeout_s: float = Field(5.0, gt=0)
-    retry_s: float = Field(10.0, ge=0)            # a call retries a lost connection this long, then fails
-    reconnect_max_s: float = Field(30.0, gt=0)    # longest pause between attempts to reach the database
+    pg_schema: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")   # empty: the server's search_path
+    pool_min: int = Field(default=1, ge=0, le=100)
+    pool_max: int = Field(default=10, ge=1, le=1000)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    retry_s: float = Field(default=10.0, ge=0)            # a call retries a lost connection this long, then fails
+    reconnect_max_s: float = Field(default=30.0, gt=0)    # longest pause between attempts to reach the database
 
     @model_validator(mode="after")
     def _postgres_dsn(self) -> "StorageConfig":
@@ -98,23 +98,23 @@ class EncryptionConfig(_Section):
     # One base64 key per line, active first; relative to server.data_dir. Created with one new
     # key on first start with SQLite; with PostgreSQL it must be provided (instances share it).
     keys_file: Path = Path("data.keys")
-    reload_s: float = Field(5.0, gt=0)            # how often the gateway looks for a rotated keys file
+    reload_s: float = Field(default=5.0, gt=0)            # how often the gateway looks for a rotated keys file
 
 
 class AuthConfig(_Section):
-    token_idle_s: int = Field(3600, ge=10)
+    token_idle_s: int = Field(default=3600, ge=10)
     hash_secret: SecretStr = SecretStr("")
 
 
 class DialogsConfig(_Section):
-    retain_after_close_s: float = Field(900, ge=0)
-    max_frame_bytes: int = Field(65536, ge=320)
+    retain_after_close_s: float = Field(default=900, ge=0)
+    max_frame_bytes: int = Field(default=65536, ge=320)
 
 
 class ProfileDefaults(_Section):
-    enrol_min_speech_ms: int = Field(10000, ge=1000)
-    verify_min_speech_ms: int = Field(5000, ge=500)
-    early_speech_ms: int = Field(2000, ge=500)
+    enrol_min_speech_ms: int = Field(default=10000, ge=1000)
+    verify_min_speech_ms: int = Field(default=5000, ge=500)
+    early_speech_ms: int = Field(default=2000, ge=500)
 
 
 class LoggingConfig(_Section):
@@ -126,20 +126,20 @@ class FraudConfig(_Section):
     """Fraud signals (docs/fraud-signals.md)."""
     # A blocklist entry matches when the call's llr against it reaches the threshold at which
     # this share of other speakers would match (calibration tails; see docs/benchmarks.md).
-    blocklist_far: float = Field(0.0005, gt=0, lt=0.5)
+    blocklist_far: float = Field(default=0.0005, gt=0, lt=0.5)
     tts_enabled: bool = True
     tts_weights: str = ""                  # empty: engine/data/tts-detector.npz
-    tts_threshold: float | None = Field(None, ge=0, le=1)   # None: the one shipped with the weights
-    keep_verify_fingerprints: int = Field(20, ge=1, le=1000)  # per user, most recent calls
+    tts_threshold: float | None = Field(default=None, ge=0, le=1)   # None: the one shipped with the weights
+    keep_verify_fingerprints: int = Field(default=20, ge=1, le=1000)  # per user, most recent calls
 
 
 class UploadsConfig(_Section):
     """Uploaded audio files (batch enrolment, blocklist fraudsters; docs/security.md)."""
     # Longest recording accepted (413 AUDIO_TOO_LONG, from the WAV header, before decoding).
-    max_audio_s: float = Field(1800.0, gt=0)
+    max_audio_s: float = Field(default=1800.0, gt=0)
     # Files analysed at once; further uploads wait their turn (each in flight holds a few
     # seconds of decoded audio, its voiceprint windows and fingerprint, whatever its length).
-    max_concurrent: int = Field(2, ge=1, le=64)
+    max_concurrent: int = Field(default=2, ge=1, le=64)
 
 
 class Settings(_Section):
@@ -209,13 +209,13 @@ OTHER_ENV = {
 }
 
 
-def unknown_env(environ: dict[str, str] | None = None) -> list[str]:
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
     """One warning per VBGW_ variable that is neither VBGW_<SECTION>__<KEY> nor in OTHER_ENV
     (e.g. VBGW_SERVER_PORT, one underscore: silently ignored otherwise), with the key it
     most likely meant. Unknown keys *with* a double underscore are errors (load_settings)."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     out = []
-    for name in sorted(environ):
+    for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or "__" in name or name in OTHER_ENV:
             continue
         rest = name[len(ENV_PREFIX):].lower()
@@ -229,10 +229,10 @@ def unknown_env(environ: dict[str, str] | None = None) -> list[str]:
     return out
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict:
-    environ = os.environ if environ is None else environ
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
+    env: Mapping[str, str] = os.environ if environ is None else environ
     out: dict = {}
-    for name, raw in environ.items():
+    for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]

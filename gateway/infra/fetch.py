@@ -81,10 +81,10 @@ class FetchConfig(BaseModel):
     allowed_hosts: list[str] = []
     allowed_networks: list[str] = []
     allowed_ports: list[int] = [80, 443]
-    max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    total_timeout_s: float = Field(30.0, gt=0)
-    connect_timeout_s: float = Field(5.0, gt=0)
-    max_redirects: int = Field(3, ge=0, le=20)
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    total_timeout_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_redirects: int = Field(default=3, ge=0, le=20)
     user_agent: str = "vbgw-fetch/1"
 
     @field_validator("allowed_hosts")
@@ -347,7 +347,7 @@ class UrlFetcher:
                             raise FetchError("TOO_MANY_REDIRECTS",
                                              f"more than {self.cfg.max_redirects} redirects (or a loop) "
                                              f"starting at {redirects[0] if redirects else u.host}")
-                        redirects.append(u.host)
+                        redirects.append(u.host or "")       # check_url: every URL has a host
                         nxt = self.check_url(nxt.with_fragment(None))
                         if nxt.origin() != u.origin():
                             # credentials are for the origin they were issued by, never a redirect target
@@ -359,7 +359,7 @@ class UrlFetcher:
                     if not 200 <= resp.status < 300:
                         raise FetchError("HTTP_STATUS", f"{u.host} answered HTTP {resp.status}", status=resp.status,
                                          retry_after=wait)
-                    body = await self._read(resp, u.host, limit)
+                    body = await self._read(resp, u.host or "", limit)
                     return Fetched(str(u), resp.status, resp.headers.get("Content-Type", ""), body, redirects, wait)
             except FetchError:
                 raise

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from typing import Callable
 
 
 class Histogram:
@@ -32,7 +33,7 @@ class Metrics:
     def __init__(self):
         self.counters: dict[tuple[str, tuple], float] = defaultdict(float)
         self.histograms: dict[str, Histogram] = defaultdict(Histogram)
-        self.gauges: dict[str, callable] = {}
+        self.gauges: dict[str, Callable[[], float]] = {}
 
     def inc(self, name: str, value: float = 1.0, **labels) -> None:
         self.counters[(name, tuple(sorted(labels.items())))] += value
@@ -40,7 +41,7 @@ class Metrics:
     def observe(self, name: str, value: float) -> None:
         self.histograms[name].observe(value)
 
-    def gauge(self, name: str, fn) -> None:
+    def gauge(self, name: str, fn: Callable[[], float]) -> None:
         self.gauges[name] = fn
 
     def render(self) -> str:

@@ -54,7 +54,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         hint = {errno.EADDRINUSE: " (another process has that port: stop it, or choose another with server.port / "
                                   "VBGW_SERVER__PORT)",
                 errno.EACCES: " (ports below 1024 need privileges: use a higher server.port)",
-                errno.EADDRNOTAVAIL: " (no such address on this machine: check server.host)"}.get(exc.errno, "")
+                errno.EADDRNOTAVAIL: " (no such address on this machine: check server.host)"}.get(exc.errno or 0, "")
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
     sock.setblocking(False)
     return sock

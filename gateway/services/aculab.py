@@ -1,5 +1,5 @@
 """Aculab-style Voice Biometrics Users API (seed: aculab-vb-users-api.txt): the decisions.
-gateway/api/aculab.py parses and renders; this module authenticates user group keys, checks
+gateway/web/aculab.py parses and renders; this module authenticates user group keys, checks
 the audio against the seed's format rules and registers, updates, verifies and deletes users
 through the same enrolment, verification and opt-out paths as the OCP API, on the same user
 records (docs/aculab-users-api.md)."""
@@ -120,12 +120,12 @@ def _check_wav_header(data: bytes) -> None:
 
 async def analyse_source(engine: Engine, uploads: Uploads, data: bytes) -> tuple[np.ndarray, Embedding | None]:
     """A WAV source checked against the seed's rules, then decoded (int16 8 kHz mono) and
-    embedded as file work, after live calls' (gateway/uploads.py)."""
+    embedded as file work, after live calls' (gateway/services/uploads.py)."""
     if not data:
         raise ApiError(400, "FILE_REQUIRED", "the request carries no audio")
     await engine.run_file_work(lambda: _check_wav_header(data))
     a = await uploads.analyse(data, max_s=MAX_AUDIO_S, keep_pcm=True)
-    return a.pcm, a.embedding
+    return (a.pcm if a.pcm is not None else np.zeros(0, np.int16)), a.embedding     # kept: keep_pcm
 
 
 @dataclass
@@ -167,11 +167,12 @@ async def analyse(engine: Engine, uploads: Uploads, named: list[tuple[str, bytes
     accepted = [s for s in sources if s.accepted]
     if not accepted:
         raise next(s.error for s in sources if s.error is not None)
-    emb = accepted[0].embedding
-    for s in accepted[1:]:
+    embs = [s.embedding for s in accepted if s.embedding is not None]      # all of them: accepted
+    emb = embs[0]
+    for e in embs[1:]:
         # speech-weighted mean, like a voiceprint update
-        emb = engine.merge(emb.vector, emb.speech_ms, s.embedding)
-    parts = [p for s in accepted for p in (s.pcm, SOURCE_GAP)][:-1]
+        emb = engine.merge(emb.vector, emb.speech_ms, e)
+    parts = [p for s in accepted if s.pcm is not None for p in (s.pcm, SOURCE_GAP)][:-1]
     return Audio(sources, emb, np.concatenate(parts))
 
 
@@ -276,8 +277,8 @@ class AculabUsers:
     async def _pad(self, profile: Profile, user_id: str, fp: bytes | None, pcm: np.ndarray) -> dict | None:
         """engine.fraud.pad_detected for an uploaded file: its landmarks against the user's
         stored enrolment/verification fingerprints (TypeA/TypeB) and the TTS detector (TypeC)."""
-        fraud = self.fraud
-        tts = await self.engine.run_file_work(lambda: fraud.tts.score_pcm(pcm)) if fraud.tts is not None else None
+        fraud, detector = self.fraud, self.fraud.tts
+        tts = await self.engine.run_file_work(lambda: detector.score_pcm(pcm)) if detector is not None else None
 
         async def landmarks():
             return unpack(fp) if fp is not None else None
@@ -287,4 +288,7 @@ class AculabUsers:
         """Like OCP opt-out: voiceprints, biokeys, fingerprints and counts go in one transaction."""
         if await self.registered_user(scope.profile, user_id) is None:
             raise _not_registered(user_id)
-        return await self.users.opt_out(scope.profile, user_id, instance_id)
+        user = await self.users.opt_out(scope.profile, user_id, instance_id)
+        if user is None:                                  # deleted by another request meanwhile
+            raise _not_registered(user_id)
+        return user

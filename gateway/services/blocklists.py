@@ -3,7 +3,7 @@ labels) and adding a fraudster voiceprint, for the REST API (gateway/web/blockli
 command line (gateway/cli/blocklist.py) alike. Live checking: gateway/services/fraud.py."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,8 +14,6 @@ if TYPE_CHECKING:
     from engine.types import Embedding
     from gateway.services.uploads import Uploads
 
-RiskLevel = Literal["LOW_RISK", "MEDIUM_RISK", "HIGH_RISK"]
-RISK_LEVELS: tuple[str, ...] = ("LOW_RISK", "MEDIUM_RISK", "HIGH_RISK")
 MATCH = "MATCH"
 NO_MATCH = "NO_MATCH"
 # risk_level of a row that is not a MATCH: the list found nothing, whatever its own level, so a

@@ -26,7 +26,7 @@ import structlog
 
 from engine.fraud import TtsDetector, TtsResult, TtsStream, pad_detected
 from engine.fraud.fingerprint import Fingerprinter, match, pack, unpack
-from engine.types import Embedding, EngineError
+from engine.types import Embedding, EngineError, MilestoneKind
 from gateway.calls.results import BlocklistResults, BlocklistRow, TtsVerdict, VerificationRow
 from gateway.services.blocklists import MATCH, NO_MATCH, NO_RISK
 from gateway.store.base import Blocklist, BlocklistEntry, Repository
@@ -190,7 +190,7 @@ class FraudService:
         return float(self.engine.calibration.thr_far(self.cfg.blocklist_far))
 
     # -- live ------------------------------------------------------------------------------
-    async def on_milestone(self, dialog: "Dialog", kind: str, emb: Embedding) -> None:
+    async def on_milestone(self, dialog: "Dialog", kind: MilestoneKind, emb: Embedding) -> None:
         """Blocklists and TTS at each milestone; publishes BlocklistResults and a TtsVerdict."""
         fr = dialog.fraud
         if self.tts is not None:

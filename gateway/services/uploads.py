@@ -124,7 +124,7 @@ class _FileJob:
             h, t = self.fp.landmarks()
             fp = pack(h, t) if len(h) else None
         path = None
-        if self.writer is not None:
+        if self.writer is not None and self.path is not None:
             self.writer.close()                  # writes the final header
             self.fh.flush()
             os.fsync(self.fh.fileno())           # on disk before a row can point at it

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
+
 from engine import Engine
 from gateway.calls.bus import LocalResultsBus, ResultsBus
 from gateway.calls.dialog import CallServices
@@ -21,6 +23,8 @@ from gateway.services.uploads import Uploads
 from gateway.services.users import Users
 from gateway.services.verification import Verifier
 from gateway.store.base import Repository
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -56,3 +60,34 @@ def wire(settings: Settings, store: Repository, engine: Engine, sink: EventSink,
     users = Users(store, engine, keyring, uploads, events, fraud, sessions, metrics, settings.data_dir)
     return Services(settings, store, engine, sink, keyring, metrics, bus, fraud, events, verifier, dialogs,
                     sessions, uploads, users)
+
+
+async def store_ready(services: Services) -> None:
+    """Start-up checks once the store is open: voiceprints of another model need re-enrolment;
+    sensitive biokeys hashed under another auth.hash_secret, and records not sealed under the
+    active data key, are reported with the command that fixes them (docs/security.md)."""
+    store, eng = services.store, services.engine
+    for p in await store.list_profiles():
+        n = await store.mark_re_enroll(p.id, eng.info.model, eng.info.extractor_version)
+        if n:
+            log.warning("users_need_re_enrolment", profile_id=p.id, users=n)
+    await services.users.reconcile_files()       # kept audio vs rows after a crash; owner-only modes
+    usage = await store.hash_key_usage()
+    if any(u.key_id is None for u in usage):
+        # Hashes from before key ids were kept: assume today's secret made them (it is the one
+        # they were made with unless the secret was changed before this upgrade).
+        await store.stamp_legacy_hashes(services.keyring.key_id)
+    other = [u for u in usage if u.key_id not in (None, services.keyring.key_id)]
+    if other:
+        log.warning("biokey_hashes_under_another_secret", hash_key_id=services.keyring.key_id,
+                    other_key_ids=[u.key_id for u in other], rows=sum(u.rows for u in other),
+                    rekeyable=sum(u.rekeyable for u in other),
+                    fix="vbgw admin rekey-biokeys (searches by these biokeys find nobody until then)")
+    keys = store.keys
+    if keys is None:
+        return
+    stale = {t: n for t, per_key in (await store.key_usage()).items()
+             for kid, n in per_key.items() if kid != keys.active_id and n}
+    if stale:
+        log.warning("records_not_under_active_data_key", active_key_id=keys.active_id, rows=stale,
+                    fix="vbgw admin rotate-key --reencrypt-only")

@@ -6,7 +6,7 @@ import abc
 import re
 from dataclasses import dataclass, field
 
-from typing import Annotated
+from typing import Annotated, Literal, Protocol, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -37,12 +37,12 @@ class BiokeyDef(BaseModel):
 class Bands(BaseModel):
     """Result bands as target error rates (see docs/scoring.md)."""
     model_config = ConfigDict(extra="forbid")
-    far_high: float = Field(0.0005, gt=0, lt=1)
-    far_medium: float = Field(0.005, gt=0, lt=1)
-    far_low: float = Field(0.02, gt=0, lt=1)
-    frr_high: float = Field(0.005, gt=0, lt=1)
-    frr_medium: float = Field(0.02, gt=0, lt=1)
-    frr_low: float = Field(0.10, gt=0, lt=1)
+    far_high: float = Field(default=0.0005, gt=0, lt=1)
+    far_medium: float = Field(default=0.005, gt=0, lt=1)
+    far_low: float = Field(default=0.02, gt=0, lt=1)
+    frr_high: float = Field(default=0.005, gt=0, lt=1)
+    frr_medium: float = Field(default=0.02, gt=0, lt=1)
+    frr_low: float = Field(default=0.10, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Bands":
@@ -59,10 +59,10 @@ def default_biokeys() -> list[BiokeyDef]:
 
 class ProfileSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    enrol_min_speech_ms: int = Field(10000, ge=1000)
-    verify_min_speech_ms: int = Field(5000, ge=500)
-    early_speech_ms: int = Field(2000, ge=500)
-    refine_speech_ms: int = Field(5000, ge=1000)
+    enrol_min_speech_ms: int = Field(default=10000, ge=1000)
+    verify_min_speech_ms: int = Field(default=5000, ge=500)
+    early_speech_ms: int = Field(default=2000, ge=500)
+    refine_speech_ms: int = Field(default=5000, ge=1000)
     bands: Bands = Bands()
     biokeys: list[BiokeyDef] = Field(default_factory=default_biokeys)
 
@@ -139,12 +139,15 @@ class StoredBiokey:
     hash_key_id: str | None = None    # id of the hash secret the value's HMAC was made with
 
 
+UserStatus = Literal["ENROLLED", "NOT_ENROLLED", "OPTED_OUT", "RE_ENROLL"]     # the seed's user status
+
+
 @dataclass(frozen=True)
 class User:
     row_id: int
     profile_id: str
     user_id: str
-    status: str
+    status: UserStatus
     created_ms: int
     last_update_ms: int
     opt_out_ts: int | None
@@ -168,7 +171,7 @@ class Voiceprint:
 class AudioHookOrg:
     """A Genesys organisation allowed to stream over AudioHook. The API key is stored only as
     its SHA-256; the client secret (needed as the HMAC key) only encrypted (see
-    gateway/audiohook_orgs.py)."""
+    gateway/services/audiohook_orgs.py)."""
     org_id: str                   # Genesys organisation UUID, lower-case
     tenant_id: str
     profile_id: str | None        # default VB profile for its calls (customConfig may override)
@@ -177,7 +180,8 @@ class AudioHookOrg:
     created_ms: int
 
 
-RISK_LEVELS = ("LOW_RISK", "MEDIUM_RISK", "HIGH_RISK")
+RiskLevel = Literal["LOW_RISK", "MEDIUM_RISK", "HIGH_RISK"]     # a blocklist's, on its matches
+RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
 FINGERPRINT_KINDS = ("ENROL", "VERIFY")
 
 
@@ -189,7 +193,7 @@ class Blocklist:
     group_id: str
     name: str
     description: str
-    risk_level: str               # LOW_RISK | MEDIUM_RISK | HIGH_RISK
+    risk_level: RiskLevel
     custom_ui_message: str
     custom_agent_message: str
     active: bool
@@ -326,8 +330,16 @@ class HashKeyUsage:
     rekeyable: int        # rows with an encrypted copy of the value (re-keyable without the user)
 
 
+class SealingKeys(Protocol):
+    """What the gateway reads of a store's data keys (gateway.store.keys.DataKeys)."""
+    active_id: str
+
+
 class Repository(abc.ABC):
     """What the gateway needs from storage. Every method is a coroutine."""
+
+    keys: SealingKeys | None = None   # the data keys records are sealed under (None: in the clear)
+    retry_open = False              # open() may fail for a while (a database server): the gateway retries
 
     @abc.abstractmethod
     async def open(self) -> None: ...

@@ -104,7 +104,7 @@ class PostgresRepository(Repository):
         if schema and not SCHEMA_RE.match(schema):
             raise ValueError("storage.schema must be a lower-case SQL identifier")
         self.dsn = dsn
-        self.keys = keys
+        self.keys: DataKeys | None = keys
         self.schema = schema
         self.pool_min, self.pool_max = pool_min, pool_max
         self.connect_timeout_s = connect_timeout_s

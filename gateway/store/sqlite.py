@@ -38,7 +38,7 @@ MIGRATIONS: list[str] = [m.sqlite for m in _MIGRATIONS]
 class SqliteRepository(Repository):
     def __init__(self, path: Path, keys: DataKeys | None = None):
         self.path = Path(path)
-        self.keys = keys          # None: vectors and hashes are written in the clear (tools, tests)
+        self.keys: DataKeys | None = keys   # None: vectors and hashes are written in the clear (tools, tests)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
 
@@ -65,7 +65,7 @@ class SqliteRepository(Repository):
         return self._run(run)
 
     def _open_sync(self) -> None:
-        prepare_sqlite(self.path)            # 0600, and so its -wal and -shm (gateway/files.py)
+        prepare_sqlite(self.path)            # 0600, and so its -wal and -shm (gateway/infra/files.py)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")

@@ -1,7 +1,7 @@
 """Aculab-style Voice Biometrics Users API (seed: aculab-vb-users-api.txt) under
 /voice_biometrics/v1/user/: register, update, verify (PUT one WAV body, POST multipart
 Source1..N, GET a one-time WebSocket URL), stats, exists, delete. Field names, paths and the
-error envelope are the seed's; gateway/aculab.py decides (docs/aculab-users-api.md)."""
+error envelope are the seed's; gateway/services/aculab.py decides (docs/aculab-users-api.md)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import structlog
 from aiohttp import web
@@ -58,8 +58,8 @@ class UserParams(BaseModel):
 
 
 class VerifyParams(UserParams):
-    sensitivity: float = Field(0.0, ge=-10.0, le=10.0)
-    text_dependent: bool = Field(True, description="Accepted and ignored for scoring: vbgw is text-independent")
+    sensitivity: float = Field(default=0.0, ge=-10.0, le=10.0)
+    text_dependent: bool = Field(default=True, description="Accepted and ignored for scoring: vbgw is text-independent")
     enable_pad: bool = False
 
 
@@ -175,7 +175,10 @@ def _with_envelope(fn, action: str):
 
 
 # -- request parsing -------------------------------------------------------------------------
-async def _params(request: web.Request, model: type[UserParams]) -> UserParams:
+Params = TypeVar("Params", bound=BaseModel)
+
+
+async def _params(request: web.Request, model: type[Params]) -> Params:
     """Parameters from the query string (and, for POST without audio, a urlencoded body).
     A parameter given twice (query and body included) is refused, never half-read: each names
     one value (user_id one user)."""
@@ -310,7 +313,7 @@ async def _audio_action(request: web.Request, action: str) -> web.Response:
     tid, out = await _run_audio_action(services, action, scope, params, parts, instance_id)
     # Sources are listed for POST (several files), and for verify only when text_dependent is false.
     sources = _sources(out["audio"]) if request.method == "POST" else None
-    if action == "verify":
+    if isinstance(params, VerifyParams):                # action == "verify"
         if params.text_dependent:
             sources = None
         return _render(VerifyResult(application_instance_id=instance_id, transaction_id=tid,
@@ -400,8 +403,9 @@ for _action in AUDIO_ACTIONS:
     _add("PUT", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, _extra)
     _add("POST", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, _extra)
     _add("GET", _action, _handler, WebSocketUrl, {**_extra, **_STREAM_QUERY})
+_RESPONSES: dict[str, type[BaseModel]] = {"stats": StatsResult, "exists": ExistsResult, "delete": DeleteResult}
 for _action, _h in _HANDLERS.items():
-    _response = {"stats": StatsResult, "exists": ExistsResult, "delete": DeleteResult}[_action]
+    _response = _RESPONSES[_action]
     _add("GET", _action, _h, _response, {})
     _add("POST", _action, _h, _response, {})
 

@@ -93,7 +93,7 @@ async def _authenticate(request: web.Request, core: Services, state: _AuthState)
         if org is not None and org.secret_enc is None:
             pass                                    # this organisation is configured without a secret
         else:
-            secret = state.box.open(org.org_id, org.secret_enc) if org is not None else None
+            secret = state.box.open(org.org_id, org.secret_enc) if org is not None and org.secret_enc is not None else None
             if org is not None and secret is None:
                 reason = "secret_unreadable"
             verify(method=request.method, request_target=request.raw_path,

@@ -2,18 +2,19 @@
 
 A PAT belongs to one group; it reaches only that group's lists (another group's list looks
 exactly like one that does not exist). Every bio-enabled call of the group is checked against
-all its active lists (gateway/fraud.py); docs/fraud-signals.md describes the whole feature."""
+all its active lists (gateway/services/fraud.py); docs/fraud-signals.md describes the whole feature."""
 from __future__ import annotations
 
 import re
+from typing import Annotated
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import ApiError, bad_request, not_found
-from gateway.services.blocklists import RiskLevel, add_entry, add_entry_from_file
+from gateway.services.blocklists import add_entry, add_entry_from_file
 from gateway.services.wiring import Services
-from gateway.store.base import Blocklist, BlocklistEntry, Conflict, Pat
+from gateway.store.base import Blocklist, BlocklistEntry, Conflict, Pat, RiskLevel
 from gateway.web.appkeys import SERVICES, SETTINGS
 from gateway.web.forms import form_parts
 from gateway.web.http_auth import pat as request_pat
@@ -22,8 +23,8 @@ from gateway.web.routing import RouteTable, json_response, parse_json
 log = structlog.get_logger(__name__)
 routes = RouteTable()
 
-_NAME = dict(min_length=1, max_length=128)
-_TEXT = dict(max_length=1000)
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Text = Annotated[str, Field(max_length=1000)]
 _LABEL_RE = re.compile(r"^[^\x00-\x1f]{1,128}$")
 
 
@@ -32,26 +33,26 @@ class _In(BaseModel):
 
 
 class BlocklistCreate(_In):
-    name: str = Field(**_NAME)
-    description: str = Field("", **_TEXT)
+    name: Name
+    description: Text = ""
     risk_level: RiskLevel = "HIGH_RISK"
-    custom_ui_message: str = Field("blocklisted", **_TEXT)
-    custom_agent_message: str = Field("Blocklisted voice has been detected", **_TEXT)
+    custom_ui_message: Text = "blocklisted"
+    custom_agent_message: Text = "Blocklisted voice has been detected"
     active: bool = True
 
 
 class BlocklistUpdate(_In):
-    name: str | None = Field(None, **_NAME)
-    description: str | None = Field(None, **_TEXT)
+    name: Name | None = None
+    description: Text | None = None
     risk_level: RiskLevel | None = None
-    custom_ui_message: str | None = Field(None, **_TEXT)
-    custom_agent_message: str | None = Field(None, **_TEXT)
+    custom_ui_message: Text | None = None
+    custom_agent_message: Text | None = None
     active: bool | None = None
 
 
 class FromDialog(_In):
     dialog_id: str = Field(min_length=1, max_length=256, description="The past call's masterId (still retained)")
-    label: str = Field("", max_length=128)
+    label: str = Field(default="", max_length=128)
 
 
 class EntryOut(BaseModel):
@@ -208,7 +209,7 @@ async def add_from_wav(request: web.Request) -> web.Response:
         raise bad_request("FILE_REQUIRED", "a non-empty file field is required")
     name = re.sub(r"[^0-9A-Za-z._+\-]", "_", filename)[-100:]
     label = _label(label, name)
-    # decoded and embedded block by block, after live calls' work (gateway/uploads.py)
+    # decoded and embedded block by block, after live calls' work (gateway/services/uploads.py)
     entry = await add_entry_from_file(core.uploads, core.store, pat.group_id, bl.id, audio, label, f"wav:{name}")
     log.info("blocklist_entry_added", blocklist_id=bl.id, entry_id=entry.id, speech_ms=entry.speech_ms)
     return json_response(_entry(entry), status=201)

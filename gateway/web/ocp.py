@@ -19,7 +19,7 @@ from gateway.web import recordings as recordings_web
 from gateway.web.http_auth import bearer, caller, pat
 from gateway.web.routing import RouteTable, json_response, parse_json
 from gateway.web.schemas import (
-    BatchEnrolResponse, DataMessage, EnrolRequest, OnDemandResponse, SearchRequest, SearchResponse,
+    BatchEnrolResponse, DataMessage, EnrolRequest, OnDemandResponse, SearchRequest, SearchResponse, SearchStatus,
     TokenData, TokenRequest, TokenResponse, UserIdRequest, UserInfo,
 )
 
@@ -86,7 +86,7 @@ async def search_users(request: web.Request) -> web.Response:
     c = await caller(request)
     body = await parse_json(request, SearchRequest, _max_json(request))
     found = await _services(request).users.search(c.profile, body.biokeys)
-    status = "NOT_FOUND" if not found else "FOUND_ONE" if len(found) == 1 else "FOUND_MANY"
+    status: SearchStatus = "NOT_FOUND" if not found else "FOUND_ONE" if len(found) == 1 else "FOUND_MANY"
     return json_response(SearchResponse(users=[_user_info(u, u.user_id) for u in found], response_status=status))
 
 

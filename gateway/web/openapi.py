@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from importlib import metadata
 from typing import Any
 
 from pydantic import BaseModel
@@ -9,7 +10,7 @@ from pydantic import BaseModel
 from gateway.web.routing import RouteSpec
 from gateway.web.errors import ErrorResponse
 
-_SECURITY = {
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "pat": [{"pat": []}],
     "session": [{"session": []}, {"session_query": []}],
     "pat_or_session": [{"pat": []}, {"session": []}],
@@ -17,6 +18,14 @@ _SECURITY = {
     "user_group_key": [{"user_group_key": []}],
     "none": [],
 }
+
+
+def sw_version() -> str:
+    """The installed vbgw's version (the document's info.version)."""
+    try:
+        return metadata.version("vbgw")
+    except metadata.PackageNotFoundError:
+        return "0.1.0"
 
 
 def build_openapi(specs: list[RouteSpec], version: str) -> dict[str, Any]:

@@ -2,13 +2,13 @@
 Field names are the contract; the OpenAPI document is generated from these models."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.store.base import BiokeyStr
+from gateway.store.base import BiokeyStr, UserStatus
 
-_ID = dict(min_length=1, max_length=256)
+Id = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class _In(BaseModel):
@@ -16,12 +16,12 @@ class _In(BaseModel):
 
 
 class TokenRequest(_In):
-    agentId: str = Field(**_ID)
-    agentSkill: str = Field(**_ID)
-    masterId: str = Field(description="The call's dialog id (Genesys Call.ConversationID, NICE contact id)", **_ID)
-    tenantId: str = Field(description="Tenant name or id", **_ID)
-    vbProfile: str = Field(description="VB profile name or id", **_ID)
-    ccaasProvider: str = Field(description="e.g. GENESYS, NICE_IN_CONTACT, OTHER", **_ID)
+    agentId: Id
+    agentSkill: Id
+    masterId: Id = Field(description="The call's dialog id (Genesys Call.ConversationID, NICE contact id)")
+    tenantId: Id = Field(description="Tenant name or id")
+    vbProfile: Id = Field(description="VB profile name or id")
+    ccaasProvider: Id = Field(description="e.g. GENESYS, NICE_IN_CONTACT, OTHER")
     customProperties: dict[str, str] = Field(default_factory=dict, max_length=50,
                                              description="Biokeys already known, e.g. {\"Ani\": \"+123\"}")
 
@@ -36,7 +36,7 @@ class TokenResponse(BaseModel):
 
 class UserInfo(BaseModel):
     user_id: str
-    status: Literal["ENROLLED", "NOT_ENROLLED", "OPTED_OUT", "RE_ENROLL"]
+    status: UserStatus
     last_update: int | None
     opt_out_ts: int | None
     opt_in_ts: int | None
@@ -52,15 +52,18 @@ class SearchRequest(_In):
     biokeys: list[BiokeyIn] = Field(min_length=1, max_length=20)
 
 
+SearchStatus = Literal["FOUND_ONE", "FOUND_MANY", "NOT_FOUND"]
+
+
 class SearchResponse(BaseModel):
     users: list[UserInfo]
-    response_status: Literal["FOUND_ONE", "FOUND_MANY", "NOT_FOUND"]
+    response_status: SearchStatus
 
 
 class EnrolRequest(_In):
     biokeys: list[BiokeyIn] = Field(default_factory=list, max_length=20)
     user_id: BiokeyStr | None = None
-    opt_in: bool = Field(False, description="Explicit opt-in; required to enrol a user who opted out")
+    opt_in: bool = Field(default=False, description="Explicit opt-in; required to enrol a user who opted out")
 
 
 class UserIdRequest(_In):

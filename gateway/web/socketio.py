@@ -246,7 +246,9 @@ class LiveHub:
     async def _pump(self, feed: _Feed) -> None:
         metrics = self.services.metrics
         while True:
-            msg = await feed.sub.get()
+            msg = await feed.sub.get()                   # no timeout: a message, never None
+            if msg is None:
+                continue
             ev = live.SOCKETIO_EVENTS.get(msg.kind)
             if ev is None:
                 continue

@@ -110,8 +110,8 @@ class _EventStream:
 
     async def pump(self, sub: Subscription, replay: list[BusMessage]) -> str:
         """Send `replay`, then live messages, until the call is over; return why it ended."""
-        for msg in replay:
-            await self.send_msg(msg)
+        for old in replay:
+            await self.send_msg(old)
         # Joined after the call was over: send what is already queued (e.g. STARTING and the
         # score of the call's speech), then end.
         over = live.call_over(self.dialog.status, self.dialog)
@@ -204,8 +204,10 @@ async def verification(request: web.Request) -> web.StreamResponse:
         elif replay.truncated:
             messages = dialog.verification_snapshot()[-1:]
         else:
+            assert running is not None                 # after > 0 answered 204 without one
             messages = [m for m in replay.messages
                         if isinstance(m.payload, VerificationResults) and m.payload.epoch == running.epoch]
+        assert running is not None                     # made above, or after > 0 answered 204 without one
         stream = _EventStream(request, dialog, {VerificationResults.kind: live.sse_verification}, c, running.epoch)
         await stream.open()
     except BaseException:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import hmac
+import os
+import secrets
+from pathlib import Path
 
 from aiohttp import web
 
@@ -9,6 +12,7 @@ from gateway.web.routing import RouteTable
 from gateway.web.appkeys import METRICS_TOKEN, SERVICES
 from gateway.web.http_auth import bearer
 from gateway.errors import unauthorized
+from gateway.infra.files import private_dir
 
 routes = RouteTable()
 
@@ -46,3 +50,16 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 OPENAPI_DOC: web.AppKey[dict] = web.AppKey("openapi", dict)
+
+
+def load_metrics_token(data_dir: Path) -> str:
+    """The bearer token of GET /metrics: <data_dir>/metrics.token (0600), made on first start."""
+    path = data_dir / "metrics.token"
+    if path.exists():
+        return path.read_text().strip()
+    private_dir(data_dir)
+    tok = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(tok)
+    return tok

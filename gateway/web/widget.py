@@ -1,4 +1,4 @@
-"""The agent widget: static HTML, CSS and JS from gateway/widget/ (no build step), and the
+"""The agent widget: static HTML, CSS and JS from gateway/web/widget/ (no build step), and the
 small authenticated JSON document it needs (the profile's speech thresholds).
 
 `/agent?token=` checks the session token before serving the page. The assets under

@@ -45,3 +45,35 @@ def test_decoder_state_machine_positions():
     assert d.on_message("binary", b"") is None
     with pytest.raises(ConnectorError):
         d.on_message("binary", b"\x00\x00")
+
+
+def _wav(channels: np.ndarray, rate: int, subtype: str) -> bytes:
+    import io
+
+    import soundfile as sf
+    buf = io.BytesIO()
+    sf.write(buf, channels, rate, subtype=subtype, format="WAV")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("rate, subtype", [(48000, "PCM_16"), (16000, "FLOAT"), (8000, "ULAW")])
+def test_the_tools_read_audio_exactly_as_uploads_are_decoded(tmp_path, rate, subtype):
+    """One decoder and resampler for the product and the tools (issue #13): calibration and the
+    benchmarks (tools.protocol.read_audio) get the samples an upload gets (iter_wav_8k, block by
+    block), and a multi-channel file gives its first channel, never a mix of channels (the tools'
+    old reader averaged the channels and resampled with another filter)."""
+    from connectors.codecs import iter_wav_8k, read_wav_8k
+    from tools.protocol import read_audio
+    t = np.arange(rate * 3) / rate
+    customer = 0.3 * np.sin(2 * np.pi * 440 * t)
+    agent = 0.3 * np.sin(2 * np.pi * 1300 * t + 1.0)
+    path = tmp_path / "call.wav"
+    path.write_bytes(_wav(np.stack([customer, agent], axis=1), rate, subtype))
+    upload = np.concatenate(list(iter_wav_8k(path.read_bytes(), 5.0, rates=(rate,))))
+    tools = read_audio(path)
+    assert tools.dtype == np.int16 and abs(len(tools) - 3 * 8000) <= 1
+    assert np.array_equal(tools, upload)
+    assert np.array_equal(read_wav_8k(path.read_bytes(), channel=1),
+                          np.concatenate(list(iter_wav_8k(path.read_bytes(), 5.0, channel=1, rates=(rate,)))))
+    spec = np.abs(np.fft.rfft(tools[8000:16000].astype(np.float64)))   # 1 Hz bins
+    assert spec[440] > 50 * spec[1300]                                   # the customer alone

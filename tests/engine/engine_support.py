@@ -12,9 +12,9 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def read(rel: str) -> np.ndarray:
     """8 kHz samples of `rel` ("PROTOCOL/audio/NAME.wav") of the in-repo protocols."""
-    from engine.audio import read_wav_8k
+    from tools.protocol import read_audio
     proto, _, rest = rel.partition("/")
-    return read_wav_8k(protocol_file(proto, rest))
+    return read_audio(protocol_file(proto, rest))
 
 
 def speaker_audio(speaker: str, n: int = 3, proto: str = "ls-other-tel") -> np.ndarray:

@@ -54,7 +54,7 @@ def test_onnx_matches_numpy(weights, reference, tmp_path):
 
 
 def test_engine_uses_cached_onnx(engine_sync):
-    enc = engine_sync._core.encoder
+    enc = engine_sync._pipeline.encoder
     assert enc.runtime == "onnx" and enc.onnx_path.exists()
     assert engine_sync.info.extractor_version.startswith("campp-onnx")
     assert engine_sync.info.dim == 192

@@ -7,7 +7,8 @@ import time
 import numpy as np
 
 from engine import Engine, EngineConfig, EngineError, Milestone, SpeechLimits
-from engine.facade import _Job, _Scheduler, _State
+from engine.scheduler import EncoderScheduler
+from engine.state import EncoderJob, SessionState
 from engine.vad import CHUNK_MS
 from engine_support import speaker_audio, speakers
 
@@ -15,7 +16,7 @@ WAIT = 30.0            # an upper bound for events on a loaded machine, never a 
 
 
 class _RecordingCore:
-    """Stands in for _Core in the scheduler: records the order jobs run in. The first job
+    """Stands in for the Pipeline in the scheduler: records the order jobs run in. The first job
     says it started, then blocks until released, so everything submitted meanwhile is queued;
     `all_done` is set once the scheduler reported `expected` jobs done (its on_done hook, called
     after its own bookkeeping). Events, not sleeps: a loaded machine only makes it slower."""
@@ -45,13 +46,13 @@ class _RecordingCore:
 
 def test_urgent_jobs_and_promoted_sessions_run_first():
     core = _RecordingCore(expected=5)
-    sched = _Scheduler(core, 1, core.job_done)
+    sched = EncoderScheduler(core, 1, core.job_done)
     try:
         a, b = object(), object()
-        sched.submit([_Job("blocker", state=a)])
+        sched.submit([EncoderJob("blocker", state=a)])
         assert core.started.wait(WAIT)                    # the one thread is now busy
-        sched.submit([_Job("bg-a1", state=a), _Job("bg-b1", state=b), _Job("bg-a2", state=a)])
-        sched.submit([_Job("urgent-b", urgent=True, state=b)])
+        sched.submit([EncoderJob("bg-a1", state=a), EncoderJob("bg-b1", state=b), EncoderJob("bg-a2", state=a)])
+        sched.submit([EncoderJob("urgent-b", urgent=True, state=b)])
         sched.promote({id(b)})                            # b's milestone waits for bg-b1 too
         core.release.set()
         assert core.all_done.wait(WAIT)
@@ -64,9 +65,9 @@ def test_urgent_jobs_and_promoted_sessions_run_first():
 def test_first_normal_cuts_the_window_instead_of_embedding_a_partial(engine_sync):
     """NORMAL's embedding is the first window's, and that window is not embedded again:
     the only audio embedded twice is EARLY's partial window."""
-    core = engine_sync._core
+    core = engine_sync._pipeline
     a = speaker_audio(speakers()[2], 3)[: 8000 * 25]
-    st = _State("cut", SpeechLimits(early_ms=2000, verify_ms=5000), None, core.window_samples)
+    st = SessionState("cut", SpeechLimits(early_ms=2000, verify_ms=5000), None, core.window_samples)
     before = core.speech_s
     embedded = []
     run_jobs = core.run_jobs

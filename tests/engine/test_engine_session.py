@@ -160,11 +160,11 @@ def test_delayed_flag(engine_sync):
     """A milestone computed more than 1 s after its audio arrived says delayed=True."""
     import time
 
-    from engine.facade import _State
-    core = engine_sync._core
+    from engine.state import SessionState
+    core = engine_sync._pipeline
     a = speaker_audio(speakers()[5], 1)[: 8000 * 6]
-    fresh = _State("fresh", SpeechLimits(), None, core.window_samples)
-    old = _State("old", SpeechLimits(), None, core.window_samples)
+    fresh = SessionState("fresh", SpeechLimits(), None, core.window_samples)
+    old = SessionState("old", SpeechLimits(), None, core.window_samples)
     fresh.pending.append((time.monotonic(), a))
     old.pending.append((time.monotonic() - 5.0, a))
     fresh.pending_samples = old.pending_samples = len(a)
@@ -176,10 +176,10 @@ def test_delayed_flag(engine_sync):
 
 
 def test_no_speaker_change_for_one_speaker(engine_sync):
-    from engine.facade import _State
-    core = engine_sync._core
+    from engine.state import SessionState
+    core = engine_sync._pipeline
     a = speaker_audio(speakers()[6], 3)
-    st = _State("one", SpeechLimits(), None, core.window_samples)
+    st = SessionState("one", SpeechLimits(), None, core.window_samples)
     st.pending.append((0.0, a))
     st.pending_samples = len(a)
     core.process([st], None, milestones=False)
@@ -189,10 +189,10 @@ def test_no_speaker_change_for_one_speaker(engine_sync):
 
 def test_folding_old_windows_keeps_the_session_embedding():
     """Long calls: folding windows bounds memory and leaves every weighted mean unchanged."""
-    from engine.facade import _Speech, _Window
+    from engine.state import SessionSpeech, Window
     rng = np.random.default_rng(3)
-    sp = _Speech(80000)
-    sp.windows = [_Window(int(rng.integers(2000, 10000)), rng.normal(size=192).astype(np.float32))
+    sp = SessionSpeech(80000)
+    sp.windows = [Window(int(rng.integers(2000, 10000)), rng.normal(size=192).astype(np.float32))
                   for _ in range(200)]
     sp.windows[5].vector = None                       # a window too short to embed
 

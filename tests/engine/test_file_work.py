@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 
 from engine import SpeechLimits
-from engine.facade import FILE_BLOCK_S, _FileTask, _Job, _Scheduler
+from engine.facade import FILE_BLOCK_S
+from engine.scheduler import EncoderScheduler, FileTask
+from engine.state import EncoderJob
 from engine_support import speaker_audio, speakers
 
 WAIT = 30.0            # an upper bound for events on a loaded machine, never a measurement
 
 
 class _GatedCore:
-    """Stands in for _Core: a live job waits for its own gate, and records when it ran."""
+    """Stands in for the Pipeline: a live job waits for its own gate, and records when it ran."""
 
     def __init__(self):
         self.order: list[str] = []
@@ -41,22 +43,22 @@ class _GatedCore:
         job.done = True
 
 
-def _file_task(core: _GatedCore, name: str, done: list, concurrency: list, sched: _Scheduler) -> _FileTask:
+def _file_task(core: _GatedCore, name: str, done: list, concurrency: list, sched: EncoderScheduler) -> FileTask:
     def fn():
         concurrency.append(sched.file_running)
         core.order.append(name)
         return name
-    return _FileTask(fn, lambda res, exc: done.append((res, exc)))
+    return FileTask(fn, lambda res, exc: done.append((res, exc)))
 
 
 def test_the_order_is_urgent_live_then_background_live_then_file_work():
     core = _GatedCore()
-    sched = _Scheduler(core, 1, lambda: None, file_threads=1, file_nice=0)
+    sched = EncoderScheduler(core, 1, lambda: None, file_threads=1, file_nice=0)
     try:
         with sched._cv:                  # the threads cannot take anything while we queue
-            sched._files.extend([_FileTask(lambda: None, lambda r, e: None) for _ in range(2)])
-            sched._background.append(_Job("bg"))
-            sched._urgent.append(_Job("urgent", urgent=True))
+            sched._files.extend([FileTask(lambda: None, lambda r, e: None) for _ in range(2)])
+            sched._background.append(EncoderJob("bg"))
+            sched._urgent.append(EncoderJob("urgent", urgent=True))
             assert sched._next_file() is None            # live work is queued: files wait
             assert sched._next_live().audio == "urgent"
             assert sched._next_file() is None
@@ -70,19 +72,19 @@ def test_the_order_is_urgent_live_then_background_live_then_file_work():
 
 def test_file_work_waits_for_queued_live_work_and_runs_one_file_at_a_time():
     core = _GatedCore()
-    sched = _Scheduler(core, 1, lambda: None, file_threads=1, file_nice=0)
+    sched = EncoderScheduler(core, 1, lambda: None, file_threads=1, file_nice=0)
     done: list = []
     concurrency: list[int] = []
     try:
         core.gate("blocker")
-        sched.submit([_Job("blocker")])
+        sched.submit([EncoderJob("blocker")])
         assert core.started["blocker"].wait(WAIT)        # the only live thread is busy
-        sched.submit([_Job("bg-1"), _Job("bg-2")])
+        sched.submit([EncoderJob("bg-1"), EncoderJob("bg-2")])
         for i in range(3):
             sched.submit_file(_file_task(core, f"file-{i}", done, concurrency, sched))
         # Live work is queued, so the idle file thread must not start any file work.
         assert core.order == [] and sched.files_queued == 3
-        sched.submit([_Job("urgent", urgent=True)])
+        sched.submit([EncoderJob("urgent", urgent=True)])
         core.gates["blocker"].set()
         for _ in range(int(WAIT / 0.01)):
             if len(done) == 3:
@@ -98,20 +100,20 @@ def test_file_work_waits_for_queued_live_work_and_runs_one_file_at_a_time():
 
 def test_file_work_failures_reach_the_caller_and_stop_fails_what_is_queued():
     core = _GatedCore()
-    sched = _Scheduler(core, 1, lambda: None, file_threads=1, file_nice=0)
+    sched = EncoderScheduler(core, 1, lambda: None, file_threads=1, file_nice=0)
     got: list = []
     ran = threading.Event()
 
     def boom():
         raise ValueError("bad block")
-    sched.submit_file(_FileTask(boom, lambda r, e: (got.append(e), ran.set())))
+    sched.submit_file(FileTask(boom, lambda r, e: (got.append(e), ran.set())))
     assert ran.wait(WAIT) and isinstance(got[0], ValueError)
     core.gate("blocker")
-    sched.submit([_Job("blocker")])
+    sched.submit([EncoderJob("blocker")])
     assert core.started["blocker"].wait(WAIT)
-    sched.submit([_Job("bg")])                           # keeps the file thread waiting
+    sched.submit([EncoderJob("bg")])                     # keeps the file thread waiting
     failed = threading.Event()
-    sched.submit_file(_FileTask(lambda: "never", lambda r, e: (got.append(e), failed.set())))
+    sched.submit_file(FileTask(lambda: "never", lambda r, e: (got.append(e), failed.set())))
     stopper = threading.Thread(target=sched.stop)
     stopper.start()
     assert failed.wait(WAIT)                             # failed at stop, never run
@@ -123,7 +125,7 @@ def test_file_work_failures_reach_the_caller_and_stop_fails_what_is_queued():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_file_threads_run_at_a_lower_os_priority():
     core = _GatedCore()
-    sched = _Scheduler(core, 1, lambda: None, file_threads=2, file_nice=10)
+    sched = EncoderScheduler(core, 1, lambda: None, file_threads=2, file_nice=10)
     try:
         tids: list[int] = []
         done = threading.Event()
@@ -131,7 +133,7 @@ def test_file_threads_run_at_a_lower_os_priority():
         def who():
             tids.append(threading.get_native_id())
             done.set()
-        sched.submit_file(_FileTask(who, lambda r, e: None))
+        sched.submit_file(FileTask(who, lambda r, e: None))
         assert done.wait(WAIT)
         import os
         base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -146,7 +148,7 @@ def test_a_file_embedding_needs_one_window_of_memory_whatever_its_length(engine_
     """Five minutes of speech, block by block: the embedder never holds more than a window of
     audio plus its windows' vectors (the one-shot path held the whole file, several times),
     and its embedding is the one-shot path's."""
-    core = engine_sync._core
+    core = engine_sync._pipeline
     one = speaker_audio(speakers()[2], 3)
     pcm = np.tile(one, int(np.ceil(300 * 8000 / len(one))))[: 300 * 8000]
     fe = engine_sync.file_embedder()
@@ -172,8 +174,8 @@ def test_a_file_embedding_needs_one_window_of_memory_whatever_its_length(engine_
 async def test_a_file_never_puts_work_in_live_calls_queues(engine):
     """Reproduction of the stall: a whole file's windows went to the encoder as urgent jobs,
     ahead of every live call's milestones. Now none of a file's work enters the live queues."""
-    sched = engine._sched
-    live_jobs: list[_Job] = []
+    sched = engine._scheduler
+    live_jobs: list[EncoderJob] = []
     submit = sched.submit
 
     def recording(jobs):

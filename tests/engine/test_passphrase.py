@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine import passphrase as pp
-from engine.audio import read_wav_8k
+from tools.protocol import read_audio
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "fsdd"
 
@@ -18,7 +18,7 @@ def utterance(engine, phrase: str, speaker: str, index: int, seed: int) -> np.nd
     """The digits' recordings cut to their speech, joined with short pauses, level set and
     G.711 mu-law coded, as `vbgw bench passphrase` builds its protocol."""
     from tools.bench.passphrase import telephony, trimmed
-    parts = [trimmed(engine, read_wav_8k(DATA / f"{d}_{speaker}_{index}.wav")) for d in phrase]
+    parts = [trimmed(engine, read_audio(DATA / f"{d}_{speaker}_{index}.wav")) for d in phrase]
     assert all(p is not None for p in parts)
     return telephony(parts, np.random.default_rng(seed))
 

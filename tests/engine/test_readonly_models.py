@@ -30,7 +30,7 @@ def test_read_only_model_dir_gateway_engine_loads(model_dir, tmp_path):
               "from engine import Engine\n"
               "s = load_settings()\n"
               "e = Engine.load(s.engine)\n"
-              "print(e._core.encoder.onnx_path)\n")
+              "print(e._pipeline.encoder.onnx_path)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VBGW_")}
     env.update(VBGW_MODEL_DIR=str(models), VBGW_SERVER__DATA_DIR=str(data))
     proc = subprocess.run([*readonly_mount(models), sys.executable, "-c", script], cwd=REPO, env=env,
@@ -54,5 +54,5 @@ def test_models_fetch_prebuilds_the_graph_and_the_engine_uses_it(model_dir, tmp_
     assert len(graphs) == 1 and str(graphs[0]) in out.out and "building the CAM++ ONNX graph" in out.err
     # A cache dir elsewhere is not written when the model dir has the graph.
     eng = Engine.load(EngineConfig(model_dir=models, cache_dir=tmp_path / "cache"))
-    assert eng._core.encoder.onnx_path == graphs[0]
+    assert eng._pipeline.encoder.onnx_path == graphs[0]
     assert not (tmp_path / "cache").exists()

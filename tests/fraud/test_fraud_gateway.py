@@ -267,7 +267,7 @@ async def test_live_call_of_synthetic_speech_is_flagged_and_pad_says_type_c(gate
     A real caller on the same gateway: No_TTS_Detected, no PAD."""
     from pathlib import Path
 
-    from engine.audio import read_wav_8k
+    from tools.protocol import read_audio
     from engine.fraud import TtsDetector
     gw = gateway
     core = gw.app[SERVICES]
@@ -291,7 +291,7 @@ async def test_live_call_of_synthetic_speech_is_flagged_and_pad_says_type_c(gate
         tts = bus(gw, f"call-{name}", "tts")
         assert tts and tts[-1]["model"] == det.version, (name, tts)
         # the live score is the detector's score of the audio the call received
-        offline = det.score_pcm(read_wav_8k(data / f"{name}.wav"))
+        offline = det.score_pcm(read_audio(data / f"{name}.wav"))
         assert abs(tts[-1]["detectionScore"] - offline.score) < 0.02, (name, tts[-1], offline)
         assert seen and sorted(seen[-1]) == ["detectionScore", "label"] and seen[-1]["label"] == tts[-1]["label"]
         d = dialog_named(core, f"call-{name}")

@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.audio import read_wav_8k
 from engine.fraud import (FrameFeatures, TtsDetector, fingerprint, match, pack, pad_detected, unpack)
 from engine.fraud.fingerprint import Fingerprinter, Match
 from engine.fraud.tts import NO_TTS_DETECTED, TTS_DETECTED, TtsResult
 from support import protocol_audio
+from tools.protocol import read_audio
 
 DATA = Path(__file__).parent / "data"
 
 
 def pcm(name: str, protocol: str = "ls-other-tel") -> np.ndarray:
-    return read_wav_8k(protocol_audio(protocol, name))
+    return read_audio(protocol_audio(protocol, name))
 
 
 def i16(x) -> np.ndarray:
@@ -111,7 +111,7 @@ def test_shipped_tts_detector_on_real_and_synthetic_telephony_speech():
     real = [det.score_pcm(pcm(n, p)) for p, n in (("ls-other-tel", "1688_test0"), ("ls-other-tel", "2414_test1"),
                                                   ("fsdd-tel", "jackson_test0"), ("fsdd-tel", "lucas_test2"))]
     assert all(r is not None and r.label == NO_TTS_DETECTED for r in real), real
-    synth = {p.stem: det.score_pcm(read_wav_8k(p)) for p in sorted(DATA.glob("tts-*.wav"))}
+    synth = {p.stem: det.score_pcm(read_audio(p)) for p in sorted(DATA.glob("tts-*.wav"))}
     assert set(synth) == {"tts-piper-vits", "tts-kokoro", "tts-espeak", "tts-pico"}
     # families the detector was trained on, on a text it never saw: the Debian engines are flagged
     # at the shipped threshold; the neural clips score above the real clips on average but are

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.audio import read_wav_8k
+from tools.protocol import read_audio
 from support import protocol_audio
 
 # real speakers by role (tools.train_tts_corpus): 1688/3005 TRAIN, 2414/367 CAL, 1998/3080 TEST;
@@ -66,7 +66,7 @@ def test_tiny_weights_file_loads_into_the_runtime_detector(tiny, tmp_path):
     from engine.fraud.features import frame_features
     from tools.train_tts import FeatureSet, crop_scores, normalised
     for path in (protocol_audio("ls-other-tel", "1998_test0"), next(u.path for u in fams["lpc"] if u.speaker == "ls-1998")):
-        x = read_wav_8k(path)
+        x = read_audio(path)
         f = frame_features(x).astype(np.float32)
         one = FeatureSet(f, np.array([0]), np.array([len(f)]), np.array(["real"]), np.array(["ls-1998"]))
         z = crop_scores(shipped["params"], normalised(one, shipped["params"]["cmn_prior"]), np.array([0]))[0]

@@ -105,7 +105,8 @@ async def test_tls_serves_https_and_wss(settings, engine, tmp_path):
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     from support import admin, pat_of
-    from gateway.app import create_app, ssl_context
+    from gateway.app import create_app
+    from gateway.web.server import ssl_context
     from gateway.infra.config import load_settings
     s = load_settings(environ={}, overrides={"server": {"data_dir": str(settings.data_dir), "port": 0,
                                                         "tls_cert": str(cert), "tls_key": str(key)},

@@ -1,5 +1,5 @@
 """Idle, slow and never-reading clients (issue #12 item 4): each is let go after its timeout,
-and what it held is freed. The gateway runs as `vbgw serve` runs it (gateway.app.start_site,
+and what it held is freed. The gateway runs as `vbgw serve` runs it (gateway.web.server.start_site,
 with the connection guard), with timeouts of about a second; the tests wait up to 30 s, so a
 loaded machine makes them slower, not red."""
 from __future__ import annotations
@@ -25,7 +25,8 @@ WAIT_S = 30.0
 @pytest.fixture
 async def served(settings, engine):
     """(Gateway, ConnectionGuard) on a real listening socket with short limits."""
-    from gateway.app import create_app, start_site
+    from gateway.app import create_app
+    from gateway.web.server import start_site
     s = settings.server
     s.keepalive_timeout_s = 1.0
     s.body_timeout_s = 1.0

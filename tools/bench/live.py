@@ -1,6 +1,6 @@
 """`vbgw bench live`: many agent clients (Socket.IO and SSE) following live calls.
 
-A gateway in a subprocess (with a results-bus tap, gateway/bench/live_server.py); `bench-user`
+A gateway in a subprocess (with a results-bus tap, tools/bench/live_server.py); `bench-user`
 enrolled; --calls direct streams paced in real time; each call followed by --clients/--calls
 clients sharing its session token: one SSE /verification, one SSE /dialog-status, one Socket.IO
 client asking for `verification` and the rest Socket.IO clients asking for `status`. Every client

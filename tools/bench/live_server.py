@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from gateway import app as app_module
+from gateway.cli import serve as serve_command
 from gateway.calls import bus
 from gateway.cli.main import main
 
@@ -42,7 +42,7 @@ def install_tap(path: str) -> None:
     bus.LocalResultsBus.publish = tapped
 
     # Event-loop lag (how late a 100 ms sleep wakes up), as ["_lag", seconds] lines.
-    create_app = app_module.create_app
+    create_app = serve_command.create_app
 
     def create_app_with_lag_probe(*args, **kwargs):
         app = create_app(*args, **kwargs)
@@ -60,7 +60,7 @@ def install_tap(path: str) -> None:
         app.cleanup_ctx.append(probe)
         return app
 
-    app_module.create_app = create_app_with_lag_probe
+    serve_command.create_app = create_app_with_lag_probe  # what `vbgw serve` builds its app with
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def trimmed(engine, pcm: np.ndarray) -> np.ndarray | None:
 
 def build_protocol(engine, fsdd: dict, lengths: tuple[int, int], n_phrases: int, n_tests: int, n_tw: int,
                    seed: int, enrol_idx: range, test_idx: range) -> TdProtocol:
-    from engine.audio import read_wav_8k
+    from tools.protocol import read_audio
     rng = np.random.default_rng(seed)
     speakers = sorted(fsdd)
     phrases = make_phrases(rng, n_phrases, *lengths)
@@ -190,7 +190,7 @@ def build_protocol(engine, fsdd: dict, lengths: tuple[int, int], n_phrases: int,
         for d in fsdd[spk]:
             for i in list(enrol_idx) + list(test_idx):
                 p = fsdd[spk][d].get(i)
-                t = trimmed(engine, read_wav_8k(p)) if p is not None else None
+                t = trimmed(engine, read_audio(p)) if p is not None else None
                 if t is not None:
                     audio[p] = t
     proto = TdProtocol()

@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
     from engine import EngineConfig
     from engine.audio import campp_features
     from engine.encoders import load_encoder
-    from engine.facade import _limit_threads
+    from engine.threads import limit_blas_threads
     from engine.models import model_path
     from engine.vad import CHUNK, SileroVad, VadStream
 
@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
         kw["model_dir"] = args.model_dir
     cfg = EngineConfig(**kw)
     import scipy.signal  # noqa: F401
-    _limit_threads(1)                      # as Engine.load does
+    limit_blas_threads(1)                  # as Engine.load does
     n = int(args.seconds * 8000) // CHUNK * CHUNK
     one = _speechlike(n, 0)
     many = [_speechlike(n, i + 1) for i in range(args.streams)]

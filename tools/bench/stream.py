@@ -25,6 +25,8 @@ import numpy as np
 import soundfile as sf
 import websockets
 
+from tools.protocol import read_audio
+
 REPO = Path(__file__).resolve().parents[2]
 # The calls' speech: the small in-repo cut of ls-other-tel unless --protocol names another
 # (docs/benchmarks.md, "Data").
@@ -74,7 +76,7 @@ def _call_audio(protocol: Path, seconds: float, speech_ratio: float = 0.5, seed:
     calls = []
     total = int(seconds * 8000)
     for files in by_speaker.values():
-        utts = [sf.read(f, dtype="int16")[0] for f in files]
+        utts = [read_audio(f) for f in files]
         parts, n, i = [], 0, 0
         while n < total:
             u = utts[i % len(utts)]
@@ -272,7 +274,7 @@ def _wav(pcm: np.ndarray, subtype: str = "ULAW") -> bytes:
 def _enrol_speech(protocol: Path, seconds: float, offset: int = 0) -> np.ndarray:
     """The protocol's enrolment speech, repeated to `seconds` (a long recording of real speech)."""
     rows = [line.split(",") for line in (protocol / "enrol.csv").read_text().splitlines()[1:]]
-    speech = np.concatenate([sf.read(protocol / p, dtype="int16")[0] for _, _, p in rows[offset:offset + 8]])
+    speech = np.concatenate([read_audio(protocol / p) for _, _, p in rows[offset:offset + 8]])
     n = int(seconds * 8000)
     return np.tile(speech, n // len(speech) + 1)[:n]
 
@@ -391,7 +393,7 @@ def _p95_from_metrics(text: str, name: str, baseline: str | None = None) -> floa
 async def enrol_bench_user(url: str, ws_url: str, pat: str, protocol: Path) -> bool:
     """Enrol `bench-user` from the protocol's first two enrolment files (direct stream + /enrol)."""
     enrol_rows = [line.split(",") for line in (protocol / "enrol.csv").read_text().splitlines()[1:]]
-    enrol_pcm = np.concatenate([sf.read(protocol / p, dtype="int16")[0] for _, _, p in enrol_rows[:2]])
+    enrol_pcm = np.concatenate([read_audio(protocol / p) for _, _, p in enrol_rows[:2]])
     async with aiohttp.ClientSession() as http:
         tok = await _token(http, url, pat, "bench-enrol")
         await _stream(ws_url, tok, "bench-enrol", enrol_pcm, paced=False)

@@ -69,7 +69,7 @@ class GenesysCredentials(_ProviderSection):
     client_id: str
     client_secret: SecretStr
     format_id: Literal["WAV", "WAV_ULAW"] = "WAV"          # formats vbgw decodes
-    max_wait_ms: int = Field(5000, ge=0, le=60000)         # the recordings API's own wait
+    max_wait_ms: int = Field(default=5000, ge=0, le=60000)         # the recordings API's own wait
 
 
 class NiceCredentials(_ProviderSection):
@@ -96,23 +96,23 @@ class RecordingsConfig(_Section):
     channel_maps: dict[str, list[Literal["customer", "agent", "other"]]] = {
         NICE: ["agent", "customer"], GENESYS: ["customer", "agent"], "default": ["customer", "agent"]}
     # Downloads of one recording: largest body, whole download time.
-    max_download_bytes: int = Field(50 * 1024 * 1024, ge=1024)
-    download_timeout_s: float = Field(300.0, gt=0)
+    max_download_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    download_timeout_s: float = Field(default=300.0, gt=0)
     # Provider API calls (token, recording metadata): whole request time, largest answer.
-    api_timeout_s: float = Field(30.0, gt=0)
-    api_max_bytes: int = Field(1024 * 1024, ge=1024)
+    api_timeout_s: float = Field(default=30.0, gt=0)
+    api_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Jobs: attempts per job (provider failures: 429, 5xx, timeouts), exponential backoff
     # between them (base, cap; a Retry-After is honoured up to max_retry_after_s), the wait
     # between polls of a recording that is still being processed, and the job's whole life.
-    max_attempts: int = Field(6, ge=1, le=100)
-    retry_base_s: float = Field(2.0, gt=0)
-    retry_max_s: float = Field(120.0, gt=0)
-    max_retry_after_s: float = Field(600.0, gt=0)
-    processing_poll_s: float = Field(15.0, gt=0)
-    job_deadline_s: float = Field(3600.0, gt=0)
-    max_concurrent_jobs: int = Field(2, ge=1, le=64)
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    retry_base_s: float = Field(default=2.0, gt=0)
+    retry_max_s: float = Field(default=120.0, gt=0)
+    max_retry_after_s: float = Field(default=600.0, gt=0)
+    processing_poll_s: float = Field(default=15.0, gt=0)
+    job_deadline_s: float = Field(default=3600.0, gt=0)
+    max_concurrent_jobs: int = Field(default=2, ge=1, le=64)
     # Finished jobs are kept (for their status) this long, then deleted.
-    job_retention_s: float = Field(7 * 86400.0, gt=0)
+    job_retention_s: float = Field(default=7 * 86400.0, gt=0)
     tenants: dict[str, TenantProviders] = {}
 
     @field_validator("channel_maps")
