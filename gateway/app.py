@@ -144,9 +144,12 @@ async def calls_context(app: web.Application) -> AsyncIterator[None]:
     dialogs = app[SERVICES].dialogs
     dialogs.start()
     yield
-    sockets = app[OPEN_SOCKETS]
-    for ws in list(sockets):
-        await ws.close(code=1001, message=b"server shutting down")
+    # All at once: each close waits for its peer's close frame and lingers (gateway/web/websocket.py),
+    # so closing them one by one would make shutdown as slow as the sum of the slowest peers.
+    open_sockets: set[web.WebSocketResponse] = app[OPEN_SOCKETS]
+    sockets = list(open_sockets)
+    await asyncio.gather(*(ws.close(code=1001, message=b"server shutting down") for ws in sockets),
+                         return_exceptions=True)
     await dialogs.close()
 
 

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.cli.common import announce_store, utc_when
+
 SIM_FAULTS = ("bad_signature", "stale_signature", "no_signature", "wrong_org", "seq_gap", "bad_serverseq",
               "audio_before_open", "odd_frame", "oversized_frame", "no_pings", "client_error", "drop")
 
@@ -18,7 +20,6 @@ async def cli_add_org(args, settings) -> int:
     from gateway.services.audiohook_orgs import SecretBox, add_org, print_instructions
     from gateway.services.auth import load_or_create_secret
     from gateway.store.base import Conflict
-    from gateway.cli.main import announce_store
     from gateway.store.factory import open_repository
     if not is_uuid(args.org_id):
         print(f"error: --org-id must be the Genesys organization id (a UUID), got {args.org_id!r}", file=sys.stderr)
@@ -44,7 +45,6 @@ async def cli_add_org(args, settings) -> int:
 
 async def cli_list_orgs(args, settings) -> int:
     """`vbgw audiohook list`: the organisations allowed to stream, never their credentials."""
-    from gateway.cli.main import _when, announce_store
     from gateway.store.sqlite import SqliteRepository
     announce_store(settings, "audiohook")
     store = SqliteRepository(settings.sqlite_path)
@@ -55,7 +55,7 @@ async def cli_list_orgs(args, settings) -> int:
             tenant = await store.get_tenant(org.tenant_id)
             profile = await store.get_profile(org.tenant_id, org.profile_id) if org.profile_id else None
             print("\t".join([org.org_id, tenant.name if tenant else org.tenant_id, profile.name if profile else "-",
-                             "signed" if org.secret_enc else "unsigned", _when(org.created_ms)]))
+                             "signed" if org.secret_enc else "unsigned", utc_when(org.created_ms)]))
     finally:
         await store.close()
     return 0
@@ -63,7 +63,6 @@ async def cli_list_orgs(args, settings) -> int:
 
 async def cli_remove_org(args, settings) -> int:
     """`vbgw audiohook remove --org-id ID`: the organisation's credentials stop working at once."""
-    from gateway.cli.main import announce_store
     from gateway.store.sqlite import SqliteRepository
     announce_store(settings, "audiohook")
     store = SqliteRepository(settings.sqlite_path)

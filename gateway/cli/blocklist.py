@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.cli.common import announce_store
 from gateway.store.base import RISK_LEVELS as RISKS
 
 # The command line reads files an administrator chose on this machine: no upload length limit.
@@ -59,7 +60,6 @@ def _row(b) -> str:
 
 async def _main(args, settings) -> int:
     from gateway.store.base import Blocklist, Conflict
-    from gateway.cli.main import announce_store
     from gateway.store.factory import open_repository
     announce_store(settings, "blocklist")
     store = await open_repository(settings)

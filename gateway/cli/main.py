@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.cli.common import announce_store, utc_when
 from gateway.infra.config import ConfigError, Settings, load_settings
 
 
@@ -61,19 +62,6 @@ def cmd_models_fetch(args) -> int:
     for p in [*paths, onnx_path]:
         print(p)
     return 0
-
-
-def announce_store(settings: Settings, command: str) -> None:
-    """Say which installation a command works on (stderr: stdout stays parseable). An admin
-    command run without the gateway's config or VBGW_ variables would otherwise quietly
-    work on another database."""
-    if settings.storage.postgres:
-        from gateway.store.postgres import redact_dsn
-        database = redact_dsn(settings.storage.dsn.get_secret_value()) + (
-            f" (schema {settings.storage.pg_schema})" if settings.storage.pg_schema else "")
-    else:
-        database = str(settings.sqlite_path.resolve())
-    print(f"vbgw {command}: data dir {settings.data_dir.resolve()}, database {database}", file=sys.stderr, flush=True)
 
 
 async def _admin(args) -> int:
@@ -169,11 +157,6 @@ async def _admin(args) -> int:
     return 0
 
 
-def _when(ms: int) -> str:
-    import datetime
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 async def _list_credentials(store, args) -> int:
     """`vbgw admin pats` / `user-group-keys`: one line each, secrets never (only hashes are stored)."""
     tenant_id = None
@@ -197,7 +180,7 @@ async def _list_credentials(store, args) -> int:
         return names[id_]
     print("\t".join(["id", "status", "created", "tenant", "group", *([] if pats else ["profile"]), "name"]))
     for r in rows:
-        cols = [r.id, "revoked" if r.revoked else "active", _when(r.created_ms), await name("tenant", r.tenant_id),
+        cols = [r.id, "revoked" if r.revoked else "active", utc_when(r.created_ms), await name("tenant", r.tenant_id),
                 await name("group", r.group_id), *([] if pats else [await name("profile", r.profile_id, r.tenant_id)]),
                 r.name]
         print("\t".join(cols))

@@ -48,6 +48,12 @@ class ReportingWebSocket(web.WebSocketResponse):
             self._receiving = False
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        # Every close of ours lingers (below): the peer may be in the middle of sending a frame
+        # (a client streams audio while the error that ends its call is on its way), and a TCP
+        # close with its bytes unread is a reset that can destroy our last message and the close
+        # frame before the peer reads them (found by tests/fuzz: a bad first message, then 300 KB).
+        if not self.closed:
+            self._lingering = True
         # Called by receive() itself when the reader failed: the only close that gets a report.
         if self._receiving and code in READ_ERROR_CLOSE_CODES and not self._reported and not self.closed:
             self._reported = True
@@ -55,7 +61,6 @@ class ReportingWebSocket(web.WebSocketResponse):
             if text is not None:
                 try:
                     await self.send_str(text)
-                    self._lingering = True
                 except (ConnectionError, RuntimeError):
                     pass
         closed = await super().close(code=code, message=message, drain=drain)

@@ -241,3 +241,25 @@ def test_fuzz_strategies_make_both_valid_and_invalid_messages(unused):
                                                                                   "channels": ["external"],
                                                                                   "rate": 8000}]}}))
     assert isinstance(out.event, OpenRequest) and out.event.problem is None
+
+
+@pytest.mark.parametrize("attempt", range(8))
+def test_direct_stream_error_close_reaches_a_client_still_sending(gateway_process, attempt):
+    """Found by the fuzzer above (about one run in five): a bad first message, then a 300 KB
+    frame the client is already sending. The server answers the error and closes; closing the
+    TCP connection with the frame's bytes unread sent a reset, and the client saw neither the
+    error nor the close frame (1006). Every server-side close now lingers (stops writing, reads
+    and discards until the peer closes, at most LINGER_S)."""
+    gw = gateway_process
+
+    async def run(token: str):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"ws://127.0.0.1:{gw.port}/agent-vb-mw/stream?token={token}",
+                                       max_msg_size=0) as ws:
+                answers = await _one_answer_then_close(ws, [("text", "NaN"), ("binary", bytes(300_000)),
+                                                            ("text", "")])
+                return answers, ws.close_code
+
+    answers, close_code = asyncio.run(run(gw.session_token(f"fuzz-linger-{attempt}")))
+    assert close_code in (1000, 1003, 1007, 1008, 1009), (answers, close_code)
+    assert answers and "error" in answers[0], answers
