@@ -148,9 +148,9 @@ class UploadsConfig(_Section):
 class AculabCostsConfig(_Section):
     """The price of each Aculab Users API call, in US dollars (Aculab's cost unit), answered
     by `application_status` (docs/aculab-users-api.md, issue #16 item 6)."""
-    register: float = Field(default=0.0, ge=0, le=1000)
-    update: float = Field(default=0.0, ge=0, le=1000)
-    verify: float = Field(default=0.0, ge=0, le=1000)
+    register_usd: float = Field(default=0.0, ge=0, le=1000)
+    update_usd: float = Field(default=0.0, ge=0, le=1000)
+    verify_usd: float = Field(default=0.0, ge=0, le=1000)
     keep_s: float = Field(default=90 * 86400.0, gt=0)    # how long a call's cost can be asked for
 
 

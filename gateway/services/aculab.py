@@ -26,7 +26,7 @@ from gateway.errors import ApiError
 from engine import Engine
 from gateway.infra.metrics import Metrics
 from gateway.services.fraud import FraudService
-from gateway.services.uploads import Uploads
+from gateway.services.uploads import Uploads, seconds_text
 from gateway.services.users import Users
 from gateway.infra.clock import now_ms
 from gateway.store.base import AculabCall, Profile, Repository, User, UserGroupKey
@@ -100,13 +100,6 @@ async def authenticate(store: Repository, authorization: str) -> KeyScope:
 
 
 # -- audio -----------------------------------------------------------------------------------
-def seconds_text(s: float) -> str:
-    """A duration for a message, rounded *up* to the millisecond and without trailing zeros,
-    so a file over a limit never reads as the limit itself (60.01 s, not "60.0 s")."""
-    ms = math.ceil(round(s * 1000, 6))
-    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + " s"
-
-
 def _check_wav_header(data: bytes) -> None:
     """The seed's format rules, from the header alone: mono WAV (a WAVE_FORMAT_EXTENSIBLE file
     is a WAV file too), 16-bit PCM, a-law or mu-law (deeper PCM is accepted: the document's

@@ -23,6 +23,7 @@ and decoded the same way (docs/recordings.md)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 from collections.abc import Container, Iterator
@@ -63,9 +64,16 @@ class MediaSource(Protocol):
     def blocks(self, data: bytes, block_s: float) -> Iterator[np.ndarray]: ...
 
 
+def seconds_text(s: float) -> str:
+    """A duration for a message, rounded *up* to the millisecond and without trailing zeros,
+    so a file over a limit never reads as the limit itself (60.01 s, not "60.0 s")."""
+    ms = math.ceil(round(s * 1000, 6))
+    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + " s"
+
+
 def too_long(max_s: float, have_s: float) -> ApiError:
     return ApiError(413, "AUDIO_TOO_LONG", f"recordings may be at most {max_s:.0f} s long "
-                                           f"(uploads.max_audio_s); this one is {have_s:.1f} s")
+                                           f"(uploads.max_audio_s); this one is {seconds_text(have_s)}")
 
 
 class _FileJob:

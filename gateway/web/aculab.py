@@ -300,7 +300,7 @@ def aculab_users(services: Services) -> AculabUsers:
 
 def aculab_costs(services: Services) -> AculabCosts:
     cfg = services.settings.aculab_costs
-    return AculabCosts(services.store, {"register": cfg.register, "update": cfg.update, "verify": cfg.verify},
+    return AculabCosts(services.store, {"register": cfg.register_usd, "update": cfg.update_usd, "verify": cfg.verify_usd},
                        cfg.keep_s, TICKET_TTL_S)
 
 
@@ -457,9 +457,11 @@ def _add(method: str, action: str, handler, response: type[BaseModel], query: di
                  action in AUDIO_ACTIONS else None)(wrapped)
 
 
+_REGISTER_QUERY = {"opt_in": "vbgw: true records the user's explicit consent; needed to register a user who "
+                              "opted out (OCP opt-out or delete), 409 USER_OPTED_OUT otherwise"}
 for _action in AUDIO_ACTIONS:
     _handler = functools.partial(_audio_action, action=_action)
-    _extra = _VERIFY_QUERY if _action == "verify" else {}
+    _extra = {"verify": _VERIFY_QUERY, "register": _REGISTER_QUERY}.get(_action, {})
     _add("PUT", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, _extra)
     _add("POST", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, _extra)
     _add("GET", _action, _handler, WebSocketUrl, {**_extra, **_STREAM_QUERY})
