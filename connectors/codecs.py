@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -33,6 +33,22 @@ ENCODINGS = ("l16", "mulaw", "alaw")
 SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # Recording files (batch enrolment from CCaaS recordings) may also be at studio rates.
 FILE_RATES = SUPPORTED_RATES + (64000, 88200, 96000)
+
+
+@dataclass(frozen=True)
+class ResamplableRates(Container[int]):
+    """Every whole multiple of 25 Hz from `lo` to `hi` Hz (10 kHz, 96 kHz, 176.4 kHz, ... as well
+    as the usual rates): a `rates` argument for files whose only rule is a minimum rate (the
+    Aculab Users API). The ratio to 8 kHz of such a rate reduces to at most 320/7680, which
+    bounds StreamResampler's filter (at most ~185k taps, built once per file); an odd rate
+    such as 44101 Hz would need millions of taps, so it is refused, not approximated."""
+    lo: int
+    hi: int
+
+    def __contains__(self, rate: object) -> bool:
+        return isinstance(rate, int) and self.lo <= rate <= self.hi and rate % 25 == 0
+
+
 # libsndfile's names for WAV: plain, WAVE_FORMAT_EXTENSIBLE, and RF64 (WAV over 4 GB).
 WAV_FORMATS = ("WAV", "WAVEX", "RF64")
 
@@ -111,7 +127,7 @@ class WavInfo:
         return self.frames / self.rate if self.rate else 0.0
 
 
-def _open_wav(data: bytes, rates: tuple[int, ...] = SUPPORTED_RATES):
+def _open_wav(data: bytes, rates: Container[int] = SUPPORTED_RATES):
     import soundfile as sf
     try:
         f = sf.SoundFile(io.BytesIO(data))
@@ -136,14 +152,14 @@ def _read_int16(f, frames: int = -1) -> np.ndarray:
     return f.read(frames, dtype="int16", always_2d=True)
 
 
-def wav_info(data: bytes, rates: tuple[int, ...] = SUPPORTED_RATES) -> WavInfo:
+def wav_info(data: bytes, rates: Container[int] = SUPPORTED_RATES) -> WavInfo:
     """A WAV file's format and length, from its header (nothing is decoded)."""
     with _open_wav(data, rates) as f:
         return WavInfo(f.samplerate, f.channels, f.frames, f.subtype)
 
 
 def iter_wav_8k(data: bytes, block_s: float = 5.0, channel: int = 0,
-                rates: tuple[int, ...] = SUPPORTED_RATES) -> Iterator[np.ndarray]:
+                rates: Container[int] = SUPPORTED_RATES) -> Iterator[np.ndarray]:
     """Decode a WAV file (as read_wav) to int16 mono 8 kHz, block by block: at most
     `block_s` of input audio is decoded at a time, so memory stays a few blocks whatever the
     file's length (the whole-file path held the file as int16 and, resampling, a float64
@@ -161,7 +177,8 @@ def iter_wav_8k(data: bytes, block_s: float = 5.0, channel: int = 0,
             try:
                 block = _read_int16(f, step)
             except Exception as exc:  # noqa: BLE001 - a truncated or corrupt body
-                raise ConnectorError("BAD_AUDIO", f"the WAV data cannot be decoded: {exc}", 1003) from None
+                raise ConnectorError("BAD_AUDIO", f"the WAV data cannot be decoded: {soundfile_reason(exc)}",
+                                     1003) from None
             if not len(block):
                 return
             out = resampler.process(np.ascontiguousarray(block[:, channel]))
@@ -171,7 +188,7 @@ def iter_wav_8k(data: bytes, block_s: float = 5.0, channel: int = 0,
         f.close()
 
 
-def read_wav(data: bytes, channel: int = 0, rates: tuple[int, ...] = SUPPORTED_RATES) -> tuple[np.ndarray, int]:
+def read_wav(data: bytes, channel: int = 0, rates: Container[int] = SUPPORTED_RATES) -> tuple[np.ndarray, int]:
     """A whole WAV file (PCM 8/16/24/32-bit, float, mu-law, A-law; WAVE_FORMAT_EXTENSIBLE, RF64)
     as int16 mono at its own rate: channel `channel` (see the module docstring)."""
     f = _open_wav(data, rates)
@@ -181,13 +198,14 @@ def read_wav(data: bytes, channel: int = 0, rates: tuple[int, ...] = SUPPORTED_R
         try:
             audio = _read_int16(f)
         except Exception as exc:  # noqa: BLE001 - a truncated or corrupt body
-            raise ConnectorError("BAD_AUDIO", f"the WAV data cannot be decoded: {exc}", 1003) from None
+            raise ConnectorError("BAD_AUDIO", f"the WAV data cannot be decoded: {soundfile_reason(exc)}",
+                                     1003) from None
         return np.ascontiguousarray(audio[:, channel]), f.samplerate
     finally:
         f.close()
 
 
-def read_wav_8k(data: bytes, channel: int = 0, rates: tuple[int, ...] = FILE_RATES) -> np.ndarray:
+def read_wav_8k(data: bytes, channel: int = 0, rates: Container[int] = FILE_RATES) -> np.ndarray:
     """A whole WAV file as int16 mono 8 kHz: iter_wav_8k's blocks joined (the decoder and
     resampler of uploads; the tools' and tests' reader of trial protocols)."""
     return np.concatenate([np.zeros(0, np.int16), *iter_wav_8k(data, 60.0, channel, rates)])

@@ -130,7 +130,10 @@ class FraudConfig(_Section):
     tts_enabled: bool = True
     tts_weights: str = ""                  # empty: engine/data/tts-detector.npz
     tts_threshold: float | None = Field(default=None, ge=0, le=1)   # None: the one shipped with the weights
-    keep_verify_fingerprints: int = Field(default=20, ge=1, le=1000)  # per user, most recent calls
+    # Replay detection (PAD TypeA) covers every verification of the last
+    # verify_fingerprint_retention_s, at most keep_verify_fingerprints per user (the most recent).
+    keep_verify_fingerprints: int = Field(default=1000, ge=1, le=100000)
+    verify_fingerprint_retention_s: float = Field(default=90 * 86400.0, gt=0)
 
 
 class UploadsConfig(_Section):
@@ -140,6 +143,15 @@ class UploadsConfig(_Section):
     # Files analysed at once; further uploads wait their turn (each in flight holds a few
     # seconds of decoded audio, its voiceprint windows and fingerprint, whatever its length).
     max_concurrent: int = Field(default=2, ge=1, le=64)
+
+
+class AculabCostsConfig(_Section):
+    """The price of each Aculab Users API call, in US dollars (Aculab's cost unit), answered
+    by `application_status` (docs/aculab-users-api.md, issue #16 item 6)."""
+    register_usd: float = Field(default=0.0, ge=0, le=1000)
+    update_usd: float = Field(default=0.0, ge=0, le=1000)
+    verify_usd: float = Field(default=0.0, ge=0, le=1000)
+    keep_s: float = Field(default=90 * 86400.0, gt=0)    # how long a call's cost can be asked for
 
 
 class Settings(_Section):
@@ -157,6 +169,7 @@ class Settings(_Section):
     uploads: UploadsConfig = UploadsConfig()
     fetch: FetchConfig = FetchConfig()
     recordings: RecordingsConfig = RecordingsConfig()
+    aculab_costs: AculabCostsConfig = AculabCostsConfig()
 
     @model_validator(mode="after")
     def _paths_under_data_dir(self) -> "Settings":

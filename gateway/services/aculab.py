@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from connectors.codecs import soundfile_reason
+from connectors.codecs import ResamplableRates, soundfile_reason
 from engine.fraud import unpack
 from engine.types import Embedding
 from gateway.services.auth import token_hash
@@ -26,9 +26,10 @@ from gateway.errors import ApiError
 from engine import Engine
 from gateway.infra.metrics import Metrics
 from gateway.services.fraud import FraudService
-from gateway.services.uploads import Uploads
+from gateway.services.uploads import Uploads, seconds_text
 from gateway.services.users import Users
-from gateway.store.base import Profile, Repository, User, UserGroupKey
+from gateway.infra.clock import now_ms
+from gateway.store.base import AculabCall, Profile, Repository, User, UserGroupKey
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +41,11 @@ ORIGIN = "Aculab Users API"          # origin / verification_origin of the vb_* 
 REGISTERED = ("ENROLLED", "RE_ENROLL")
 MAX_AUDIO_S = 60.0
 MAX_SOURCES = 10                     # bounds the CPU one request can take
-# The seed's three encodings, as libsndfile names them.
-WAV_SUBTYPES = {"PCM_16": "16-bit PCM", "ALAW": "a-law", "ULAW": "mu-law"}
+# The seed's three encodings, as libsndfile names them, and deeper PCM (issue #16 item 5).
+WAV_SUBTYPES = {"PCM_16": "16-bit PCM", "ALAW": "a-law", "ULAW": "mu-law", "PCM_24": "24-bit PCM",
+                "PCM_32": "32-bit PCM"}
+WAV_CONTAINERS = ("WAV", "WAVEX")      # WAVEX: WAVE_FORMAT_EXTENSIBLE, a WAV file like any other
+ACULAB_RATES = ResamplableRates(8000, 192000)
 SOURCE_GAP = np.zeros(8000, np.int16)  # 1 s between sources: no landmark pairs across files
 MIN_CONFIDENCE_SPAN = 1.0            # llr units; guards a profile whose TRUE_HIGH == TRUE_LOW
 
@@ -97,14 +101,15 @@ async def authenticate(store: Repository, authorization: str) -> KeyScope:
 
 # -- audio -----------------------------------------------------------------------------------
 def _check_wav_header(data: bytes) -> None:
-    """The seed's format rules, from the header alone: mono WAV, 16-bit PCM, a-law or mu-law,
-    at least 8 kHz, at most 60 s."""
+    """The seed's format rules, from the header alone: mono WAV (a WAVE_FORMAT_EXTENSIBLE file
+    is a WAV file too), 16-bit PCM, a-law or mu-law (deeper PCM is accepted: the document's
+    only bit-depth error is "less than 16"), at least 8 kHz, at most 60 s."""
     import soundfile as sf
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - libsndfile raises RuntimeError/LibsndfileError for junk
         raise ApiError(415, "BAD_AUDIO", f"not a readable WAV file: {soundfile_reason(exc)}") from None
-    if info.format != "WAV":
+    if info.format not in WAV_CONTAINERS:
         raise ApiError(415, "BAD_AUDIO", f"expected a WAV file, got {info.format}")
     if info.channels != 1:
         raise ApiError(415, "NOT_MONO", f"the audio must be mono; this file has {info.channels} channels")
@@ -113,9 +118,12 @@ def _check_wav_header(data: bytes) -> None:
                                                     f"this file is {info.subtype_info}")
     if info.samplerate < 8000:
         raise ApiError(415, "BAD_SAMPLE_RATE", f"the sample rate must be at least 8000 Hz, not {info.samplerate}")
+    if info.samplerate not in ACULAB_RATES:
+        raise ApiError(415, "BAD_SAMPLE_RATE", f"a sample rate of {info.samplerate} Hz cannot be converted "
+                                               f"exactly; use a whole multiple of 25 Hz up to {ACULAB_RATES.hi} Hz")
     if info.frames > MAX_AUDIO_S * info.samplerate:
         raise ApiError(415, "AUDIO_TOO_LONG", f"the audio must be at most {MAX_AUDIO_S:.0f} s long; "
-                                              f"this file is {info.frames / info.samplerate:.1f} s")
+                                              f"this file is {seconds_text(info.frames / info.samplerate)}")
 
 
 async def analyse_source(engine: Engine, uploads: Uploads, data: bytes) -> tuple[np.ndarray, Embedding | None]:
@@ -124,13 +132,17 @@ async def analyse_source(engine: Engine, uploads: Uploads, data: bytes) -> tuple
     if not data:
         raise ApiError(400, "FILE_REQUIRED", "the request carries no audio")
     await engine.run_file_work(lambda: _check_wav_header(data))
-    a = await uploads.analyse(data, max_s=MAX_AUDIO_S, keep_pcm=True)
+    a = await uploads.analyse(data, max_s=MAX_AUDIO_S, keep_pcm=True, rates=ACULAB_RATES)
     return (a.pcm if a.pcm is not None else np.zeros(0, np.int16)), a.embedding     # kept: keep_pcm
+
+
+UNNAMED = ""          # the one source of a PUT body or a WebSocket: the client named no part
 
 
 @dataclass
 class Source:
-    """One audio source of a request: the part name (Source1, ...), and its audio if accepted."""
+    """One audio source of a request: the part name (Source1, ...; UNNAMED for a PUT body or a
+    WebSocket's file), and its audio if accepted."""
     name: str
     pcm: np.ndarray | None = None
     embedding: Embedding | None = None
@@ -162,8 +174,8 @@ async def analyse(engine: Engine, uploads: Uploads, named: list[tuple[str, bytes
         if emb is not None and emb.speech_ms >= NO_DATA_MS:
             src.embedding = emb
         else:
-            src.error = ApiError(422, "LOW_DATA", f"{src.name}: no usable speech "
-                                                  f"({emb.speech_ms if emb else 0} ms)")
+            prefix = f"{src.name}: " if src.name != UNNAMED else ""
+            src.error = ApiError(422, "LOW_DATA", f"{prefix}no usable speech ({emb.speech_ms if emb else 0} ms)")
     accepted = [s for s in sources if s.accepted]
     if not accepted:
         raise next(s.error for s in sources if s.error is not None)
@@ -193,13 +205,19 @@ def _not_found(user_id: str) -> ApiError:
     return ApiError(400, "USER_NOT_FOUND", f"user_id '{user_id}' not found")
 
 
+def _opted_out(user_id: str) -> ApiError:
+    return ApiError(409, "USER_OPTED_OUT", f"user_id '{user_id}' opted out; registering again needs the user's "
+                                           "explicit consent: register with opt_in=true")
+
+
 def _not_registered(user_id: str) -> ApiError:
     return ApiError(404, "NOT_REGISTERED", f"user Id {user_id} is not a registered user.")
 
 
 class AculabUsers:
     def __init__(self, store: Repository, engine: Engine, uploads: Uploads, users: Users, verifier: Verifier,
-                 fraud: FraudService, metrics: Metrics, keep_verify_fingerprints: int):
+                 fraud: FraudService, metrics: Metrics, keep_verify_fingerprints: int,
+                 verify_fingerprint_retention_s: float = 90 * 86400.0):
         self.store = store
         self.engine = engine
         self.uploads = uploads
@@ -208,21 +226,32 @@ class AculabUsers:
         self.fraud = fraud
         self.metrics = metrics
         self.keep_verify_fingerprints = keep_verify_fingerprints
+        self.verify_fingerprint_max_age_ms = int(verify_fingerprint_retention_s * 1000)
 
     async def registered_user(self, profile: Profile, user_id: str) -> User | None:
         user = await self.store.get_user(profile.id, user_id)
         return user if user is not None and user.status in REGISTERED else None
 
     async def register(self, scope: KeyScope, user_id: str, named: list[tuple[str, bytes]],
-                       instance_id: str) -> Audio:
-        """A new user from the audio. Registering is the explicit act that (re-)admits a user
-        who was deleted or opted out, like OCP's `opt_in: true`."""
+                       instance_id: str, opt_in: bool = False) -> Audio:
+        """A new user from the audio. The consent rule is the OCP API's, one for every API
+        (gateway/services/users.py `_refuse_opted_out`): a user who opted out (OCP opt-out or
+        an Aculab delete) is registered again only with explicit consent, `opt_in=true` here
+        (OCP: `"opt_in": true` or POST /users/optin); without it, 409 USER_OPTED_OUT."""
         if await self.registered_user(scope.profile, user_id) is not None:
             raise ApiError(400, "USER_EXISTS", f"user_id '{user_id}' is already present")
+        existing = await self.store.get_user(scope.profile.id, user_id)
+        if existing is not None and existing.status == "OPTED_OUT" and not opt_in:
+            raise _opted_out(user_id)           # before the audio's analysis: no CPU for a refusal
         audio = await analyse(self.engine, self.uploads, named)
         fp = await self.uploads.fingerprint(audio.pcm)
-        await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
-                                        opt_in=True, require_new=True, origin=ORIGIN)
+        try:
+            await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
+                                            opt_in=opt_in, require_new=True, origin=ORIGIN)
+        except ApiError as exc:
+            if exc.code == "USER_OPTED_OUT":       # opted out while the audio was analysed
+                raise _opted_out(user_id) from None
+            raise
         return audio
 
     async def update(self, scope: KeyScope, user_id: str, named: list[tuple[str, bytes]],
@@ -266,7 +295,8 @@ class AculabUsers:
         pad = await self._pad(profile, user_id, fp, audio.pcm) if enable_pad else None
         if fp is not None:
             await self.store.add_fingerprint(profile.id, user_id, "VERIFY", instance_id, fp,
-                                             keep_verify=self.keep_verify_fingerprints)
+                                             keep_verify=self.keep_verify_fingerprints,
+                                             max_age_ms=self.verify_fingerprint_max_age_ms)
         await self.store.record_verification(profile.id, user_id, verified)
         await self.verifier.events.verification(profile, instance_id, 1, r, audio.embedding, None, origin=ORIGIN)
         self.metrics.inc("vbgw_verifications_total", result=r.bio_result)
@@ -292,3 +322,54 @@ class AculabUsers:
         if user is None:                                  # deleted by another request meanwhile
             raise _not_registered(user_id)
         return user
+
+
+# -- charging: application_status (issue #16 item 6) -----------------------------------------
+@dataclass(frozen=True)
+class CallCost:
+    """What `application_status` answers for one application_instance_id."""
+    instance_id: str
+    cost: float                # US dollars (Aculab's cost unit)
+    costs_valid: bool
+
+
+class AculabCosts:
+    """The price table (`aculab_costs` in the config: US dollars per register, update and
+    verify call) applied to each call that returned an application_instance_id, kept in the
+    repository (`aculab_calls`) so a cost survives a restart and reaches every instance.
+
+    A PUT/POST call is recorded DONE with its price when it answers 200 (an error answer carries
+    no application_instance_id to ask about). A GET's WebSocket URL is recorded ISSUED with no
+    cost (`costs_valid: false`), STARTED when its socket opens, and DONE when the socket answers:
+    the price for a register/update/verify event, 0 for a reject. A URL never used costs 0, and
+    that is valid once the URL has expired."""
+
+    def __init__(self, store: Repository, prices: dict[str, float], keep_s: float, url_ttl_s: float):
+        self.store = store
+        self.micros = {action: int(round(price * 1_000_000)) for action, price in prices.items()}
+        self.keep_ms = int(keep_s * 1000)
+        self.url_ttl_ms = int(url_ttl_s * 1000)
+
+    async def charged(self, scope: KeyScope, instance_id: str, action: str) -> None:
+        await self.store.add_aculab_call(AculabCall(instance_id, scope.profile.id, action, "DONE",
+                                                    self.micros.get(action, 0), now_ms()), self.keep_ms)
+
+    async def issued(self, scope: KeyScope, instance_id: str, action: str) -> None:
+        await self.store.add_aculab_call(AculabCall(instance_id, scope.profile.id, action, "ISSUED", 0, now_ms()),
+                                         self.keep_ms)
+
+    async def started(self, instance_id: str) -> None:
+        await self.store.update_aculab_call(instance_id, "STARTED", 0)
+
+    async def finished(self, instance_id: str, action: str, answered: bool) -> None:
+        """The socket's call is over: `answered` (its event) costs the price, a reject nothing."""
+        await self.store.update_aculab_call(instance_id, "DONE", self.micros.get(action, 0) if answered else 0)
+
+    async def status(self, scope: KeyScope, instance_id: str) -> CallCost:
+        call = await self.store.get_aculab_call(scope.profile.id, instance_id)
+        if call is None:
+            raise ApiError(404, "NOT_FOUND", f"application_instance_id {instance_id[:80]} is not a call of this "
+                                             "user group key (or its cost is no longer kept)")
+        if call.status == "ISSUED" and now_ms() - call.created_ms > self.url_ttl_ms:
+            return CallCost(instance_id, 0.0, True)            # a WebSocket URL never used
+        return CallCost(instance_id, call.cost_micros / 1_000_000, call.status == "DONE")

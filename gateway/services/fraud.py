@@ -267,7 +267,8 @@ class FraudService:
         blob = pack(h, t)
         for uid in sorted(dialog.fraud.verified_users):
             await self.store.add_fingerprint(dialog.profile.id, uid, "VERIFY", dialog.dialog_id, blob,
-                                                  keep_verify=self.cfg.keep_verify_fingerprints)
+                                                  keep_verify=self.cfg.keep_verify_fingerprints,
+                                                  max_age_ms=int(self.cfg.verify_fingerprint_retention_s * 1000))
 
     async def dialog_fingerprint(self, dialog: "Dialog") -> bytes | None:
         h, t = await dialog.fraud.landmarks()

@@ -23,9 +23,10 @@ and decoded the same way (docs/recordings.md)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from connectors.base import ConnectorError
-from connectors.codecs import WavInfo, iter_wav_8k, wav_info
+from connectors.codecs import SUPPORTED_RATES, WavInfo, iter_wav_8k, wav_info
 from engine import Engine
 from engine.facade import FILE_BLOCK_S
 from engine.fraud.fingerprint import Fingerprinter, pack
@@ -63,9 +64,16 @@ class MediaSource(Protocol):
     def blocks(self, data: bytes, block_s: float) -> Iterator[np.ndarray]: ...
 
 
+def seconds_text(s: float) -> str:
+    """A duration for a message, rounded *up* to the millisecond and without trailing zeros,
+    so a file over a limit never reads as the limit itself (60.01 s, not "60.0 s")."""
+    ms = math.ceil(round(s * 1000, 6))
+    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + " s"
+
+
 def too_long(max_s: float, have_s: float) -> ApiError:
     return ApiError(413, "AUDIO_TOO_LONG", f"recordings may be at most {max_s:.0f} s long "
-                                           f"(uploads.max_audio_s); this one is {have_s:.1f} s")
+                                           f"(uploads.max_audio_s); this one is {seconds_text(have_s)}")
 
 
 class _FileJob:
@@ -162,29 +170,31 @@ class Uploads:
         self.max_s = max_s
         self._slots = asyncio.Semaphore(max_concurrent)
 
-    async def header(self, data: bytes, source: MediaSource | None = None) -> WavInfo:
+    async def header(self, data: bytes, source: MediaSource | None = None,
+                     rates: Container[int] = SUPPORTED_RATES) -> WavInfo:
         try:
-            return await self.engine.run_file_work(lambda: source.probe(data) if source else wav_info(data))
+            return await self.engine.run_file_work(lambda: source.probe(data) if source else wav_info(data, rates))
         except ConnectorError as exc:
             raise ApiError(415, exc.code, exc.message) from None
 
     async def analyse(self, data: bytes, *, max_s: float | None = None, fingerprint: bool = False,
                       save_to: Path | None = None, keep_pcm: bool = False,
-                      source: MediaSource | None = None) -> Analysis:
+                      source: MediaSource | None = None, rates: Container[int] = SUPPORTED_RATES) -> Analysis:
         """Decode, embed and (optionally) fingerprint, keep as an 8 kHz WAV at `save_to`
         (owner-only, created here, removed again if anything fails) and return the decoded
         audio (`keep_pcm`, for short files only: Aculab sources). `source`: how to read a
-        file that is not a plain WAV upload (module docstring)."""
+        file that is not a plain WAV upload (module docstring); `rates`: the sample rates a plain
+        WAV may have (the Aculab API takes any rate from 8 kHz, connectors.codecs.ResamplableRates)."""
         max_s = self.max_s if max_s is None else max_s
         if not data:
             raise ApiError(400, "FILE_REQUIRED", "a non-empty file field is required")
         async with self._slots:
-            info = await self.header(data, source)
+            info = await self.header(data, source, rates)
             if info.duration_s > max_s:
                 raise too_long(max_s, info.duration_s)
 
             def blocks() -> Iterator[np.ndarray]:
-                return source.blocks(data, FILE_BLOCK_S) if source else iter_wav_8k(data, FILE_BLOCK_S)
+                return source.blocks(data, FILE_BLOCK_S) if source else iter_wav_8k(data, FILE_BLOCK_S, rates=rates)
             job = await self.engine.run_file_work(
                 lambda: _FileJob(self.engine, blocks(), max_s, fingerprint, save_to, keep_pcm))
             try:

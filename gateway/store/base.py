@@ -257,6 +257,22 @@ class VerificationStats:
     last_ms: int
 
 
+@dataclass(frozen=True)
+class AculabCall:
+    """One call of the Aculab Users API that returned an application_instance_id, for its
+    `application_status` (issue #16 item 6): ISSUED (a GET's WebSocket URL, not used yet),
+    STARTED (its socket is open), DONE (cost_micros final, in millionths of a US dollar)."""
+    instance_id: str
+    profile_id: str
+    action: str
+    status: str
+    cost_micros: int
+    created_ms: int
+
+
+ACULAB_CALL_STATUSES = ("ISSUED", "STARTED", "DONE")
+
+
 JOB_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED")
 JOB_STAGES = ("", "FETCHING", "COMMITTING")
 
@@ -448,9 +464,10 @@ class Repository(abc.ABC):
         """Every active list of the group with its entries (the live check's input)."""
     @abc.abstractmethod
     async def add_fingerprint(self, profile_id: str, user_id: str, kind: str, dialog_id: str, hashes: bytes,
-                              keep_verify: int = 20) -> bool:
+                              keep_verify: int = 20, max_age_ms: int | None = None) -> bool:
         """Store a fingerprint for an enrolled user (False if the user is not enrolled); keeps
-        the `keep_verify` most recent VERIFY fingerprints of the user."""
+        the user's VERIFY fingerprints of the last `max_age_ms` (None: any age), at most the
+        `keep_verify` most recent of them (replay detection over a retention period, bounded)."""
     @abc.abstractmethod
     async def fingerprints(self, profile_id: str, user_id: str) -> list[StoredFingerprint]: ...
 
@@ -470,6 +487,17 @@ class Repository(abc.ABC):
         """Count one verification of an enrolled user (deleted with the user on opt-out)."""
     @abc.abstractmethod
     async def verification_stats(self, profile_id: str, user_id: str) -> VerificationStats | None: ...
+    @abc.abstractmethod
+    async def add_aculab_call(self, call: AculabCall, keep_ms: int) -> None:
+        """Record a call (its application_instance_id); calls created over `keep_ms` ago are
+        deleted in the same transaction (the table stays bounded)."""
+    @abc.abstractmethod
+    async def update_aculab_call(self, instance_id: str, status: str, cost_micros: int) -> bool:
+        """Move a call on (ISSUED -> STARTED -> DONE); a DONE call never changes again.
+        False if there is no such call still open."""
+    @abc.abstractmethod
+    async def get_aculab_call(self, profile_id: str, instance_id: str) -> AculabCall | None:
+        """The call only if it belongs to `profile_id` (another profile's looks absent)."""
 
     # encryption at rest (gateway/store/keys.py) and re-keying of hashed biokeys
     @abc.abstractmethod

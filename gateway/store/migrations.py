@@ -183,6 +183,18 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX recording_jobs_due ON recording_jobs (status, next_attempt_ms);
     CREATE INDEX recording_jobs_call ON recording_jobs (profile_id, ccaas_session_id, user_id);
     """),
+    # Aculab Users API application_status (issue #16 item 6): one row per call that returned an
+    # application_instance_id, with its cost in millionths of a US dollar; deleted
+    # aculab_costs.keep_s after the call. No user id, no biometric data.
+    Migration(7, "Aculab application_status: calls and their costs", """
+    CREATE TABLE aculab_calls (instance_id TEXT PRIMARY KEY, profile_id TEXT NOT NULL, action TEXT NOT NULL,
+        status TEXT NOT NULL, cost_micros INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+    CREATE INDEX aculab_calls_created ON aculab_calls (created_ms);
+    """, """
+    CREATE TABLE aculab_calls (instance_id TEXT PRIMARY KEY, profile_id TEXT NOT NULL, action TEXT NOT NULL,
+        status TEXT NOT NULL, cost_micros BIGINT NOT NULL, created_ms BIGINT NOT NULL);
+    CREATE INDEX aculab_calls_created ON aculab_calls (created_ms);
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -30,7 +30,7 @@ import structlog
 
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
-    AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
+    AculabCall, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
     Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
     StoredFingerprint, StoreUnavailable, Tenant, User, UserGroupKey, VerificationStats, Voiceprint,
 )
@@ -695,7 +695,8 @@ class PostgresRepository(Repository):
         return await c.fetchval("SELECT row_id FROM users WHERE profile_id=$1 AND user_id=$2 AND status='ENROLLED'"
                                 " FOR UPDATE", profile_id, user_id)
 
-    async def add_fingerprint(self, profile_id, user_id, kind, dialog_id, hashes, keep_verify=20) -> bool:
+    async def add_fingerprint(self, profile_id, user_id, kind, dialog_id, hashes, keep_verify=20,
+                              max_age_ms=None) -> bool:
         async def fn(c):
             rid = await self._enrolled_row_id(c, profile_id, user_id)
             if rid is None:
@@ -712,6 +713,9 @@ class PostgresRepository(Repository):
                     "DELETE FROM fingerprints WHERE user_row=$1 AND kind='VERIFY' AND id NOT IN"
                     " (SELECT id FROM fingerprints WHERE user_row=$1 AND kind='VERIFY' ORDER BY id DESC LIMIT $2)",
                     rid, keep_verify)
+                if max_age_ms is not None:
+                    await c.execute("DELETE FROM fingerprints WHERE user_row=$1 AND kind='VERIFY' AND created_ms<$2",
+                                    rid, now_ms() - max_age_ms)
             return True
         return await self._tx(fn)
 
@@ -763,6 +767,29 @@ class PostgresRepository(Repository):
             r = await c.fetchrow("SELECT s.* FROM verification_stats s JOIN users u ON u.row_id=s.user_row"
                                  " WHERE u.profile_id=$1 AND u.user_id=$2", profile_id, user_id)
             return VerificationStats(r["attempts"], r["passed"], r["last_ms"]) if r else None
+        return await self._read(fn)
+
+    async def add_aculab_call(self, call: AculabCall, keep_ms: int) -> None:
+        async def fn(c):
+            await c.execute("DELETE FROM aculab_calls WHERE created_ms<$1", now_ms() - keep_ms)
+            await c.execute("INSERT INTO aculab_calls (instance_id, profile_id, action, status, cost_micros,"
+                            " created_ms) VALUES ($1,$2,$3,$4,$5,$6)", call.instance_id, call.profile_id,
+                            call.action, call.status, call.cost_micros, call.created_ms)
+        await self._tx(fn)
+
+    async def update_aculab_call(self, instance_id: str, status: str, cost_micros: int) -> bool:
+        async def fn(c):
+            done = await c.execute("UPDATE aculab_calls SET status=$1, cost_micros=$2 WHERE instance_id=$3"
+                                   " AND status<>'DONE'", status, cost_micros, instance_id)
+            return done != "UPDATE 0"
+        return await self._tx(fn)
+
+    async def get_aculab_call(self, profile_id: str, instance_id: str) -> AculabCall | None:
+        async def fn(c):
+            r = await c.fetchrow("SELECT * FROM aculab_calls WHERE instance_id=$1 AND profile_id=$2",
+                                 instance_id, profile_id)
+            return AculabCall(r["instance_id"], r["profile_id"], r["action"], r["status"], r["cost_micros"],
+                              r["created_ms"]) if r else None
         return await self._read(fn)
 
     # -- enrolment jobs from CCaaS recordings ----------------------------------------------

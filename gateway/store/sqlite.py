@@ -16,7 +16,7 @@ import structlog
 from gateway.infra.files import prepare_sqlite
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
-    AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
+    AculabCall, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
     Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
     StoredFingerprint, Tenant, User, UserGroupKey, VerificationStats, Voiceprint,
 )
@@ -548,7 +548,8 @@ class SqliteRepository(Repository):
             return out
         return await self._run(fn)
 
-    async def add_fingerprint(self, profile_id, user_id, kind, dialog_id, hashes, keep_verify=20) -> bool:
+    async def add_fingerprint(self, profile_id, user_id, kind, dialog_id, hashes, keep_verify=20,
+                              max_age_ms=None) -> bool:
         def fn(c):
             row = c.execute("SELECT row_id FROM users WHERE profile_id=? AND user_id=? AND status='ENROLLED'",
                             (profile_id, user_id)).fetchone()
@@ -564,6 +565,9 @@ class SqliteRepository(Repository):
                 c.execute("DELETE FROM fingerprints WHERE user_row=? AND kind='VERIFY' AND id NOT IN"
                           " (SELECT id FROM fingerprints WHERE user_row=? AND kind='VERIFY' ORDER BY id DESC LIMIT ?)",
                           (rid, rid, keep_verify))
+                if max_age_ms is not None:
+                    c.execute("DELETE FROM fingerprints WHERE user_row=? AND kind='VERIFY' AND created_ms<?",
+                              (rid, now_ms() - max_age_ms))
             return True
         return await self._tx(fn)
 
@@ -614,6 +618,28 @@ class SqliteRepository(Repository):
             r = c.execute("SELECT s.* FROM verification_stats s JOIN users u ON u.row_id=s.user_row"
                           " WHERE u.profile_id=? AND u.user_id=?", (profile_id, user_id)).fetchone()
             return VerificationStats(r["attempts"], r["passed"], r["last_ms"]) if r else None
+        return await self._run(fn)
+
+    async def add_aculab_call(self, call: AculabCall, keep_ms: int) -> None:
+        def fn(c):
+            c.execute("DELETE FROM aculab_calls WHERE created_ms<?", (now_ms() - keep_ms,))
+            c.execute("INSERT INTO aculab_calls (instance_id, profile_id, action, status, cost_micros, created_ms)"
+                      " VALUES (?,?,?,?,?,?)", (call.instance_id, call.profile_id, call.action, call.status,
+                                                call.cost_micros, call.created_ms))
+        await self._tx(fn)
+
+    async def update_aculab_call(self, instance_id: str, status: str, cost_micros: int) -> bool:
+        def fn(c):
+            return c.execute("UPDATE aculab_calls SET status=?, cost_micros=? WHERE instance_id=? AND status<>'DONE'",
+                             (status, cost_micros, instance_id)).rowcount > 0
+        return await self._tx(fn)
+
+    async def get_aculab_call(self, profile_id: str, instance_id: str) -> AculabCall | None:
+        def fn(c):
+            r = c.execute("SELECT * FROM aculab_calls WHERE instance_id=? AND profile_id=?",
+                          (instance_id, profile_id)).fetchone()
+            return AculabCall(r["instance_id"], r["profile_id"], r["action"], r["status"], r["cost_micros"],
+                              r["created_ms"]) if r else None
         return await self._run(fn)
 
     # -- encryption at rest and re-keying of hashed biokeys -----------------------------------

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from connectors import aculab_ws
 from gateway.web.websocket import READ_ERROR_CLOSE_CODES, ReportingWebSocket, open_socket
 from gateway.services.aculab import (
-    MAX_SOURCES, USER_ID_CHARS_MESSAGE, USER_ID_RE, AculabUsers, Audio, KeyScope, authenticate,
+    MAX_SOURCES, UNNAMED, USER_ID_CHARS_MESSAGE, USER_ID_RE, AculabCosts, AculabUsers, Audio, KeyScope, authenticate,
     new_application_instance_id, new_transaction_id,
 )
 from gateway.web.forms import form_parts
@@ -34,6 +34,7 @@ from gateway.web.errors import client_error, internal_error, scrub
 log = structlog.get_logger(__name__)
 
 PREFIX = "/voice_biometrics/v1"
+APPLICATION_STATUS = "/application_status"      # Aculab's path for it: a web service of its own
 AUDIO_ACTIONS = ("register", "update", "verify")
 ACTIONS = (*AUDIO_ACTIONS, "stats", "exists", "delete")
 DOC_LINK = "https://www.aculab.com/cloud/web-services/voice-biometrics/users?target=service_action_tabs&tab-id="
@@ -42,6 +43,7 @@ PHRASES = {400: "Bad Request", 401: "Unauthorized", 404: "Not found", 405: "Meth
            408: "Request Timeout", 413: "Request Entity Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Entity",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
 SOURCE_NAME_RE = re.compile(r"^Source[1-9][0-9]{0,2}$")
+PARAMETER_RULES = {"sensitivity": "a number from -10.0 to 10.0"}
 TICKET_TTL_S = 60.0
 MAX_OPEN_TICKETS = 10000       # unused WebSocket URLs held in memory at once
 
@@ -57,10 +59,19 @@ class UserParams(BaseModel):
     user_id: str = Field(pattern=USER_ID_RE.pattern)
 
 
+class RegisterParams(UserParams):
+    opt_in: bool = Field(default=False, description="vbgw: the user's explicit consent, needed to register a "
+                                                   "user who opted out (OCP opt-out or an Aculab delete)")
+
+
 class VerifyParams(UserParams):
-    sensitivity: float = Field(default=0.0, ge=-10.0, le=10.0)
+    # allow_inf_nan: "nan" is not a sensitivity (it compared as neither above nor below the range)
+    sensitivity: float = Field(default=0.0, ge=-10.0, le=10.0, allow_inf_nan=False)
     text_dependent: bool = Field(default=True, description="Accepted and ignored for scoring: vbgw is text-independent")
     enable_pad: bool = False
+
+
+PARAMS: dict[str, type[UserParams]] = {"register": RegisterParams, "update": UserParams, "verify": VerifyParams}
 
 
 class StreamParams(BaseModel):
@@ -97,7 +108,7 @@ class StatsResult(BaseModel):
     transaction_id: str
     registration_date: str
     update_date: str
-    verification_date: str = Field(description="\"\" when the user was never verified")
+    verification_date: str | None = Field(description="null when the user was never verified")
     verification_attempts: int
     verifications_passed: int
     verifications_failed: int
@@ -113,6 +124,18 @@ class DeleteResult(BaseModel):
     user_id: str
     transaction_id: str
     deleted: str
+
+
+class ApplicationStatusParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    application_instance_id: str = Field(min_length=1, max_length=128)
+
+
+class ApplicationStatusResult(BaseModel):
+    application_instance_id: str
+    cost: float = Field(description="US dollars: the price of the call (aculab_costs in the configuration)")
+    costs_valid: bool = Field(description="false while the call's cost is not known yet (a WebSocket URL "
+                                          "not used, or its call still running)")
 
 
 class WebSocketUrl(BaseModel):
@@ -138,8 +161,8 @@ class AculabErrorResponse(BaseModel):
     request: AculabRequestInfo
 
 
-def _render(model: BaseModel) -> web.Response:
-    return web.Response(text=model.model_dump_json(exclude_none=True), content_type="application/json")
+def _render(model: BaseModel, keep_nulls: bool = False) -> web.Response:
+    return web.Response(text=model.model_dump_json(exclude_none=not keep_nulls), content_type="application/json")
 
 
 def aculab_error(request: web.Request, received: float, action: str, status: int, code: str,
@@ -205,6 +228,9 @@ async def _params(request: web.Request, model: type[Params]) -> Params:
             if err["type"] == "missing":
                 raise ApiError(400, "USER_ID_REQUIRED", "the user_id parameter is required") from None
             raise ApiError(400, "BAD_USER_ID", USER_ID_CHARS_MESSAGE) from None
+        if name in PARAMETER_RULES:         # Aculab's own wording: "Sensitivity must be from -10 to 10, received ."
+            raise ApiError(400, "BAD_PARAMETER", f"{name} must be {PARAMETER_RULES[name]}, received "
+                                                 f"{raw.get(name, '')[:40]!r}") from None
         raise ApiError(400, "BAD_PARAMETER", f"{name}: {err['msg']}") from None
 
 
@@ -214,7 +240,7 @@ async def _audio_parts(request: web.Request) -> list[tuple[str, bytes]]:
         raise ApiError(501, "WAV_FILE_URL_UNSUPPORTED", "vbgw does not download audio from wav_file_url; "
                                                         "send the wav files in the request body")
     if request.method == "PUT":
-        return [("Source1", await request.read())]
+        return [(UNNAMED, await request.read())]
     if not request.content_type.startswith("multipart/"):
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "POST the wav files as multipart/form-data parts named "
                                                       "Source1, Source2, ... (or PUT one wav file as the body)")
@@ -268,7 +294,14 @@ def _issue_ticket(request: web.Request, action: str, scope: KeyScope, params: Us
 # -- the actions -----------------------------------------------------------------------------
 def aculab_users(services: Services) -> AculabUsers:
     return AculabUsers(services.store, services.engine, services.uploads, services.users, services.verifier,
-                       services.fraud, services.metrics, services.settings.fraud.keep_verify_fingerprints)
+                       services.fraud, services.metrics, services.settings.fraud.keep_verify_fingerprints,
+                       services.settings.fraud.verify_fingerprint_retention_s)
+
+
+def aculab_costs(services: Services) -> AculabCosts:
+    cfg = services.settings.aculab_costs
+    return AculabCosts(services.store, {"register": cfg.register_usd, "update": cfg.update_usd, "verify": cfg.verify_usd},
+                       cfg.keep_s, TICKET_TTL_S)
 
 
 async def _authenticate(request: web.Request) -> KeyScope:
@@ -291,8 +324,11 @@ async def _run_audio_action(services: Services, action: str, scope: KeyScope, pa
                  pad_type=pad["type"] if pad else None)
         return tid, {"verified": verified, "confidence": conf, "audio": audio,
                      "pad_detected": PadDetected(**pad) if pad else None}
-    run = users.register if action == "register" else users.update
-    audio = await run(scope, params.user_id, parts, instance_id)
+    if action == "register":
+        audio = await users.register(scope, params.user_id, parts, instance_id,
+                                     opt_in=isinstance(params, RegisterParams) and params.opt_in)
+    else:
+        audio = await users.update(scope, params.user_id, parts, instance_id)
     log.info("aculab_enrolled", action=action, profile_id=scope.profile.id, transaction_id=tid,
              speech_ms=audio.embedding.speech_ms)
     return tid, {"audio": audio}
@@ -301,16 +337,18 @@ async def _run_audio_action(services: Services, action: str, scope: KeyScope, pa
 async def _audio_action(request: web.Request, action: str) -> web.Response:
     services = request.app[SERVICES]
     scope = await _authenticate(request)
-    params = await _params(request, VerifyParams if action == "verify" else UserParams)
+    params = await _params(request, PARAMS[action])
     instance_id = new_application_instance_id()
     if request.method == "GET":
         await _params(request, StreamParams)
         token = _issue_ticket(request, action, scope, params, instance_id)
+        await aculab_costs(services).issued(scope, instance_id, action)
         scheme = "wss" if request.secure else "ws"
         return _render(WebSocketUrl(application_instance_id=instance_id,
                                     url=f"{scheme}://{request.host}{PREFIX}/wss/{action}?auth_token={token}"))
     parts = await _audio_parts(request)
     tid, out = await _run_audio_action(services, action, scope, params, parts, instance_id)
+    await aculab_costs(services).charged(scope, instance_id, action)
     # Sources are listed for POST (several files), and for verify only when text_dependent is false.
     sources = _sources(out["audio"]) if request.method == "POST" else None
     if isinstance(params, VerifyParams):                # action == "verify"
@@ -330,14 +368,15 @@ async def _stats(request: web.Request) -> web.Response:
     if user is None:
         raise ApiError(404, "NOT_REGISTERED", f"user Id {params.user_id} is not a registered user.")
     st = await services.store.verification_stats(scope.profile.id, params.user_id)
+    # verification_date: null before the first verification (issue #16 item 6: "" broke date parsers)
     # registration: the latest (re-)admission, so a register after a delete starts afresh
     registered_ms = max(user.created_ms, user.opt_in_ts or 0)
     return _render(StatsResult(
         user_group_name=scope.profile.name, transaction_id=new_transaction_id(),
         registration_date=aculab_datetime(registered_ms / 1000), update_date=aculab_datetime(user.last_update_ms / 1000),
-        verification_date=aculab_datetime(st.last_ms / 1000) if st else "",
+        verification_date=aculab_datetime(st.last_ms / 1000) if st else None,
         verification_attempts=st.attempts if st else 0, verifications_passed=st.passed if st else 0,
-        verifications_failed=st.attempts - st.passed if st else 0))
+        verifications_failed=st.attempts - st.passed if st else 0), keep_nulls=True)
 
 
 async def _exists(request: web.Request) -> web.Response:
@@ -345,7 +384,26 @@ async def _exists(request: web.Request) -> web.Response:
     scope = await _authenticate(request)
     params = await _params(request, UserParams)
     user = await aculab_users(services).registered_user(scope.profile, params.user_id)
-    return _render(ExistsResult(user_id=params.user_id, transaction_id=new_transaction_id(), exists=user is not None))
+    if user is None:          # the document's example: an unknown user is a 404, as for stats and delete
+        raise ApiError(404, "NOT_REGISTERED", f"user Id {params.user_id} is not a registered user.")
+    return _render(ExistsResult(user_id=params.user_id, transaction_id=new_transaction_id(), exists=True))
+
+
+async def _application_status(request: web.Request) -> web.Response:
+    """Aculab's `application_status` for the calls of this API (the document's "Charging
+    information"): the cost of the call an application_instance_id names, and whether it is
+    final. A key sees only its own VB profile's calls."""
+    services = request.app[SERVICES]
+    scope = await _authenticate(request)
+    params = await _params(request, ApplicationStatusParams)
+    found = await aculab_costs(services).status(scope, params.application_instance_id)
+    return _render(ApplicationStatusResult(application_instance_id=found.instance_id, cost=found.cost,
+                                           costs_valid=found.costs_valid))
+
+
+async def _application_status_methods(request: web.Request) -> web.Response:
+    raise ApiError(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}",
+                   headers={"Allow": "GET, POST"})
 
 
 async def _delete(request: web.Request) -> web.Response:
@@ -365,6 +423,8 @@ class AculabRouteTable(RouteTable):
         super().install(app)
         app[TICKETS] = {}
         app.router.add_route("GET", PREFIX + "/wss/{action}", stream)
+        app.router.add_route("*", APPLICATION_STATUS, _with_envelope(_application_status_methods,
+                                                                     "application_status"))
         # Anything else under the prefix answers in this API's envelope too.
         app.router.add_route("*", PREFIX + "/{tail:.*}", _with_envelope(_fallback, "users"))
 
@@ -397,9 +457,11 @@ def _add(method: str, action: str, handler, response: type[BaseModel], query: di
                  action in AUDIO_ACTIONS else None)(wrapped)
 
 
+_REGISTER_QUERY = {"opt_in": "vbgw: true records the user's explicit consent; needed to register a user who "
+                              "opted out (OCP opt-out or delete), 409 USER_OPTED_OUT otherwise"}
 for _action in AUDIO_ACTIONS:
     _handler = functools.partial(_audio_action, action=_action)
-    _extra = _VERIFY_QUERY if _action == "verify" else {}
+    _extra = {"verify": _VERIFY_QUERY, "register": _REGISTER_QUERY}.get(_action, {})
     _add("PUT", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, _extra)
     _add("POST", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, _extra)
     _add("GET", _action, _handler, WebSocketUrl, {**_extra, **_STREAM_QUERY})
@@ -408,6 +470,13 @@ for _action, _h in _HANDLERS.items():
     _response = _RESPONSES[_action]
     _add("GET", _action, _h, _response, {})
     _add("POST", _action, _h, _response, {})
+for _method in ("GET", "POST"):
+    _status = _with_envelope(_application_status, "application_status")
+    _status.__name__ = f"aculab_application_status_{_method.lower()}"
+    routes.route(_method, APPLICATION_STATUS, summary="The cost of a register, update or verify call, by its "
+                 "application_instance_id (costs_valid: whether it is final)", auth="user_group_key",
+                 response=ApplicationStatusResult, query={"application_instance_id": "from the call's answer"},
+                 error=AculabErrorResponse, tags=("aculab",))(_status)
 
 
 async def _fallback(request: web.Request) -> web.Response:
@@ -416,14 +485,38 @@ async def _fallback(request: web.Request) -> web.Response:
         allow = "GET, POST, PUT" if tail[5:] in AUDIO_ACTIONS else "GET, POST"
         raise ApiError(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}",
                        headers={"Allow": allow})
+    if tail.startswith("wss/") and tail[4:] in AUDIO_ACTIONS:      # the one-time WebSocket URLs: GET only
+        raise ApiError(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}",
+                       headers={"Allow": "GET"})
     raise ApiError(404, "NOT_FOUND", f"no service {request.path}")
 
 
 # -- the WebSocket stream (GET form) ---------------------------------------------------------
-def _reject(exc: ApiError) -> dict:
-    # The seed's websocket error code table is not published: the code is the HTTP status.
-    return {"event": "reject", "reason": PHRASES.get(exc.status, "Error"), "message": exc.message,
-            "code": exc.status, "vbgw_code": exc.code}
+# Aculab's WebSocket error table (issue #16 item 4): code -> reason. 51 is every reason an audio
+# file is refused (no data, unknown format, not mono, rate or bit depth too low, too long).
+WS_REASONS = {50: "Bad Request", 51: "Unusable audio", 52: "Audio does not contain sufficient speech",
+              60: "A Voice Biometric server exception has occurred",
+              61: "Service temporarily disabled for this key or account"}
+
+
+def websocket_code(status: int) -> int:
+    """The WebSocket error code of an error that HTTP answers with `status`."""
+    if status in (413, 415):
+        return 51              # the audio itself: over the size limit or not a usable WAV file
+    if status == 422:
+        return 52
+    if status == 503:
+        return 61
+    return 60 if status >= 500 else 50
+
+
+def websocket_reject(exc: ApiError, action: str) -> dict:
+    """The reject event: the table's code and reason; the message as the document's example
+    words a bad request ("Bad API request, register: user_id Bob is already present.");
+    `vbgw_code` is vbgw's stable code, as in the HTTP envelope."""
+    code = websocket_code(exc.status)
+    message = f"Bad API request, {action}: {exc.message}" if code == 50 else exc.message
+    return {"event": "reject", "reason": WS_REASONS[code], "message": message, "code": code, "vbgw_code": exc.code}
 
 
 def _read_error(close_code: int, max_bytes: int) -> ApiError:
@@ -439,22 +532,34 @@ async def stream(request: web.Request) -> web.StreamResponse:
     (the protocol: connectors/aculab_ws.py)."""
     received = time.time()
     action = request.match_info["action"]
-    ticket: Ticket | None = request.app[TICKETS].pop(token_hash(request.query.get("auth_token", "")), None)
+    tickets: dict[str, Ticket] = request.app[TICKETS]
+    key = token_hash(request.query.get("auth_token", ""))
+    ticket: Ticket | None = tickets.get(key)
     if ticket is None or ticket.action != action or ticket.expires < time.monotonic():
         return aculab_error(request, received, action if action in ACTIONS else "users", 401, "UNAUTHORIZED",
                             "the auth_token is missing, used, expired or for another service")
     max_bytes = request.app[SETTINGS].server.max_body_bytes
     idle_s = request.app[SETTINGS].server.first_message_timeout_s
-    ws = ReportingWebSocket(report=lambda code: json.dumps(_reject(_read_error(code, max_bytes))),
+    ws = ReportingWebSocket(report=lambda code: json.dumps(websocket_reject(_read_error(code, max_bytes), action)),
                             heartbeat=30.0, max_msg_size=max_bytes)
+    # A plain GET (a browser, a link checker) is refused before the token is used up: only an
+    # upgrade takes the one-time URL (issue #16 item 9).
     if not ws.can_prepare(request).ok:
         return aculab_error(request, received, action, 400, "WEBSOCKET_REQUIRED", "this URL needs a WebSocket upgrade")
-    await ws.prepare(request)
+    if tickets.pop(key, None) is None:              # another upgrade took it meanwhile
+        return aculab_error(request, received, action, 401, "UNAUTHORIZED",
+                            "the auth_token is missing, used, expired or for another service")
     services = request.app[SERVICES]
+    costs = aculab_costs(services)
+    await costs.started(ticket.instance_id)
+    await ws.prepare(request)
     scope, params = ticket.scope, ticket.params
+    answered = False
 
     async def run(audio: bytes) -> dict:
-        tid, out = await _run_audio_action(services, action, scope, params, [("Source1", audio)], ticket.instance_id)
+        nonlocal answered
+        tid, out = await _run_audio_action(services, action, scope, params, [(UNNAMED, audio)], ticket.instance_id)
+        answered = True
         reply = {"event": action, "transaction_id": tid, "user_id": params.user_id}
         if action == "verify":
             assert isinstance(params, VerifyParams)
@@ -465,12 +570,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
     def reject(exc: BaseException) -> dict:
         if isinstance(exc, aculab_ws.StreamRefused):
-            return _reject(ApiError(exc.status, exc.code, exc.message))
+            return websocket_reject(ApiError(exc.status, exc.code, exc.message), action)
         if isinstance(exc, ApiError):
             services.metrics.inc("vbgw_errors_total", code=exc.code)
-            return _reject(exc)
-        return _reject(internal_error(request, exc))
+            return websocket_reject(exc, action)
+        return websocket_reject(internal_error(request, exc), action)
 
-    async with open_socket(request.app, ws) as wire:
-        await aculab_ws.serve(wire, run, reject, max_bytes, idle_s)
+    try:
+        async with open_socket(request.app, ws) as wire:
+            await aculab_ws.serve(wire, run, reject, max_bytes, idle_s)
+    finally:
+        await asyncio.shield(costs.finished(ticket.instance_id, action, answered))
     return ws

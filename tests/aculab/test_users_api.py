@@ -27,7 +27,7 @@ async def test_register_verify_update_stats_delete(gateway):
     cl = Client(gw, await user_group_key(gw))
 
     status, body = await cl.call("GET", "exists", params={"user_id": UID})
-    assert (status, body["exists"], body["user_id"]) == (200, False, UID), body
+    assert_error(status, body, 404, "NOT_REGISTERED", "exists")           # issue #16 item 6: the document's 404
 
     status, reg = await cl.put("register", UID, wav_file("1688_enrol0"))
     assert status == 200, reg
@@ -44,7 +44,7 @@ async def test_register_verify_update_stats_delete(gateway):
     status, st = await cl.call("GET", "stats", params={"user_id": UID})
     assert status == 200, st
     assert st["user_group_name"] == "retail" and DATE_RE.match(st["registration_date"])
-    assert DATE_RE.match(st["update_date"]) and st["verification_date"] == ""
+    assert DATE_RE.match(st["update_date"]) and st["verification_date"] is None   # issue #16 item 6: null, not ""
     assert (st["verification_attempts"], st["verifications_passed"], st["verifications_failed"]) == (0, 0, 0)
 
     status, upd = await cl.call("POST", "update", params={"user_id": UID},
@@ -101,8 +101,7 @@ async def test_register_verify_update_stats_delete(gateway):
     assert status == 200 and gone["user_id"] == UID and DATE_RE.match(gone["deleted"]), gone
     for table in ("voiceprints", "biokeys", "fingerprints", "audio", "verification_stats"):
         assert _rows(db, f"SELECT count(*) FROM {table} WHERE user_row=?", row[0]) == [(0,)], table
-    status, body = await cl.call("GET", "exists", params={"user_id": UID})
-    assert body["exists"] is False
+    assert_error(*await cl.call("GET", "exists", params={"user_id": UID}), 404, "NOT_REGISTERED", "exists")
     assert_error(*await cl.call("GET", "stats", params={"user_id": UID}), 404, "NOT_REGISTERED", "stats")
     assert_error(*await cl.call("POST", "delete", params={"user_id": UID}), 404, "NOT_REGISTERED", "delete")
     status, body = await cl.put("verify", UID, wav_file("1688_test1"))
@@ -110,13 +109,14 @@ async def test_register_verify_update_stats_delete(gateway):
     assert body["error"]["text"] == f"Bad Request: user_id '{UID}' not found"
     assert_error(*await cl.put("update", UID, wav_file("1688_enrol1")), 400, "USER_NOT_FOUND", "update")
 
-    # Registering again is an explicit new registration: it starts from nothing.
-    status, reg2 = await cl.call("POST", "register", params={"user_id": UID},
+    # Registering again is an explicit new registration with the user's consent (issue #16 item 8:
+    # a delete is an opt-out): it starts from nothing.
+    status, reg2 = await cl.call("POST", "register", params={"user_id": UID, "opt_in": "true"},
                                  data=sources(("Source1", wav_file("1688_enrol1")), ("Source2", b"not a wav")))
     assert status == 200, reg2
     assert reg2["sources"] == [{"source": "Source1", "accepted": True}, {"source": "Source2", "accepted": False}]
     status, st = await cl.call("GET", "stats", params={"user_id": UID})
-    assert st["verification_attempts"] == 0 and st["verification_date"] == "", st
+    assert st["verification_attempts"] == 0 and st["verification_date"] is None, st
     status, multi = await cl.call("POST", "verify", params={"user_id": UID, "text_dependent": "false",
                                                             "enable_pad": "true"},
                                   data=sources(("Source1", wav_file("1688_test1")), ("Source2", wav_file("1688_test2"))))
@@ -160,8 +160,8 @@ async def test_websocket_register_and_verify(gateway):
         await ws.send_bytes(wav_file("1688_test1"))
         await ws.send_json({"event": "audio_sent"})
         reply = await ws.receive_json()
-    assert reply == {"event": "reject", "reason": "Bad Request", "message": "user_id 'nobody' not found",
-                     "code": 400, "vbgw_code": "USER_NOT_FOUND"}
+    assert reply == {"event": "reject", "reason": "Bad Request", "vbgw_code": "USER_NOT_FOUND",
+                     "message": "Bad API request, update: user_id 'nobody' not found", "code": 50}   # issue #16 item 4
     status, body = await cl.call("GET", "verify", params={"user_id": "ws-user", "stream_type": "realtime"})
     assert_error(status, body, 400, "BAD_PARAMETER", "verify")
 

@@ -89,7 +89,7 @@ async def test_a_silent_one_time_websocket_is_timed_out(gateway):
         reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 30)
-    assert reply["event"] == "reject" and reply["vbgw_code"] == "TIMEOUT" and reply["code"] == 408, reply
+    assert reply["event"] == "reject" and reply["vbgw_code"] == "TIMEOUT" and reply["code"] == 50, reply   # issue #16 item 4
     # also after some audio: each message must follow within the timeout
     async with websockets.connect(await _ws_url(gw, cl)) as ws:
         await ws.send(wav_file("1688_enrol0")[:4000])
