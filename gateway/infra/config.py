@@ -142,6 +142,15 @@ class UploadsConfig(_Section):
     max_concurrent: int = Field(default=2, ge=1, le=64)
 
 
+class AculabConfig(_Section):
+    """Aculab Users API defaults (docs/aculab-users-api.md "Speech minimums"); a user group key
+    may set its own (`vbgw admin user-group-key --register-min-speech-s ...`). Net speech (VAD),
+    in ms; the bounds are the shortest lengths measured (docs/benchmarks.md "Speech length")."""
+    register_min_speech_ms: int = Field(default=4000, ge=4000, le=60000)
+    update_min_speech_ms: int = Field(default=1000, ge=1000, le=60000)
+    verify_min_speech_ms: int = Field(default=1000, ge=1000, le=60000)
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -156,6 +165,7 @@ class Settings(_Section):
     fraud: FraudConfig = FraudConfig()
     uploads: UploadsConfig = UploadsConfig()
     fetch: FetchConfig = FetchConfig()
+    aculab: AculabConfig = AculabConfig()
     recordings: RecordingsConfig = RecordingsConfig()
 
     @model_validator(mode="after")
