@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import soundfile as sf
 import websockets
+from aiohttp.abc import AbstractResolver
 
 REPO = Path(__file__).resolve().parents[1]
 # The small real-speech protocols inside the repository (tests/data/README.md): the suite
@@ -169,3 +171,25 @@ async def serve_process(data_dir: Path, **env: str):
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
     return proc, port, pat, base
+
+
+class MapResolver(AbstractResolver):
+    """An aiohttp resolver for tests of URL fetching: name -> address(es), counting lookups;
+    unknown names fail like a DNS miss (the machine's /etc/hosts is not ours to change)."""
+
+    def __init__(self, names: dict[str, str | list[str]]):
+        self.names = names
+        self.calls: list[str] = []
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        self.calls.append(host)
+        addrs = self.names.get(host)
+        if addrs is None:
+            raise OSError(socket.EAI_NONAME, "Name or service not known")
+        addrs = [addrs] if isinstance(addrs, str) else addrs
+        return [{"hostname": host, "host": a, "port": port,
+                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST} for a in addrs]
+
+    async def close(self):
+        pass

@@ -11,33 +11,12 @@ import socket
 
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver
 
 from gateway.infra.config import load_settings
 from gateway.infra.fetch import AddressPolicy, FetchConfig, FetchError, UrlFetcher
+from support import MapResolver
 
 SERVER_IP = "127.0.0.1"          # where the test server listens; "public" in these tests
-
-
-class MapResolver(AbstractResolver):
-    """name -> address, counting lookups; unknown names fail like a DNS miss."""
-
-    def __init__(self, names: dict[str, str | list[str]]):
-        self.names = names
-        self.calls: list[str] = []
-
-    async def resolve(self, host, port=0, family=socket.AF_INET):
-        self.calls.append(host)
-        addrs = self.names.get(host)
-        if addrs is None:
-            raise OSError(socket.EAI_NONAME, "Name or service not known")
-        addrs = [addrs] if isinstance(addrs, str) else addrs
-        return [{"hostname": host, "host": a, "port": port,
-                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET, "proto": 0,
-                 "flags": socket.AI_NUMERICHOST} for a in addrs]
-
-    async def close(self):
-        pass
 
 
 class FlipResolver(MapResolver):
