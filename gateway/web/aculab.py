@@ -281,7 +281,7 @@ async def _url_parts(request: web.Request, urls: list[str]) -> list[tuple[str, b
                                            "not both")
     if len(urls) > MAX_SOURCES:
         raise ApiError(400, "TOO_MANY_SOURCES", f"at most {MAX_SOURCES} wav files per request")
-    if action == "verify" and len(urls) > 1 and request.query.get("text_dependent", "true").lower() != "false":
+    if action == "verify" and len(urls) > 1 and (await _params(request, VerifyParams)).text_dependent:
         raise ApiError(400, "TOO_MANY_SOURCES", "with text_dependent true, verify takes one wav file; "
                                                 "set text_dependent=false to send several")
     if request.method == "PUT" and len(urls) > 1:
