@@ -193,3 +193,35 @@ class MapResolver(AbstractResolver):
 
     async def close(self):
         pass
+
+
+def add_hostile_downloads(app, hits: list[str], big: str, slow: str) -> None:
+    """Routes of a test download server that a safe fetcher must give up on: `big` streams
+    64 MB chunked (no Content-Length to refuse early; "aborted" lands in `hits` when the client
+    hangs up), `slow` sends 4 bytes then stalls for a minute."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def big_streamed(request):
+        hits.append(request.path)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        try:
+            for _ in range(1000):
+                await resp.write(b"\0" * 65536)
+        except (ConnectionResetError, asyncio.CancelledError):
+            hits.append("aborted")
+            raise
+        return resp
+
+    async def stalled(request):
+        hits.append(request.path)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"RIFF")
+        await asyncio.sleep(60)
+        return resp
+
+    app.router.add_get(big, big_streamed)
+    app.router.add_get(slow, stalled)

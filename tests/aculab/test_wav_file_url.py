@@ -14,7 +14,7 @@ from aiohttp import web
 
 from aculab_support import Client, assert_error, sources, user_group_key, wav_file
 from gateway.infra.fetch import FetchConfig
-from support import Gateway, MapResolver, admin, pat_of
+from support import Gateway, MapResolver, add_hostile_downloads, admin, pat_of
 
 SERVER_IP = "127.0.0.1"
 NAMES = {"wav.example.test": SERVER_IP, "notlisted.example.test": SERVER_IP,
@@ -33,31 +33,10 @@ async def audio_server(aiohttp_server):
         hits.append(request.path)
         raise web.HTTPFound(request.query["to"])
 
-    async def big(request):
-        hits.append(request.path)
-        resp = web.StreamResponse()                  # chunked: no Content-Length to refuse early
-        await resp.prepare(request)
-        try:
-            for _ in range(200):
-                await resp.write(b"\0" * 65536)
-        except (ConnectionResetError, asyncio.CancelledError):
-            hits.append("aborted")
-            raise
-        return resp
-
-    async def slow(request):
-        hits.append(request.path)
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"RIFF")
-        await asyncio.sleep(30)                       # far past fetch.total_timeout_s
-        return resp
-
     app = web.Application()
     app.router.add_get("/audio/{name}.wav", wav)
     app.router.add_get("/redirect", redirect)
-    app.router.add_get("/big.wav", big)
-    app.router.add_get("/slow.wav", slow)
+    add_hostile_downloads(app, hits, "/big.wav", "/slow.wav")    # 64 MB chunked; a stall past the timeout
     srv = await aiohttp_server(app, host=SERVER_IP)
     srv.hits = hits
     return srv

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.infra.config import load_settings
 from gateway.infra.fetch import AddressPolicy, FetchConfig, FetchError, UrlFetcher
-from support import MapResolver
+from support import MapResolver, add_hostile_downloads
 
 SERVER_IP = "127.0.0.1"          # where the test server listens; "public" in these tests
 
@@ -59,26 +59,6 @@ async def server(aiohttp_server):
         hits.append(request.path)
         return web.Response(body=b"\0" * 200_000)
 
-    async def big_streamed(request):
-        hits.append(request.path)
-        resp = web.StreamResponse()           # chunked: no Content-Length to refuse early
-        await resp.prepare(request)
-        try:
-            for _ in range(1000):             # would be 64 MB; the client must hang up first
-                await resp.write(b"\0" * 65536)
-        except (ConnectionResetError, asyncio.CancelledError):
-            hits.append("aborted")
-            raise
-        return resp
-
-    async def slow(request):
-        hits.append(request.path)
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"RIFF")
-        await asyncio.sleep(60)               # the fetcher's total timeout is far shorter
-        return resp
-
     async def missing(request):
         hits.append(request.path)
         raise web.HTTPNotFound()
@@ -90,8 +70,7 @@ async def server(aiohttp_server):
     app.router.add_get("/loop-b", loop_b)
     app.router.add_get("/chain/{n}", chain)
     app.router.add_get("/big-declared", big_declared)
-    app.router.add_get("/big-streamed", big_streamed)
-    app.router.add_get("/slow", slow)
+    add_hostile_downloads(app, hits, "/big-streamed", "/slow")     # 64 MB chunked; a stall past the timeout
     app.router.add_get("/missing", missing)
     srv = await aiohttp_server(app, host=SERVER_IP)
     srv.hits = hits
