@@ -60,7 +60,7 @@ async def test_register_verify_update_stats_delete(gateway):
     assert status == 200, other
     assert other["verified"] is False and 0 < other["confidence"] < 1.0
 
-    # (These recordings are different sentences: text independent. Text dependent: test_passphrase.py.)
+    # (These recordings are different sentences: text independent. Text dependent: test_text_dependent.py.)
     # The same file again is duplicate audio (TypeA); the verdict itself is unchanged by PAD.
     status, again = await cl.put("verify", UID, wav_file("1688_test1"), text_dependent="false", enable_pad="true")
     assert status == 200, again
