@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import soundfile as sf
 import websockets
+from aiohttp.abc import AbstractResolver
 
 REPO = Path(__file__).resolve().parents[1]
 # The small real-speech protocols inside the repository (tests/data/README.md): the suite
@@ -169,3 +171,57 @@ async def serve_process(data_dir: Path, **env: str):
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
     return proc, port, pat, base
+
+
+class MapResolver(AbstractResolver):
+    """An aiohttp resolver for tests of URL fetching: name -> address(es), counting lookups;
+    unknown names fail like a DNS miss (the machine's /etc/hosts is not ours to change)."""
+
+    def __init__(self, names: dict[str, str | list[str]]):
+        self.names = names
+        self.calls: list[str] = []
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        self.calls.append(host)
+        addrs = self.names.get(host)
+        if addrs is None:
+            raise OSError(socket.EAI_NONAME, "Name or service not known")
+        addrs = [addrs] if isinstance(addrs, str) else addrs
+        return [{"hostname": host, "host": a, "port": port,
+                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST} for a in addrs]
+
+    async def close(self):
+        pass
+
+
+def add_hostile_downloads(app, hits: list[str], big: str, slow: str) -> None:
+    """Routes of a test download server that a safe fetcher must give up on: `big` streams
+    64 MB chunked (no Content-Length to refuse early; "aborted" lands in `hits` when the client
+    hangs up), `slow` sends 4 bytes then stalls for a minute."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def big_streamed(request):
+        hits.append(request.path)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        try:
+            for _ in range(1000):
+                await resp.write(b"\0" * 65536)
+        except (ConnectionResetError, asyncio.CancelledError):
+            hits.append("aborted")
+            raise
+        return resp
+
+    async def stalled(request):
+        hits.append(request.path)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"RIFF")
+        await asyncio.sleep(60)
+        return resp
+
+    app.router.add_get(big, big_streamed)
+    app.router.add_get(slow, stalled)

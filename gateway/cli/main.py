@@ -128,12 +128,25 @@ async def _admin(args) -> int:
             if tenant is None or profile is None:
                 print(f"no VB profile {args.profile!r} in tenant {args.tenant!r}", file=sys.stderr)
                 return 2
+            key_settings = _key_settings(args)
+            if key_settings is None:
+                return 2
             key = new_user_group_key()
             rec = await store.create_user_group_key(tenant.id, profile.group_id, profile.id, args.key_name,
-                                                    token_hash(key))
-            print(f"created user group key {rec.id} for profile {profile.name} ({profile.id}); "
+                                                    token_hash(key), key_settings)
+            print(f"created user group key {rec.id} for profile {profile.name} ({profile.id}) "
+                  f"with settings {key_settings.model_dump_json(exclude_none=True)}; "
                   f"Aculab Users API username: {tenant.name}/<any name>; the key is shown once:")
             print(f"key={key}")
+        elif args.admin_cmd == "user-group-key-settings":
+            key_settings = _key_settings(args)
+            if key_settings is None:
+                return 2
+            if not await store.set_user_group_key_settings(args.id, key_settings):
+                print(f"error: no user group key {args.id!r} (list them with `vbgw admin user-group-keys`)",
+                      file=sys.stderr)
+                return 2
+            print(f"user group key {args.id}: settings {key_settings.model_dump_json(exclude_none=True)}")
         elif args.admin_cmd == "profiles":
             for p in await store.list_profiles():
                 print(f"{p.id}\t{p.tenant_id}\t{p.group_id}\t{p.name}\t{p.settings.model_dump_json()}")
@@ -155,6 +168,32 @@ async def _admin(args) -> int:
     finally:
         await store.close()
     return 0
+
+
+_KEY_SPEECH_ACTIONS = ("register", "update", "verify")
+
+
+def _add_key_settings_args(parser) -> None:
+    """A user group key's own Aculab speech minimums (docs/aculab-users-api.md "Speech minimums")."""
+    for action in _KEY_SPEECH_ACTIONS:
+        parser.add_argument(f"--{action}-min-speech-s", type=float, metavar="S",
+                            help=f"least net speech {action} accepts, in seconds (default: [aculab] "
+                                 f"{action}_min_speech_ms)")
+
+
+def _key_settings(args):
+    """The key settings the options name (UserGroupKeySettings), or None after printing why not."""
+    from pydantic import ValidationError
+
+    from gateway.store.base import UserGroupKeySettings
+    values = {f"{action}_min_speech_ms": round(getattr(args, f"{action}_min_speech_s") * 1000)
+              for action in _KEY_SPEECH_ACTIONS if getattr(args, f"{action}_min_speech_s") is not None}
+    try:
+        return UserGroupKeySettings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        print(f"error: --{str(err['loc'][0]).split('_')[0]}-min-speech-s: {err['msg']} (in ms)", file=sys.stderr)
+        return None
 
 
 async def _list_credentials(store, args) -> int:
@@ -235,6 +274,12 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     ug.add_argument("--tenant", required=True)
     ug.add_argument("--profile", required=True)
     ug.add_argument("--key-name", default="cli")
+    _add_key_settings_args(ug)
+    us = asub.add_parser("user-group-key-settings", help="change an Aculab user group key's own settings (id from "
+                                                         "`vbgw admin user-group-keys`); options not given go back "
+                                                         "to the [aculab] defaults")
+    us.add_argument("id")
+    _add_key_settings_args(us)
     asub.add_parser("profiles", help="list profiles")
     for cmd, what in (("pats", "personal access tokens"), ("user-group-keys", "Aculab user group keys")):
         ls = asub.add_parser(cmd, help=f"list {what}: id, status, created, tenant, group, name (never the secret)")

@@ -154,6 +154,15 @@ class AculabCostsConfig(_Section):
     keep_s: float = Field(default=90 * 86400.0, gt=0)    # how long a call's cost can be asked for
 
 
+class AculabConfig(_Section):
+    """Aculab Users API defaults (docs/aculab-users-api.md "Speech minimums"); a user group key
+    may set its own (`vbgw admin user-group-key --register-min-speech-s ...`). Net speech (VAD),
+    in ms; the bounds are the shortest lengths measured (docs/benchmarks.md "Speech length")."""
+    register_min_speech_ms: int = Field(default=4000, ge=4000, le=60000)
+    update_min_speech_ms: int = Field(default=1000, ge=1000, le=60000)
+    verify_min_speech_ms: int = Field(default=1000, ge=1000, le=60000)
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -168,6 +177,7 @@ class Settings(_Section):
     fraud: FraudConfig = FraudConfig()
     uploads: UploadsConfig = UploadsConfig()
     fetch: FetchConfig = FetchConfig()
+    aculab: AculabConfig = AculabConfig()
     recordings: RecordingsConfig = RecordingsConfig()
     aculab_costs: AculabCostsConfig = AculabCostsConfig()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import math
 import re
@@ -19,11 +20,14 @@ import structlog
 
 from connectors.codecs import ResamplableRates, soundfile_reason
 from engine.fraud import unpack
+from engine.passphrase import FEATURE_ID, ContentCalibration, PassphraseError, PassphraseModel, text_dependent_llr
 from engine.types import Embedding
 from gateway.services.auth import token_hash
 from gateway.services.verification import NO_DATA_MS, Verifier, band_targets
 from gateway.errors import ApiError
 from engine import Engine
+from gateway.infra.config import AculabConfig
+from gateway.infra.fetch import FetchError, UrlFetcher
 from gateway.infra.metrics import Metrics
 from gateway.services.fraud import FraudService
 from gateway.services.uploads import Uploads, seconds_text
@@ -200,6 +204,178 @@ def confidence(llr: float, pass_llr: float, high_llr: float) -> tuple[bool, floa
     return verified, value
 
 
+# -- speech minimums (issue #16 item 1) -------------------------------------------------------
+INSUFFICIENT_SPEECH = "Insufficient speaker observations in the audio source"
+
+
+class InsufficientSpeech(ApiError):
+    """Too little speech to analyse, as Aculab's published Voice Biometrics errors answer it:
+    engine error 422 "Insufficient speaker observations in the audio source" (an engine code,
+    so without the "HTTP " prefix) carried by HTTP 400; on the one-time WebSocket, reject code
+    52 ("Audio does not contain sufficient speech"). vbgw_code LOW_DATA."""
+    engine_code = "422"
+    ws_code = 52
+
+    def __init__(self, message: str):
+        super().__init__(400, "LOW_DATA", f"{INSUFFICIENT_SPEECH}: {message}")
+
+
+@dataclass(frozen=True)
+class SpeechMinimums:
+    """Least net speech (ms) each action accepts for one user group key."""
+    register_ms: int
+    update_ms: int
+    verify_ms: int
+
+
+def speech_minimums(key: UserGroupKey, defaults: AculabConfig) -> SpeechMinimums:
+    """The key's own minimums where it has them, else the gateway's `[aculab]` defaults."""
+    own = key.settings
+    return SpeechMinimums(
+        own.register_min_speech_ms if own.register_min_speech_ms is not None else defaults.register_min_speech_ms,
+        own.update_min_speech_ms if own.update_min_speech_ms is not None else defaults.update_min_speech_ms,
+        own.verify_min_speech_ms if own.verify_min_speech_ms is not None else defaults.verify_min_speech_ms)
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:.2f} s"
+
+
+def insufficient(action: str, have_ms: int, need_ms: int) -> InsufficientSpeech:
+    return InsufficientSpeech(f"{action} needs at least {_seconds(need_ms)} of speech; the audio has "
+                              f"{_seconds(have_ms)}")
+
+
+async def analyse_for(engine: Engine, uploads: Uploads, named: list[tuple[str, bytes]], action: str,
+                      need_ms: int) -> Audio:
+    """`analyse`, with too little speech answered as the document's error: no source with
+    usable speech, or less speech in all accepted sources than the action's minimum."""
+    try:
+        audio = await analyse(engine, uploads, named)
+    except ApiError as exc:
+        if exc.code == "LOW_DATA":
+            raise InsufficientSpeech(exc.message) from None
+        raise
+    if audio.embedding.speech_ms < need_ms:
+        raise insufficient(action, audio.embedding.speech_ms, need_ms)
+    return audio
+
+
+# -- text-dependent verification (issue #16 item 2, docs/passphrase.md) --------------------
+@functools.lru_cache(maxsize=1)
+def content_calibration() -> ContentCalibration:
+    """engine/data/calibration-passphrase.json, read once."""
+    return ContentCalibration.load()
+
+
+def no_passphrase(user_id: str) -> ApiError:
+    return ApiError(409, "NO_PASSPHRASE", f"user_id '{user_id}' has no registered passphrase for text dependent "
+                                          "verification (registered before vbgw kept passphrases, or through the "
+                                          "OCP API); call update with the passphrase, or verify with "
+                                          "text_dependent=false")
+
+
+async def phrase_templates(engine: Engine, audio: Audio, stored: bytes | None) -> bytes | None:
+    """The user's passphrase templates after adding each accepted source of `audio` (register:
+    `stored` None; update: the stored ones, or a fresh model when they are of another feature
+    version). None when no source has a phrase and nothing was stored."""
+    model = PassphraseModel()
+    if stored is not None:
+        try:
+            model = PassphraseModel.from_bytes(stored)
+        except PassphraseError:
+            model = PassphraseModel()
+        if model.feature_id != FEATURE_ID:
+            model = PassphraseModel()          # other features: this update registers the phrase anew
+    added = 0
+    for src in audio.sources:
+        if src.accepted and src.pcm is not None:
+            feats = await engine.run_file_work(functools.partial(engine.phrase_features, src.pcm))
+            if feats is not None:
+                model.add(feats)
+                added += 1
+    if not added and stored is None:
+        return None
+    return model.to_bytes()
+
+
+@dataclass(frozen=True)
+class PhraseCheck:
+    """The content llr of a verification attempt against the user's registered passphrase."""
+    llr: float
+    cost: float
+
+
+async def check_phrase(engine: Engine, stored: bytes, pcm: np.ndarray, user_id: str) -> PhraseCheck:
+    """Align the attempt against the registered utterances (engine.passphrase); no phrase in
+    the attempt is the document's insufficient-speech error, unusable templates need an update."""
+    try:
+        model = PassphraseModel.from_bytes(stored)
+    except PassphraseError:
+        raise no_passphrase(user_id) from None
+    feats = await engine.run_file_work(lambda: engine.phrase_features(pcm))
+    if feats is None:
+        raise InsufficientSpeech("the audio has no spoken phrase to compare with the registered one")
+    cal = content_calibration()
+    try:
+        cs = await engine.run_file_work(lambda: model.score(feats, cal))
+    except PassphraseError:
+        raise no_passphrase(user_id) from None
+    return PhraseCheck(cs.llr, cs.cost)
+
+
+def text_dependent_confidence(voice_llr: float, phrase: PhraseCheck, pass_llr: float, high_llr: float,
+                              sensitivity: float) -> tuple[bool, float]:
+    """(verified, confidence) of voice AND phrase: the smaller of the two margins on the voice
+    scale (engine.passphrase.text_dependent_llr), so confidence = min(voice confidence,
+    content confidence) and verified = the voice passes and the phrase passes. `pass_llr` and
+    `high_llr` are the voice's TRUE_LOW and TRUE_HIGH; the sensitivity moves them and the
+    content's thresholds by the same llr units."""
+    cal = content_calibration()
+    p, h = pass_llr + sensitivity, high_llr + sensitivity
+    td = text_dependent_llr(voice_llr, phrase.llr, p, max(h - p, MIN_CONFIDENCE_SPAN),
+                            cal.pass_llr + sensitivity, cal.high_llr - cal.pass_llr)
+    return confidence(td, p, h)
+
+
+# -- wav_file_url (issue #16 item 3, docs/url-sources.md) ----------------------------------
+def fetchable_url(url: str) -> str:
+    """The URL to fetch for a `wav_file_url` as given: the document's examples name no scheme
+    (`my.wav.files.com/get_wav?filename=bob123.wav`), so one without a scheme is fetched over
+    https; the `source` reported stays the string as supplied."""
+    return url if "://" in url else "https://" + url
+
+
+def check_urls(fetcher: UrlFetcher, urls: list[str]) -> None:
+    """Refuse before any download or audio work: the allow-list, scheme, port, IP literals."""
+    for url in urls:
+        try:
+            fetcher.check_url(fetchable_url(url))
+        except FetchError as exc:
+            raise download_error(exc) from None
+
+
+def download_error(exc: FetchError) -> ApiError:
+    """Aculab's published error for a failed download is 400 "Exception downloading audio";
+    vbgw_code is the fetcher's stable code (docs/url-sources.md), the text says why, naming the
+    host, never the URL (it may carry a pre-signed query)."""
+    return ApiError(400, exc.code, f"Exception downloading audio: {exc.message}")
+
+
+async def fetch_sources(fetcher: UrlFetcher, urls: list[str]) -> list[tuple[str, bytes]]:
+    """Download each `wav_file_url` (one at a time: each may be fetcher.max_bytes); the source
+    name is the URL as supplied. Any failed download fails the request (nothing analysed)."""
+    check_urls(fetcher, urls)
+    out: list[tuple[str, bytes]] = []
+    for url in urls:
+        try:
+            got = await fetcher.fetch(fetchable_url(url))
+        except FetchError as exc:
+            raise download_error(exc) from None
+        out.append((url, got.body))
+    return out
+
+
 # -- the API's actions -----------------------------------------------------------------------
 def _not_found(user_id: str) -> ApiError:
     return ApiError(400, "USER_NOT_FOUND", f"user_id '{user_id}' not found")
@@ -217,7 +393,8 @@ def _not_registered(user_id: str) -> ApiError:
 class AculabUsers:
     def __init__(self, store: Repository, engine: Engine, uploads: Uploads, users: Users, verifier: Verifier,
                  fraud: FraudService, metrics: Metrics, keep_verify_fingerprints: int,
-                 verify_fingerprint_retention_s: float = 90 * 86400.0):
+                 verify_fingerprint_retention_s: float = 90 * 86400.0, aculab_cfg: AculabConfig | None = None):
+        self.aculab_cfg = aculab_cfg or AculabConfig()
         self.store = store
         self.engine = engine
         self.uploads = uploads
@@ -243,26 +420,46 @@ class AculabUsers:
         existing = await self.store.get_user(scope.profile.id, user_id)
         if existing is not None and existing.status == "OPTED_OUT" and not opt_in:
             raise _opted_out(user_id)           # before the audio's analysis: no CPU for a refusal
-        audio = await analyse(self.engine, self.uploads, named)
+        need = self.minimums(scope).register_ms
+        audio = await analyse_for(self.engine, self.uploads, named, "register", need)
         fp = await self.uploads.fingerprint(audio.pcm)
+        # The passphrase templates are always kept: register has no text_dependent parameter,
+        # and verify's default is text dependent (docs/passphrase.md).
+        phrase = await phrase_templates(self.engine, audio, None)
         try:
-            await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
-                                            opt_in=opt_in, require_new=True, origin=ORIGIN)
+            await self._enrol(scope, user_id, audio, instance_id, fp, need, phrase, "register",
+                              opt_in=opt_in, require_new=True)
         except ApiError as exc:
             if exc.code == "USER_OPTED_OUT":       # opted out while the audio was analysed
                 raise _opted_out(user_id) from None
             raise
         return audio
 
+    def minimums(self, scope: KeyScope) -> SpeechMinimums:
+        return speech_minimums(scope.key, self.aculab_cfg)
+
+    async def _enrol(self, scope: KeyScope, user_id: str, audio: Audio, instance_id: str, fp: bytes | None,
+                     need: int, phrase: bytes | None, action: str, **kw) -> None:
+        """The one enrolment path (gateway/services/users.py) with this key's minimum; its
+        low-data refusal (and vb_enrolment failure event) answered as the document's error."""
+        try:
+            await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
+                                            origin=ORIGIN, min_speech_ms=need, passphrase=phrase, **kw)
+        except ApiError as exc:
+            if exc.code == "LOW_DATA":
+                raise insufficient(action, audio.embedding.speech_ms, need) from None
+            raise
+
     async def update(self, scope: KeyScope, user_id: str, named: list[tuple[str, bytes]],
                      instance_id: str) -> Audio:
         if await self.registered_user(scope.profile, user_id) is None:
             raise _not_found(user_id)
-        audio = await analyse(self.engine, self.uploads, named)
+        need = self.minimums(scope).update_ms
+        audio = await analyse_for(self.engine, self.uploads, named, "update", need)
         fp = await self.uploads.fingerprint(audio.pcm)
+        phrase = await phrase_templates(self.engine, audio, await self.store.passphrase(scope.profile.id, user_id))
         try:
-            await self.users.enrol_embedding(scope.profile, user_id, {}, audio.embedding, instance_id, fp,
-                                            origin=ORIGIN)
+            await self._enrol(scope, user_id, audio, instance_id, fp, need, phrase, "update")
         except ApiError as exc:
             if exc.code == "USER_OPTED_OUT":       # deleted while the audio was analysed
                 raise _not_found(user_id) from None
@@ -270,9 +467,12 @@ class AculabUsers:
         return audio
 
     async def verify(self, scope: KeyScope, user_id: str, named: list[tuple[str, bytes]], instance_id: str,
-                     sensitivity: float, enable_pad: bool) -> tuple[Audio, bool, float, dict | None]:
+                     sensitivity: float, enable_pad: bool,
+                     text_dependent: bool = False) -> tuple[Audio, bool, float, dict | None]:
         """(audio, verified, confidence, pad_detected). The audio's fingerprint is kept as a
-        VERIFY fingerprint of the user whatever the outcome, so sending it again is TypeA."""
+        VERIFY fingerprint of the user whatever the outcome, so sending it again is TypeA.
+        `text_dependent`: the voice AND the registered passphrase (text_dependent_confidence);
+        else the voice alone."""
         profile = scope.profile
         user = await self.registered_user(profile, user_id)
         if user is None:
@@ -280,17 +480,24 @@ class AculabUsers:
         if user.status == "RE_ENROLL":
             raise ApiError(409, "RE_ENROLL", f"user_id '{user_id}' was registered with another speaker model; "
                                              "call update with new audio first")
-        audio = await analyse(self.engine, self.uploads, named)
-        r = (await self.verifier.score(profile, audio.embedding, [user_id], None))[0]
+        stored_phrase = await self.store.passphrase(profile.id, user_id) if text_dependent else None
+        if text_dependent and stored_phrase is None:
+            raise no_passphrase(user_id)
+        need = self.minimums(scope).verify_ms
+        audio = await analyse_for(self.engine, self.uploads, named, "verify", need)
+        r = (await self.verifier.score(profile, audio.embedding, [user_id], None, min_speech_ms=need))[0]
         if r.voiceprint_id is None:
             if r.error_type in ("NO_SPEECH", "NOT_ENOUGH_SPEECH"):
-                raise ApiError(422, "LOW_DATA", f"verification needs {profile.settings.early_speech_ms} ms of "
-                                                f"speech; the audio has {audio.embedding.speech_ms} ms")
+                raise insufficient("verify", audio.embedding.speech_ms, need)
             raise _not_found(user_id)              # deleted or re-modelled meanwhile
         th = self.engine.thresholds(band_targets(profile))
-        # Sensitivity moves both thresholds by that many llr units (natural log): +1 asks for
-        # e times more evidence that it is the same speaker.
-        verified, conf = confidence(r.llr, th["TRUE_LOW"] + sensitivity, th["TRUE_HIGH"] + sensitivity)
+        if stored_phrase is not None:
+            phrase = await check_phrase(self.engine, stored_phrase, audio.pcm, user_id)
+            verified, conf = text_dependent_confidence(r.llr, phrase, th["TRUE_LOW"], th["TRUE_HIGH"], sensitivity)
+        else:
+            # Sensitivity moves both thresholds by that many llr units (natural log): +1 asks for
+            # e times more evidence that it is the same speaker.
+            verified, conf = confidence(r.llr, th["TRUE_LOW"] + sensitivity, th["TRUE_HIGH"] + sensitivity)
         fp = await self.uploads.fingerprint(audio.pcm)
         pad = await self._pad(profile, user_id, fp, audio.pcm) if enable_pad else None
         if fp is not None:

@@ -167,16 +167,20 @@ class Users:
     async def enrol_embedding(self, profile: Profile, user_id: str, biokeys: dict[str, str] | list[StoredBiokey],
                               emb: Embedding | None, dialog_id: str, fingerprint: bytes | None, *,
                               audio_paths: list[str] | None = None, opt_in: bool = False, require_new: bool = False,
-                              origin: str = "Batch") -> tuple[User, int]:
+                              origin: str = "Batch", min_speech_ms: int | None = None,
+                              passphrase: bytes | None = None) -> tuple[User, int]:
         """Enrol (or merge into) `user_id` from an embedding of uploaded audio (no session).
         `biokeys`: plain values, or their stored form from stored_biokeys (a queued job keeps
-        no sensitive value in the clear)."""
+        no sensitive value in the clear). `min_speech_ms`: the caller's minimum instead of the
+        profile's (the Aculab API's, per user group key); `passphrase`: the user's passphrase
+        templates, stored with the voiceprint (EnrolmentWrite.passphrase)."""
         uid_key = next(b.key for b in profile.settings.biokeys if b.is_user_id)
         stored = biokeys if isinstance(biokeys, list) else self.stored_biokeys(profile, biokeys)
         stored = [b for b in stored if b.key != uid_key]
         stored.append(StoredBiokey(uid_key, user_id, False))
         return await self._enrol(profile, user_id, stored, emb, dialog_id, opt_in, None, audio_paths,
-                                 fingerprint=fingerprint, require_new=require_new, origin=origin)
+                                 fingerprint=fingerprint, require_new=require_new, origin=origin,
+                                 min_speech_ms=min_speech_ms, passphrase=passphrase)
 
     def _audio_folder(self, profile_id: str, user_id: str) -> Path:
         return self.audio_dir / profile_id / self.keyring.bio_user_id(profile_id, user_id)[:32]
@@ -218,8 +222,9 @@ class Users:
 
     async def _enrol(self, profile: Profile, uid: str, stored: list[StoredBiokey], emb: Embedding | None,
                      dialog_id: str, opt_in: bool, c: Caller | None, audio_paths: list[str] | None = None,
-                     fingerprint: bytes | None = None, require_new: bool = False, origin: str = "Batch"):
-        need = profile.settings.enrol_min_speech_ms
+                     fingerprint: bytes | None = None, require_new: bool = False, origin: str = "Batch",
+                     min_speech_ms: int | None = None, passphrase: bytes | None = None):
+        need = profile.settings.enrol_min_speech_ms if min_speech_ms is None else min_speech_ms
         have = emb.speech_ms if emb is not None else 0
         existing = await self.store.get_user(profile.id, uid)
         self._refuse_opted_out(existing, uid, opt_in)
@@ -237,7 +242,7 @@ class Users:
             user, vp = await self.store.enrol(EnrolmentWrite(
                 profile.id, uid, stored, np.asarray(emb.vector, np.float32).tobytes(), emb.speech_ms,
                 emb.model, info.extractor_version, info.plda_version, dialog_id, opt_in, audio_paths or [],
-                fingerprint, require_new))
+                fingerprint, require_new, passphrase))
         except OptedOutError as exc:
             raise ApiError(409, "USER_OPTED_OUT", str(exc)) from None
         except Conflict as exc:

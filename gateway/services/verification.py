@@ -47,11 +47,13 @@ class Verifier:
 
     async def score(self, profile: Profile, emb: Embedding | None, user_ids: list[str],
                     change: SpeakerChange | None, result_type: str = "ONDEMAND", delayed: bool = False,
-                    dialog: "Dialog | None" = None) -> list[VerificationRow]:
+                    dialog: "Dialog | None" = None, min_speech_ms: int | None = None) -> list[VerificationRow]:
         """Per-user results, best first. With the live call `dialog`, scored rows of on-demand
         and NORMAL results get `pad_detected` (gateway/services/fraud.py); audio uploaded as a
-        file has no live fraud signals."""
+        file has no live fraud signals. `min_speech_ms`: the caller's least speech to score
+        instead of the profile's early_speech_ms (the Aculab API's, per user group key)."""
         speech = emb.speech_ms if emb is not None else 0
+        need = profile.settings.early_speech_ms if min_speech_ms is None else max(min_speech_ms, NO_DATA_MS)
         vps = await self.store.voiceprints(profile.id, user_ids)
         targets = band_targets(profile)
         out = []
@@ -67,7 +69,7 @@ class Verifier:
                               error_type=await self._not_scored_reason(profile, uid, vp is not None))
             elif emb is None or speech < NO_DATA_MS:
                 row = replace(base, bio_result="NO_DATA", error_type="NO_SPEECH")
-            elif speech < profile.settings.early_speech_ms:
+            elif speech < need:
                 row = replace(base, bio_result="LOW_DATA", error_type="NOT_ENOUGH_SPEECH")
             else:
                 s = self.engine.score(emb, np.frombuffer(vp.vector, np.float32))

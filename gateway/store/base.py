@@ -225,6 +225,33 @@ class StoredFingerprint:
     created_ms: int
 
 
+# Bounds of the per-key speech minimums (ms of net speech): the shortest lengths
+# `vbgw bench duration` measured (1 s tests, 4 s enrolments; docs/benchmarks.md "Speech length")
+# up to the seed's 60 s of audio. Below them nothing says the score means anything.
+MIN_VERIFY_SPEECH_MS = 1000
+MIN_REGISTER_SPEECH_MS = 4000
+MAX_SPEECH_MS = 60000
+
+
+class UserGroupKeySettings(BaseModel):
+    """A user group key's own settings for the Aculab Users API (`vbgw admin user-group-key`
+    options); None: the gateway's `[aculab]` default (docs/aculab-users-api.md "Speech minimums")."""
+    model_config = ConfigDict(extra="forbid")
+    register_min_speech_ms: int | None = Field(default=None, ge=MIN_REGISTER_SPEECH_MS, le=MAX_SPEECH_MS)
+    update_min_speech_ms: int | None = Field(default=None, ge=MIN_VERIFY_SPEECH_MS, le=MAX_SPEECH_MS)
+    verify_min_speech_ms: int | None = Field(default=None, ge=MIN_VERIFY_SPEECH_MS, le=MAX_SPEECH_MS)
+
+
+def key_settings_json(settings: UserGroupKeySettings) -> str | None:
+    """A key's settings as stored (NULL when it has none of its own)."""
+    own = settings.model_dump(exclude_none=True)
+    return settings.model_dump_json(exclude_none=True) if own else None
+
+
+def key_settings(stored: str | None) -> UserGroupKeySettings:
+    return UserGroupKeySettings.model_validate_json(stored) if stored else UserGroupKeySettings()
+
+
 @dataclass(frozen=True)
 class UserGroupKey:
     """An Aculab-style User Group Key (HTTP Basic password of the Aculab Users API): reaches
@@ -234,6 +261,7 @@ class UserGroupKey:
     group_id: str
     profile_id: str
     name: str
+    settings: UserGroupKeySettings = field(default_factory=UserGroupKeySettings)
 
 
 @dataclass(frozen=True)
@@ -319,6 +347,9 @@ class EnrolmentWrite:
     audio_paths: list[str] = field(default_factory=list)
     fingerprint: bytes | None = None     # landmark hashes of the enrolment audio (ENROL)
     require_new: bool = False            # Conflict if the user is already enrolled (Aculab register)
+    # The user's passphrase templates after this enrolment (engine.passphrase blob; Aculab
+    # register/update), stored sealed with the voiceprint; None leaves the stored ones as they are.
+    passphrase: bytes | None = None
 
 
 class StoreError(Exception):
@@ -474,9 +505,15 @@ class Repository(abc.ABC):
     # Aculab Users API: user group keys and per-user verification counts
     @abc.abstractmethod
     async def create_user_group_key(self, tenant_id: str, group_id: str, profile_id: str, name: str,
-                                    key_hash: str) -> UserGroupKey: ...
+                                    key_hash: str, settings: UserGroupKeySettings | None = None) -> UserGroupKey: ...
     @abc.abstractmethod
     async def find_user_group_key(self, key_hash: str) -> UserGroupKey | None: ...
+    @abc.abstractmethod
+    async def set_user_group_key_settings(self, key_id: str, settings: UserGroupKeySettings) -> bool:
+        """Replace a key's settings; False if there is no such key."""
+    @abc.abstractmethod
+    async def passphrase(self, profile_id: str, user_id: str) -> bytes | None:
+        """The registered passphrase templates of an ENROLLED or RE_ENROLL user (None: none)."""
     @abc.abstractmethod
     async def list_user_group_keys(self, tenant_id: str | None = None) -> list[Credential]: ...
     @abc.abstractmethod

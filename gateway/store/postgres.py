@@ -32,7 +32,8 @@ from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AculabCall, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
     Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
-    StoredFingerprint, StoreUnavailable, Tenant, User, UserGroupKey, VerificationStats, Voiceprint,
+    StoredFingerprint, StoreUnavailable, Tenant, User, UserGroupKey, UserGroupKeySettings, VerificationStats,
+    Voiceprint, key_settings, key_settings_json,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS, SEALED
@@ -458,6 +459,11 @@ class PostgresRepository(Repository):
                 await c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms, key_id)"
                                 " VALUES ($1,'ENROL',$2,$3,$4,$5,$6)", row_id, w.dialog_id, fp,
                                 len(w.fingerprint) // 8, t, fkid)
+            if w.passphrase is not None:
+                pp, pkid = seal_opt(self.keys, w.passphrase, aad("passphrases", row_id))
+                await c.execute("INSERT INTO passphrases (user_row, model, created_ms, updated_ms, key_id)"
+                                " VALUES ($1,$2,$3,$3,$4) ON CONFLICT (user_row) DO UPDATE SET model=excluded.model,"
+                                " updated_ms=excluded.updated_ms, key_id=excluded.key_id", row_id, pp, t, pkid)
             return await self._user_by_row_id(c, row_id), Voiceprint(
                 vp_id, row_id, w.vector, w.speech_ms, w.model, w.extractor_version, w.plda_version, t)
         return await self._tx(fn)
@@ -486,7 +492,7 @@ class PostgresRepository(Repository):
             for b in await c.fetch("SELECT key, value FROM biokeys WHERE user_row=$1", rid):
                 await c.execute("UPDATE sessions SET custom=(custom::jsonb - $2::text)::text WHERE profile_id=$1"
                                 " AND custom::jsonb ->> $2::text = $3", profile_id, b["key"], b["value"])
-            for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
+            for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats", "passphrases"):
                 await c.execute(f"DELETE FROM {table} WHERE user_row=$1", rid)
             # queued recording enrolments keep no biokeys of the user (they fail: opted out)
             await c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE profile_id=$1 AND user_id=$2",
@@ -730,19 +736,37 @@ class PostgresRepository(Repository):
         return await self._read(fn)
 
     # -- Aculab Users API: user group keys and verification counts ----------------------------
-    async def create_user_group_key(self, tenant_id, group_id, profile_id, name, key_hash) -> UserGroupKey:
+    async def create_user_group_key(self, tenant_id, group_id, profile_id, name, key_hash,
+                                    settings=None) -> UserGroupKey:
         async def fn(c):
-            k = UserGroupKey("ugk_" + uuid.uuid4().hex[:12], tenant_id, group_id, profile_id, name)
+            k = UserGroupKey("ugk_" + uuid.uuid4().hex[:12], tenant_id, group_id, profile_id, name,
+                             settings or UserGroupKeySettings())
             await c.execute("INSERT INTO user_group_keys (id, tenant_id, group_id, profile_id, name, key_hash,"
-                            " created_ms) VALUES ($1,$2,$3,$4,$5,$6,$7)",
-                            k.id, tenant_id, group_id, profile_id, name, key_hash, now_ms())
+                            " created_ms, settings) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                            k.id, tenant_id, group_id, profile_id, name, key_hash, now_ms(),
+                            key_settings_json(k.settings))
             return k
         return await self._tx(fn)
 
     async def find_user_group_key(self, key_hash) -> UserGroupKey | None:
         async def fn(c):
             r = await c.fetchrow("SELECT * FROM user_group_keys WHERE key_hash=$1 AND revoked=0", key_hash)
-            return UserGroupKey(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["name"]) if r else None
+            return UserGroupKey(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["name"],
+                                key_settings(r["settings"])) if r else None
+        return await self._read(fn)
+
+    async def set_user_group_key_settings(self, key_id, settings) -> bool:
+        async def fn(c):
+            return _count(await c.execute("UPDATE user_group_keys SET settings=$1 WHERE id=$2",
+                                          key_settings_json(settings), key_id)) > 0
+        return await self._tx(fn)
+
+    async def passphrase(self, profile_id, user_id) -> bytes | None:
+        async def fn(c):
+            r = await c.fetchrow("SELECT p.* FROM passphrases p JOIN users u ON u.row_id=p.user_row"
+                                 " WHERE u.profile_id=$1 AND u.user_id=$2 AND u.status IN ('ENROLLED', 'RE_ENROLL')",
+                                 profile_id, user_id)
+            return open_opt(self.keys, r["model"], r["key_id"], aad("passphrases", r["user_row"])) if r else None
         return await self._read(fn)
 
     async def list_user_group_keys(self, tenant_id=None) -> list[Credential]:

@@ -18,7 +18,8 @@ from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AculabCall, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
     Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
-    StoredFingerprint, Tenant, User, UserGroupKey, VerificationStats, Voiceprint,
+    StoredFingerprint, Tenant, User, UserGroupKey, UserGroupKeySettings, VerificationStats, Voiceprint,
+    key_settings, key_settings_json,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
 from gateway.store.migrations import MIGRATIONS as _MIGRATIONS, SEALED
@@ -316,6 +317,11 @@ class SqliteRepository(Repository):
                 c.execute("INSERT INTO fingerprints (user_row, kind, dialog_id, hashes, n, created_ms, key_id)"
                           " VALUES (?,?,?,?,?,?,?)", (row_id, "ENROL", w.dialog_id, fp,
                                                       len(w.fingerprint) // 8, t, fkid))
+            if w.passphrase is not None:
+                pp, pkid = seal_opt(self.keys, w.passphrase, aad("passphrases", row_id))
+                c.execute("INSERT INTO passphrases (user_row, model, created_ms, updated_ms, key_id) VALUES (?,?,?,?,?)"
+                          " ON CONFLICT (user_row) DO UPDATE SET model=excluded.model,"
+                          " updated_ms=excluded.updated_ms, key_id=excluded.key_id", (row_id, pp, t, t, pkid))
             return self._user_by_row_id(c, row_id), Voiceprint(vp_id, row_id, w.vector, w.speech_ms, w.model, w.extractor_version,
                                     w.plda_version, t)
         return await self._tx(fn)
@@ -345,7 +351,7 @@ class SqliteRepository(Repository):
                 path = f'$."{b["key"]}"'             # biokey keys are [0-9A-Za-z_+-]: no quoting needed
                 c.execute("UPDATE sessions SET custom=json_remove(custom, ?) WHERE profile_id=?"
                           " AND json_extract(custom, ?) = ?", (path, profile_id, path, b["value"]))
-            for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats"):
+            for table in ("voiceprints", "biokeys", "audio", "fingerprints", "verification_stats", "passphrases"):
                 c.execute(f"DELETE FROM {table} WHERE user_row=?", (rid,))
             # queued recording enrolments keep no biokeys of the user (they fail: opted out)
             c.execute(f"UPDATE recording_jobs SET {EMPTY_BIOKEYS} WHERE profile_id=? AND user_id=?", (profile_id, user_id))
@@ -582,18 +588,35 @@ class SqliteRepository(Repository):
         return await self._run(fn)
 
     # -- Aculab Users API: user group keys and verification counts ----------------------------
-    async def create_user_group_key(self, tenant_id, group_id, profile_id, name, key_hash) -> UserGroupKey:
+    async def create_user_group_key(self, tenant_id, group_id, profile_id, name, key_hash,
+                                    settings=None) -> UserGroupKey:
         def fn(c):
-            k = UserGroupKey("ugk_" + uuid.uuid4().hex[:12], tenant_id, group_id, profile_id, name)
-            c.execute("INSERT INTO user_group_keys (id, tenant_id, group_id, profile_id, name, key_hash, created_ms)"
-                      " VALUES (?,?,?,?,?,?,?)", (k.id, tenant_id, group_id, profile_id, name, key_hash, now_ms()))
+            k = UserGroupKey("ugk_" + uuid.uuid4().hex[:12], tenant_id, group_id, profile_id, name,
+                             settings or UserGroupKeySettings())
+            c.execute("INSERT INTO user_group_keys (id, tenant_id, group_id, profile_id, name, key_hash, created_ms,"
+                      " settings) VALUES (?,?,?,?,?,?,?,?)", (k.id, tenant_id, group_id, profile_id, name, key_hash,
+                                                             now_ms(), key_settings_json(k.settings)))
             return k
         return await self._tx(fn)
 
     async def find_user_group_key(self, key_hash) -> UserGroupKey | None:
         def fn(c):
             r = c.execute("SELECT * FROM user_group_keys WHERE key_hash=? AND revoked=0", (key_hash,)).fetchone()
-            return UserGroupKey(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["name"]) if r else None
+            return UserGroupKey(r["id"], r["tenant_id"], r["group_id"], r["profile_id"], r["name"],
+                                key_settings(r["settings"])) if r else None
+        return await self._run(fn)
+
+    async def set_user_group_key_settings(self, key_id, settings) -> bool:
+        def fn(c):
+            return c.execute("UPDATE user_group_keys SET settings=? WHERE id=?",
+                             (key_settings_json(settings), key_id)).rowcount > 0
+        return await self._tx(fn)
+
+    async def passphrase(self, profile_id, user_id) -> bytes | None:
+        def fn(c):
+            r = c.execute("SELECT p.* FROM passphrases p JOIN users u ON u.row_id=p.user_row WHERE u.profile_id=?"
+                          " AND u.user_id=? AND u.status IN ('ENROLLED', 'RE_ENROLL')", (profile_id, user_id)).fetchone()
+            return open_opt(self.keys, r["model"], r["key_id"], aad("passphrases", r["user_row"])) if r else None
         return await self._run(fn)
 
     async def list_user_group_keys(self, tenant_id=None) -> list[Credential]:

@@ -21,8 +21,9 @@ from connectors import aculab_ws
 from gateway.web.websocket import READ_ERROR_CLOSE_CODES, ReportingWebSocket, open_socket
 from gateway.services.aculab import (
     MAX_SOURCES, UNNAMED, USER_ID_CHARS_MESSAGE, USER_ID_RE, AculabCosts, AculabUsers, Audio, KeyScope, authenticate,
-    new_application_instance_id, new_transaction_id,
+    fetch_sources, new_application_instance_id, new_transaction_id,
 )
+from gateway.infra.fetch import UrlFetcher
 from gateway.web.forms import form_parts
 from gateway.web.routing import RouteTable
 from gateway.web.appkeys import SERVICES, SETTINGS
@@ -67,7 +68,8 @@ class RegisterParams(UserParams):
 class VerifyParams(UserParams):
     # allow_inf_nan: "nan" is not a sensitivity (it compared as neither above nor below the range)
     sensitivity: float = Field(default=0.0, ge=-10.0, le=10.0, allow_inf_nan=False)
-    text_dependent: bool = Field(default=True, description="Accepted and ignored for scoring: vbgw is text-independent")
+    text_dependent: bool = Field(default=True, description="true: the registered passphrase AND the voice "
+                                                           "(docs/passphrase.md); false: the voice alone")
     enable_pad: bool = False
 
 
@@ -144,7 +146,8 @@ class WebSocketUrl(BaseModel):
 
 
 class AculabErrorBody(BaseModel):
-    code: str = Field(description="\"HTTP <status>\"")
+    code: str = Field(description="\"HTTP <status>\", or an engine error's code without the prefix "
+                                  "(\"422\": insufficient speech)")
     text: str
     link: str
     datetime: str
@@ -166,9 +169,12 @@ def _render(model: BaseModel, keep_nulls: bool = False) -> web.Response:
 
 
 def aculab_error(request: web.Request, received: float, action: str, status: int, code: str,
-                 message: str, headers: dict[str, str] | None = None) -> web.Response:
+                 message: str, headers: dict[str, str] | None = None, engine_code: str | None = None) -> web.Response:
+    """The seed's envelope. `engine_code`: an engine error (the document: "an underlying Voice
+    Biometrics engine error that has no prefix"), whose text is its own description."""
+    text = scrub(message) if engine_code else f"{PHRASES.get(status, 'Error')}: {scrub(message)}"
     body = AculabErrorResponse(
-        error=AculabErrorBody(code=f"HTTP {status}", text=f"{PHRASES.get(status, 'Error')}: {scrub(message)}",
+        error=AculabErrorBody(code=engine_code or f"HTTP {status}", text=text,
                               link=DOC_LINK + action, datetime=aculab_datetime(time.time()), vbgw_code=code),
         request=AculabRequestInfo(url=request.path, datetime=aculab_datetime(received)))
     headers = dict(headers or {})
@@ -193,7 +199,8 @@ def _with_envelope(fn, action: str):
             if err is None:
                 err = internal_error(request, exc)
             services.metrics.inc("vbgw_errors_total", code=err.code)
-            return aculab_error(request, received, action, err.status, err.code, err.message, err.headers)
+            return aculab_error(request, received, action, err.status, err.code, err.message, err.headers,
+                                getattr(err, "engine_code", None))
     return wrapped
 
 
@@ -236,9 +243,9 @@ async def _params(request: web.Request, model: type[Params]) -> Params:
 
 async def _audio_parts(request: web.Request) -> list[tuple[str, bytes]]:
     """PUT: the body is one WAV file. POST: multipart/form-data parts Source1, Source2, ..."""
-    if request.query.getall("wav_file_url", []):
-        raise ApiError(501, "WAV_FILE_URL_UNSUPPORTED", "vbgw does not download audio from wav_file_url; "
-                                                        "send the wav files in the request body")
+    urls = request.query.getall("wav_file_url", [])
+    if urls:
+        return await _url_parts(request, urls)
     if request.method == "PUT":
         return [(UNNAMED, await request.read())]
     if not request.content_type.startswith("multipart/"):
@@ -262,6 +269,50 @@ async def _audio_parts(request: web.Request) -> list[tuple[str, bytes]]:
 
 def _sources(audio: Audio) -> list[SourceResult]:
     return [SourceResult(source=s.name, accepted=s.accepted) for s in audio.sources]
+
+
+# -- wav_file_url (issue #16 item 3; docs/aculab-users-api.md "wav_file_url") ---------------
+# The app's one fetcher for wav_file_url (gateway/infra/fetch.py, under [fetch]); tests set
+# FETCH_RESOLVER (an aiohttp resolver for their host names) before the app starts.
+URL_FETCHER: web.AppKey[UrlFetcher] = web.AppKey("aculab_url_fetcher", UrlFetcher)
+FETCH_RESOLVER: web.AppKey[object] = web.AppKey("aculab_fetch_resolver", object)
+
+
+async def fetcher_lifecycle(app: web.Application):
+    fetcher = UrlFetcher(app[SETTINGS].fetch, resolver=app.get(FETCH_RESOLVER))   # type: ignore[arg-type]
+    app[URL_FETCHER] = fetcher
+    yield
+    await fetcher.close()
+
+
+def _refuse_urls_on_get(request: web.Request) -> None:
+    """GET answers a WebSocket URL and the audio comes on the socket: a wav_file_url here
+    would be silently unused, so it is refused."""
+    if request.query.getall("wav_file_url", []):
+        raise ApiError(400, "WAV_FILE_URL_NOT_FOR_GET", "wav_file_url cannot be used with GET (the audio is "
+                                                        "streamed on the returned WebSocket); use POST with "
+                                                        "wav_file_url instead")
+
+
+async def _url_parts(request: web.Request, urls: list[str]) -> list[tuple[str, bytes]]:
+    """The sources named by wav_file_url, downloaded through the SSRF-safe fetcher. Where the
+    document takes them: POST (repeatable; verify with text_dependent true takes one), and
+    PUT verify with an empty body (its example); never with audio in the body as well."""
+    action = request.path.rsplit("/", 1)[-1]
+    if request.method == "PUT" and action != "verify":
+        raise ApiError(400, "WAV_FILE_URL_NOT_FOR_PUT", "wav_file_url is not supported for PUT, use POST instead")
+    if request.content_type.startswith("multipart/") or (request.method == "PUT" and request.can_read_body
+                                                         and await request.read()):
+        raise ApiError(400, "AUDIO_TWICE", "supply the audio either as wav_file_url or in the request body, "
+                                           "not both")
+    if len(urls) > MAX_SOURCES:
+        raise ApiError(400, "TOO_MANY_SOURCES", f"at most {MAX_SOURCES} wav files per request")
+    if action == "verify" and len(urls) > 1 and (await _params(request, VerifyParams)).text_dependent:
+        raise ApiError(400, "TOO_MANY_SOURCES", "with text_dependent true, verify takes one wav file; "
+                                                "set text_dependent=false to send several")
+    if request.method == "PUT" and len(urls) > 1:
+        raise ApiError(400, "TOO_MANY_SOURCES", "PUT takes one wav_file_url; POST takes several")
+    return await fetch_sources(request.app[URL_FETCHER], urls)
 
 
 # -- one-time WebSocket tickets (the GET form) ----------------------------------------------
@@ -295,7 +346,7 @@ def _issue_ticket(request: web.Request, action: str, scope: KeyScope, params: Us
 def aculab_users(services: Services) -> AculabUsers:
     return AculabUsers(services.store, services.engine, services.uploads, services.users, services.verifier,
                        services.fraud, services.metrics, services.settings.fraud.keep_verify_fingerprints,
-                       services.settings.fraud.verify_fingerprint_retention_s)
+                       services.settings.fraud.verify_fingerprint_retention_s, services.settings.aculab)
 
 
 def aculab_costs(services: Services) -> AculabCosts:
@@ -319,7 +370,7 @@ async def _run_audio_action(services: Services, action: str, scope: KeyScope, pa
             raise ApiError(400, "TOO_MANY_SOURCES", "with text_dependent true, verify takes one wav file; "
                                                     "set text_dependent=false to send several")
         audio, verified, conf, pad = await users.verify(scope, params.user_id, parts, instance_id,
-                                                        params.sensitivity, params.enable_pad)
+                                                        params.sensitivity, params.enable_pad, params.text_dependent)
         log.info("aculab_verified", profile_id=scope.profile.id, transaction_id=tid, verified=verified,
                  pad_type=pad["type"] if pad else None)
         return tid, {"verified": verified, "confidence": conf, "audio": audio,
@@ -341,6 +392,7 @@ async def _audio_action(request: web.Request, action: str) -> web.Response:
     instance_id = new_application_instance_id()
     if request.method == "GET":
         await _params(request, StreamParams)
+        _refuse_urls_on_get(request)
         token = _issue_ticket(request, action, scope, params, instance_id)
         await aculab_costs(services).issued(scope, instance_id, action)
         scheme = "wss" if request.secure else "ws"
@@ -422,6 +474,7 @@ class AculabRouteTable(RouteTable):
     def install(self, app: web.Application) -> None:
         super().install(app)
         app[TICKETS] = {}
+        app.cleanup_ctx.append(fetcher_lifecycle)
         app.router.add_route("GET", PREFIX + "/wss/{action}", stream)
         app.router.add_route("*", APPLICATION_STATUS, _with_envelope(_application_status_methods,
                                                                      "application_status"))
@@ -432,8 +485,10 @@ class AculabRouteTable(RouteTable):
 routes = AculabRouteTable()
 _USER_ID_DOC = "The user's id: a-z A-Z 0-9 . - (1 to 128 characters)"
 _VERIFY_QUERY = {"sensitivity": "-10.0 to 10.0 (default 0.0): positive values make passing harder",
-                 "text_dependent": "true (default) or false; accepted, but vbgw is text-independent",
+                 "text_dependent": "true (default): the registered passphrase and the voice; false: the voice alone",
                  "enable_pad": "true or false (default): include pad_detected when an attack is detected"}
+_URL_QUERY = {"wav_file_url": "a URL of a wav file to download instead of audio in the body (repeatable on POST; "
+                               "hosts on fetch.allowed_hosts only: docs/url-sources.md)"}
 _STREAM_QUERY = {"stream_type": "GET only: \"file\" (the only type)",
                  "format": "GET only: ignored for stream_type file", "sample_rate": "GET only: ignored"}
 _SUMMARIES = {
@@ -462,8 +517,9 @@ _REGISTER_QUERY = {"opt_in": "vbgw: true records the user's explicit consent; ne
 for _action in AUDIO_ACTIONS:
     _handler = functools.partial(_audio_action, action=_action)
     _extra = {"verify": _VERIFY_QUERY, "register": _REGISTER_QUERY}.get(_action, {})
-    _add("PUT", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, _extra)
-    _add("POST", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, _extra)
+    _add("PUT", _action, _handler, VerifyResult if _action == "verify" else EnrolResult,
+         {**_extra, **_URL_QUERY} if _action == "verify" else _extra)
+    _add("POST", _action, _handler, VerifyResult if _action == "verify" else EnrolResult, {**_extra, **_URL_QUERY})
     _add("GET", _action, _handler, WebSocketUrl, {**_extra, **_STREAM_QUERY})
 _RESPONSES: dict[str, type[BaseModel]] = {"stats": StatsResult, "exists": ExistsResult, "delete": DeleteResult}
 for _action, _h in _HANDLERS.items():
@@ -514,7 +570,8 @@ def websocket_reject(exc: ApiError, action: str) -> dict:
     """The reject event: the table's code and reason; the message as the document's example
     words a bad request ("Bad API request, register: user_id Bob is already present.");
     `vbgw_code` is vbgw's stable code, as in the HTTP envelope."""
-    code = websocket_code(exc.status)
+    # Too little speech is HTTP 400 with Aculab's engine code 422 (InsufficientSpeech), 52 here.
+    code = 52 if exc.code == "LOW_DATA" else websocket_code(exc.status)
     message = f"Bad API request, {action}: {exc.message}" if code == 50 else exc.message
     return {"event": "reject", "reason": WS_REASONS[code], "message": message, "code": code, "vbgw_code": exc.code}
 

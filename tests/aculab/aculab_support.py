@@ -85,3 +85,14 @@ def assert_error(status: int, body: dict, want_status: int, vbgw_code: str, acti
     assert err["link"].endswith(f"tab-id={action}") and DATE_RE.match(err["datetime"]), body
     assert req["url"].startswith("/voice_biometrics/v1/") and DATE_RE.match(req["datetime"]), body
     assert "Traceback" not in err["text"]
+
+
+def assert_insufficient_speech(status: int, body: dict, action: str) -> None:
+    """The document's error for too little speech (Aculab's published Voice Biometrics
+    errors): HTTP 400 carrying engine error "422" (no "HTTP" prefix), "Insufficient speaker
+    observations in the audio source"; vbgw_code LOW_DATA."""
+    assert status == 400, body
+    err = body["error"]
+    assert err["code"] == "422" and err["vbgw_code"] == "LOW_DATA", body
+    assert err["text"].startswith("Insufficient speaker observations in the audio source: "), body
+    assert err["link"].endswith(f"tab-id={action}") and DATE_RE.match(err["datetime"]), body

@@ -52,30 +52,31 @@ async def test_register_verify_update_stats_delete(gateway):
     assert status == 200, upd
     assert upd["sources"] == [{"source": "Source1", "accepted": True}]
 
-    status, same = await cl.put("verify", UID, wav_file("1688_test1"))
+    status, same = await cl.put("verify", UID, wav_file("1688_test1"), text_dependent="false")
     assert status == 200, same
     assert same["verified"] is True and same["confidence"] >= 1.0 and "pad_detected" not in same
     assert set(same) == {"application_instance_id", "transaction_id", "verified", "confidence"}
-    status, other = await cl.put("verify", UID, wav_file("1998_test0"))
+    status, other = await cl.put("verify", UID, wav_file("1998_test0"), text_dependent="false")
     assert status == 200, other
     assert other["verified"] is False and 0 < other["confidence"] < 1.0
 
+    # (These recordings are different sentences: text independent. Text dependent: test_text_dependent.py.)
     # The same file again is duplicate audio (TypeA); the verdict itself is unchanged by PAD.
-    status, again = await cl.put("verify", UID, wav_file("1688_test1"), enable_pad="true")
+    status, again = await cl.put("verify", UID, wav_file("1688_test1"), text_dependent="false", enable_pad="true")
     assert status == 200, again
     assert again["pad_detected"] == {"type": "TypeA"}
     assert again["verified"] is True and again["confidence"] == same["confidence"]
     # A fresh recording of the same speaker is not an attack.
-    status, fresh = await cl.put("verify", UID, wav_file("1688_test2"), enable_pad="true")
+    status, fresh = await cl.put("verify", UID, wav_file("1688_test2"), text_dependent="false", enable_pad="true")
     assert status == 200 and fresh["verified"] is True and "pad_detected" not in fresh, fresh
     # The registration audio played back is a replayed recording (TypeB).
-    status, replay = await cl.put("verify", UID, wav_file("1688_enrol0"), enable_pad="true")
+    status, replay = await cl.put("verify", UID, wav_file("1688_enrol0"), text_dependent="false", enable_pad="true")
     assert status == 200 and replay["pad_detected"] == {"type": "TypeB"}, replay
     # Sensitivity moves the thresholds by that many llr units: +10 asks for e^10 times more
     # evidence, so the confidence falls by 2^(10 / (TRUE_HIGH - TRUE_LOW)) (4.8 with the defaults).
-    status, strict = await cl.put("verify", UID, wav_file("1688_test2"), sensitivity="10")
+    status, strict = await cl.put("verify", UID, wav_file("1688_test2"), text_dependent="false", sensitivity="10")
     assert status == 200 and strict["confidence"] < fresh["confidence"] / 3, (strict, fresh)
-    status, lax = await cl.put("verify", UID, wav_file("1998_test0"), sensitivity="-10.0")
+    status, lax = await cl.put("verify", UID, wav_file("1998_test0"), text_dependent="false", sensitivity="-10.0")
     assert status == 200 and lax["confidence"] > other["confidence"] * 3, (lax, other)
 
     status, st = await cl.call("POST", "stats", params={"user_id": UID})
@@ -97,9 +98,10 @@ async def test_register_verify_update_stats_delete(gateway):
     kinds = sorted(k for (k,) in _rows(db, "SELECT kind FROM fingerprints WHERE user_row=?", row[0]))
     assert kinds == ["ENROL", "ENROL"] + ["VERIFY"] * 7
 
+    assert _rows(db, "SELECT count(*) FROM passphrases WHERE user_row=?", row[0]) == [(1,)]   # purged below
     status, gone = await cl.call("GET", "delete", params={"user_id": UID})
     assert status == 200 and gone["user_id"] == UID and DATE_RE.match(gone["deleted"]), gone
-    for table in ("voiceprints", "biokeys", "fingerprints", "audio", "verification_stats"):
+    for table in ("voiceprints", "biokeys", "fingerprints", "audio", "verification_stats", "passphrases"):
         assert _rows(db, f"SELECT count(*) FROM {table} WHERE user_row=?", row[0]) == [(0,)], table
     assert_error(*await cl.call("GET", "exists", params={"user_id": UID}), 404, "NOT_REGISTERED", "exists")
     assert_error(*await cl.call("GET", "stats", params={"user_id": UID}), 404, "NOT_REGISTERED", "stats")
@@ -145,7 +147,8 @@ async def test_websocket_register_and_verify(gateway):
     status, body = await gw.call("GET", URL(got["url"]).path_qs)
     assert_error(status, body, 401, "UNAUTHORIZED", "register")
 
-    status, got = await cl.call("GET", "verify", params={"user_id": "ws-user", "enable_pad": "true"})
+    status, got = await cl.call("GET", "verify", params={"user_id": "ws-user", "enable_pad": "true",
+                                                         "text_dependent": "false"})
     assert status == 200, got
     async with gw.http.ws_connect(got["url"]) as ws:
         await ws.send_bytes(wav_file("1688_test1"))
@@ -173,7 +176,10 @@ async def test_openapi_lists_the_users_api(gateway):
     assert set(ops) == {"put", "post", "get"}
     assert ops["put"]["security"] == [{"user_group_key": []}]
     params = {p["name"]: p["required"] for p in ops["put"]["parameters"]}
-    assert params == {"user_id": True, "sensitivity": False, "text_dependent": False, "enable_pad": False}
+    assert params == {"user_id": True, "sensitivity": False, "text_dependent": False, "enable_pad": False,
+                      "wav_file_url": False}
+    assert "wav_file_url" not in {p["name"] for p in doc["paths"][f"{USERS}/register"]["put"]["parameters"]}
+    assert "wav_file_url" in {p["name"] for p in doc["paths"][f"{USERS}/register"]["post"]["parameters"]}
     assert "AculabErrorResponse" in doc["components"]["schemas"]
     from openapi_spec_validator import validate
     validate(doc)

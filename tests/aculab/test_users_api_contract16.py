@@ -10,7 +10,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from yarl import URL
 
-from aculab_support import DATE_RE, Client, assert_error, pcm, sources, user_group_key, wav_bytes, wav_file
+from aculab_support import DATE_RE, Client, assert_error, assert_insufficient_speech, pcm, sources, user_group_key, wav_bytes, wav_file
 from gateway.errors import ApiError
 from gateway.services.auth import token_hash
 from gateway.web.appkeys import SERVICES
@@ -208,7 +208,7 @@ async def test_messages_are_clear_and_name_only_what_the_client_named(gateway):
     silent = wav_bytes(np.zeros(16000, np.int16))
     status, body = await cl.put("verify", "eve", silent)
     status, body = await cl.put("register", "eve", silent)
-    assert_error(status, body, 422, "LOW_DATA", "register")
+    assert_insufficient_speech(status, body, "register")
     assert "Source1" not in body["error"]["text"], body
     reply = await _ws(gw, cl, "register", silent, user_id="eve")
     assert reply["vbgw_code"] == "LOW_DATA" and "Source1" not in reply["message"], reply

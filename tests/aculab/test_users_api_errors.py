@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from aculab_support import (
-    USERS, Client, assert_error, basic, pcm, raw_basic, sources, user_group_key, wav_bytes, wav_file,
+    USERS, Client, assert_error, assert_insufficient_speech, basic, pcm, raw_basic, sources, user_group_key, wav_bytes, wav_file,
 )
 from gateway.services.aculab import confidence
 from support import admin
@@ -88,7 +88,7 @@ async def test_bad_input_gets_stable_errors(gateway):
                      400, "USER_NOT_FOUND", "update")     # the user is checked before the audio
     # 60 s or less, a-law and 16-bit PCM at 16 kHz are accepted formats (then too little speech here).
     for data in (wav_bytes(speech, subtype="ALAW"), wav_bytes(np.repeat(speech, 2), rate=16000)):
-        assert_error(*await cl.put("register", "dave", data), 422, "LOW_DATA", "register")
+        assert_insufficient_speech(*await cl.put("register", "dave", data), "register")
 
     for uid, code in (("bob smith", "BAD_USER_ID"), ("bob_1", "BAD_USER_ID"), ("x" * 129, "BAD_USER_ID"),
                       ("", "BAD_USER_ID")):
@@ -99,8 +99,9 @@ async def test_bad_input_gets_stable_errors(gateway):
     assert "sensitivity" in body["error"]["text"]
     assert_error(*await cl.put("verify", "dave", wav_file("1688_test1"), enable_pad="maybe"), 400,
                  "BAD_PARAMETER", "verify")
+    # fetch.allowed_hosts is empty by default: no URL is fetched (tests/aculab/test_wav_file_url.py)
     assert_error(*await cl.call("POST", "register", params={"user_id": "dave", "wav_file_url": "http://x/a.wav"}),
-                 501, "WAV_FILE_URL_UNSUPPORTED", "register")
+                 400, "FETCH_DISABLED", "register")
     assert_error(*await cl.call("POST", "register", params={"user_id": "dave"}, data=b"raw"), 415,
                  "UNSUPPORTED_MEDIA_TYPE", "register")
     assert_error(*await cl.call("POST", "register", params={"user_id": "dave"},

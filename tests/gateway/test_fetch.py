@@ -11,33 +11,12 @@ import socket
 
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver
 
 from gateway.infra.config import load_settings
 from gateway.infra.fetch import AddressPolicy, FetchConfig, FetchError, UrlFetcher
+from support import MapResolver, add_hostile_downloads
 
 SERVER_IP = "127.0.0.1"          # where the test server listens; "public" in these tests
-
-
-class MapResolver(AbstractResolver):
-    """name -> address, counting lookups; unknown names fail like a DNS miss."""
-
-    def __init__(self, names: dict[str, str | list[str]]):
-        self.names = names
-        self.calls: list[str] = []
-
-    async def resolve(self, host, port=0, family=socket.AF_INET):
-        self.calls.append(host)
-        addrs = self.names.get(host)
-        if addrs is None:
-            raise OSError(socket.EAI_NONAME, "Name or service not known")
-        addrs = [addrs] if isinstance(addrs, str) else addrs
-        return [{"hostname": host, "host": a, "port": port,
-                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET, "proto": 0,
-                 "flags": socket.AI_NUMERICHOST} for a in addrs]
-
-    async def close(self):
-        pass
 
 
 class FlipResolver(MapResolver):
@@ -80,26 +59,6 @@ async def server(aiohttp_server):
         hits.append(request.path)
         return web.Response(body=b"\0" * 200_000)
 
-    async def big_streamed(request):
-        hits.append(request.path)
-        resp = web.StreamResponse()           # chunked: no Content-Length to refuse early
-        await resp.prepare(request)
-        try:
-            for _ in range(1000):             # would be 64 MB; the client must hang up first
-                await resp.write(b"\0" * 65536)
-        except (ConnectionResetError, asyncio.CancelledError):
-            hits.append("aborted")
-            raise
-        return resp
-
-    async def slow(request):
-        hits.append(request.path)
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"RIFF")
-        await asyncio.sleep(60)               # the fetcher's total timeout is far shorter
-        return resp
-
     async def missing(request):
         hits.append(request.path)
         raise web.HTTPNotFound()
@@ -111,8 +70,7 @@ async def server(aiohttp_server):
     app.router.add_get("/loop-b", loop_b)
     app.router.add_get("/chain/{n}", chain)
     app.router.add_get("/big-declared", big_declared)
-    app.router.add_get("/big-streamed", big_streamed)
-    app.router.add_get("/slow", slow)
+    add_hostile_downloads(app, hits, "/big-streamed", "/slow")     # 64 MB chunked; a stall past the timeout
     app.router.add_get("/missing", missing)
     srv = await aiohttp_server(app, host=SERVER_IP)
     srv.hits = hits

@@ -241,6 +241,35 @@ async def test_user_group_keys_and_verification_stats(repo, profile):
     assert (st.attempts, st.passed) == (3, 2) and st.last_ms > 0
 
 
+async def test_user_group_key_settings_and_passphrases(repo, profile, raw):
+    """Issue #16: a key's own speech minimums; a user's passphrase templates, written with the
+    voiceprint, sealed, kept by an enrolment that brings none, deleted at opt-out."""
+    from gateway.store.base import UserGroupKeySettings
+    own = UserGroupKeySettings(verify_min_speech_ms=3000)
+    k = await repo.create_user_group_key(profile.tenant_id, profile.group_id, profile.id, "k", "ks" * 32, own)
+    assert (await repo.find_user_group_key("ks" * 32)).settings == own
+    assert await repo.set_user_group_key_settings(k.id, UserGroupKeySettings()) is True
+    assert (await repo.find_user_group_key("ks" * 32)).settings == UserGroupKeySettings()
+    assert await raw.one("SELECT settings FROM user_group_keys WHERE id=?", k.id) is None
+    assert await repo.set_user_group_key_settings("ugk_none", own) is False
+    plain = await repo.create_user_group_key(profile.tenant_id, profile.group_id, profile.id, "p", "kp" * 32)
+    assert plain.settings == UserGroupKeySettings()
+
+    assert await repo.passphrase(profile.id, "u1") is None
+    user, _ = await repo.enrol(write(profile.id, "u1", passphrase=b"VBPP-one"))
+    assert await repo.passphrase(profile.id, "u1") == b"VBPP-one"
+    (blob, key_id), = await raw.rows("SELECT model, key_id FROM passphrases WHERE user_row=?", user.row_id)
+    assert key_id is not None and b"VBPP" not in bytes(blob)                # sealed at rest
+    await repo.enrol(write(profile.id, "u1", seed=2))                       # no templates: kept
+    assert await repo.passphrase(profile.id, "u1") == b"VBPP-one"
+    await repo.enrol(write(profile.id, "u1", seed=3, passphrase=b"VBPP-two"))
+    assert await repo.passphrase(profile.id, "u1") == b"VBPP-two"
+    assert await raw.one("SELECT count(*) FROM passphrases WHERE user_row=?", user.row_id) == 1
+    await repo.opt_out(profile.id, "u1")
+    assert await raw.one("SELECT count(*) FROM passphrases WHERE user_row=?", user.row_id) == 0
+    assert await repo.passphrase(profile.id, "u1") is None
+
+
 # -- atomicity and concurrency ------------------------------------------------------------------
 async def test_a_failed_enrolment_write_leaves_nothing_behind(repo, profile, raw):
     # The last statement of the write fails (an audio row without a path): everything before it
