@@ -98,8 +98,8 @@ async def test_user_group_keys_are_listed_without_secrets_and_revoked(gateway, c
     out = await admin(gw.settings, "user-group-key", "--tenant", "acme", "--profile", "retail", "--key-name", "ivr")
     key = out.strip().splitlines()[-1].removeprefix("key=")
     auth = {"Authorization": "Basic " + base64.b64encode(f"acme/bob:{key}".encode()).decode()}
-    status, _ = await gw.call("GET", "/voice_biometrics/v1/user/exists", params={"user_id": "nobody"}, headers=auth)
-    assert status == 200
+    status, body = await gw.call("GET", "/voice_biometrics/v1/user/exists", params={"user_id": "nobody"}, headers=auth)
+    assert status == 404 and body["error"]["vbgw_code"] == "NOT_REGISTERED"     # the key works (issue #16: 404)
     listing = await admin(gw.settings, "user-group-keys")
     assert key not in listing and token_hash(key) not in listing
     rows = [ln.split("\t") for ln in listing.strip().splitlines()]
