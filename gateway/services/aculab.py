@@ -211,13 +211,16 @@ INSUFFICIENT_SPEECH = "Insufficient speaker observations in the audio source"
 class InsufficientSpeech(ApiError):
     """Too little speech to analyse, as Aculab's published Voice Biometrics errors answer it:
     engine error 422 "Insufficient speaker observations in the audio source" (an engine code,
-    so without the "HTTP " prefix) carried by HTTP 400; on the one-time WebSocket, reject code
-    52 ("Audio does not contain sufficient speech"). vbgw_code LOW_DATA."""
+    so without the "HTTP " prefix) carried by HTTP 400 (`http_status`); on the one-time
+    WebSocket, reject code 52 ("Audio does not contain sufficient speech"). `status` stays
+    422, the engine's code, so whatever maps a status to a WebSocket code keeps 422 -> 52.
+    vbgw_code LOW_DATA."""
     engine_code = "422"
+    http_status = 400
     ws_code = 52
 
     def __init__(self, message: str):
-        super().__init__(400, "LOW_DATA", f"{INSUFFICIENT_SPEECH}: {message}")
+        super().__init__(422, "LOW_DATA", f"{INSUFFICIENT_SPEECH}: {message}")
 
 
 @dataclass(frozen=True)

@@ -199,8 +199,9 @@ def _with_envelope(fn, action: str):
             if err is None:
                 err = internal_error(request, exc)
             services.metrics.inc("vbgw_errors_total", code=err.code)
-            return aculab_error(request, received, action, err.status, err.code, err.message, err.headers,
-                                getattr(err, "engine_code", None))
+            # an engine error (InsufficientSpeech) travels in the HTTP status the document gives it
+            return aculab_error(request, received, action, getattr(err, "http_status", err.status), err.code,
+                                err.message, err.headers, getattr(err, "engine_code", None))
     return wrapped
 
 

@@ -96,3 +96,15 @@ async def test_no_phrase_and_no_templates(gateway):
     assert status == 200, upd
     status, body = await cl.put("verify", "george", phrase("358", "george", 30))
     assert status == 200 and body["verified"] is True, body
+
+
+async def test_text_dependent_on_the_one_time_websocket(gateway):
+    cl = await registered(gateway)
+    for audio, want in ((phrase("358", "george", 30), True), (phrase("162", "george", 30), False)):
+        status, got = await cl.call("GET", "verify", params={"user_id": "george"})     # text_dependent: default true
+        assert status == 200, got
+        async with gateway.http.ws_connect(got["url"]) as ws:
+            await ws.send_bytes(audio)
+            await ws.send_json({"event": "audio_sent"})
+            reply = await ws.receive_json()
+        assert reply["event"] == "verify" and reply["verified"] is want, reply
