@@ -202,7 +202,10 @@ class LiveHub:
         if th not in watching and len(watching) >= MAX_TOKENS_PER_CLIENT:
             return await self._error(sid, channel, "TOO_MANY_TOKENS",
                                      f"one connection follows at most {MAX_TOKENS_PER_CLIENT} sessions")
-        dialog = services.sessions.dialog_of(caller, create=True)
+        try:
+            dialog = await services.sessions.call_of(caller, create=True)    # here, or on another instance
+        except ApiError as exc:
+            return await self._error(sid, channel, exc.code, exc.message)
         assert dialog is not None
         self._watch(sid, th, req.token, dialog.key)
         await self.sio.enter_room(sid, room(channel, th), namespace=NAMESPACE)
@@ -217,7 +220,10 @@ class LiveHub:
         if channel == "verification":
             # One verification per call: other users replace it (STARTING and the score so far
             # reach every client of the call); the same users join it.
-            _, started = await dialog.request_verification(req.users)
+            try:
+                _, started = await dialog.request_verification(req.users)
+            except ApiError as exc:             # the call's owner instance does not answer
+                return await self._error(sid, channel, exc.code, exc.message)
             if not started:
                 snapshot += dialog.verification_snapshot()
         else:

@@ -1,0 +1,197 @@
+"""Two `vbgw serve` instances in shared mode behind haproxy (tests/cluster/cluster_support.py):
+a direct stream and an AudioHook stream land on instance A while the agent's Socket.IO client,
+SSE readers and REST calls land on B. Enrolment and on-demand verification asked on B reach
+the call's audio on A; results published on A reach the agent on B through Redis; the events
+are in JetStream, each with its id."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import defaultdict
+
+import socketio
+import websockets
+
+from cluster_support import Cluster, events_of, logs_of
+from gateway.web.socketio import NAMESPACE, PATH
+from live_support import SseReader, speech
+
+ENROL = "1688_enrol0"
+TEST = ("1688_test0", "1688_test1", "1688_test2")      # 12 s of the same speaker
+
+
+class Agent:
+    """A python-socketio client on the instance `route` names (haproxy X-Route)."""
+
+    def __init__(self):
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list] = defaultdict(list)
+        self.changed = asyncio.Event()
+
+        @self.sio.on("*", namespace=NAMESPACE)
+        async def any_event(event, data=None):
+            self.events[event].append(data)
+            self.changed.set()
+
+    async def connect(self, c: Cluster, route: str) -> "Agent":
+        await self.sio.connect(c.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"],
+                               headers={"X-Route": route})
+        return self
+
+    async def ask(self, event: str, token: str, users: str = "") -> dict:
+        return await self.sio.call(event, {"token": token, "users": users, "time": "2024-09-02T12:00:00Z"},
+                                   namespace=NAMESPACE, timeout=20)
+
+    async def wait(self, pred, timeout: float = 30.0):
+        async def loop():
+            while not pred(self.events):
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(loop(), timeout)
+
+    async def close(self):
+        await self.sio.disconnect()
+
+
+class Stream:
+    """A direct-stream call on the instance `route` names, held open between sends."""
+
+    def __init__(self, c: Cluster, route: str, token: str, dialog_id: str):
+        self.c, self.route, self.token, self.dialog_id = c, route, token, dialog_id
+        self.ws = None
+
+    async def __aenter__(self) -> "Stream":
+        self.ws = await websockets.connect(f"{self.c.ws_url}/agent-vb-mw/stream?token={self.token}",
+                                           additional_headers={"X-Route": self.route})
+        await self.ws.send(json.dumps({"encoding": "mulaw", "sample_rate": 8000, "dialog_id": self.dialog_id}))
+        await self.ws.recv()
+        return self
+
+    async def send(self, payload: bytes, speed: float | None = None, frame: int = 1600) -> None:
+        t0 = time.monotonic()
+        for i, start in enumerate(range(0, len(payload), frame)):
+            await self.ws.send(payload[start:start + frame])
+            if speed:
+                delay = t0 + (i + 1) * frame / 8000 / speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+    async def end(self) -> None:
+        await self.ws.send(b"")
+        async for _ in self.ws:
+            pass
+
+    async def __aexit__(self, *exc) -> None:
+        await self.ws.close()
+
+
+async def enrol_on_a_asked_on_b(c: Cluster, user: str = "cust-1688", master: str = "enrol-1") -> str:
+    tok = await c.token(master, route="b")
+    async with Stream(c, "a", tok, master) as s:
+        await s.send(speech(ENROL))
+        await s.end()
+    status, body = await c.call("b", "POST", "/enrol", tok, json={"user_id": user})
+    assert status == 200, (body, logs_of(c))
+    return tok
+
+
+def verify_speech() -> bytes:
+    return b"".join(speech(n) for n in TEST)
+
+
+async def test_stream_on_a_agent_on_b_through_haproxy(cluster):
+    c = cluster
+    # -- enrolment from a call streamed into A, asked for on B ------------------------------
+    tok = await enrol_on_a_asked_on_b(c)
+    status, info = await c.call("b", "GET", "/users/info/cust-1688", tok)
+    assert status == 200 and info["status"] == "ENROLLED", info
+    assert "cluster_joined" in c.a.log() and "cluster_joined" in c.b.log()
+
+    # -- a live call on A, the agent on B: Socket.IO, SSE, on-demand ------------------------
+    tok2 = await c.token("verify-1", route="b")
+    audio = verify_speech()
+    agent = await Agent().connect(c, "b")
+    try:
+        async with Stream(c, "a", tok2, "verify-1") as call:
+            await call.send(audio[:8000], speed=4)                     # the call is open on A
+            assert await agent.ask("verification", tok2, "cust-1688") == {"ok": True}
+            async with c.open_sse("b", "/dialog-status", tok2) as status_resp, \
+                    c.open_sse("b", "/verification", tok2, users="cust-1688") as ver_resp:
+                assert status_resp.status == 200 and ver_resp.status == 200
+                statuses, verification = SseReader(status_resp), SseReader(ver_resp)
+                await call.send(audio[8000:], speed=4)
+                await call.end()
+                status_events = await statuses.rest(timeout=30)
+                ver_events = await verification.rest(timeout=30)
+        seen = [e["data"].get("status") for e in status_events if "event" not in e]
+        assert seen[-1] == "CALL_CLOSED" and "BIO_ACTIVE" in seen, (seen, logs_of(c))
+        assert status_events[-1]["event"] == "end" if "event" in status_events[-1] else True
+        kinds = [row["result_type"] for e in ver_events if isinstance(e["data"], list) for row in e["data"]]
+        assert "EARLY" in kinds and "NORMAL" in kinds, (ver_events, logs_of(c))
+        normal = [row for e in ver_events if isinstance(e["data"], list) for row in e["data"]
+                  if row["result_type"] == "NORMAL"]
+        assert normal[-1]["bio_result"].startswith("TRUE_"), normal
+        # Socket.IO on B got the same results, published on A
+        await agent.wait(lambda ev: any(r["limitType"] == "NORMAL" for batch in ev[f"verification-{tok2}"]
+                                        for r in batch))
+        sio_normal = [r for batch in agent.events[f"verification-{tok2}"] for r in batch if r["limitType"] == "NORMAL"]
+        assert sio_normal[-1]["bioResult"].startswith("TRUE_"), sio_normal
+        assert agent.events[f"clean-speech-{tok2}"], dict(agent.events)
+    finally:
+        await agent.close()
+    # on-demand verification asked on B, answered by A (the call's audio is there)
+    status, od = await c.call("b", "GET", "/verification/ondemand", tok2, params={"users": "cust-1688"})
+    assert status == 200 and od["bio_result"].startswith("TRUE_") and od["speech_millis"] > 5000, od
+    assert "vbgw_cluster_forwarded_total" in await metrics_of(c, "b")
+
+    # -- an AudioHook call on A, the agent on B ---------------------------------------------
+    await audiohook_on_a_agent_on_b(c)
+
+    # -- events in JetStream, each with its id ----------------------------------------------
+    msgs = events_of(await c.jetstream(min_count=2))
+    types = [t for t, _, _ in msgs]
+    assert "vb_enrolment" in types and "vb_verification" in types, types
+    ids = [i for _, _, i in msgs]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+
+
+async def metrics_of(c: Cluster, route: str) -> str:
+    inst = c.a if route == "a" else c.b
+    token = (inst.data_dir / "metrics.token").read_text().strip()
+    async with c.http.get(f"{inst.url}/metrics", headers={"Authorization": f"Bearer {token}"}) as r:
+        return await r.text()
+
+
+async def audiohook_on_a_agent_on_b(c: Cluster) -> None:
+    from audiohook_support import add_org, speech as pcm
+    from tools.audiohook_sim import SimOptions, run_session
+    import numpy as np
+    org_id, api_key, secret, _ = await add_org(c.settings(c.tmp / "admin"))
+    conversation = str(uuid.uuid4())
+    opts = SimOptions(uri=f"{c.a.ws_url}/audiohook/ws", api_key=api_key, client_secret=secret, org_id=org_id,
+                      conversation_id=conversation, custom_config={"userIds": ["cust-1688"]}, speed=1.0)
+    external = np.concatenate([pcm(n) for n in TEST])
+    session = asyncio.create_task(run_session(opts, external))
+    tok = await c.token(conversation, route="b")
+    agent = await Agent().connect(c, "b")
+    try:
+        for _ in range(50):                      # until the call is open on A
+            await asyncio.sleep(0.2)
+            if (await agent.ask("status", tok)) == {"ok": True} and agent.events.get(f"status-{tok}"):
+                break
+        async with c.open_sse("b", "/dialog-status", tok) as resp:
+            events = await SseReader(resp).rest(timeout=40)
+        report = await session
+        assert report.closed and not report.violations, report
+        seen = [e["data"].get("status") for e in events if "event" not in e]
+        assert seen[-1] == "CALL_CLOSED", (seen, logs_of(c))
+        await agent.wait(lambda ev: any(r["limitType"] in ("EARLY", "NORMAL") for batch in ev[f"verification-{tok}"]
+                                        for r in batch))
+        rows = [r for batch in agent.events[f"verification-{tok}"] for r in batch if r["limitType"] != "STARTING"]
+        assert rows[-1]["bioResult"].startswith("TRUE_"), rows
+    finally:
+        await agent.close()
+        if not session.done():
+            session.cancel()
