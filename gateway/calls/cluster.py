@@ -45,6 +45,11 @@ log = structlog.get_logger(__name__)
 
 INSTANCE_LOST = "INSTANCE_LOST"       # the reason of a call whose owner instance died
 UNOWNED = "-"                         # the profile part of an unowned AudioHook call's entry
+# An owner renews its entries every RENEW_EVERY of a lease; a follower declares a call lost once
+# its entry has been absent for LOST_AFTER of a lease (an entry Redis lost in a restart is made
+# again by its live owner well within that time).
+RENEW_EVERY = 0.25
+LOST_AFTER = 0.6
 
 
 def _digest(*parts: Any) -> str:
@@ -574,8 +579,9 @@ class ClusterCallRegistry(LocalCallRegistry):
                 self.bus.seed(key, mirror.entry, mirror.entry_key, state)
 
     async def watch_once(self) -> None:
-        """Followed calls whose owner's entry is gone for half a lease (the owner renews every
-        third of one, also after Redis lost its data) are over for this instance's clients."""
+        """Followed calls whose owner's entry is gone for LOST_AFTER of a lease (the owner renews
+        every RENEW_EVERY of one, also after Redis lost its data) are over for this instance's
+        clients."""
         live = [(k, m) for k, m in self.bus.mirrors.items() if not m.lost]
         if not live:
             return
@@ -589,7 +595,7 @@ class ClusterCallRegistry(LocalCallRegistry):
                 continue                       # re-opened elsewhere: the old owner ends its own call
             if mirror.absent_since is None:
                 mirror.absent_since = now
-            if now - mirror.absent_since >= self.directory.lease_s / 2:
+            if now - mirror.absent_since >= self.directory.lease_s * LOST_AFTER:
                 self._lost(key, mirror)
 
     def _lost(self, key: CallKey, mirror: MirrorState) -> None:
@@ -604,7 +610,7 @@ class ClusterCallRegistry(LocalCallRegistry):
 
     async def _renew_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.directory.lease_s / 3)
+            await asyncio.sleep(self.directory.lease_s * RENEW_EVERY)
             try:
                 await self.directory.renew(self.all())
             except asyncio.CancelledError:
