@@ -211,6 +211,10 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
     link = HttpOwnerLink(app)
     app[LINK] = link
     reg.link = link
+    metrics = app[SERVICES].metrics
+    metrics.gauge("vbgw_cluster_published_messages", lambda: reg.bus.forwarded)    # to Redis, since start
+    metrics.gauge("vbgw_cluster_dropped_messages", lambda: reg.bus.dropped)        # while Redis was away
+    metrics.gauge("vbgw_cluster_followed_calls", lambda: len(reg.bus.mirrors))     # owned by other instances
     await reg.bus.start()
     log.info("cluster_joined", instance=app[SETTINGS].cluster_instance_id, url=app[SETTINGS].cluster_url,
              incarnation=reg.bus.incarnation)
