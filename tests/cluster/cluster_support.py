@@ -288,6 +288,10 @@ async def start_cluster(tmp: Path, pg_dsn: str, lease_s: float = 3.0) -> Cluster
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     pat = out.stdout.strip().splitlines()[-1].removeprefix("pat=")
+    # a second profile of the same group (the ownership rule across instances)
+    subprocess.run([sys.executable, "-m", "gateway.cli", "admin", "--data-dir", str(a.data_dir), "profile",
+                    "--tenant", "acme", "--name", "other"], cwd=REPO, env=a.env, capture_output=True, check=True,
+                   timeout=120)
     a.start()
     b.start()
     lb = haproxy(tmp, a.port, b.port)

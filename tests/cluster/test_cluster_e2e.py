@@ -6,6 +6,7 @@ are in JetStream, each with its id."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 from cluster_support import TEST, Agent, Cluster, Stream, enrol_on_a_asked_on_b, events_of, logs_of, verify_speech
@@ -55,6 +56,19 @@ async def test_stream_on_a_agent_on_b_through_haproxy(cluster):
     status, od = await c.call("b", "GET", "/verification/ondemand", tok2, params={"users": "cust-1688"})
     assert status == 200 and od["bio_result"].startswith("TRUE_") and od["speech_millis"] > 5000, od
     assert "vbgw_cluster_forwarded_total" in await metrics_of(c, "b")
+
+    # the ownership rule across instances: another profile's session on the same masterId
+    # reaches a dialog of its own (on B), with none of the call's audio
+    other = await c.token("verify-1", route="b", profile="other")
+    status, od = await c.call("b", "GET", "/verification/ondemand", other, params={"users": "cust-1688"})
+    assert status == 200 and not od["bio_result"].startswith("TRUE_") and od["speech_millis"] == 0, od
+
+    # the internal routes answer instances of this cluster only
+    async with c.http.get(f"{c.a.url}/internal/cluster/call", params={"key": "[]"}) as r:
+        assert r.status == 401
+    async with c.http.get(f"{c.a.url}/internal/cluster/call", params={"key": "[]"},
+                          headers={"X-VBGW-Cluster": f"b;{int(time.time())};{'0' * 64}"}) as r:
+        assert r.status == 401 and (await r.json())["error"]["code"] == "CLUSTER_AUTH"
 
     # -- an AudioHook call on A, the agent on B ---------------------------------------------
     await audiohook_on_a_agent_on_b(c)
