@@ -209,8 +209,11 @@ class ClusterResultsBus(LocalResultsBus):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ready.wait(), timeout)
 
-    def followed(self) -> list[CallKey]:
-        return list(self.mirrors)
+    def unfollow(self, key: CallKey) -> None:
+        """Stop following a call that has no mirror (its owner could not describe it)."""
+        if key not in self.mirrors:
+            self._want.pop(self.channel(key), None)
+            self._ready.pop(self.channel(key), None)
 
     def forget(self, key: CallKey) -> None:
         super().forget(key)
@@ -234,7 +237,12 @@ class ClusterResultsBus(LocalResultsBus):
         self._tasks = [asyncio.create_task(self._publisher(), name="vbgw-cluster-publish"),
                        asyncio.create_task(self._listener(), name="vbgw-cluster-listen")]
 
-    async def close(self) -> None:
+    async def close(self, flush_s: float = 2.0) -> None:
+        """Stop, after giving what is queued (the calls' last statuses at shutdown) a moment to
+        reach Redis."""
+        deadline = time.monotonic() + flush_s
+        while self._pending and self._tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -259,24 +267,26 @@ class ClusterResultsBus(LocalResultsBus):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = [self._pending[i] for i in range(min(256, len(self._pending)))]
+            batch = [self._pending.popleft() for _ in range(min(256, len(self._pending)))]
             try:
                 pipe = self._redis().pipeline(transaction=False)
                 for ch, text in batch:
                     pipe.publish(ch, text)
                 await pipe.execute()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:                   # noqa: BLE001 - redis-py raises many kinds
+            except BaseException as exc:
+                # not sent: back in front of what came meanwhile, within the bound
+                self._pending.extendleft(reversed(batch))
+                while len(self._pending) > self.max_pending:
+                    self._pending.popleft()
+                    self.dropped += 1
+                if not isinstance(exc, Exception):
+                    raise
                 self._redis_state(False, exc)
                 await asyncio.sleep(backoff + random.uniform(0, backoff))
                 backoff = min(2.0, backoff * 2)
                 continue
             backoff = 0.1
             self._redis_state(True)
-            for _ in batch:
-                if self._pending:
-                    self._pending.popleft()
             self.forwarded += len(batch)
 
     async def _listener(self) -> None:
@@ -396,15 +406,16 @@ class CallDirectory:
         k, v = self.entry_of(d)
         await self.bus._redis().set(k, v, px=int(self.lease_s * 1000))
 
-    async def renew(self, dialogs: list[Dialog]) -> int:
+    async def renew(self, dialogs: list[Dialog]) -> list[bool]:
+        """Renew the entries of `dialogs`; False for a dialog whose entry another instance holds."""
         if not dialogs:
-            return 0
+            return []
         r = self.bus._redis()
         pipe = r.pipeline(transaction=False)
         for d in dialogs:
             k, v = self.entry_of(d)
             pipe.eval(_RENEW, 1, k, v, int(self.lease_s * 1000))
-        return sum(int(x) for x in await pipe.execute())
+        return [bool(int(x)) for x in await pipe.execute()]
 
     async def release(self, d: Dialog, profile_id: str | None = None) -> None:
         k = self.entry_key(d.tenant_id, d.dialog_id, profile_id if profile_id is not None else
@@ -503,6 +514,7 @@ class ClusterCallRegistry(LocalCallRegistry):
         self.bus, self.directory = bus, directory
         self.link: OwnerLink = link       # type: ignore[assignment]  # set by gateway/web/cluster.py
         self._by_key: dict[CallKey, Dialog] = {}
+        self._moved: dict[CallKey, DirectoryEntry] = {}      # local dialogs whose call another instance took
         self._claims: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
         bus.state_of = self.call_state
@@ -543,23 +555,37 @@ class ClusterCallRegistry(LocalCallRegistry):
     async def retire(self, d: Dialog) -> None:
         await super().retire(d)
         self._by_key.pop(d.key, None)
+        self._moved.pop(d.key, None)
         self._spawn(self.directory.release(d), "release")
 
     # -- calls of other instances ----------------------------------------------------------
+    async def owner_of(self, tenant_id: str, dialog_id: str, profile: Profile) -> DirectoryEntry | None:
+        """The directory entry of the session's call when another instance owns it (None: it
+        is, or will be, local). For forwarding a request: nothing is followed."""
+        local = self.for_session(tenant_id, dialog_id, profile)
+        if local is not None and local.key not in self._moved:
+            return None
+        entry = await self.directory.lookup(tenant_id, dialog_id, profile.id)
+        return entry if entry is not None and entry.instance != self.directory.instance else None
+
     async def locate(self, tenant_id: str, dialog_id: str, profile: Profile) -> RemoteCall | None:
-        """The session's call when another instance owns it (None: it is, or will be, local).
-        Raises OwnerUnreachable when the owner is alive in the directory but does not answer."""
-        if self.for_session(tenant_id, dialog_id, profile) is not None:
+        """The session's call when another instance owns it (None: it is, or will be, local;
+        a local dialog whose call moved to another instance is bridged, and new requests go
+        to the new owner)."""
+        entry = await self.owner_of(tenant_id, dialog_id, profile)
+        if entry is None:
             return None
         entry_key = self.directory.entry_key(tenant_id, dialog_id, profile.id)
-        [entry] = await self.directory.lookup_many([entry_key])
-        if entry is None or entry.instance == self.directory.instance:
-            return None
         mirror = self.bus.mirrors.get(entry.key)
         if mirror is None or mirror.lost:
             await self.bus.follow(entry.key)
-            state = await self.link.call_state(entry)
+            try:
+                state = await self.link.call_state(entry)
+            except BaseException:
+                self.bus.unfollow(entry.key)
+                raise
             if state is None:
+                self.bus.unfollow(entry.key)
                 return None                  # the owner no longer has it: a new call, here
             mirror = self.bus.seed(entry.key, entry, entry_key, state)
         mirror.followed_at = time.monotonic()
@@ -608,11 +634,75 @@ class ClusterCallRegistry(LocalCallRegistry):
         mirror.streams, mirror.closed_at = 0, time.time()
         self.bus.publish(key, Status(SYSTEM_ERROR, reason=INSTANCE_LOST))
 
+    async def renew_once(self) -> None:
+        """Renew this instance's entries. A dialog no audio ever reached whose call another
+        instance has taken (the call's audio landed there after a session came here first)
+        is bridged to it: its clients here get the call's results from now on."""
+        dialogs = [d for d in self.all() if d.key not in self._moved]
+        for d, ours in zip(dialogs, await self.directory.renew(dialogs)):
+            if ours or d.streamed:
+                continue
+            entry = await self.directory.lookup(d.tenant_id, d.dialog_id, d.profile.id if d.profile else None)
+            if entry is not None and entry.instance != self.directory.instance and entry.key != d.key:
+                self._moved[d.key] = entry
+                log.info("cluster_call_moved", dialog_id=d.dialog_id, owner=entry.instance)
+                d._spawn(self._bridge(d, entry))
+
+    async def _bridge(self, d: Dialog, entry: DirectoryEntry) -> None:
+        """Relay the call's messages from its new owner onto `d`, whose SSE and Socket.IO
+        clients keep listening to it; a verification asked here before the audio is asked there."""
+        entry_key = self.directory.entry_key(d.tenant_id, d.dialog_id, d.profile.id if d.profile else None)
+        await self.bus.follow(entry.key)
+        sub = self.bus.subscribe(entry.key, maxsize=1024)
+        try:
+            state = await self.link.call_state(entry)
+            if state is None:
+                return                               # the new owner already let it go
+            mirror = self.bus.seed(entry.key, entry, entry_key, state)
+            if d.verification is not None:
+                await self.link.request_verification(entry, list(d.verification.users))
+            last = 0
+            for msg in self.bus.recent(entry.key):
+                last = self._relay(d, msg, mirror, last)
+            while True:
+                got = await sub.get()
+                if got is not None:
+                    mirror.followed_at = time.monotonic()
+                    last = self._relay(d, got, mirror, last)
+        except asyncio.CancelledError:
+            raise
+        except Exception:                            # noqa: BLE001 - the clients here reconnect
+            log.exception("cluster_bridge_failed", dialog_id=d.dialog_id)
+        finally:
+            sub.close()
+            self.bus.unfollow(entry.key)
+
+    @staticmethod
+    def _relay(d: Dialog, msg: BusMessage, mirror: MirrorState, last: int) -> int:
+        if msg.seq <= last:
+            return last
+        p = msg.payload
+        if isinstance(p, Status):
+            d.closed_at = mirror.closed_at
+            d.publish_status(p.status, p.reason, p.connector)
+        elif isinstance(p, VerificationResults):
+            v = d.verification
+            if v is None or v.epoch != p.epoch:
+                users = tuple(r.user_id for r in p.results) if p.result_type == "STARTING" else \
+                    (v.users if v is not None else ())
+                v = d.verification = PushVerification(p.epoch, users)
+            elif p.result_type == "STARTING":
+                return msg.seq                       # the one asked here: already announced
+            d.publish_verification(v, p.result_type, list(p.results), p.final)
+        else:
+            d.bus.publish(d.key, p)
+        return msg.seq
+
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.directory.lease_s * RENEW_EVERY)
             try:
-                await self.directory.renew(self.all())
+                await self.renew_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:               # noqa: BLE001 - Redis away: try again next round

@@ -137,12 +137,12 @@ async def forward_to_owner(request: web.Request, c: Caller) -> web.Response | No
     reg = _registry(request.app)
     if reg is None or await signed_by_peer(request):
         return None
-    remote = await reg.locate(c.session.tenant_id, c.session.master_id, c.profile)
-    if remote is None:
+    owner = await reg.owner_of(c.session.tenant_id, c.session.master_id, c.profile)
+    if owner is None:
         return None
     body = await read_body(request, request.app[SETTINGS].server.max_json_bytes)
     headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
-    status, out, ctype = await request.app[LINK].request(remote.entry, request.method, request.raw_path, body, headers)
+    status, out, ctype = await request.app[LINK].request(owner, request.method, request.raw_path, body, headers)
     request.app[SERVICES].metrics.inc("vbgw_cluster_forwarded_total", path=request.path)
     return web.Response(status=status, body=out, content_type=ctype or "application/json")
 

@@ -234,6 +234,19 @@ class LiveHub:
         return {"ok": True}
 
     def _watch(self, sid: str, th: str, token: str, key: CallKey) -> None:
+        old = self.clients[sid].get(th)
+        if old is not None and old != key:
+            # The token's call is another one now (its dialog was retired, or, with several
+            # instances, it moved to the instance its audio reached): the token's rooms follow
+            # the new call only, or its clients would get both.
+            for other in self.watchers.get(th, ()):
+                if th in self.clients.get(other, {}):
+                    self.clients[other][th] = key
+            feed = self.feeds.get(old)
+            if feed is not None:
+                feed.tokens.pop(th, None)
+                if not feed.tokens:
+                    self._drop_feed(feed)
         self.clients[sid][th] = key
         self.watchers.setdefault(th, set()).add(sid)
         feed = self.feeds.get(key)

@@ -22,11 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collections import defaultdict
-
 import aiohttp
-import socketio
-import websockets
 
 import services
 from support import REPO
@@ -34,8 +30,7 @@ from support import REPO
 sys.path.append(str(Path(__file__).resolve().parents[1] / "live"))
 sys.path.append(str(Path(__file__).resolve().parents[1] / "audiohook"))
 
-from gateway.web.socketio import NAMESPACE, PATH  # noqa: E402
-from live_support import speech  # noqa: E402
+from live_support import LiveCall, speech  # noqa: E402
 
 
 def _wait_port(port: int, timeout: float = 20.0) -> None:
@@ -332,74 +327,19 @@ ENROL = "1688_enrol0"
 TEST = ("1688_test0", "1688_test1", "1688_test2")      # 12 s of the same speaker
 
 
-class Agent:
-    """A python-socketio client on the instance `route` names (haproxy X-Route)."""
-
-    def __init__(self):
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: dict[str, list] = defaultdict(list)
-        self.changed = asyncio.Event()
-
-        @self.sio.on("*", namespace=NAMESPACE)
-        async def any_event(event, data=None):
-            self.events[event].append(data)
-            self.changed.set()
-
-    async def connect(self, c: Cluster, route: str) -> "Agent":
-        await self.sio.connect(c.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"],
-                               headers={"X-Route": route})
-        return self
-
-    async def ask(self, event: str, token: str, users: str = "") -> dict:
-        return await self.sio.call(event, {"token": token, "users": users, "time": "2024-09-02T12:00:00Z"},
-                                   namespace=NAMESPACE, timeout=20)
-
-    async def wait(self, pred, timeout: float = 30.0):
-        async def loop():
-            while not pred(self.events):
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.wait_for(loop(), timeout)
-
-    async def close(self):
-        await self.sio.disconnect()
+def stream(c: Cluster, route: str, token: str, dialog_id: str) -> LiveCall:
+    """A direct-stream call on the instance `route` names (haproxy X-Route), held open between sends."""
+    return LiveCall(c, token, dialog_id, headers={"X-Route": route})
 
 
-class Stream:
-    """A direct-stream call on the instance `route` names, held open between sends."""
-
-    def __init__(self, c: Cluster, route: str, token: str, dialog_id: str):
-        self.c, self.route, self.token, self.dialog_id = c, route, token, dialog_id
-        self.ws = None
-
-    async def __aenter__(self) -> "Stream":
-        self.ws = await websockets.connect(f"{self.c.ws_url}/agent-vb-mw/stream?token={self.token}",
-                                           additional_headers={"X-Route": self.route})
-        await self.ws.send(json.dumps({"encoding": "mulaw", "sample_rate": 8000, "dialog_id": self.dialog_id}))
-        await self.ws.recv()
-        return self
-
-    async def send(self, payload: bytes, speed: float | None = None, frame: int = 1600) -> None:
-        t0 = time.monotonic()
-        for i, start in enumerate(range(0, len(payload), frame)):
-            await self.ws.send(payload[start:start + frame])
-            if speed:
-                delay = t0 + (i + 1) * frame / 8000 / speed - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-
-    async def end(self) -> None:
-        await self.ws.send(b"")
-        async for _ in self.ws:
-            pass
-
-    async def __aexit__(self, *exc) -> None:
-        await self.ws.close()
+def on(route: str) -> dict[str, str]:
+    """The headers that make haproxy send a client to instance `route`."""
+    return {"X-Route": route}
 
 
 async def enrol_on_a_asked_on_b(c: Cluster, user: str = "cust-1688", master: str = "enrol-1") -> str:
     tok = await c.token(master, route="b")
-    async with Stream(c, "a", tok, master) as s:
+    async with stream(c, "a", tok, master) as s:
         await s.send(speech(ENROL))
         await s.end()
     status, body = await c.call("b", "POST", "/enrol", tok, json={"user_id": user})

@@ -9,8 +9,8 @@ import asyncio
 import time
 import uuid
 
-from cluster_support import TEST, Agent, Cluster, Stream, enrol_on_a_asked_on_b, events_of, logs_of, verify_speech
-from live_support import SseReader
+from cluster_support import TEST, Cluster, enrol_on_a_asked_on_b, events_of, logs_of, on, stream, verify_speech
+from live_support import Agent, SseReader, req
 
 async def test_stream_on_a_agent_on_b_through_haproxy(cluster):
     c = cluster
@@ -23,11 +23,11 @@ async def test_stream_on_a_agent_on_b_through_haproxy(cluster):
     # -- a live call on A, the agent on B: Socket.IO, SSE, on-demand ------------------------
     tok2 = await c.token("verify-1", route="b")
     audio = verify_speech()
-    agent = await Agent().connect(c, "b")
+    agent = await Agent().connect(c, headers=on("b"))
     try:
-        async with Stream(c, "a", tok2, "verify-1") as call:
+        async with stream(c, "a", tok2, "verify-1") as call:
             await call.send(audio[:8000], speed=4)                     # the call is open on A
-            assert await agent.ask("verification", tok2, "cust-1688") == {"ok": True}
+            assert await agent.ask("verification", req(tok2, "cust-1688")) == {"ok": True}
             async with c.open_sse("b", "/dialog-status", tok2) as status_resp, \
                     c.open_sse("b", "/verification", tok2, users="cust-1688") as ver_resp:
                 assert status_resp.status == 200 and ver_resp.status == 200
@@ -99,11 +99,11 @@ async def audiohook_on_a_agent_on_b(c: Cluster) -> None:
     external = np.concatenate([pcm(n) for n in TEST])
     session = asyncio.create_task(run_session(opts, external))
     tok = await c.token(conversation, route="b")
-    agent = await Agent().connect(c, "b")
+    agent = await Agent().connect(c, headers=on("b"))
     try:
         for _ in range(50):                      # until the call is open on A
             await asyncio.sleep(0.2)
-            if (await agent.ask("status", tok)) == {"ok": True} and agent.events.get(f"status-{tok}"):
+            if (await agent.ask("status", req(tok))) == {"ok": True} and agent.events.get(f"status-{tok}"):
                 break
         async with c.open_sse("b", "/dialog-status", tok) as resp:
             events = await SseReader(resp).rest(timeout=40)
@@ -119,3 +119,34 @@ async def audiohook_on_a_agent_on_b(c: Cluster) -> None:
         await agent.close()
         if not session.done():
             session.cancel()
+
+
+async def test_agent_on_b_before_the_audio_lands_on_a(cluster):
+    """The agent's desktop connects (and asks for a verification) before the call's audio
+    exists anywhere: B makes the dialog. The audio then lands on A, which takes the call; B
+    bridges its early dialog to A, so the agent's open connections get the call's results."""
+    c = cluster
+    await enrol_on_a_asked_on_b(c)
+    tok = await c.token("early-1", route="b")
+    agent = await Agent().connect(c, headers=on("b"))
+    try:
+        assert await agent.ask("status", req(tok)) == {"ok": True}
+        assert await agent.ask("verification", req(tok, "cust-1688")) == {"ok": True}
+        async with c.open_sse("b", "/dialog-status", tok) as resp:
+            reader = SseReader(resp)
+            async with stream(c, "a", tok, "early-1") as call:
+                await call.send(verify_speech(), speed=4)
+                await call.end()
+            events = await reader.rest(timeout=40)
+        seen = [e["data"].get("status") for e in events if "event" not in e]
+        assert "BIO_ACTIVE" in seen and seen[-1] == "CALL_CLOSED", (seen, logs_of(c))
+        await agent.wait(lambda ev: any(r["limitType"] == "NORMAL" for batch in ev[f"verification-{tok}"]
+                                        for r in batch))
+        rows = [r for batch in agent.events[f"verification-{tok}"] for r in batch if r["limitType"] == "NORMAL"]
+        assert rows[-1]["bioResult"].startswith("TRUE_"), rows
+        assert "cluster_call_moved" in c.b.log()
+    finally:
+        await agent.close()
+    # later requests on B reach the call's audio on A
+    status, od = await c.call("b", "GET", "/verification/ondemand", tok, params={"users": "cust-1688"})
+    assert status == 200 and od["bio_result"].startswith("TRUE_"), od

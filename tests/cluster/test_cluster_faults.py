@@ -8,8 +8,8 @@ import contextlib
 import sqlite3
 import time
 
-from cluster_support import Agent, Stream, enrol_on_a_asked_on_b, events_of, logs_of, verify_speech
-from live_support import SseReader, speech
+from cluster_support import enrol_on_a_asked_on_b, events_of, logs_of, on, stream, verify_speech
+from live_support import Agent, SseReader, req, speech
 
 
 async def test_instance_killed_mid_call_ends_on_b_and_reopens_there(cluster):
@@ -17,12 +17,12 @@ async def test_instance_killed_mid_call_ends_on_b_and_reopens_there(cluster):
     await enrol_on_a_asked_on_b(c)
     tok = await c.token("kill-1", route="b")
     audio = verify_speech()
-    agent = await Agent().connect(c, "b")
+    agent = await Agent().connect(c, headers=on("b"))
     try:
-        call = await Stream(c, "a", tok, "kill-1").__aenter__()
+        call = await stream(c, "a", tok, "kill-1").__aenter__()
         await call.send(audio[:16000], speed=4)
-        assert await agent.ask("status", tok) == {"ok": True}
-        assert await agent.ask("verification", tok, "cust-1688") == {"ok": True}
+        assert await agent.ask("status", req(tok)) == {"ok": True}
+        assert await agent.ask("verification", req(tok, "cust-1688")) == {"ok": True}
         async with c.open_sse("b", "/dialog-status", tok) as resp:
             reader = SseReader(resp)
             await reader.until(lambda e: e["data"].get("status") in ("CALL_OPENED", "BIO_ACTIVE"))
@@ -45,7 +45,7 @@ async def test_instance_killed_mid_call_ends_on_b_and_reopens_there(cluster):
     status, info = await c.call("b", "GET", "/users/info/cust-1688", tok)
     assert status == 200 and info["status"] == "ENROLLED", info
     # The call re-opens on B (the survivor) with the same session, and verifies there.
-    async with Stream(c, "b", tok, "kill-1") as again:
+    async with stream(c, "b", tok, "kill-1") as again:
         await again.send(audio)
         await again.end()
     status, od = await c.call("b", "GET", "/verification/ondemand", tok, params={"users": "cust-1688"})
@@ -60,12 +60,12 @@ async def test_redis_restart_mid_call_fan_out_resumes(cluster):
     await enrol_on_a_asked_on_b(c)
     tok = await c.token("redis-1", route="b")
     audio = verify_speech()
-    agent = await Agent().connect(c, "b")
+    agent = await Agent().connect(c, headers=on("b"))
     try:
-        async with Stream(c, "a", tok, "redis-1") as call:
+        async with stream(c, "a", tok, "redis-1") as call:
             await call.send(audio[:8000], speed=4)
-            assert await agent.ask("status", tok) == {"ok": True}
-            assert await agent.ask("verification", tok, "cust-1688") == {"ok": True}
+            assert await agent.ask("status", req(tok)) == {"ok": True}
+            assert await agent.ask("verification", req(tok, "cust-1688")) == {"ok": True}
             async with c.open_sse("b", "/dialog-status", tok) as resp:
                 reader = SseReader(resp)
                 c.redis.kill()                          # everything Redis held is gone
@@ -94,7 +94,7 @@ async def test_redis_restart_mid_call_fan_out_resumes(cluster):
 async def test_postgres_restart_under_a_write_is_retried_never_half_done(cluster, throwaway_pg):
     c = cluster
     tok = await c.token("pg-1", route="b")
-    async with Stream(c, "a", tok, "pg-1") as s:
+    async with stream(c, "a", tok, "pg-1") as s:
         await s.send(speech("1688_enrol0"))
         await s.end()
     await asyncio.to_thread(throwaway_pg.stop)
@@ -111,7 +111,7 @@ async def test_postgres_restart_under_a_write_is_retried_never_half_done(cluster
     status, info = await c.call("b", "GET", "/users/info/cust-pg", tok)
     assert info["status"] == "ENROLLED", info
     tok2 = await c.token("pg-2", route="b")
-    async with Stream(c, "a", tok2, "pg-2") as s:
+    async with stream(c, "a", tok2, "pg-2") as s:
         await s.send(verify_speech())
         await s.end()
     status, od = await c.call("b", "GET", "/verification/ondemand", tok2, params={"users": "cust-pg"})
