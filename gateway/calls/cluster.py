@@ -49,7 +49,7 @@ UNOWNED = "-"                         # the profile part of an unowned AudioHook
 # its entry has been absent for LOST_AFTER of a lease (an entry Redis lost in a restart is made
 # again by its live owner well within that time).
 RENEW_EVERY = 0.25
-LOST_AFTER = 0.6
+LOST_AFTER = 1.0
 
 
 def _digest(*parts: Any) -> str:
@@ -168,7 +168,7 @@ class ClusterResultsBus(LocalResultsBus):
         """A message of a followed call: into its history and to its local subscribers, once
         (a message already seen, e.g. replayed after a reconnection, is skipped)."""
         hist = self._history[key]
-        if any(m.seq == msg.seq for m in hist):
+        if any(m.seq == msg.seq for m in hist) or (len(hist) >= self._history_len and msg.seq < hist[0].seq):
             return
         hist.append(msg)
         hist.sort(key=lambda m: m.seq)

@@ -162,7 +162,7 @@ class ClusterConfig(_Section):
     secret: SecretStr = SecretStr("")
     # An owner's directory entry lives this long unless renewed: how long after an instance
     # died its calls are declared lost to the agents following them on other instances.
-    lease_s: float = Field(default=10.0, ge=1.0, le=300.0)
+    lease_s: float = Field(default=6.0, ge=1.0, le=300.0)
     # Results queued for Redis while it is unreachable (the oldest are dropped beyond it).
     max_pending: int = Field(default=10000, ge=100)
     forward_timeout_s: float = Field(default=15.0, gt=0)

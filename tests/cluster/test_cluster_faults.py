@@ -36,7 +36,7 @@ async def test_instance_killed_mid_call_ends_on_b_and_reopens_there(cluster):
         statuses = [e["data"] for e in rest if "event" not in e]
         assert statuses[-1] == {"status": "SYSTEM_ERROR", "reason": "INSTANCE_LOST"}, (rest, logs_of(c))
         assert rest[-1]["event"] == "end" and rest[-1]["data"] == {"reason": "SYSTEM_ERROR"}
-        assert took < 3.0 * 2.5, took                  # lease 3 s, declared after 0.6 of one more
+        assert took < 3.0 * 4, took                    # lease 3 s: declared after at most two (plus load)
         await agent.wait(lambda ev: {"status": "SYSTEM_ERROR", "reason": "INSTANCE_LOST"} in ev[f"status-{tok}"])
         assert c.b.alive() and "cluster_owner_lost" in c.b.log()
     finally:
