@@ -8,6 +8,8 @@ each resource is up before what uses it and outlives it:
   sink    -> the vb_* event sink started                                        (app[SINK])
   services-> the parts wired (gateway/services/wiring.py), the store opened     (app[SERVICES])
              (or retried in the background while the database is unreachable)
+  cluster -> several instances only: the results bus's Redis tasks, the link to the other
+             instances (gateway/web/cluster.py); stopped after the calls released their entries
   fraud   -> the fraud detectors' worker threads                                (stopped last of the parts)
   calls   -> the call registry's reaper; at shutdown the open sockets are
              closed and the live calls finished first
@@ -34,7 +36,7 @@ from gateway.services.auth import Keyring, load_or_create_secret
 from gateway.services.wiring import store_ready, wire
 from gateway.store.base import StoreUnavailable
 from gateway.store.factory import build_repository, keep_opening, load_data_keys, watch_keys
-from gateway.web import aculab, audiohook, blocklists, docs, limits, ocp, recordings, sse, stream, system, widget
+from gateway.web import aculab, audiohook, blocklists, cluster, docs, limits, ocp, recordings, sse, stream, system, widget
 from gateway.web import socketio as socketio_api
 from gateway.web.appkeys import ENGINE, METRICS_TOKEN, OPEN_SOCKETS, SERVICES, SETTINGS, SINK, STORE
 from gateway.web.errors import error_middleware, remember_prepared
@@ -58,12 +60,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     private_dir(settings.data_dir)            # 0700 (gateway/infra/files.py)
     app[METRICS_TOKEN] = system.load_metrics_token(settings.data_dir)
     app.cleanup_ctx.extend([engine_context(engine), store_context, sink_context, services_context,
+                            cluster.lifecycle,        # several instances: Redis and the link (else nothing)
                             fraud_context, calls_context,
                             recordings.lifecycle])     # enrolment jobs from recordings: once the calls are up
     app.on_startup.append(_started)
     app.on_cleanup.append(_stopped)
     for table in ROUTE_TABLES:
         table.install(app)
+    cluster.install(app)         # several instances: the internal routes (docs/scale-out.md)
     socketio_api.install(app)    # Socket.IO for agent desktops, on the same app and port (its own context)
     app[system.OPENAPI_DOC] = build_openapi([s for t in ROUTE_TABLES for s in t.specs], sw_version())
     return app

@@ -119,6 +119,9 @@ class CallServices:
     scorer: CallScorer
     fraud: CallFraud
     metrics: "Metrics"
+    # Several instances (gateway/calls/cluster.py): this instance's incarnation, which makes
+    # every dialog's bus key unique in the cluster. Empty in one process.
+    instance: str = ""
 
 
 class Dialog:
@@ -130,7 +133,8 @@ class Dialog:
         self.dialog_id = dialog_id
         # The bus key: unique per dialog, since several owners may each have a dialog on one
         # masterId (index 1 stays the dialog id: logs and the live bench read it).
-        self.key = (tenant_id, dialog_id, str(next(_SERIAL)))
+        serial = str(next(_SERIAL))
+        self.key = (tenant_id, dialog_id, f"{services.instance}/{serial}" if services.instance else serial)
         self._profile = profile
         self.retired = False
         self.status = CALL_OPENED

@@ -15,10 +15,33 @@ from typing import Awaitable, Callable, Protocol
 
 import structlog
 
-from gateway.calls.dialog import CallServices, Dialog
+from gateway.calls.bus import BusMessage
+from gateway.calls.dialog import CallServices, Dialog, PushVerification
+from gateway.calls.results import Status
 from gateway.store.base import Profile
 
 log = structlog.get_logger(__name__)
+
+
+class LiveCall(Protocol):
+    """A call as the live surfaces (SSE, Socket.IO) use it: a local `Dialog`, or, with several
+    instances, a `RemoteCall` (gateway/calls/cluster.py) owned by another instance."""
+    retired: bool
+
+    @property
+    def key(self) -> tuple[str, ...]: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def status_message(self) -> Status: ...
+    @property
+    def active_streams(self) -> int: ...
+    @property
+    def closed_at(self) -> float | None: ...
+    @property
+    def verification(self) -> PushVerification | None: ...
+    def verification_snapshot(self) -> list[BusMessage]: ...
+    async def request_verification(self, users: list[str]) -> tuple[PushVerification, bool]: ...
 
 
 class CallRegistry(Protocol):
@@ -44,6 +67,11 @@ class CallRegistry(Protocol):
     def __len__(self) -> int: ...
 
     async def retire(self, d: Dialog) -> None: ...
+
+    async def locate(self, tenant_id: str, dialog_id: str, profile: Profile) -> LiveCall | None:
+        """The session's call when another instance owns it; None when it is (or will be)
+        this instance's (always None in one process)."""
+        ...
 
 
 class LocalCallRegistry:
@@ -92,6 +120,9 @@ class LocalCallRegistry:
         if dialogs:
             return min(dialogs, key=lambda d: d.created)
         return self._new(tenant_id, dialog_id, None)
+
+    async def locate(self, tenant_id: str, dialog_id: str, profile: Profile) -> LiveCall | None:
+        return None
 
     def of_group(self, tenant_id: str, dialog_id: str, group_id: str) -> list[Dialog]:
         return [d for d in self._calls.get((tenant_id, dialog_id), ()) if d.profile is not None

@@ -163,6 +163,45 @@ class AculabConfig(_Section):
     verify_min_speech_ms: int = Field(default=1000, ge=1000, le=60000)
 
 
+class ClusterConfig(_Section):
+    """Several gateway instances behind a load balancer (docs/scale-out.md). "single" (the
+    default): one process, everything in memory and the embedded store, as for `make run`.
+    "shared": the store is PostgreSQL (storage.dsn), results fan out through Redis
+    (redis_url), a call directory in Redis names the instance that owns each call (a lease
+    renewed while the call lives), and REST calls that need a call's audio state are forwarded
+    to its owner at its advertised internal URL, signed with the shared cluster secret."""
+    mode: Literal["single", "shared"] = "single"
+    # This instance's name in the call directory; empty: <host name>-<server.port>.
+    instance_id: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$")
+    # How the other instances reach this one (no load balancer in between); empty:
+    # http://<server.host>:<server.port>.
+    advertise_url: str = ""
+    redis_url: SecretStr = SecretStr("")
+    # Prefix of every Redis key and channel of this cluster (several clusters may share a Redis).
+    redis_prefix: str = Field(default="vbgw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # Signs the requests instances send each other (at least 32 characters; the same everywhere).
+    secret: SecretStr = SecretStr("")
+    # An owner's directory entry lives this long unless renewed: how long after an instance
+    # died its calls are declared lost to the agents following them on other instances.
+    lease_s: float = Field(default=6.0, ge=1.0, le=300.0)
+    # Results queued for Redis while it is unreachable (the oldest are dropped beyond it).
+    max_pending: int = Field(default=10000, ge=100)
+    forward_timeout_s: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _urls(self) -> "ClusterConfig":
+        if self.advertise_url and not self.advertise_url.startswith(("http://", "https://")):
+            raise ValueError("cluster.advertise_url must be an http:// or https:// URL")
+        url = self.redis_url.get_secret_value()
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("cluster.redis_url must be a redis://, rediss:// or unix:// URL")
+        return self
+
+    @property
+    def shared(self) -> bool:
+        return self.mode == "shared"
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -180,6 +219,29 @@ class Settings(_Section):
     aculab: AculabConfig = AculabConfig()
     recordings: RecordingsConfig = RecordingsConfig()
     aculab_costs: AculabCostsConfig = AculabCostsConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _shared_cluster(self) -> "Settings":
+        """Shared mode needs what every instance must share: the PostgreSQL store, Redis, the
+        cluster secret, and auth.hash_secret (else each instance would generate its own and
+        the keyed hashes of biokeys would differ from one instance to the next)."""
+        c = self.cluster
+        if not c.shared:
+            return self
+        missing = [what for what, ok in (
+            ("storage.dsn (a postgresql:// URL: instances share the PostgreSQL store)", self.storage.postgres),
+            ("cluster.redis_url (results fan out and the call directory live in Redis)",
+             bool(c.redis_url.get_secret_value())),
+            ("cluster.secret (at least 32 characters, the same on every instance)",
+             len(c.secret.get_secret_value()) >= 32),
+            ("auth.hash_secret (the same on every instance)", bool(self.auth.hash_secret.get_secret_value())),
+        ) if not ok]
+        if not c.advertise_url and self.server.port == 0:
+            missing.append("cluster.advertise_url (server.port is 0: the other instances cannot guess it)")
+        if missing:
+            raise ValueError("cluster.mode = \"shared\" requires " + "; ".join(missing))
+        return self
 
     @model_validator(mode="after")
     def _paths_under_data_dir(self) -> "Settings":
@@ -198,6 +260,17 @@ class Settings(_Section):
     @property
     def data_dir(self) -> Path:
         return self.server.data_dir
+
+    @property
+    def cluster_instance_id(self) -> str:
+        """This instance's name in the call directory (cluster.instance_id, else host-port)."""
+        import socket
+        return self.cluster.instance_id or f"{socket.gethostname()}-{self.server.port}"
+
+    @property
+    def cluster_url(self) -> str:
+        """Where the other instances reach this one (cluster.advertise_url, else host:port)."""
+        return (self.cluster.advertise_url or f"http://{self.server.host}:{self.server.port}").rstrip("/")
 
     @property
     def sqlite_path(self) -> Path:

@@ -17,7 +17,7 @@ from gateway.store.base import Pat, Profile, Repository, SessionRecord, Tenant
 
 if TYPE_CHECKING:
     from gateway.calls.dialog import Dialog
-    from gateway.calls.registry import CallRegistry
+    from gateway.calls.registry import CallRegistry, LiveCall
     from gateway.infra.metrics import Metrics
     from gateway.web.schemas import TokenRequest
 
@@ -132,3 +132,9 @@ class Sessions:
         """The session's own dialog on its masterId: its profile's, never another profile's or
         group's (the ownership rule: gateway/calls/dialog.py). `create`: one of its own if none."""
         return self.calls.for_session(c.session.tenant_id, c.session.master_id, c.profile, create)
+
+    async def call_of(self, c: Caller, create: bool = False) -> "LiveCall | None":
+        """`dialog_of` for the live surfaces, across instances: the session's own call on the
+        instance that owns it (a RemoteCall, gateway/calls/cluster.py), else its dialog here."""
+        remote = await self.calls.locate(c.session.tenant_id, c.session.master_id, c.profile)
+        return remote if remote is not None else self.dialog_of(c, create)

@@ -4,6 +4,7 @@ publisher, ...). Route handlers take the part they need from `Services`; no part
 nothing calls back into the whole."""
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import structlog
@@ -48,12 +49,26 @@ class Services:
 def wire(settings: Settings, store: Repository, engine: Engine, sink: EventSink, keyring: Keyring,
          metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
-    bus = LocalResultsBus()
+    bus: ResultsBus
+    if settings.cluster.shared:
+        # Several instances (docs/scale-out.md): the bus and the registry over Redis.
+        from gateway.calls.cluster import CallDirectory, ClusterCallRegistry, ClusterResultsBus
+        incarnation = f"{settings.cluster_instance_id}.{secrets.token_hex(3)}"
+        bus = cbus = ClusterResultsBus(settings.cluster.redis_url.get_secret_value(), settings.cluster.redis_prefix,
+                                       incarnation, settings.cluster.max_pending)
+    else:
+        bus = LocalResultsBus()
     fraud = FraudService(settings.fraud, engine, store, bus, metrics)
     events = EventPublisher(sink, settings.events, engine.info, store)
     verifier = Verifier(store, engine, keyring, fraud, events, metrics)
-    dialogs = LocalCallRegistry(CallServices(engine, bus, verifier, fraud, metrics),
-                                settings.dialogs.retain_after_close_s)
+    dialogs: LocalCallRegistry
+    if settings.cluster.shared:
+        directory = CallDirectory(cbus, settings.cluster_instance_id, settings.cluster_url, settings.cluster.lease_s)
+        dialogs = ClusterCallRegistry(CallServices(engine, bus, verifier, fraud, metrics, instance=incarnation),
+                                      settings.dialogs.retain_after_close_s, cbus, directory)
+    else:
+        dialogs = LocalCallRegistry(CallServices(engine, bus, verifier, fraud, metrics),
+                                    settings.dialogs.retain_after_close_s)
     sessions = Sessions(store, store, keyring, settings.auth.token_idle_s, dialogs, metrics)
     dialogs.chores = (sessions.purge_expired,)
     uploads = Uploads(engine, settings.uploads.max_audio_s, settings.uploads.max_concurrent)

@@ -14,7 +14,7 @@ from gateway.calls.results import (
 )
 
 if TYPE_CHECKING:
-    from gateway.calls.dialog import Dialog
+    from gateway.calls.registry import LiveCall
 
 # Statuses after which a call sends nothing more (the dialog-status stream ends on them once
 # the call's audio has stopped). ERR_CODE_01..06 come from the AudioHook connector.
@@ -90,7 +90,7 @@ SOCKETIO_EVENTS: dict[str, SioEvent] = {
 SNAPSHOT_KINDS = (CleanSpeech.kind, TtsVerdict.kind, BlocklistResults.kind, SpeakerChanged.kind)
 
 
-def call_over(status: str, dialog: "Dialog") -> bool:
+def call_over(status: str, dialog: "LiveCall") -> bool:
     """True when `status` ends the call: CALL_CLOSED, or an error status once no audio flows."""
     return status == "CALL_CLOSED" or (status in ERROR_STATUSES and dialog.active_streams == 0
                                        and dialog.closed_at is not None)

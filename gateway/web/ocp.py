@@ -14,6 +14,7 @@ from gateway.services.verification import MAX_USERS
 from gateway.services.wiring import Services
 from gateway.store.base import BIOKEY_CHARS_MESSAGE, BIOKEY_RE, User
 from gateway.web.appkeys import SERVICES, SETTINGS
+from gateway.web.cluster import forward_to_owner
 from gateway.web.forms import form_parts
 from gateway.web import recordings as recordings_web
 from gateway.web.http_auth import bearer, caller, pat
@@ -95,6 +96,8 @@ async def search_users(request: web.Request) -> web.Response:
 async def enrol(request: web.Request) -> web.Response:
     c = await caller(request)
     body = await parse_json(request, EnrolRequest, _max_json(request))
+    if (forwarded := await forward_to_owner(request, c)) is not None:
+        return forwarded                   # the call's audio is on another instance (docs/scale-out.md)
     user, speech = await _services(request).users.enrol_from_dialog(c, body.biokeys, body.user_id, body.opt_in)
     log.info("enrolled", dialog_id=c.session.master_id, speech_ms=speech)
     return json_response(DataMessage(data="Enroll user accepted"))
@@ -125,6 +128,8 @@ async def opt_in(request: web.Request) -> web.Response:
 async def verify_ondemand(request: web.Request) -> web.Response:
     c = await caller(request)
     users = users_param(request)
+    if (forwarded := await forward_to_owner(request, c)) is not None:
+        return forwarded                   # the call's audio is on another instance (docs/scale-out.md)
     services = _services(request)
     dialog = services.sessions.dialog_of(c, create=True)       # no audio yet: NO_DATA, honestly
     assert dialog is not None

@@ -60,9 +60,13 @@ class RouteTable:
                 app.router.add_route(s.method, p, s.handler)
 
 
-async def parse_json(request: web.Request, model: type[M], max_bytes: int) -> M:
-    """A JSON body validated into `model`: at most max_bytes, UTF-8, nested at most
-    connectors.safejson.MAX_DEPTH levels. Every failure is a 4xx with a stable code."""
+RAW_BODY = "vbgw_raw_body"      # a body already read (a signed request between instances: web/cluster.py)
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The request body, at most max_bytes (413 BODY_TOO_LARGE), read once per request."""
+    if RAW_BODY in request:
+        return request[RAW_BODY]
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
     # read() returns what has arrived so far: a body in several TCP segments needs a loop
@@ -71,6 +75,16 @@ async def parse_json(request: web.Request, model: type[M], max_bytes: int) -> M:
         raw += chunk
     if len(raw) > max_bytes:
         raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
+    request[RAW_BODY] = bytes(raw)
+    return request[RAW_BODY]
+
+
+async def parse_json(request: web.Request, model: type[M], max_bytes: int) -> M:
+    """A JSON body validated into `model`: at most max_bytes, UTF-8, nested at most
+    connectors.safejson.MAX_DEPTH levels. Every failure is a 4xx with a stable code."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "BODY_TOO_LARGE", f"JSON bodies are limited to {max_bytes} bytes")
+    raw = await read_body(request, max_bytes)
     try:
         data: Any = safejson.loads(raw or b"null")
     except safejson.JsonInputError as exc:

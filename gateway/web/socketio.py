@@ -202,7 +202,10 @@ class LiveHub:
         if th not in watching and len(watching) >= MAX_TOKENS_PER_CLIENT:
             return await self._error(sid, channel, "TOO_MANY_TOKENS",
                                      f"one connection follows at most {MAX_TOKENS_PER_CLIENT} sessions")
-        dialog = services.sessions.dialog_of(caller, create=True)
+        try:
+            dialog = await services.sessions.call_of(caller, create=True)    # here, or on another instance
+        except ApiError as exc:
+            return await self._error(sid, channel, exc.code, exc.message)
         assert dialog is not None
         self._watch(sid, th, req.token, dialog.key)
         await self.sio.enter_room(sid, room(channel, th), namespace=NAMESPACE)
@@ -217,7 +220,10 @@ class LiveHub:
         if channel == "verification":
             # One verification per call: other users replace it (STARTING and the score so far
             # reach every client of the call); the same users join it.
-            _, started = await dialog.request_verification(req.users)
+            try:
+                _, started = await dialog.request_verification(req.users)
+            except ApiError as exc:             # the call's owner instance does not answer
+                return await self._error(sid, channel, exc.code, exc.message)
             if not started:
                 snapshot += dialog.verification_snapshot()
         else:
@@ -228,6 +234,19 @@ class LiveHub:
         return {"ok": True}
 
     def _watch(self, sid: str, th: str, token: str, key: CallKey) -> None:
+        old = self.clients[sid].get(th)
+        if old is not None and old != key:
+            # The token's call is another one now (its dialog was retired, or, with several
+            # instances, it moved to the instance its audio reached): the token's rooms follow
+            # the new call only, or its clients would get both.
+            for other in self.watchers.get(th, ()):
+                if th in self.clients.get(other, {}):
+                    self.clients[other][th] = key
+            feed = self.feeds.get(old)
+            if feed is not None:
+                feed.tokens.pop(th, None)
+                if not feed.tokens:
+                    self._drop_feed(feed)
         self.clients[sid][th] = key
         self.watchers.setdefault(th, set()).add(sid)
         feed = self.feeds.get(key)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from gateway.calls.bus import BusMessage, Subscription
-from gateway.calls.dialog import Dialog
+from gateway.calls.registry import LiveCall
 from gateway.calls.results import Status, VerificationResults
 from gateway.services.sessions import Caller
 from gateway.services.wiring import Services
@@ -62,7 +62,7 @@ class _Replay:
         self.messages = [m for m in full if m.seq > after and m.kind in kinds]
 
     @classmethod
-    async def of(cls, request: web.Request, dialog: Dialog, kinds: set[str], after: int) -> "_Replay":
+    async def of(cls, request: web.Request, dialog: LiveCall, kinds: set[str], after: int) -> "_Replay":
         bus = _services(request).bus
         return cls(await bus.history(dialog.key), bus.history_len, kinds, after)
 
@@ -72,7 +72,7 @@ class _EventStream:
     /dialog-status); a verification message of a newer epoch ends it (SUPERSEDED), one of an
     older epoch is never sent. The stream ends when its session token expires."""
 
-    def __init__(self, request: web.Request, dialog: Dialog, render: dict[str, Render], caller: Caller,
+    def __init__(self, request: web.Request, dialog: LiveCall, render: dict[str, Render], caller: Caller,
                  epoch: int | None = None):
         self.request, self.dialog, self.render, self.epoch = request, dialog, render, epoch
         self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -153,7 +153,7 @@ class _EventStream:
         return self.resp
 
 
-def _nothing_more(replay: _Replay, dialog: Dialog, after: int) -> bool:
+def _nothing_more(replay: _Replay, dialog: LiveCall, after: int) -> bool:
     return after > 0 and not replay.messages and not replay.truncated and live.call_over(dialog.status, dialog)
 
 
@@ -162,7 +162,7 @@ def _nothing_more(replay: _Replay, dialog: Dialog, after: int) -> bool:
 async def dialog_status(request: web.Request) -> web.StreamResponse:
     c = await caller(request)
     services = _services(request)
-    dialog = services.sessions.dialog_of(c, create=True)
+    dialog = await services.sessions.call_of(c, create=True)    # here, or on another instance
     assert dialog is not None
     after = _last_event_id(request)
     replay = await _Replay.of(request, dialog, {Status.kind}, after)
@@ -187,7 +187,7 @@ async def verification(request: web.Request) -> web.StreamResponse:
     c = await caller(request)
     users = users_param(request)
     services = _services(request)
-    dialog = services.sessions.dialog_of(c, create=True)
+    dialog = await services.sessions.call_of(c, create=True)    # here, or on another instance
     assert dialog is not None
     after = _last_event_id(request)
     running = dialog.verification

@@ -28,6 +28,12 @@ def _busy() -> ApiError:
 async def stream(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     c = await caller(request)
+    if services.sessions.dialog_of(c) is None:
+        # Several instances: a call another instance holds, with its stream still open, is busy;
+        # a closed (or lost) one is taken over here (docs/scale-out.md).
+        elsewhere = await services.sessions.call_of(c)
+        if elsewhere is not None and elsewhere.active_streams > 0:
+            raise _busy()
     dialog = services.sessions.dialog_of(c, create=True)
     assert dialog is not None
     if dialog.busy():

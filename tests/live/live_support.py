@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import defaultdict
 import os
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import socketio
 import websockets
 
+from gateway.web.socketio import NAMESPACE, PATH
 from support import protocol_audio, read_mulaw_bytes
 
 P = "ls-other-tel"
@@ -49,12 +52,13 @@ class LiveCall:
     RecognitionConfig; `send` streams audio (paced with `speed`, else as fast as the gateway
     reads it); `end` sends the empty message and waits for the server's close."""
 
-    def __init__(self, gw, token: str, dialog_id: str):
-        self.gw, self.token, self.dialog_id = gw, token, dialog_id
+    def __init__(self, gw, token: str, dialog_id: str, headers: dict[str, str] | None = None):
+        self.gw, self.token, self.dialog_id, self.headers = gw, token, dialog_id, headers
         self.ws = None
 
     async def __aenter__(self) -> "LiveCall":
-        self.ws = await websockets.connect(f"{self.gw.ws_url}/agent-vb-mw/stream?token={self.token}")
+        self.ws = await websockets.connect(f"{self.gw.ws_url}/agent-vb-mw/stream?token={self.token}",
+                                           additional_headers=self.headers)
         await self.ws.send(json.dumps({"encoding": "mulaw", "sample_rate": 8000, "dialog_id": self.dialog_id}))
         await self.ws.recv()
         return self
@@ -249,3 +253,39 @@ class Browser:
             if self.proc.returncode is None:
                 self.proc.kill()
                 await self.proc.wait()
+
+
+class Agent:
+    """A real Socket.IO client that records every event it receives."""
+
+    def __init__(self):
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list] = defaultdict(list)
+        self.changed = asyncio.Event()
+
+        @self.sio.on("*", namespace=NAMESPACE)
+        async def any_event(event, data=None):
+            self.events[event].append(data)
+            self.changed.set()
+
+    async def connect(self, gw, headers: dict[str, str] | None = None) -> "Agent":
+        await self.sio.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"],
+                               headers=headers or {})
+        return self
+
+    async def ask(self, event: str, payload) -> dict:
+        return await self.sio.call(event, payload, namespace=NAMESPACE, timeout=10)
+
+    async def wait(self, pred, timeout: float = 20.0):
+        async def loop():
+            while not pred(self.events):
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(loop(), timeout)
+
+    async def close(self):
+        await self.sio.disconnect()
+
+
+def req(token: str, users: str = "") -> dict:
+    return {"token": token, "users": users, "time": "2024-09-02T12:00:00Z"}

@@ -4,52 +4,14 @@ errors that keep the connection up."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 
-import socketio
 
-from gateway.web.socketio import NAMESPACE, PATH
 from gateway.calls.results import BlocklistResults, BlocklistRow, TtsVerdict
 from gateway.web.appkeys import SERVICES
-from live_support import call_closed, enrol, speech
+from live_support import Agent, call_closed, enrol, req, speech
 from support import dialog_named
 
 VERIFICATION_KEYS = ["bioResult", "bioScore", "bioUserId", "errorType", "limitType", "llr", "speechMillis"]
-
-
-class Agent:
-    """A real Socket.IO client that records every event it receives."""
-
-    def __init__(self):
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: dict[str, list] = defaultdict(list)
-        self.changed = asyncio.Event()
-
-        @self.sio.on("*", namespace=NAMESPACE)
-        async def any_event(event, data=None):
-            self.events[event].append(data)
-            self.changed.set()
-
-    async def connect(self, gw) -> "Agent":
-        await self.sio.connect(gw.url, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"])
-        return self
-
-    async def ask(self, event: str, payload) -> dict:
-        return await self.sio.call(event, payload, namespace=NAMESPACE, timeout=10)
-
-    async def wait(self, pred, timeout: float = 20.0):
-        async def loop():
-            while not pred(self.events):
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.wait_for(loop(), timeout)
-
-    async def close(self):
-        await self.sio.disconnect()
-
-
-def req(token: str, users: str = "") -> dict:
-    return {"token": token, "users": users, "time": "2024-09-02T12:00:00Z"}
 
 
 async def test_every_event_reaches_the_agent_with_the_seed_payloads(gateway):

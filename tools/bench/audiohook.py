@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,8 @@ import numpy as np
 
 from tools.audiohook_sim import SimOptions, run_load
 from tools.bench.stream import (
-    DEFAULT_PROTOCOL, REPO, Server, _call_audio, _p95_from_metrics, _parse_metrics, enrol_bench_user,
+    DEFAULT_PROTOCOL, REPO, Server, _call_audio, _p95_from_metrics, _parse_metrics, add_cluster_arguments,
+    drop_cluster_schema, enrol_bench_user,
 )
 
 LATE_PONG_S = 1.0
@@ -34,13 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=40.0, help="audio seconds per call")
     p.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
     p.add_argument("--ramp", type=float, default=5.0, help="seconds over which calls start")
+    add_cluster_arguments(p)
 
 
-def _add_org(data_dir: Path) -> tuple[str, str, str]:
+def _add_org(server: Server) -> tuple[str, str, str]:
     org_id = str(uuid.uuid4())
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "audiohook", "--data-dir", str(data_dir), "add-org",
-                          "--org-id", org_id, "--tenant", "bench", "--profile", "bench"],
-                         check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "audiohook", "--data-dir", str(server.data_dir),
+                          "add-org", "--org-id", org_id, "--tenant", "bench", "--profile", "bench"],
+                         check=True, capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, **server.env}).stdout.strip().splitlines()
     return org_id, out[-2].removeprefix("api_key="), out[-1].removeprefix("client_secret=")
 
 
@@ -99,9 +103,9 @@ async def run_level(n: int, args, url: str, ws_url: str, org: tuple[str, str, st
 
 async def amain(args) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="vbgw-bench-ah-"))
-    server = Server(data_dir)
+    server = Server(data_dir, args)
     pat = server.admin_bootstrap()
-    org = _add_org(data_dir)
+    org = _add_org(server)
     await server.start()
     url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
     try:
@@ -112,6 +116,7 @@ async def amain(args) -> int:
         best = 0
         for n in levels:
             res = await run_level(n, args, url, ws_url, org, calls, server)
+            res["mode"] = "shared (PostgreSQL, Redis)" if args.cluster else "single (SQLite)"
             print(json.dumps(res), flush=True)
             if res["passed"]:
                 best = n
@@ -119,6 +124,7 @@ async def amain(args) -> int:
         return 0
     finally:
         server.stop()
+        await drop_cluster_schema(server.env)
 
 
 def main(args) -> int:

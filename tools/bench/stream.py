@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aculab-verifies", type=int, default=0,
                    help="concurrent Aculab Users API verify requests (POST, ten ~59 s sources each) sent back "
                         "to back while the streams run")
+    add_cluster_arguments(p)
 
 
 def _free_port() -> int:
@@ -98,16 +99,57 @@ def _parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """The gateway in shared (several-instance) mode: PostgreSQL store, Redis fan-out and call
+    directory on (docs/scale-out.md), to compare with the embedded default."""
+    p.add_argument("--cluster", action="store_true",
+                   help="run the gateway with cluster.mode=shared: PostgreSQL (--store-dsn) and Redis (--redis-url)")
+    p.add_argument("--store-dsn", default=os.environ.get("VBGW_STORAGE__DSN") or "postgresql://root@127.0.0.1:5432/test",
+                   help="PostgreSQL for --cluster (a schema of the run's own is made in it)")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for --cluster")
+
+
+def cluster_env(args: argparse.Namespace, port: int) -> dict[str, str]:
+    """The environment of a shared-mode gateway (empty without --cluster): a PostgreSQL schema
+    and a Redis prefix of the run's own, fresh secrets."""
+    if not getattr(args, "cluster", False):
+        return {}
+    import base64
+    import secrets
+    run = secrets.token_hex(4)
+    return {"VBGW_CLUSTER__MODE": "shared", "VBGW_CLUSTER__REDIS_URL": args.redis_url,
+            "VBGW_CLUSTER__REDIS_PREFIX": f"bench-{run}", "VBGW_CLUSTER__SECRET": secrets.token_hex(24),
+            "VBGW_CLUSTER__INSTANCE_ID": "bench", "VBGW_CLUSTER__ADVERTISE_URL": f"http://127.0.0.1:{port}",
+            "VBGW_STORAGE__DSN": args.store_dsn, "VBGW_STORAGE__PG_SCHEMA": f"bench_{run}",
+            "VBGW_AUTH__HASH_SECRET": secrets.token_hex(16),
+            "VBGW_ENCRYPTION__KEYS": base64.b64encode(os.urandom(32)).decode()}
+
+
+async def drop_cluster_schema(env: dict[str, str]) -> None:
+    """The run's PostgreSQL schema, dropped after a --cluster run."""
+    if "VBGW_STORAGE__PG_SCHEMA" not in env:
+        return
+    import asyncpg
+    conn = await asyncpg.connect(env["VBGW_STORAGE__DSN"])
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{env["VBGW_STORAGE__PG_SCHEMA"]}" CASCADE')
+    finally:
+        await conn.close()
+
+
 class Server:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, args: argparse.Namespace | None = None):
         self.data_dir = data_dir
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
+        # --cluster: the gateway (and `vbgw admin`) in shared mode
+        self.env = cluster_env(args, self.port) if args is not None else {}
 
     def admin(self, *argv: str) -> str:
         """`vbgw admin ...` on the bench's data directory; its last output line."""
         out = subprocess.run([sys.executable, "-m", "gateway.cli", "admin", "--data-dir", str(self.data_dir),
-                              *argv], check=True, capture_output=True, text=True, cwd=REPO).stdout
+                              *argv], check=True, capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, **self.env}).stdout
         return out.strip().splitlines()[-1]
 
     def admin_bootstrap(self) -> str:
@@ -118,7 +160,8 @@ class Server:
         Every bench client connects from 127.0.0.1, so the per-address connection cap is off
         unless `env` sets it."""
         env = {**os.environ, "VBGW_EVENTS__JSONL_PATH": str(self.data_dir / "events.jsonl"),
-               "VBGW_LOGGING__LEVEL": "warning", "VBGW_SERVER__MAX_CONNECTIONS_PER_CLIENT": "0", **(env or {})}
+               "VBGW_LOGGING__LEVEL": "warning", "VBGW_SERVER__MAX_CONNECTIONS_PER_CLIENT": "0", **self.env,
+               **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(self.port),
                                       "--data-dir", str(self.data_dir)], cwd=REPO, env=env,
                                      stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "server.log", "w"))
@@ -411,7 +454,7 @@ async def amain(args) -> int:
     best = 0
     for n in levels:
         # A fresh gateway per level: no backlog, dialogs or histogram counts carried over.
-        server = Server(Path(tempfile.mkdtemp(prefix="vbgw-bench-")))
+        server = Server(Path(tempfile.mkdtemp(prefix="vbgw-bench-")), args)
         pat = server.admin_bootstrap()
         await server.start()
         url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
@@ -419,8 +462,10 @@ async def amain(args) -> int:
             if not await enrol_bench_user(url, ws_url, pat, args.protocol):
                 return 1
             res = await run_level(n, args, url, ws_url, pat, calls, server)
+            res["mode"] = "shared (PostgreSQL, Redis)" if args.cluster else "single (SQLite)"
         finally:
             server.stop()
+            await drop_cluster_schema(server.env)
         print(json.dumps(res), flush=True)
         if res["passes"]:
             best = n
