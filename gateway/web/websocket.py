@@ -48,11 +48,13 @@ class ReportingWebSocket(web.WebSocketResponse):
             self._receiving = False
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
-        # Every close of ours lingers (below): the peer may be in the middle of sending a frame
+        # A close for an error lingers (below): the peer may be in the middle of sending a frame
         # (a client streams audio while the error that ends its call is on its way), and a TCP
         # close with its bytes unread is a reset that can destroy our last message and the close
         # frame before the peer reads them (found by tests/fuzz: a bad first message, then 300 KB).
-        if not self.closed:
+        # A normal close (1000) answers a peer that said it was done: no lingering, so a client
+        # that waits for the server to close TCP first (the websockets library) is not held.
+        if not self.closed and code != 1000:
             self._lingering = True
         # Called by receive() itself when the reader failed: the only close that gets a report.
         if self._receiving and code in READ_ERROR_CLOSE_CODES and not self._reported and not self.closed:

@@ -50,9 +50,12 @@ async def test_instance_killed_mid_call_ends_on_b_and_reopens_there(cluster):
         await again.end()
     status, od = await c.call("b", "GET", "/verification/ondemand", tok, params={"users": "cust-1688"})
     assert status == 200 and od["bio_result"].startswith("TRUE_"), (od, logs_of(c))
+    # The re-opened call then closes on B. It closes once its final results are out (the
+    # engine's drain after the stream's end), which a loaded machine can make later than the
+    # on-demand answer: wait for it rather than expect it first (a full-suite run saw BIO_ACTIVE).
     async with c.open_sse("b", "/dialog-status", tok) as resp:
-        first = await SseReader(resp).until(lambda e: True)
-    assert first["data"] == {"status": "CALL_CLOSED"}, first
+        reader = SseReader(resp)
+        await reader.until(lambda e: e["data"].get("status") == "CALL_CLOSED", timeout=30)
 
 
 async def test_redis_restart_mid_call_fan_out_resumes(cluster):
