@@ -23,10 +23,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from connectors import nice
-from connectors.base import ConnectorError, StreamPort
+from connectors.base import Channel, ConnectorError, Frame, StreamPort
 from connectors.nice import Handshake, norm_key
 from gateway.calls.attach import StreamAttachment, attach
 from gateway.calls.dialog import Dialog, DialogBusy
+from gateway.calls.results import VerificationResults
 from gateway.errors import ApiError, bad_request
 from gateway.services.nice_units import api_key_hash
 from gateway.services.verification import MAX_USERS
@@ -104,6 +105,41 @@ def _param(params: dict[str, str], keys: tuple[str, ...]) -> str | None:
     return next((by_norm[k] for k in keys if by_norm.get(k)), None)
 
 
+class _NicePort:
+    """One socket's StreamAttachment, with NICE's rule for final results. Several sockets feed
+    one call and each may end in-band, so `finish` publishes the call's final results only for
+    the customer's channel (an RX socket has none of its own) and only when they say something
+    new: speech arrived since the last result. The agent never gets the same result twice."""
+
+    def __init__(self, stream: StreamAttachment, channel: Channel):
+        self.stream = stream
+        self.channel = channel
+        self.dialog_id = stream.dialog_id
+
+    def push(self, frame: Frame) -> None:
+        self.stream.push(frame)
+
+    async def wait_capacity(self) -> None:
+        await self.stream.wait_capacity()
+
+    def report(self, status: str, reason: str) -> None:
+        self.stream.report(status, reason)
+
+    async def finish(self) -> None:
+        if self.channel != "customer":
+            return
+        d = self.stream.dialog
+        await d.drain(timeout=self.stream.final_drain_s)
+        v, latest = d.verification, d.verification_latest
+        if (v is not None and latest is not None and isinstance(p := latest.payload, VerificationResults)
+                and p.epoch == v.epoch and p.results and p.results[0].speech_millis >= d.engine_session.speech_ms):
+            return
+        await self.stream.finish()
+
+    async def end(self, reason: str, resume_within_s: float = 0.0) -> None:
+        await self.stream.end(reason, resume_within_s)
+
+
 class _Opener:
     """Attaches one CXone socket to its contact's call (connectors.nice.StreamOpener)."""
 
@@ -159,7 +195,7 @@ class _Opener:
         self.log = self.log.bind(dialog_id=dialog.dialog_id)
         if hs.channel == "customer" and dialog.profile is not None:
             stream.track(asyncio.create_task(self._verify_automatically(dialog, hs)))
-        return stream
+        return _NicePort(stream, hs.channel)
 
     def _attach(self, dialog: Dialog, hs: Handshake) -> StreamAttachment:
         # An RX socket carries no customer audio; the call has some if its TX feeds (or fed) it.

@@ -145,3 +145,52 @@ def events_of(gw, contact_id: str, kind: str = "vb_verification") -> list[dict]:
         return []
     return [e for line in path.read_text().splitlines() if (e := json.loads(line))["message_type"] == kind
             and e["dialog_id"] == contact_id]
+
+
+class Agent:
+    """A real Socket.IO client, as the agent widget is: it presents the session token and
+    records every event it receives."""
+
+    def __init__(self, token: str):
+        import socketio
+
+        from gateway.web.socketio import NAMESPACE
+        self.token = token
+        self.namespace = NAMESPACE
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: list[tuple[str, object]] = []
+        self.changed = asyncio.Event()
+
+        @self.sio.on("*", namespace=NAMESPACE)
+        async def any_event(event, data=None):
+            self.events.append((event, data))
+            self.changed.set()
+
+    async def follow(self, gw) -> "Agent":
+        """Connect and ask for the call's status (the widget does; it then gets every result)."""
+        from gateway.web.socketio import PATH
+        await self.sio.connect(gw.url, socketio_path=PATH, namespaces=[self.namespace], transports=["websocket"])
+        ack = await self.sio.call("status", {"token": self.token, "users": "", "time": ""}, namespace=self.namespace,
+                                  timeout=10)
+        assert ack == {"ok": True}, ack
+        return self
+
+    def of(self, name: str) -> list:
+        return [data for event, data in self.events if event == f"{name}-{self.token}"]
+
+    def statuses(self) -> list[str]:
+        return [s["status"] for s in self.of("status")]
+
+    def results(self) -> list[dict]:
+        """Every verification row received, in order."""
+        return [row for batch in self.of("verification") for row in batch]
+
+    async def until(self, pred, timeout: float = 60.0) -> None:
+        async def loop():
+            while not pred(self):
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(loop(), timeout)
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
