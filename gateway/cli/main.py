@@ -249,6 +249,8 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
 
     from gateway.cli.audiohook import add_cli as _add_audiohook
     _add_audiohook(sub, _settings)
+    from gateway.cli.nice import add_cli as _add_nice
+    _add_nice(sub, _settings)
     from gateway.cli.blocklist import add_cli as _add_blocklist
     _add_blocklist(sub, _settings)
     from gateway.cli.stream import add_cli as _add_stream

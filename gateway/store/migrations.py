@@ -183,6 +183,15 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX recording_jobs_due ON recording_jobs (status, next_attempt_ms);
     CREATE INDEX recording_jobs_call ON recording_jobs (profile_id, ccaas_session_id, user_id);
     """),
+    # NICE CXone business units allowed to stream over the CAAE audio relay (connectors/nice.py):
+    # the API key only as its SHA-256 (gateway/services/nice_units.py).
+    Migration(7, "NICE CXone business units (API key hashed)", """
+    CREATE TABLE nice_business_units (bu_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        profile_id TEXT, api_key_hash TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL);
+    """, """
+    CREATE TABLE nice_business_units (bu_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        profile_id TEXT, api_key_hash TEXT NOT NULL UNIQUE, created_ms BIGINT NOT NULL);
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
