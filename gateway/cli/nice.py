@@ -2,8 +2,11 @@
 the implementations are imported when a command runs, so other commands stay quick."""
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import sys
+from pathlib import Path
 
 
 async def cli_add_bu(args, settings) -> int:
@@ -88,3 +91,53 @@ def add_cli(sub, settings_of) -> None:
     rm = nsub.add_parser("revoke", help="revoke a business unit's API key")
     rm.add_argument("--bu-id", required=True)
     rm.set_defaults(fn=lambda args: asyncio.run(cli_revoke_bu(args, settings_of(args))))
+
+    s = sub.add_parser("nice-sim", help="NICE CXone audio relay client simulator (behaves like CXone's CAAE app)")
+    add_sim_arguments(s)
+    s.set_defaults(fn=_sim_main)
+
+
+def _sim_main(args) -> int:
+    from tools import nice_sim
+    return nice_sim.main(args)
+
+
+def add_sim_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="*", type=Path, metavar="FILE.wav",
+                   help="contact audio: mono = the contact (TX only); stereo = agent and contact, the contact on "
+                        "--customer-channel (TX), the agent on the other (RX)")
+    p.add_argument("--uri", required=True, help="the Audio Relay Endpoint, e.g. wss://vbgw.example.com/nice/ws")
+    p.add_argument("--api-key", required=True, help="the business unit's key (vbgw nice add-bu)")
+    p.add_argument("--header", default="X-Api-Key", help="the header the key goes in (the gateway's nice.header)")
+    p.add_argument("--auth", choices=("header", "bearer", "query"), default="header",
+                   help="where the key goes: --header, Authorization: Bearer, or ?token=")
+    p.add_argument("--contact-id", help="the contact id (default: a random one per contact; with --calls N, "
+                                        "ID-1 ... ID-N)")
+    p.add_argument("--ani", default="", help="the caller's number, sent as scriptParams.Ani")
+    p.add_argument("--script-params", type=json.loads, default=None, help="scriptParams JSON object")
+    p.add_argument("--customer-channel", type=int, choices=(0, 1), default=1,
+                   help="stereo files: the contact's channel (default 1, right: NICE recordings put the agent left)")
+    p.add_argument("--mix", action="store_true", help="one MIX socket with both voices summed, instead of TX and RX")
+    p.add_argument("--fast", action="store_true", help="send audio as fast as possible instead of in real time")
+    p.add_argument("--speed", type=float, default=1.0, help="pacing factor (2 = twice real time)")
+    p.add_argument("--frame-ms", type=int, default=20, help="audio per message (CXone: 20 ms, 160 bytes)")
+    p.add_argument("--shape", choices=("binary", "media", "audio"), default="binary",
+                   help="audio messages: raw binary, {event: media, media: {payload}} or {audio}")
+    p.add_argument("--end", choices=("close", "stop", "empty"), default="close",
+                   help="how each socket ends: close it (as CXone does), a stop event, or an empty message")
+    p.add_argument("--hold-at", type=float, help="put the contact on hold at this many seconds: every socket closes")
+    p.add_argument("--hold-for", type=float, default=2.0, help="seconds on hold before new sockets resume it")
+    p.add_argument("--probe", action="store_true", help="check the endpoint and key: one TX socket, no audio")
+    p.add_argument("--calls", type=int, default=1, help="contacts to simulate")
+    p.add_argument("--rate", type=float, default=1.0, help="contacts started per second")
+    p.add_argument("--fault", action="append", default=[], choices=NICE_SIM_FAULTS, help="misbehave on purpose")
+    p.add_argument("--json", action="store_true", help="one JSON line per contact")
+    r = p.add_argument_group("verification outcome", "read back from the gateway's REST API after each contact")
+    r.add_argument("--pat", help="a personal access token of the contacts' VB profile's group")
+    r.add_argument("--tenant", help="tenant name or id")
+    r.add_argument("--profile", help="VB profile name or id")
+    r.add_argument("--users", help="comma-separated user ids to verify each contact against (default: the "
+                                   "normalised --ani, as the automatic verification does)")
+
+
+NICE_SIM_FAULTS = ("wrong_key", "bad_handshake", "audio_before_handshake", "bad_base64", "oversized_frame", "drop")
