@@ -49,18 +49,13 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors import safejson
-from connectors.base import Channel, ConnectorError, Frame, StreamPort, WireSocket
+from connectors.base import (
+    CLOSE_INTERNAL, CLOSE_INVALID, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, Channel,
+    ConnectorError, Frame, StreamPort, WireSocket, websocket_path,
+)
 from connectors.codecs import SUPPORTED_RATES, StreamResampler, decode
 
 log = structlog.get_logger(__name__)
-
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003
-CLOSE_INVALID = 1007
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
 
 Perspective = Literal["TX", "RX", "MIX"]
 PERSPECTIVES: tuple[Perspective, ...] = ("TX", "RX", "MIX")
@@ -103,9 +98,7 @@ class NiceConfig(BaseModel):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        if not v.startswith("/") or any(c in v for c in "?#{} "):
-            raise ValueError("path must start with / and contain no query, fragment, braces or spaces")
-        return v
+        return websocket_path(v)
 
     @field_validator("header")
     @classmethod
@@ -177,6 +170,17 @@ def _bad(code: str, message: str, close_code: int = CLOSE_INVALID) -> ConnectorE
     return ConnectorError(code, message, close_code)
 
 
+def _json_object(text: str, code: str, what: str) -> dict[str, Any]:
+    """`text` parsed as a JSON object, or ConnectorError(code, close 1007) saying `what` it must be."""
+    try:
+        data = safejson.loads(text)
+    except safejson.JsonInputError as exc:
+        raise _bad(code, f"{what}: {exc.message}") from None
+    if not isinstance(data, dict):
+        raise _bad(code, f"{what}, not a JSON {type(data).__name__}")
+    return data
+
+
 def _text_id(value: Any, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise _bad("BAD_HANDSHAKE", f"{what} must be a string or a number")
@@ -202,10 +206,7 @@ def parse_script_params(value: Any) -> dict[str, str]:
     if value is None or value == "":
         return {}
     if isinstance(value, str):
-        try:
-            value = safejson.loads(value)
-        except safejson.JsonInputError as exc:
-            raise _bad("BAD_SCRIPT_PARAMS", "scriptParams is a string but not JSON: " + exc.message) from None
+        value = _json_object(value, "BAD_SCRIPT_PARAMS", "scriptParams must be a JSON object (or a string holding one)")
     if not isinstance(value, dict):
         raise _bad("BAD_SCRIPT_PARAMS", "scriptParams must be a JSON object (or a string holding one)")
     out: dict[str, str] = {}
@@ -256,14 +257,8 @@ def parse_audio_format(value: Any) -> AudioFormat:
 
 def parse_handshake(text: str) -> Handshake:
     """The initial message, or ConnectorError (BAD_HANDSHAKE, ...) saying what is wrong."""
-    try:
-        data = safejson.loads(text)
-    except safejson.JsonInputError as exc:
-        raise _bad("BAD_HANDSHAKE", "the first message must be a JSON object with streamPerspective and "
-                   "contactId: " + exc.message) from None
-    if not isinstance(data, dict):
-        raise _bad("BAD_HANDSHAKE", "the first message must be a JSON object with streamPerspective and contactId")
-    d = _normalised(data)
+    d = _normalised(_json_object(text, "BAD_HANDSHAKE", "the first message must be a JSON object with "
+                                 "streamPerspective and contactId"))
     if _pick(d, PERSPECTIVE_KEYS) is None:
         wrapped = next((v for k in WRAPPER_KEYS if isinstance(v := d.get(k), dict)), None)
         if wrapped is not None:
@@ -335,13 +330,8 @@ class NiceStream:
     def _text(self, text: str) -> Frame | StreamEnd | None:
         if len(text) > 2 * self.max_frame_bytes + 1024:
             raise _bad("FRAME_TOO_LARGE", f"a text message of {len(text)} characters exceeds the limit", CLOSE_TOO_BIG)
-        try:
-            data = safejson.loads(text)
-        except safejson.JsonInputError as exc:
-            raise _bad("BAD_MESSAGE", "a text message must be JSON (media, audio or stop): " + exc.message) from None
-        if not isinstance(data, dict):
-            raise _bad("BAD_MESSAGE", "a text message must be a JSON object")
-        d = _normalised(data)
+        d = _normalised(_json_object(text, "BAD_MESSAGE", "a text message must be a JSON object (media, audio "
+                                     "or stop)"))
         event = d.get("event")
         if isinstance(event, str) and event.strip().lower() in STOP_EVENTS:
             self.state = State.ENDED

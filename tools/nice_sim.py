@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import websockets
 
-from connectors.base import ConnectorError
 from connectors.codecs import FILE_RATES, encode_mulaw, read_wav_8k, wav_info
+from tools.sim_support import load_files, staggered, verification_lines
 from gateway.cli.nice import NICE_SIM_FAULTS as FAULTS  # noqa: F401  (one list, the command line's)
 
 
@@ -288,11 +288,7 @@ async def run_call(opts: NiceSimOptions, customer: np.ndarray, agent: np.ndarray
 async def run_load(make_opts, calls: list[tuple[np.ndarray, np.ndarray | None]], n: int,
                    rate: float) -> list[CallReport]:
     """`n` contacts started `rate` per second; make_opts(i) gives each one's options."""
-    async def one(i: int) -> CallReport:
-        await asyncio.sleep(i / rate if rate > 0 else 0)
-        customer, agent = calls[i % len(calls)]
-        return await run_call(make_opts(i), customer, agent)
-    return list(await asyncio.gather(*(one(i) for i in range(n))))
+    return await staggered(lambda i: run_call(make_opts(i), *calls[i % len(calls)]), n, rate)
 
 
 def load_call(path: Path, customer_channel: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
@@ -306,40 +302,19 @@ def load_call(path: Path, customer_channel: int = 1) -> tuple[np.ndarray, np.nda
 
 
 def _load_calls(files: list[Path], customer_channel: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    calls = []
-    for f in files:
-        if not f.is_file():
-            raise ValueError(f"no such file: {f}")
-        try:
-            calls.append(load_call(f, customer_channel))
-        except ConnectorError as exc:
-            raise ValueError(f"cannot read {f} as audio: {exc.message}") from None
-    return calls
+    return load_files(files, lambda f: load_call(f, customer_channel))
 
 
 async def _outcomes(args, reports: list[CallReport]) -> list[str]:
     """Each contact's verification, read back from the REST API with a session token for it: the
     users of --users, else the caller's number (the automatic verification's fallback user id)."""
-    import aiohttp
-
-    from gateway.cli.client import ClientError, create_token, describe, http_base, ondemand
     from gateway.web.audiohook import normalize_ani
     users = [u.strip() for u in (args.users or "").split(",") if u.strip()] or \
         ([normalize_ani(args.ani)] if args.ani else [])
     if not users:
         return ["verification: no users to check (give --users or --ani)"]
-    base = http_base(args.uri)
-    lines = []
-    async with aiohttp.ClientSession() as http:
-        for r in reports:
-            if r.connect_error:
-                continue
-            try:
-                tok = await create_token(http, base, args.pat, r.contact_id, args.tenant, args.profile)
-                lines.append(f"verification of contact {r.contact_id}: {describe(await ondemand(http, base, tok, users))}")
-            except (ClientError, aiohttp.ClientError) as exc:
-                lines.append(f"verification of contact {r.contact_id}: {exc}")
-    return lines
+    calls = [r.contact_id for r in reports if not r.connect_error]
+    return await verification_lines(args.uri, args.pat, args.tenant, args.profile, users, calls, "contact")
 
 
 def main(args) -> int:
