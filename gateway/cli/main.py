@@ -297,6 +297,7 @@ BENCHES = (
     ("speed", "tools.bench.speed", "encoder and VAD CPU cost"),
     ("stream", "tools.bench.stream", "concurrent real-time direct streams with verification"),
     ("audiohook", "tools.bench.audiohook", "concurrent real-time AudioHook calls with verification"),
+    ("nice", "tools.bench.nice", "concurrent real-time NICE CXone contacts (TX and RX sockets) with verification"),
     ("live", "tools.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
     ("slowclients", "tools.bench.slowclients", "idle, slowloris and never-reading clients: /healthz latency, "
                                                  "gateway memory, when each is let go"),
