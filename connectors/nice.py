@@ -18,7 +18,8 @@ and tolerant of the rest:
      channels}`; default G.711 mu-law, 8 kHz, mono, raw (NICE's documented format)
    - informational: `agentId`, a business unit, `ani`
    A wrapper object (`{"event": "start", "start": {...}}`, as Twilio-like relays send) is looked
-   into when the top level has no `streamPerspective`.
+   into when the top level has no `streamPerspective`; one `{"event": "connected"}` greeting
+   before it is ignored.
    The server answers `{"status": "ok", "streamPerspective", "contactId", "encoding",
    "sampleRate"}` (a "handshake response" exists for voice; NICE's schema for it is unknown).
 2. Audio: BINARY messages of raw audio in the handshake's encoding, any length; or TEXT
@@ -284,6 +285,19 @@ def parse_handshake(text: str) -> Handshake:
                      ani=_optional_text(_pick(d, ANI_KEYS)))
 
 
+def _is_connected_event(text: str) -> bool:
+    """`{"event": "connected", ...}` without a perspective: what Twilio-like relays send before
+    their `start`; tolerated once before the initial message."""
+    try:
+        data = safejson.loads(text)
+    except safejson.JsonInputError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    d = _normalised(data)
+    return str(d.get("event", "")).strip().lower() == "connected" and _pick(d, PERSPECTIVE_KEYS) is None
+
+
 class State(enum.Enum):
     AWAITING_HANDSHAKE = "AWAITING_HANDSHAKE"
     STREAMING = "STREAMING"
@@ -314,6 +328,9 @@ class NiceStream:
             if kind == "binary" or not isinstance(data, str):
                 raise _bad("AUDIO_BEFORE_HANDSHAKE", "audio arrived before the initial message (a JSON text "
                            "message with streamPerspective and contactId)", CLOSE_POLICY)
+            if self.ignored == 0 and _is_connected_event(data):
+                self.ignored += 1          # a relay's greeting before the initial message (once)
+                return None
             hs = parse_handshake(data)
             self.handshake = hs
             self.state = State.STREAMING
@@ -420,10 +437,13 @@ async def serve(ws: WireSocket, opener: StreamOpener, cfg: NiceConfig) -> str:
     outcome = "completed"
     in_band_end = False
     slog = log
+    loop = asyncio.get_running_loop()
+    handshake_by = loop.time() + cfg.handshake_timeout_s
     try:
         while True:
             try:
-                msg = await ws.receive(timeout=cfg.handshake_timeout_s if stream.handshake is None else None)
+                wait = max(0.0, handshake_by - loop.time()) if stream.handshake is None else None
+                msg = await ws.receive(timeout=wait)
             except asyncio.TimeoutError:
                 raise _bad("HANDSHAKE_TIMEOUT", f"no initial message within {cfg.handshake_timeout_s:g} s",
                            CLOSE_POLICY) from None
