@@ -18,7 +18,8 @@ and tolerant of the rest:
      channels}`; default G.711 mu-law, 8 kHz, mono, raw (NICE's documented format)
    - informational: `agentId`, a business unit, `ani`
    A wrapper object (`{"event": "start", "start": {...}}`, as Twilio-like relays send) is looked
-   into when the top level has no `streamPerspective`.
+   into when the top level has no `streamPerspective`; one `{"event": "connected"}` greeting
+   before it is ignored.
    The server answers `{"status": "ok", "streamPerspective", "contactId", "encoding",
    "sampleRate"}` (a "handshake response" exists for voice; NICE's schema for it is unknown).
 2. Audio: BINARY messages of raw audio in the handshake's encoding, any length; or TEXT
@@ -49,18 +50,13 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors import safejson
-from connectors.base import Channel, ConnectorError, Frame, StreamPort, WireSocket
+from connectors.base import (
+    CLOSE_INTERNAL, CLOSE_INVALID, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, Channel,
+    ConnectorError, Frame, StreamPort, WireSocket, websocket_path,
+)
 from connectors.codecs import SUPPORTED_RATES, StreamResampler, decode
 
 log = structlog.get_logger(__name__)
-
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003
-CLOSE_INVALID = 1007
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
 
 Perspective = Literal["TX", "RX", "MIX"]
 PERSPECTIVES: tuple[Perspective, ...] = ("TX", "RX", "MIX")
@@ -103,9 +99,7 @@ class NiceConfig(BaseModel):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        if not v.startswith("/") or any(c in v for c in "?#{} "):
-            raise ValueError("path must start with / and contain no query, fragment, braces or spaces")
-        return v
+        return websocket_path(v)
 
     @field_validator("header")
     @classmethod
@@ -177,6 +171,17 @@ def _bad(code: str, message: str, close_code: int = CLOSE_INVALID) -> ConnectorE
     return ConnectorError(code, message, close_code)
 
 
+def _json_object(text: str, code: str, what: str) -> dict[str, Any]:
+    """`text` parsed as a JSON object, or ConnectorError(code, close 1007) saying `what` it must be."""
+    try:
+        data = safejson.loads(text)
+    except safejson.JsonInputError as exc:
+        raise _bad(code, f"{what}: {exc.message}") from None
+    if not isinstance(data, dict):
+        raise _bad(code, f"{what}, not a JSON {type(data).__name__}")
+    return data
+
+
 def _text_id(value: Any, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise _bad("BAD_HANDSHAKE", f"{what} must be a string or a number")
@@ -202,10 +207,7 @@ def parse_script_params(value: Any) -> dict[str, str]:
     if value is None or value == "":
         return {}
     if isinstance(value, str):
-        try:
-            value = safejson.loads(value)
-        except safejson.JsonInputError as exc:
-            raise _bad("BAD_SCRIPT_PARAMS", "scriptParams is a string but not JSON: " + exc.message) from None
+        value = _json_object(value, "BAD_SCRIPT_PARAMS", "scriptParams must be a JSON object (or a string holding one)")
     if not isinstance(value, dict):
         raise _bad("BAD_SCRIPT_PARAMS", "scriptParams must be a JSON object (or a string holding one)")
     out: dict[str, str] = {}
@@ -256,14 +258,8 @@ def parse_audio_format(value: Any) -> AudioFormat:
 
 def parse_handshake(text: str) -> Handshake:
     """The initial message, or ConnectorError (BAD_HANDSHAKE, ...) saying what is wrong."""
-    try:
-        data = safejson.loads(text)
-    except safejson.JsonInputError as exc:
-        raise _bad("BAD_HANDSHAKE", "the first message must be a JSON object with streamPerspective and "
-                   "contactId: " + exc.message) from None
-    if not isinstance(data, dict):
-        raise _bad("BAD_HANDSHAKE", "the first message must be a JSON object with streamPerspective and contactId")
-    d = _normalised(data)
+    d = _normalised(_json_object(text, "BAD_HANDSHAKE", "the first message must be a JSON object with "
+                                 "streamPerspective and contactId"))
     if _pick(d, PERSPECTIVE_KEYS) is None:
         wrapped = next((v for k in WRAPPER_KEYS if isinstance(v := d.get(k), dict)), None)
         if wrapped is not None:
@@ -287,6 +283,19 @@ def parse_handshake(text: str) -> Handshake:
                      agent_id=_optional_text(_pick(d, AGENT_ID_KEYS)),
                      business_unit=_optional_text(_pick(d, BUSINESS_UNIT_KEYS)),
                      ani=_optional_text(_pick(d, ANI_KEYS)))
+
+
+def _is_connected_event(text: str) -> bool:
+    """`{"event": "connected", ...}` without a perspective: what Twilio-like relays send before
+    their `start`; tolerated once before the initial message."""
+    try:
+        data = safejson.loads(text)
+    except safejson.JsonInputError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    d = _normalised(data)
+    return str(d.get("event", "")).strip().lower() == "connected" and _pick(d, PERSPECTIVE_KEYS) is None
 
 
 class State(enum.Enum):
@@ -319,6 +328,9 @@ class NiceStream:
             if kind == "binary" or not isinstance(data, str):
                 raise _bad("AUDIO_BEFORE_HANDSHAKE", "audio arrived before the initial message (a JSON text "
                            "message with streamPerspective and contactId)", CLOSE_POLICY)
+            if self.ignored == 0 and _is_connected_event(data):
+                self.ignored += 1          # a relay's greeting before the initial message (once)
+                return None
             hs = parse_handshake(data)
             self.handshake = hs
             self.state = State.STREAMING
@@ -335,13 +347,8 @@ class NiceStream:
     def _text(self, text: str) -> Frame | StreamEnd | None:
         if len(text) > 2 * self.max_frame_bytes + 1024:
             raise _bad("FRAME_TOO_LARGE", f"a text message of {len(text)} characters exceeds the limit", CLOSE_TOO_BIG)
-        try:
-            data = safejson.loads(text)
-        except safejson.JsonInputError as exc:
-            raise _bad("BAD_MESSAGE", "a text message must be JSON (media, audio or stop): " + exc.message) from None
-        if not isinstance(data, dict):
-            raise _bad("BAD_MESSAGE", "a text message must be a JSON object")
-        d = _normalised(data)
+        d = _normalised(_json_object(text, "BAD_MESSAGE", "a text message must be a JSON object (media, audio "
+                                     "or stop)"))
         event = d.get("event")
         if isinstance(event, str) and event.strip().lower() in STOP_EVENTS:
             self.state = State.ENDED
@@ -430,10 +437,13 @@ async def serve(ws: WireSocket, opener: StreamOpener, cfg: NiceConfig) -> str:
     outcome = "completed"
     in_band_end = False
     slog = log
+    loop = asyncio.get_running_loop()
+    handshake_by = loop.time() + cfg.handshake_timeout_s
     try:
         while True:
             try:
-                msg = await ws.receive(timeout=cfg.handshake_timeout_s if stream.handshake is None else None)
+                wait = max(0.0, handshake_by - loop.time()) if stream.handshake is None else None
+                msg = await ws.receive(timeout=wait)
             except asyncio.TimeoutError:
                 raise _bad("HANDSHAKE_TIMEOUT", f"no initial message within {cfg.handshake_timeout_s:g} s",
                            CLOSE_POLICY) from None

@@ -38,8 +38,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import websockets
 
-from connectors.base import ConnectorError
 from connectors.codecs import FILE_RATES, encode_mulaw, read_wav_8k, wav_info
+from tools.sim_support import load_files, staggered, verification_lines
 
 PERSPECTIVES = ("TX", "RX", "MIX")
 ENDS = ("stop", "close", "empty")
@@ -60,16 +60,16 @@ class SimOptions:
     header: str = "X-Api-Key"                 # the CAAE app's header name (nice.header)
     carrier: str = "header"                   # header | bearer | query: where the key travels
     contact_id: str = field(default_factory=new_contact_id)
-    perspectives: tuple[str, ...] = ("TX", "RX")
+    perspectives: tuple[str, ...] | None = None   # None: TX and RX with agent audio, else TX alone
     script_params: dict[str, str] = field(default_factory=dict)
     agent_id: str = "vbgw-sim"
     business_unit: str | None = None
     frame_ms: int = 20
     speed: float = 1.0                        # 1 = real time; 0 = as fast as possible
     shape: str = "binary"                     # binary | media | audio: how audio travels
-    end: str = "stop"                         # stop | close | empty: how the call's sockets end
+    end: str = "close"                        # close | stop | empty: how the call's sockets end
     hold_at_s: float | None = None            # hold (all sockets close) at this call position
-    hold_for_s: float = 5.0
+    hold_for_s: float = 2.0
     probe: bool = False                       # one TX socket, no audio: is the endpoint usable?
     faults: frozenset[str] = frozenset()
     open_timeout_s: float = 10.0
@@ -206,8 +206,8 @@ class _Socket:
         o = self.o
         if "audio_before_handshake" in o.faults:
             return b"\xff" * 160
-        if "bad_first_message" in o.faults:
-            return "hello from CXone"
+        if "bad_handshake" in o.faults:
+            return "{not json"
         msg: dict[str, Any] = {"streamPerspective": "XX" if "bad_perspective" in o.faults else self.r.perspective,
                                "contactId": o.contact_id, "agentId": o.agent_id,
                                "scriptParams": json.dumps(o.script_params)}
@@ -375,10 +375,11 @@ class _Socket:
 
 class Follower:
     """The agent's panel: a Socket.IO client following the contact with its session token
-    (`status`, then `verification` with `users` if given), recording statuses and rows."""
+    (`status`: the call's statuses and every result of its verification, the automatic one
+    included), recording statuses and verification rows."""
 
-    def __init__(self, base: str, token: str, users: list[str]):
-        self.base, self.token, self.users = base, token, users
+    def __init__(self, base: str, token: str):
+        self.base, self.token = base, token
         self.statuses: list[str] = []
         self.rows: list[dict] = []
         self.changed = asyncio.Event()
@@ -403,12 +404,11 @@ class Follower:
 
         await self.sio.connect(self.base, socketio_path=PATH, namespaces=[NAMESPACE], transports=["websocket"],
                                wait_timeout=10)
-        for event, users in (("status", ""), *((("verification", ",".join(self.users)),) if self.users else ())):
-            ack = await self.sio.call(event, {"token": self.token, "users": users, "time": ""}, namespace=NAMESPACE,
-                                      timeout=10)
-            if ack != {"ok": True}:
-                err = (ack or {}).get("error") or {}
-                raise RuntimeError(f"Socket.IO {event} refused: {err.get('code')}: {err.get('message')}")
+        ack = await self.sio.call("status", {"token": self.token, "users": "", "time": ""}, namespace=NAMESPACE,
+                                  timeout=10)
+        if ack != {"ok": True}:
+            err = (ack or {}).get("error") or {}
+            raise RuntimeError(f"Socket.IO status refused: {err.get('code')}: {err.get('message')}")
 
     def closed(self) -> bool:
         return any(s.startswith(("CALL_CLOSED", "SYSTEM_ERROR", "ERR_CODE")) for s in self.statuses)
@@ -452,15 +452,17 @@ async def _perspective(o: SimOptions, perspective: str, payload: bytes, segment:
 async def run_contact(o: SimOptions, tx: np.ndarray, rx: np.ndarray | None = None, label: str = "",
                       follower: Follower | None = None, results_wait_s: float = 10.0) -> ContactReport:
     """One simulated CXone contact; never raises for gateway misbehaviour (see the report).
-    `tx` is the contact's audio (the customer); `rx` the agent's (silence if None); a MIX
-    socket carries their sum."""
+    `tx` is the contact's audio (the customer); `rx` the agent's (None: no agent audio, so no
+    RX socket unless `o.perspectives` asks for one, which then carries silence); a MIX socket
+    carries their sum."""
     report = ContactReport(o.contact_id, label)
+    rx_missing = rx is None
     n = max(len(tx), len(rx) if rx is not None else 0)
     tx = np.pad(tx, (0, n - len(tx)))
     rx = np.zeros(n, np.int16) if rx is None else np.pad(rx, (0, n - len(rx)))
     mix = np.clip(tx.astype(np.int32) + rx, -32768, 32767).astype(np.int16)
     audio = {"TX": tx, "RX": rx, "MIX": mix}
-    perspectives = ("TX",) if o.probe else o.perspectives
+    perspectives = ("TX",) if o.probe else o.perspectives or (("TX",) if rx_missing else ("TX", "RX"))
     if follower is not None:
         try:
             await follower.start()
@@ -491,26 +493,15 @@ async def run_contact(o: SimOptions, tx: np.ndarray, rx: np.ndarray | None = Non
     return report
 
 
-def load_call(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A WAV file as (TX, RX), decoded by the gateway's own decoder (connectors.codecs): a
-    stereo file is a NICE recording, agent on the left (RX) and the contact on the right (TX),
-    as recordings.channel_maps.NICE_IN_CONTACT says; a mono file is the contact alone."""
+def load_call(path: Path, customer_channel: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """A WAV file as (contact, agent), decoded by the gateway's own decoder (connectors.codecs).
+    Mono: the contact alone. Stereo: a NICE recording, the contact on `customer_channel`
+    (default 1, the right: recordings.channel_maps.NICE_IN_CONTACT puts the agent left), the
+    agent on the other."""
     data = path.read_bytes()
-    if wav_info(data, FILE_RATES).channels > 1:
-        return read_wav_8k(data, channel=1), read_wav_8k(data, channel=0)
-    return read_wav_8k(data), None
-
-
-def _load_calls(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    calls = []
-    for f in files:
-        if not f.is_file():
-            raise ValueError(f"no such file: {f}")
-        try:
-            calls.append(load_call(f))
-        except ConnectorError as exc:
-            raise ValueError(f"cannot read {f} as audio: {exc.message}") from None
-    return calls
+    if wav_info(data, FILE_RATES).channels < 2:
+        return read_wav_8k(data), None
+    return read_wav_8k(data, channel=customer_channel), read_wav_8k(data, channel=1 - customer_channel)
 
 
 async def _session_token(http, base: str, args, contact_id: str) -> str:
@@ -530,7 +521,11 @@ def _describe(row: dict) -> str:
 
 
 def _params(args) -> dict[str, str]:
-    params: dict[str, str] = {}
+    """The script parameters: --script-params, then --ani as Ani, then each --param."""
+    sp = args.script_params
+    if sp is not None and not isinstance(sp, dict):
+        raise ValueError("--script-params must be a JSON object, e.g. '{\"user_id\": \"cust-1\"}'")
+    params = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (sp or {}).items()}
     if args.ani:
         params["Ani"] = args.ani
     for item in args.param:
@@ -541,20 +536,31 @@ def _params(args) -> dict[str, str]:
     return params
 
 
+def _perspectives(args) -> tuple[str, ...] | None:
+    if args.mix:
+        return ("MIX",)
+    if not args.perspectives:
+        return None
+    chosen = tuple(p.strip().upper() for p in args.perspectives.split(",") if p.strip())
+    if not chosen or any(p not in PERSPECTIVES for p in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"--perspectives takes TX, RX and MIX separated by commas, got {args.perspectives!r}")
+    return chosen
+
+
 async def _run(args, calls: list[tuple[np.ndarray, np.ndarray | None]], labels: list[str]) -> list[ContactReport]:
     import aiohttp
 
     from gateway.cli.client import ClientError, http_base
     params = _params(args)
-    perspectives = tuple(p.strip().upper() for p in args.perspectives.split(",") if p.strip())
-    n = args.contacts or max(1, len(calls))
-    base = http_base(args.endpoint)
-    users = [u.strip() for u in (args.users or "").split(",") if u.strip()]
+    perspectives = _perspectives(args)
+    n = args.calls or max(1, len(calls))
+    base = http_base(args.uri)
 
     async def one(i: int, http) -> ContactReport:
-        await asyncio.sleep(i / args.rate if args.rate > 0 else 0)
-        contact = args.contact_id if args.contact_id and n == 1 else new_contact_id()
-        o = SimOptions(uri=args.endpoint, api_key=args.api_key, header=args.header, carrier=args.auth,
+        contact = new_contact_id()
+        if args.contact_id:
+            contact = args.contact_id if n == 1 else f"{args.contact_id}-{i + 1}"
+        o = SimOptions(uri=args.uri, api_key=args.api_key, header=args.header, carrier=args.auth,
                        contact_id=contact, perspectives=perspectives, script_params=dict(params),
                        business_unit=args.bu_id, frame_ms=args.frame_ms, speed=0 if args.fast else args.speed,
                        shape=args.shape, end=args.end, hold_at_s=args.hold_at, hold_for_s=args.hold_for,
@@ -564,7 +570,7 @@ async def _run(args, calls: list[tuple[np.ndarray, np.ndarray | None]], labels: 
             try:
                 token = await _session_token(http, base, args, contact)
                 o.script_params["vbgwToken"] = token            # as the Studio script passes it to the panel
-                follower = Follower(base, token, users)
+                follower = Follower(base, token)
             except (ClientError, aiohttp.ClientError) as exc:
                 token_error = f"cannot follow the results: no session token: {exc}"
         tx, rx = calls[i % len(calls)]
@@ -573,7 +579,19 @@ async def _run(args, calls: list[tuple[np.ndarray, np.ndarray | None]], labels: 
         return report
 
     async with aiohttp.ClientSession() as http:
-        return list(await asyncio.gather(*(one(i, http) for i in range(n))))
+        return await staggered(lambda i: one(i, http), n, args.rate)
+
+
+async def _outcomes(args, reports: list[ContactReport]) -> list[str]:
+    """Each contact's verification, read back from the REST API with a session token for it: the
+    users of --users, else the caller's number (the automatic verification's fallback user id)."""
+    from gateway.web.audiohook import normalize_ani
+    users = [u.strip() for u in (args.users or "").split(",") if u.strip()] or \
+        ([normalize_ani(args.ani)] if args.ani else [])
+    if not users:
+        return ["verification: no users to read back (give --users or --ani)"]
+    contacts = [r.contact_id for r in reports if not r.connect_error]
+    return await verification_lines(args.uri, args.pat, args.tenant, args.profile, users, contacts, "contact")
 
 
 def _print_report(r: ContactReport) -> None:
@@ -613,19 +631,16 @@ def main(args) -> int:
         print("vbgw nice-sim: --pat needs --tenant and --profile (to make each contact's session token)",
               file=sys.stderr)
         return 2
-    bad_p = [p for p in args.perspectives.split(",") if p.strip().upper() not in PERSPECTIVES]
-    if bad_p or not args.perspectives.strip():
-        print(f"vbgw nice-sim: --perspectives takes TX, RX and MIX separated by commas, got {args.perspectives!r}",
-              file=sys.stderr)
-        return 2
     if not args.api_key and "no_key" not in args.fault:
         print("vbgw nice-sim: give --api-key (the api_key= line of `vbgw nice add-bu`)", file=sys.stderr)
         return 2
     from gateway.cli.client import ClientError, http_base
     try:
         _params(args)
-        http_base(args.endpoint)                 # a URL the tool can use
-        calls = _load_calls(args.files) or [(np.zeros(0, np.int16), None)]
+        _perspectives(args)
+        http_base(args.uri)                      # a URL the tool can use
+        calls = load_files(args.files, lambda f: load_call(f, args.customer_channel)) or \
+            [(np.zeros(0, np.int16), None)]
     except (ValueError, ClientError) as exc:
         print(f"vbgw nice-sim: {exc}", file=sys.stderr)
         return 2
@@ -646,8 +661,12 @@ def main(args) -> int:
     violations = sum(len(s.violations) for r in reports for s in r.sockets)
     print(f"{len(reports) - bad}/{len(reports)} contacts ok, {violations} protocol violations"
           + (f", {refused} not connected" if refused else ""))
-    if not args.pat and not args.json and refused < len(reports):
-        print("(add --pat PAT --tenant T --profile P to follow each contact's results as the agent panel does)")
+    if args.pat:
+        for line in asyncio.run(_outcomes(args, reports)):
+            print(line)
+    elif not args.json and refused < len(reports):
+        print("(add --pat PAT --tenant T --profile P [--users U] to see each contact's results as its agent panel "
+              "does)")
     if refused == len(reports):
         print(f"vbgw nice-sim: {reports[0].connect_error}", file=sys.stderr)
     return 1 if bad else 0
@@ -670,7 +689,7 @@ def _probe_answer(args, r: ContactReport) -> int:
         print(f"vbgw nice-sim: probe failed: {'; '.join(s.violations) or 'the socket did not end cleanly'}",
               file=sys.stderr)
         return 1
-    print(f"probe ok: {args.endpoint} accepted the API key ({'header ' + args.header if args.auth == 'header' else args.auth}) "
+    print(f"probe ok: {args.uri} accepted the API key ({'header ' + args.header if args.auth == 'header' else args.auth}) "
           f"and acknowledged the initial message in {(s.ack_latency_s or 0) * 1000:.0f} ms "
           f"(contact {r.contact_id}, ended with a stop event)")
     return 0

@@ -6,7 +6,7 @@ Ownership rule (docs/api.md, "Who sees a call"):
 
 * The connector that carries a call's audio fixes its owner: the direct stream's session
   token's profile; AudioHook's profile (customConfig `vbProfile`, else the organisation's
-  default profile).
+  default profile); NICE's (the script parameters' `vbProfile`, else the business unit's).
 * A session reaches only the dialog of its own profile on its masterId. A session that comes
   before the audio (an agent's on-demand request before the AudioHook stream opens) creates
   that dialog, and the connector of the same owner later feeds it.

@@ -251,8 +251,6 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
     _add_audiohook(sub, _settings)
     from gateway.cli.nice import add_cli as _add_nice
     _add_nice(sub, _settings)
-    from gateway.cli.nice_sim import add_cli as _add_nice_sim
-    _add_nice_sim(sub)
     from gateway.cli.blocklist import add_cli as _add_blocklist
     _add_blocklist(sub, _settings)
     from gateway.cli.stream import add_cli as _add_stream

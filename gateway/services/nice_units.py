@@ -12,8 +12,8 @@ import secrets
 import sys
 import time
 
-from gateway.services.audiohook_orgs import api_key_hash
-from gateway.store.base import Conflict, NiceBusinessUnit, Repository
+from gateway.services.audiohook_orgs import api_key_hash, owner_of
+from gateway.store.base import NiceBusinessUnit, Repository
 
 BU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -26,19 +26,9 @@ async def add_bu(store: Repository, bu_id: str, tenant: str | None, profile: str
     is made if missing (default: one named `nice-<bu id>`, or the unit's own when rotating);
     the profile must exist in it."""
     existing = await store.get_nice_bu(bu_id)
-    t = await store.get_tenant(tenant) if tenant else None
-    if tenant and t is None:
-        t = await store.ensure_tenant(tenant)
-    if t is None:
-        t = (await store.get_tenant(existing.tenant_id)) if existing else await store.ensure_tenant(f"nice-{bu_id}")
-    assert t is not None
-    profile_id = existing.profile_id if existing and not profile and existing.tenant_id == t.id else None
-    if profile:
-        p = await store.get_profile(t.id, profile)
-        if p is None:
-            raise Conflict(f"no VB profile {profile!r} in tenant {t.name!r}; create it with "
-                           "`vbgw admin profile` or `vbgw admin bootstrap` first")
-        profile_id = p.id
+    t, profile_id = await owner_of(store, tenant, profile, existing.tenant_id if existing else None, f"nice-{bu_id}")
+    if profile_id is None and not profile and existing is not None and existing.tenant_id == t.id:
+        profile_id = existing.profile_id           # a rotation keeps the unit's default profile
     api_key = secrets.token_hex(32)
     bu = NiceBusinessUnit(bu_id, t.id, profile_id, api_key_hash(api_key), int(time.time() * 1000))
     await store.save_nice_bu(bu, replace=rotate)

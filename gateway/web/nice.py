@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from connectors import nice
-from connectors.base import Channel, ConnectorError, Frame, StreamPort
+from connectors.base import CLOSE_NORMAL, CLOSE_TRY_AGAIN, Channel, ConnectorError, Frame, StreamPort
 from connectors.nice import Handshake, norm_key
 from gateway.calls.attach import StreamAttachment, attach
 from gateway.calls.dialog import Dialog, DialogBusy
@@ -178,17 +178,17 @@ class _Opener:
             old = self.live.get(key)
             if old is None:
                 raise ConnectorError("STREAM_BUSY", f"another stream already feeds the {hs.channel} channel of "
-                                     f"contact {hs.contact_id}", nice.CLOSE_TRY_AGAIN) from None
+                                     f"contact {hs.contact_id}", CLOSE_TRY_AGAIN) from None
             # The same perspective again: CXone recovering a connection whose drop this side has
             # not seen yet. The newest socket wins; the old one ends as a hold would.
             self.log.info("nice_stream_replaced")
-            await old.wire.close(code=nice.CLOSE_NORMAL, message=b"replaced by a newer socket")
+            await old.wire.close(code=CLOSE_NORMAL, message=b"replaced by a newer socket")
             try:
                 await asyncio.wait_for(old.done.wait(), TAKEOVER_WAIT_S)
                 stream = self._attach(dialog, hs)
             except (asyncio.TimeoutError, DialogBusy):
                 raise ConnectorError("STREAM_BUSY", f"the {hs.perspective} stream of contact {hs.contact_id} is "
-                                     "still open", nice.CLOSE_TRY_AGAIN) from None
+                                     "still open", CLOSE_TRY_AGAIN) from None
         entry = _Live(self.wire)
         self.live[key] = entry
         self.entry = (key, entry)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from support import gateway_settings
+
 
 @pytest.fixture
 def settings(tmp_path):
-    from gateway.infra.config import load_settings
-    return load_settings(environ={}, overrides={
-        "server": {"data_dir": str(tmp_path / "var"), "port": 0, "shutdown_grace_s": 1},
-        "events": {"jsonl_path": str(tmp_path / "var" / "events.jsonl")},
-        "dialogs": {"retain_after_close_s": 600},
-        "nice": {"resume_idle_s": 3.0, "auth_failure_delay_s": 0.05},
-    })
+    return gateway_settings(tmp_path, nice={"resume_idle_s": 3.0, "auth_failure_delay_s": 0.05})

@@ -15,7 +15,8 @@ from nice_support import A, B, speech, unit_for
 
 from connectors.codecs import encode_mulaw
 from gateway.cli import main as cli
-from support import protocol_audio
+from gateway.web.appkeys import SERVICES
+from support import dialog_named, protocol_audio
 
 ANI = "+15551688"
 P = "ls-other-tel"
@@ -57,8 +58,8 @@ async def test_sim_streams_files_as_cxone_and_prints_each_contacts_results(gatew
     unit = await unit_for(gw)
     genuine, impostor = protocol_audio(P, f"{A}_test1"), protocol_audio(P, f"{B}_test0")
     rc = await _cli("nice-sim", "--endpoint", unit.uri, "--api-key", unit.api_key, "--ani", ANI, "--fast",
-                    "--rate", "0", "--pat", gw.pat, "--tenant", "acme", "--profile", "retail",
-                    str(genuine), str(impostor))
+                    "--perspectives", "TX,RX", "--end", "stop", "--rate", "0", "--pat", gw.pat, "--tenant", "acme",
+                    "--profile", "retail", str(genuine), str(impostor))
     out = capsys.readouterr().out
     assert rc == 0, out
     blocks = _blocks(out)
@@ -72,12 +73,12 @@ async def test_sim_streams_files_as_cxone_and_prints_each_contacts_results(gatew
     assert result[genuine.name].startswith(f"  result: {ANI}: TRUE_") and "score" in result[genuine.name], out
     assert result[impostor.name].startswith(f"  result: {ANI}: FALSE_"), out
     assert "2/2 contacts ok, 0 protocol violations" in out
-
-    # The contact ids the tool printed are the gateway's dialogs, each with both perspectives.
-    contacts = re.findall(r"^contact (\d+) ", out, re.M)
-    status, body = await gw.call("GET", "/verification/ondemand",
-                                 params={"users": ANI, "token": await gw.token(contacts[0], custom={})})
-    assert status == 200 and body["bio_result"].startswith(("TRUE_", "FALSE_")), body
+    # Then each contact's verification read back from the REST API (the normalised --ani).
+    contacts = dict(re.findall(r"^contact (\d+) \((.+?)\): ", out, re.M))
+    readback = dict(re.findall(r"^verification of contact (\d+): (.*)$", out, re.M))
+    assert set(readback) == set(contacts), out
+    by_file = {name: readback[c] for c, name in contacts.items()}
+    assert by_file[genuine.name].startswith(f"{ANI}: TRUE_") and by_file[impostor.name].startswith(f"{ANI}: FALSE_")
 
 
 async def test_sim_hold_resume_drop_and_mix_keep_one_dialog(gateway, tmp_path, capsys):
@@ -88,11 +89,11 @@ async def test_sim_hold_resume_drop_and_mix_keep_one_dialog(gateway, tmp_path, c
     contact, agent = speech(f"{A}_test1", f"{A}_test2"), speech(f"{B}_test0", f"{B}_test1")
     stereo = tmp_path / "nice-call.wav"
     sf.write(stereo, np.stack([agent, contact], axis=1), 8000, subtype="ULAW")
-    base = ["nice-sim", "--endpoint", unit.uri, "--api-key", unit.api_key, "--ani", ANI, "--pat", gw.pat,
-            "--tenant", "acme", "--profile", "retail", "--json"]
+    base = ["nice-sim", "--uri", unit.uri, "--api-key", unit.api_key, "--ani", ANI, "--pat", gw.pat,
+            "--tenant", "acme", "--profile", "retail", "--json", "--end", "stop"]
     cases = {"hold": ["--speed", "4", "--hold-at", "3", "--hold-for", "1"],   # within nice.resume_idle_s (3 s)
-             "drop": ["--speed", "4", "--fault", "drop"],
-             "mix": ["--speed", "4", "--perspectives", "MIX", "--shape", "media", "--end", "empty"]}
+             "drop": ["--speed", "4", "--fault", "drop", "--auth", "bearer"],
+             "mix": ["--speed", "4", "--mix", "--shape", "media", "--end", "empty", "--auth", "query"]}
     for case, extra in cases.items():
         assert await _cli(*base, *extra, str(stereo)) == 0, case
         out = capsys.readouterr().out                # (the in-process gateway logs there too)
@@ -105,11 +106,29 @@ async def test_sim_hold_resume_drop_and_mix_keep_one_dialog(gateway, tmp_path, c
         if case == "hold":
             assert report["holds"] == 1 and [s["perspective"] for s in socks] == ["TX", "RX", "TX", "RX"]
             assert all(s["close_code"] == 1000 for s in socks) and sent["TX"] == sent["RX"] == 8.0
+            assert [s["ended"] for s in socks] == [False, False, True, True]      # closed for the hold
         elif case == "drop":
             assert [(s["perspective"], s["dropped"]) for s in socks] == [("TX", True), ("TX", False), ("RX", False)]
             assert sent["TX"] == 8.0
         else:
             assert [s["perspective"] for s in socks] == ["MIX"] and results[0]["mixed"] is True
+        d = dialog_named(gw.app[SERVICES], report["contact_id"])              # one dialog, all the audio
+        assert d.samples_in == len(contact)
+
+    # Many contacts at once from one file, with given contact ids; closed as CXone closes them
+    # (the default end): the calls stay open for a resume, nothing is refused.
+    rc = await _cli("nice-sim", "--uri", unit.uri, "--api-key", unit.api_key, "--fast", "--calls", "3", "--rate", "0",
+                    "--contact-id", "700000000901", "--json", str(stereo))
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"contact_id"')]
+    assert rc == 0 and sorted(x["contact_id"] for x in lines) == [f"700000000901-{k}" for k in (1, 2, 3)]
+    assert all(x["ok"] and [s["perspective"] for s in x["sockets"]] == ["TX", "RX"] for x in lines), lines
+    assert all(s["close_code"] == 1000 and not s["ended"] for x in lines for s in x["sockets"])
+    for _ in range(20):                  # the gateway handles each close just after the tool saw it
+        dialogs = [dialog_named(gw.app[SERVICES], x["contact_id"]) for x in lines]
+        if all(d.awaiting_resume for d in dialogs):
+            break
+        await asyncio.sleep(0.05)
+    assert all(d.awaiting_resume for d in dialogs), [(d.active_streams, d.status) for d in dialogs]
 
 
 async def test_sim_faults_and_probe_name_the_cause(gateway, tmp_path, capsys):
@@ -142,13 +161,15 @@ async def test_sim_faults_and_probe_name_the_cause(gateway, tmp_path, capsys):
         assert not out and "Traceback" not in io.err + io.out, io
 
     # Faults: the gateway's answer (error code and close code) is printed; the exit code is 1.
-    faults = {"bad_first_message": "BAD_HANDSHAKE", "no_contact_id": "BAD_HANDSHAKE",
+    faults = {"bad_handshake": "BAD_HANDSHAKE", "no_contact_id": "BAD_HANDSHAKE",
               "bad_perspective": "BAD_PERSPECTIVE", "audio_before_handshake": "AUDIO_BEFORE_HANDSHAKE",
               "oversized_frame": "FRAME_TOO_LARGE", "bad_base64": "BAD_BASE64"}
     for fault, code in faults.items():
-        assert await _cli(*base, "--endpoint", unit.uri, "--fault", fault, wav) == 1, fault
+        assert await _cli(*base, "--endpoint", unit.uri, "--fault", fault, "--perspectives", "TX,RX", wav) == 1, fault
         io = capsys.readouterr()
-        assert f"TX: the gateway refused: {code}: " in io.out and "0/1 contacts ok, 0 protocol violations" in io.out, io
+        for p in ("TX", "RX"):
+            assert f"{p}: the gateway refused: {code}: " in io.out, (fault, io)
+        assert "0/1 contacts ok, 0 protocol violations" in io.out, io
         assert "Traceback" not in io.out + io.err
     assert await _cli(*base, "--endpoint", unit.uri, "--fault", "wrong_key", wav) == 1
     io = capsys.readouterr()

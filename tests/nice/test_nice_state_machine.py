@@ -109,6 +109,15 @@ def test_a_bad_initial_message_is_a_clear_error(text, code, close_code):
     assert err.message and "Traceback" not in err.message
 
 
+def test_one_connected_greeting_before_the_handshake_is_tolerated():
+    s = NiceStream()
+    assert s.on_message("text", '{"event": "connected", "protocol": "Call"}') is None
+    assert isinstance(s.on_message("text", handshake()), Handshake)
+    again = NiceStream()
+    again.on_message("text", '{"event": "connected"}')
+    refused("BAD_HANDSHAKE", 1007, ("text", '{"event": "connected"}'), stream=again)
+
+
 def test_audio_or_an_empty_message_before_the_handshake():
     refused("AUDIO_BEFORE_HANDSHAKE", 1008, ("binary", b"\xff" * 160))
     refused("NO_HANDSHAKE", 1008, ("text", ""))
