@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,7 +29,8 @@ import aiohttp
 import numpy as np
 
 from tools.bench.stream import (
-    DEFAULT_PROTOCOL, REPO, Server, _call_audio, _histogram, _p95_from_metrics, _parse_metrics, enrol_bench_user,
+    DEFAULT_PROTOCOL, REPO, BenchGateway, SteadyState, _call_audio, _histogram, _parse_metrics, best_level,
+    fresh_gateway,
 )
 from tools.nice_sim import ContactReport, SimOptions, run_contact
 
@@ -74,39 +73,21 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-async def run_level(n: int, args, url: str, ws_url: str, unit: tuple[str, str, str], calls: list[np.ndarray],
-                    server: Server) -> dict:
-    path, header, key = unit
+async def run_level(n: int, args, gw: BenchGateway, calls: list[np.ndarray]) -> dict:
+    path, header, key = gw.setup
+    server = gw.server
     ramp = args.seconds if args.ramp is None else args.ramp
-    mtok = (server.data_dir / "metrics.token").read_text().strip()
     reports: list[ContactReport] = []
     async with aiohttp.ClientSession() as http:
-        async def metrics_text() -> str:
-            async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {mtok}"}) as r:
-                return await r.text()
-
-        m0 = _parse_metrics(await metrics_text())
-        cpu0, wall0, client0 = server.cpu_seconds(), time.monotonic(), time.process_time()
-        backlog: list[tuple[float, float]] = []
-        rss: list[float] = [server.rss_mb()]
-        at_ramp: dict[str, str] = {}
-
-        async def sample() -> None:
-            while True:
-                text = await metrics_text()
-                t = time.monotonic() - wall0
-                if t >= ramp and "text" not in at_ramp:
-                    at_ramp["text"] = text           # steady state starts: histogram baseline
-                backlog.append((t, _parse_metrics(text).get("vbgw_engine_queue_depth", 0.0)))
-                rss.append(server.rss_mb())
-                await asyncio.sleep(1.0)
-
-        sampler = asyncio.create_task(sample())
+        steady = SteadyState(http, gw.url, server, ramp, n)
+        m0 = _parse_metrics(await steady.metrics_text())
+        cpu0, client0 = server.cpu_seconds(), time.process_time()
+        steady.start()
 
         async def contact(i: int) -> None:
             await asyncio.sleep(ramp * i / max(1, n))
             for k in range(args.calls_per_contact):
-                o = SimOptions(uri=f"{ws_url}{path}", api_key=key, header=header,
+                o = SimOptions(uri=f"{gw.ws_url}{path}", api_key=key, header=header,
                                contact_id=f"7{n:04d}{i:05d}{k:02d}", perspectives=("TX", "RX"),
                                script_params={"user_id": BENCH_USER}, agent_id=f"bench-agent-{i}",
                                frame_ms=args.frame_ms, speed=1.0, end="stop")
@@ -115,64 +96,47 @@ async def run_level(n: int, args, url: str, ws_url: str, unit: tuple[str, str, s
                 reports.append(await run_contact(o, tx, rx))
 
         await asyncio.gather(*(contact(i) for i in range(n)))
-        cpu, wall = server.cpu_seconds() - cpu0, time.monotonic() - wall0
+        cpu, wall = server.cpu_seconds() - cpu0, steady.stop()
         client_cpu = time.process_time() - client0
-        sampler.cancel()
         await asyncio.sleep(1.0)
-        text = await metrics_text()
+        text = await steady.metrics_text()
     m1 = _parse_metrics(text)
-    # The engine keeps up when its backlog stays bounded once all contacts run (the stream
-    # bench's rule): per contact under 2 s of audio at worst, the last third no worse than the first.
-    steady = [(t, d / 8000 / n) for t, d in backlog if t > ramp] or [(0.0, 0.0)]
-    span = max(wall - ramp, 1e-9)
-    first = [d for t, d in steady if t < ramp + span / 3] or [0.0]
-    last = [d for t, d in steady if t > wall - span / 3] or [0.0]
-    worst = max(d for _, d in steady)
-    grew = max(last) > max(first) + 1.0
+    first, last, worst, grew = steady.backlog_per_call(wall)
     sockets = [s for r in reports for s in r.sockets]
     frames_sent = sum(s.frames_sent for s in sockets)
     frames_in = m1.get("vbgw_frames_total", 0) - m0.get("vbgw_frames_total", 0)
     dropped_s = m1.get("vbgw_engine_dropped_audio_seconds", 0) - m0.get("vbgw_engine_dropped_audio_seconds", 0)
     violations = sum(len(s.violations) for s in sockets)
     failed = sum(not r.ok for r in reports)
-    p95 = _p95_from_metrics(text, "vbgw_normal_result_delay_seconds", at_ramp.get("text"))
+    p95 = steady.normal_p95(text)
     normal = _histogram(text, "vbgw_normal_result_delay_seconds")[1]
     acks = [s.ack_latency_s for s in sockets if s.ack_latency_s is not None]
     return {"sessions": n, "sockets": len(sockets), "ramp_s": ramp, "wall_s": round(wall, 1),
             "server_cpu_s": round(cpu, 1), "server_cores_per_contact": round(cpu / wall / n, 4) if n else 0.0,
             "client_cpu_s": round(client_cpu, 1),
-            "backlog_per_contact_s_first_third": round(max(first), 2),
-            "backlog_per_contact_s_last_third": round(max(last), 2), "backlog_per_contact_s_max": round(worst, 2),
+            "backlog_per_contact_s_first_third": round(first, 2),
+            "backlog_per_contact_s_last_third": round(last, 2), "backlog_per_contact_s_max": round(worst, 2),
             "backlog_grew": grew, "frames_sent": frames_sent, "frames_received": int(frames_in),
             "dropped_audio_s": dropped_s, "failed_calls": failed, "violations": violations,
             "normal_results": int(normal),
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
             "ack_p99_ms": round((_pct(acks, 0.99) or 0) * 1000, 1),
-            "server_rss_mb_start": round(rss[0]), "server_rss_mb_max": round(max(rss)),
+            "server_rss_mb_start": round(steady.rss[0]), "server_rss_mb_max": round(max(steady.rss)),
             "passes": (not grew and worst < MAX_BACKLOG_S and dropped_s == 0 and frames_in >= frames_sent
                        and not failed and not violations and p95 is not None and p95 < NORMAL_P95_S)}
 
 
 async def amain(args) -> int:
     calls = _call_audio(args.protocol, args.seconds, args.speech_ratio)
-    levels = [max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions]
-    best = 0
-    for n in levels:
-        # A fresh gateway per level: no backlog, dialogs or histogram counts carried over.
-        server = Server(Path(tempfile.mkdtemp(prefix="vbgw-bench-nice-")))
-        pat = server.admin_bootstrap()
-        unit = add_business_unit(server.data_dir)
-        await server.start()
-        url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
-        try:
-            if not await enrol_bench_user(url, ws_url, pat, args.protocol):
-                return 1
-            res = await run_level(n, args, url, ws_url, unit, calls, server)
-        finally:
-            server.stop()
-        print(json.dumps(res), flush=True)
-        if res["passes"]:
-            best = n
+
+    async def level(n: int) -> dict:
+        async with fresh_gateway(args.protocol, "vbgw-bench-nice-", add_business_unit) as gw:
+            return await run_level(n, args, gw, calls)
+    try:
+        best = await best_level(args, level)
+    except RuntimeError as exc:
+        print(exc)
+        return 1
     print(f"largest N contacts that keep up (backlog < {MAX_BACKLOG_S:g} s per contact, no growth, no dropped "
           f"audio, no failed socket, steady NORMAL p95 < {NORMAL_P95_S:g} s): {best}")
     return 0
