@@ -236,7 +236,9 @@ class _Socket:
         except websockets.ConnectionClosed:
             self.r.close_code = self.ws.close_code
             if self.r.ack is not None and self.r.error is None and not self.r.dropped and not self.r.ended:
-                self.violation(f"the gateway closed the socket (code {self.ws.close_code}) while audio was sent")
+                await self._unexpected()                # the gateway's error, if it said why
+                if self.r.error is None:
+                    self.violation(f"the gateway closed the socket (code {self.ws.close_code}) while audio was sent")
         finally:
             if not self.r.dropped:
                 await self.ws.close()
@@ -270,6 +272,9 @@ class _Socket:
             self.ws.transport.abort()
             self.r.dropped = True
             return
+        await self._unexpected()
+        if self.r.error is not None:
+            return
         if self.end == "close":
             await self.ws.close(CLOSE_NORMAL)
             self.r.close_code = self.ws.close_code
@@ -285,6 +290,23 @@ class _Socket:
             self.violation(f"expected {{\"status\": \"ended\", \"contactId\": ...}}, got {json.dumps(answer)[:200]}")
         self.r.ended = True
         await self._await_close(CLOSE_NORMAL)
+
+    async def _unexpected(self) -> None:
+        """While audio flows the gateway has nothing to say: what it sent meanwhile (already
+        received) is its error, or a violation."""
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.ws.recv(), 0.01)
+            except (asyncio.TimeoutError, websockets.ConnectionClosed):
+                return
+            try:
+                msg = json.loads(raw)
+            except (TypeError, ValueError):
+                msg = None
+            if isinstance(msg, dict) and msg.get("status") == "error" and self.r.error is None:
+                await self._error(msg)
+                return
+            self.violation(f"unexpected message while audio was sent: {str(raw)[:200]}")
 
     async def _receive(self, timeout: float, what: str) -> dict | None:
         """The gateway's next message as a JSON object (None, with a violation, otherwise)."""

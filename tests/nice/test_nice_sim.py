@@ -174,6 +174,13 @@ async def test_sim_faults_and_probe_name_the_cause(gateway, tmp_path, capsys):
     assert await _cli(*base, "--endpoint", unit.uri, "--fault", "wrong_key", wav) == 1
     io = capsys.readouterr()
     assert "0/1 contacts ok" in io.out and "401 Unauthorized" in io.err
+    # Not a fault of the tool's: messages over nice.max_frame_bytes (10 s each); the gateway's
+    # error arrives while audio flows and is reported as such.
+    long_wav = tmp_path / "long.wav"
+    sf.write(long_wav, speech(f"{A}_test1", f"{A}_test2", f"{A}_test3"), 8000, subtype="ULAW")
+    assert await _cli(*base, "--endpoint", unit.uri, "--frame-ms", "10000", str(long_wav)) == 1
+    io = capsys.readouterr()
+    assert "TX: the gateway refused: FRAME_TOO_LARGE: " in io.out and "(close 1009)" in io.out, io
 
     # Usage errors: exit code 2, one line.
     usage = [(["--endpoint", unit.uri, str(tmp_path / "missing.wav")], "no such file"),
