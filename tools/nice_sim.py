@@ -6,9 +6,10 @@ one MIX), each with the business unit's API key (in the configured header, `Auth
 Bearer` or `?token=`), sends the initial message (streamPerspective, contactId, agentId,
 scriptParams as a JSON string, as Studio's Script Parameters snippet makes it), waits for the
 acknowledgement, then sends the call's audio as raw G.711 mu-law binary messages of 20 ms
-(160 bytes; NICE relays telephony audio as it arrives) paced in real time, and ends with a
-`stop` event, an empty message or a close (`end`). A hold closes every socket of the contact
-and the resume opens new ones with the identical initial message, as NICE documents.
+(160 bytes; NICE relays telephony audio as it arrives) paced in real time, and ends by closing
+the sockets (as CXone does), with a `stop` event or with an empty message (`end`). A hold
+closes every socket of the contact and the resume opens new ones with the identical initial
+message, as NICE documents.
 
 It checks what the gateway answers (the ack names the perspective and contact; an in-band end
 is answered `{"status": "ended"}` and a normal close; an error is `{"status": "error",
@@ -16,7 +17,8 @@ is answered `{"status": "ended"}` and a normal close; an error is `{"status": "e
 (`faults`) makes it misbehave on purpose. With a session token for the contact (made from a PAT,
 as a Studio REST API action makes it from POST /api/token/, and passed in the script parameters
 as `vbgwToken`), it follows the call on Socket.IO as the agent panel does and reports the
-statuses and verification results the agent would see.
+statuses and verification results the agent would see; then it reads each contact's
+verification back from the REST API (tools/sim_support.py, as `vbgw audiohook-sim` does).
 
 The wire format is the gateway's (connectors/nice.py; docs/nice-cxone.md), itself NICE's
 documented format with the undocumented parts inferred; nothing here imports the gateway's
@@ -42,8 +44,6 @@ from connectors.codecs import FILE_RATES, encode_mulaw, read_wav_8k, wav_info
 from tools.sim_support import load_files, staggered, verification_lines
 
 PERSPECTIVES = ("TX", "RX", "MIX")
-ENDS = ("stop", "close", "empty")
-SHAPES = ("binary", "media", "audio")
 OVERSIZED_BYTES = 70000
 CLOSE_NORMAL = 1000
 
@@ -575,7 +575,7 @@ async def _run(args, calls: list[tuple[np.ndarray, np.ndarray | None]], labels: 
     from gateway.cli.client import ClientError, http_base
     params = _params(args)
     perspectives = _perspectives(args)
-    n = args.calls or max(1, len(calls))
+    n = 1 if args.probe else args.calls or max(1, len(calls))
     base = http_base(args.uri)
 
     async def one(i: int, http) -> ContactReport:
