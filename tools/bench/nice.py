@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
@@ -20,9 +19,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from tools.bench.stream import (
-    DEFAULT_PROTOCOL, REPO, Server, _call_audio, _p95_from_metrics, _parse_metrics, enrol_bench_user,
-)
+from tools.bench.audiohook import _metrics
+from tools.bench.stream import DEFAULT_PROTOCOL, REPO, Server, _call_audio, _p95_from_metrics, enrol_bench_user, sweep
 from tools.nice_sim import NiceSimOptions, run_load
 
 NORMAL_P95_TARGET_S = 1.0
@@ -43,12 +41,6 @@ def _add_bu(data_dir: Path) -> str:
                           "--bu-id", "bench", "--tenant", "bench", "--profile", "bench"],
                          check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()
     return out[-1].removeprefix("api_key=")
-
-
-async def _metrics(http, url: str, mtok: str) -> tuple[dict[str, float], str]:
-    async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {mtok}"}) as r:
-        text = await r.text()
-    return _parse_metrics(text), text
 
 
 async def run_level(n: int, args, url: str, ws_url: str, key: str, calls: list[np.ndarray], server: Server) -> dict:
@@ -93,15 +85,8 @@ async def amain(args) -> int:
         calls = _call_audio(args.protocol, args.seconds)
         if not await enrol_bench_user(url, ws_url, pat, args.protocol):
             return 1
-        levels = [max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions]
-        best = 0
-        for n in levels:
-            res = await run_level(n, args, url, ws_url, key, calls, server)
-            print(json.dumps(res), flush=True)
-            if res["passed"]:
-                best = n
-        print(f"largest N with no dropped audio, no violation and NORMAL p95 < {NORMAL_P95_TARGET_S:g} s: {best}")
-        return 0
+        return await sweep(args, lambda n: run_level(n, args, url, ws_url, key, calls, server),
+                           f"no dropped audio, no violation and NORMAL p95 < {NORMAL_P95_TARGET_S:g} s")
     finally:
         server.stop()
 

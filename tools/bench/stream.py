@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import aiohttp
 import numpy as np
@@ -403,6 +404,20 @@ async def enrol_bench_user(url: str, ws_url: str, pat: str, protocol: Path) -> b
                 print("enrolment failed:", await r.text())
                 return False
     return True
+
+
+async def sweep(args, run_level: Callable[[int], Awaitable[dict]], criterion: str) -> int:
+    """The levels of `--sessions` (25, 50, 75 and 100 % of it with `--sweep`) on one gateway: each
+    level's result as a JSON line, then the largest N whose result `passed` `criterion`."""
+    levels = [max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions]
+    best = 0
+    for n in levels:
+        res = await run_level(n)
+        print(json.dumps(res), flush=True)
+        if res["passed"]:
+            best = n
+    print(f"largest N with {criterion}: {best}")
+    return 0
 
 
 async def amain(args) -> int:
