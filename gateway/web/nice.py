@@ -27,7 +27,6 @@ from connectors.base import CLOSE_NORMAL, CLOSE_TRY_AGAIN, Channel, ConnectorErr
 from connectors.nice import Handshake, norm_key
 from gateway.calls.attach import StreamAttachment, attach
 from gateway.calls.dialog import Dialog, DialogBusy
-from gateway.calls.results import VerificationResults
 from gateway.errors import ApiError, bad_request
 from gateway.services.nice_units import api_key_hash
 from gateway.services.verification import MAX_USERS
@@ -109,7 +108,8 @@ class _NicePort:
     """One socket's StreamAttachment, with NICE's rule for final results. Several sockets feed
     one call and each may end in-band, so `finish` publishes the call's final results only for
     the customer's channel (an RX socket has none of its own) and only when they say something
-    new: speech arrived since the last result. The agent never gets the same result twice."""
+    new: speech arrived since the last result (Dialog.publish_final_unless_said, which the end
+    of a hold that never resumed uses too). The agent never gets the same result twice."""
 
     def __init__(self, stream: StreamAttachment, channel: Channel):
         self.stream = stream
@@ -128,13 +128,8 @@ class _NicePort:
     async def finish(self) -> None:
         if self.channel != "customer":
             return
-        d = self.stream.dialog
-        await d.drain(timeout=self.stream.final_drain_s)
-        v, latest = d.verification, d.verification_latest
-        if (v is not None and latest is not None and isinstance(p := latest.payload, VerificationResults)
-                and p.epoch == v.epoch and p.results and p.results[0].speech_millis >= d.engine_session.speech_ms):
-            return
-        await self.stream.finish()
+        await self.stream.wait_work()
+        await self.stream.dialog.publish_final_unless_said(self.stream.final_drain_s)
 
     async def end(self, reason: str, resume_within_s: float = 0.0) -> None:
         await self.stream.end(reason, resume_within_s)

@@ -169,3 +169,32 @@ async def test_mix_is_scored_and_flagged_mixed_in_results_and_events(gateway):
             if line.startswith("data:") and isinstance(data := json.loads(line[5:]), list):
                 rows += data
     assert rows and all(row.get("mixed") is True for row in rows if row["result_type"] != "STARTING"), rows
+
+
+async def test_a_hang_up_gets_the_final_results_before_the_call_closes(gateway):
+    """CXone ends a call by closing its sockets, as a hold does: when nothing came back within
+    the resume window, the speech after the last milestone is scored (final) before CALL_CLOSED,
+    so no result of the call is lost; and never as a repeat of the last result."""
+    gw = gateway
+    await enrol_a_by_stream(gw)
+    unit = await unit_for(gw)
+    core = gw.app[SERVICES]
+    contact = "700000000501"
+    agent = await Agent(await nice_token(gw, contact)).follow(gw)
+    try:
+        await unit.stream("TX", contact, speech(f"{A}_test1", f"{A}_test2", f"{A}_test3"), {"Ani": ANI})
+        d = dialog_named(core, contact)
+        await d.drain()
+        said = [r["speechMillis"] for r in agent.results() if r["limitType"] != "STARTING"]
+        assert said and max(said) < d.engine_session.speech_ms        # speech after the last milestone
+        await agent.until(closed, timeout=30)
+    finally:
+        await agent.close()
+    rows = agent.results()
+    last_result = max(i for i, (e, _) in enumerate(agent.events) if e == f"verification-{agent.token}")
+    call_closed = next(i for i, (e, data) in enumerate(agent.events)
+                       if e == f"status-{agent.token}" and data["status"] == "CALL_CLOSED")
+    assert last_result < call_closed
+    assert rows[-1]["speechMillis"] == d.engine_session.speech_ms and rows[-1]["bioResult"] in BANDS_TRUE, rows
+    scored = [r for r in rows if r["limitType"] != "STARTING"]
+    assert len({json.dumps(r, sort_keys=True) for r in scored}) == len(scored), rows

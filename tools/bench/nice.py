@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from tools.bench.audiohook import _pct
 from tools.bench.stream import (
-    DEFAULT_PROTOCOL, REPO, BenchGateway, SteadyState, _call_audio, _histogram, _parse_metrics, best_level,
-    fresh_gateway,
+    DEFAULT_PROTOCOL, REPO, BenchGateway, SteadyState, _call_audio, _histogram, _parse_metrics, fresh_gateway, sweep,
 )
 from tools.nice_sim import ContactReport, SimOptions, run_contact
 
@@ -64,13 +64,6 @@ def add_business_unit(data_dir: Path) -> tuple[str, str, str]:
                          check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()
     lines = dict(line.split("=", 1) for line in out[-3:])
     return urlsplit(lines["endpoint"]).path, lines["header"], lines["api_key"]
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 async def run_level(n: int, args, gw: BenchGateway, calls: list[np.ndarray]) -> dict:
@@ -122,7 +115,7 @@ async def run_level(n: int, args, gw: BenchGateway, calls: list[np.ndarray]) -> 
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
             "ack_p99_ms": round((_pct(acks, 0.99) or 0) * 1000, 1),
             "server_rss_mb_start": round(steady.rss[0]), "server_rss_mb_max": round(max(steady.rss)),
-            "passes": (not grew and worst < MAX_BACKLOG_S and dropped_s == 0 and frames_in >= frames_sent
+            "passed": (not grew and worst < MAX_BACKLOG_S and dropped_s == 0 and frames_in >= frames_sent
                        and not failed and not violations and p95 is not None and p95 < NORMAL_P95_S)}
 
 
@@ -133,13 +126,11 @@ async def amain(args) -> int:
         async with fresh_gateway(args.protocol, "vbgw-bench-nice-", add_business_unit) as gw:
             return await run_level(n, args, gw, calls)
     try:
-        best = await best_level(args, level)
-    except RuntimeError as exc:
+        return await sweep(args, level, f"backlog < {MAX_BACKLOG_S:g} s per contact, no growth, no dropped audio, "
+                                        f"no failed socket, steady NORMAL p95 < {NORMAL_P95_S:g} s")
+    except RuntimeError as exc:                  # bench-user could not be enrolled
         print(exc)
         return 1
-    print(f"largest N contacts that keep up (backlog < {MAX_BACKLOG_S:g} s per contact, no growth, no dropped "
-          f"audio, no failed socket, steady NORMAL p95 < {NORMAL_P95_S:g} s): {best}")
-    return 0
 
 
 def main(args) -> int:

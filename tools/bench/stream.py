@@ -450,19 +450,6 @@ async def fresh_gateway(protocol: Path, prefix: str, setup: Callable[[Path], Any
         server.stop()
 
 
-async def best_level(args, run_level: Callable[[int], Awaitable[dict]]) -> int:
-    """Run `run_level(n)` for --sessions, or 25/50/75/100 % of it with --sweep, printing each
-    level's figures as a JSON line; the largest n whose figures say it passes (0: none)."""
-    levels = [max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions]
-    best = 0
-    for n in levels:
-        res = await run_level(n)
-        print(json.dumps(res), flush=True)
-        if res["passes"]:
-            best = n
-    return best
-
-
 async def enrol_bench_user(url: str, ws_url: str, pat: str, protocol: Path) -> bool:
     """Enrol `bench-user` from the protocol's first two enrolment files (direct stream + /enrol)."""
     enrol_rows = [line.split(",") for line in (protocol / "enrol.csv").read_text().splitlines()[1:]]
@@ -478,6 +465,21 @@ async def enrol_bench_user(url: str, ws_url: str, pat: str, protocol: Path) -> b
     return True
 
 
+async def sweep(args, run_level: Callable[[int], Awaitable[dict]], criterion: str, verdict: str = "passed") -> int:
+    """The levels of `--sessions` (25, 50, 75 and 100 % of it with `--sweep`), each run by
+    `run_level(n)` (on one gateway, or a fresh one per level: see fresh_gateway): each level's
+    result as a JSON line, then the largest N whose result's `verdict` says it met `criterion`."""
+    levels = [max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions]
+    best = 0
+    for n in levels:
+        res = await run_level(n)
+        print(json.dumps(res), flush=True)
+        if res[verdict]:
+            best = n
+    print(f"largest N with {criterion}: {best}")
+    return 0
+
+
 async def amain(args) -> int:
     calls = _call_audio(args.protocol, args.seconds, args.speech_ratio)
 
@@ -485,12 +487,11 @@ async def amain(args) -> int:
         async with fresh_gateway(args.protocol, "vbgw-bench-") as gw:
             return await run_level(n, args, gw.url, gw.ws_url, gw.pat, calls, gw.server)
     try:
-        best = await best_level(args, level)
-    except RuntimeError as exc:
+        return await sweep(args, level, "backlog < 2 s per stream, no growth, no drop, steady NORMAL p95 < 1 s",
+                           verdict="passes")
+    except RuntimeError as exc:                  # bench-user could not be enrolled
         print(exc)
         return 1
-    print(f"largest N that keeps up (backlog < 2 s per stream, no growth, no drop, steady NORMAL p95 < 1 s): {best}")
-    return 0
 
 
 def main(args) -> int:
