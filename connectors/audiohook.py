@@ -27,7 +27,7 @@ from pydantic import (
 
 
 from connectors import safejson
-from connectors.base import SAMPLE_RATE, Channel, ConnectorError, Frame, StreamPort, WireSocket
+from connectors.base import SAMPLE_RATE, Channel, ConnectorError, Frame, StreamPort, WireSocket, websocket_path
 from connectors.codecs import decode
 
 log = structlog.get_logger(__name__)
@@ -75,9 +75,7 @@ class AudioHookConfig(BaseModel):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        if not v.startswith("/") or any(c in v for c in "?#{} "):
-            raise ValueError("path must start with / and contain no query, fragment, braces or spaces")
-        return v
+        return websocket_path(v)
 
 
 # -- durations --------------------------------------------------------------------------------

@@ -13,6 +13,23 @@ import numpy as np
 Channel = Literal["customer", "agent"]
 SAMPLE_RATE = 8000
 
+# WebSocket close codes the connectors use (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+
+def websocket_path(v: str) -> str:
+    """A configured endpoint path (a pydantic validator's body): it starts with / and has no
+    query, fragment, braces or spaces."""
+    if not v.startswith("/") or any(c in v for c in "?#{} "):
+        raise ValueError("path must start with / and contain no query, fragment, braces or spaces")
+    return v
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:

@@ -16,17 +16,13 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors import safejson
-from connectors.base import ConnectorError, Frame, StreamPort, WireSocket
+from connectors.base import (  # noqa: F401  (the close codes: imported from here too)
+    CLOSE_INTERNAL, CLOSE_INVALID, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, ConnectorError, Frame,
+    StreamPort, WireSocket,
+)
 from connectors.codecs import SUPPORTED_RATES, StreamResampler, decode
 
 log = structlog.get_logger(__name__)
-
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003
-CLOSE_INVALID = 1007
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
 
 
 class RecognitionConfig(BaseModel):

@@ -37,6 +37,7 @@ from gateway.services.wiring import store_ready, wire
 from gateway.store.base import StoreUnavailable
 from gateway.store.factory import build_repository, keep_opening, load_data_keys, watch_keys
 from gateway.web import aculab, audiohook, blocklists, cluster, docs, limits, ocp, recordings, sse, stream, system, widget
+from gateway.web import nice as nice_web
 from gateway.web import socketio as socketio_api
 from gateway.web.appkeys import ENGINE, METRICS_TOKEN, OPEN_SOCKETS, SERVICES, SETTINGS, SINK, STORE
 from gateway.web.errors import error_middleware, remember_prepared
@@ -44,7 +45,7 @@ from gateway.web.openapi import build_openapi, sw_version
 
 log = structlog.get_logger(__name__)
 ROUTE_TABLES = (ocp.routes, stream.routes, sse.routes, system.routes, audiohook.routes, widget.routes,
-                blocklists.routes, aculab.routes, docs.routes, recordings.routes)
+                blocklists.routes, aculab.routes, docs.routes, recordings.routes, nice_web.routes)
 Context = Callable[[web.Application], AsyncIterator[None]]
 
 

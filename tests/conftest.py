@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from support import Gateway, admin, pat_of
+from support import Gateway, admin, gateway_settings, pat_of
 
 
 @pytest.fixture(scope="session")
@@ -18,12 +18,7 @@ def engine():
 
 @pytest.fixture
 def settings(tmp_path):
-    from gateway.infra.config import load_settings
-    return load_settings(environ={}, overrides={
-        "server": {"data_dir": str(tmp_path / "var"), "port": 0, "shutdown_grace_s": 1},
-        "events": {"jsonl_path": str(tmp_path / "var" / "events.jsonl")},
-        "dialogs": {"retain_after_close_s": 600},
-    })
+    return gateway_settings(tmp_path)
 
 
 @pytest.fixture

@@ -116,6 +116,18 @@ class Gateway:
         return received
 
 
+def gateway_settings(tmp_path: Path, **sections: dict):
+    """The test gateway's settings: its own data dir under `tmp_path`, events in a file there,
+    closed dialogs kept; `sections` add to them (e.g. nice={"resume_idle_s": 3})."""
+    from gateway.infra.config import load_settings
+    overrides: dict = {
+        "server": {"data_dir": str(tmp_path / "var"), "port": 0, "shutdown_grace_s": 1},
+        "events": {"jsonl_path": str(tmp_path / "var" / "events.jsonl")},
+        "dialogs": {"retain_after_close_s": 600},
+    }
+    return load_settings(environ={}, overrides={**overrides, **sections})
+
+
 def dialog_named(core, dialog_id: str):
     """The one dialog on masterId `dialog_id` (tests with a single owner per call)."""
     found = [d for d in core.dialogs.all() if d.dialog_id == dialog_id]

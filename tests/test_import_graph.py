@@ -42,5 +42,5 @@ def test_the_engine_imports_nothing_of_the_gateway_or_the_connectors():
 
 def test_connectors_know_no_aiohttp_engine_or_surface():
     mods = imported_by("connectors.base", "connectors.codecs", "connectors.ocp_stream", "connectors.audiohook",
-                       "connectors.audiohook_signature", "connectors.aculab_ws")
+                       "connectors.audiohook_signature", "connectors.aculab_ws", "connectors.nice")
     assert _under(mods, "aiohttp", "engine", "gateway", "tools") == []

@@ -26,8 +26,8 @@ from pydantic import ValidationError
 
 from connectors.audiohook import MAX_MESSAGE_CHARS, ServerEnvelope, format_duration
 from connectors.audiohook_signature import authority_of, new_nonce, sign
-from connectors.base import ConnectorError
 from connectors.codecs import FILE_RATES, encode_mulaw, read_wav_8k, wav_info
+from tools.sim_support import load_files, staggered, verification_lines
 
 STEREO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}
 MONO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}
@@ -434,11 +434,7 @@ async def run_session(opts: SimOptions, external: np.ndarray, internal: np.ndarr
 async def run_load(make_opts, calls: list[tuple[np.ndarray, np.ndarray | None]], sessions: int,
                    rate: float) -> list[SimReport]:
     """`sessions` sessions started `rate` per second; make_opts(i) gives each one's options."""
-    async def one(i: int) -> SimReport:
-        await asyncio.sleep(i / rate if rate > 0 else 0)
-        ext, internal = calls[i % len(calls)]
-        return await run_session(make_opts(i), ext, internal)
-    return list(await asyncio.gather(*(one(i) for i in range(sessions))))
+    return await staggered(lambda i: run_session(make_opts(i), *calls[i % len(calls)]), sessions, rate)
 
 
 def load_call(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -453,40 +449,18 @@ def load_call(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _load_calls(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    calls = []
-    for f in files:
-        if not f.is_file():
-            raise ValueError(f"no such file: {f}")
-        try:
-            calls.append(load_call(f))
-        except ConnectorError as exc:
-            raise ValueError(f"cannot read {f} as audio: {exc.message}") from None
-    return calls
+    return load_files(files, load_call)
 
 
 async def _outcomes(args, reports: list[SimReport]) -> list[str]:
     """Each call's verification outcome, read back from the gateway's REST API with a session
     token for its conversation (the verdict never travels over AudioHook itself)."""
-    import aiohttp
-
-    from gateway.cli.client import ClientError, create_token, describe, http_base, ondemand
     users = [u.strip() for u in (args.users or "").split(",") if u.strip()] or \
         list((args.custom_config or {}).get("userIds") or [])
     if not users:
         return ["verification: no users to check (give --users)"]
-    base = http_base(args.uri)
-    lines = []
-    async with aiohttp.ClientSession() as http:
-        for r in reports:
-            if r.http_status != 101 or r.conversation_id == NULL_UUID:
-                continue
-            try:
-                tok = await create_token(http, base, args.pat, r.conversation_id, args.tenant, args.profile)
-                lines.append(f"verification of conversation {r.conversation_id}: "
-                             f"{describe(await ondemand(http, base, tok, users))}")
-            except (ClientError, aiohttp.ClientError) as exc:
-                lines.append(f"verification of conversation {r.conversation_id}: {exc}")
-    return lines
+    calls = [r.conversation_id for r in reports if r.http_status == 101 and r.conversation_id != NULL_UUID]
+    return await verification_lines(args.uri, args.pat, args.tenant, args.profile, users, calls, "conversation")
 
 
 def main(args) -> int:

@@ -71,13 +71,18 @@ class StreamAttachment:
     def report(self, status: str, reason: str) -> None:
         self.dialog.publish_status(status, reason=reason, connector=self.connector)
 
+    async def wait_work(self) -> None:
+        """Let the work this stream started for its call (track) finish: final results need the
+        verification it may be starting."""
+        for task in list(self._work):
+            if not task.done():
+                await task
+
     async def finish(self) -> None:
         """Final results for the users under verification, from all the call's speech: the
         call's milestones first (their results and events go out before the connector says the
         session closed), then the score of everything, marked final."""
-        for task in list(self._work):
-            if not task.done():
-                await task
+        await self.wait_work()
         d = self.dialog
         v = d.verification
         if d.profile is None or v is None or d.no_customer_audio:

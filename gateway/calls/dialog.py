@@ -6,7 +6,7 @@ Ownership rule (docs/api.md, "Who sees a call"):
 
 * The connector that carries a call's audio fixes its owner: the direct stream's session
   token's profile; AudioHook's profile (customConfig `vbProfile`, else the organisation's
-  default profile).
+  default profile); NICE's (the script parameters' `vbProfile`, else the business unit's).
 * A session reaches only the dialog of its own profile on its masterId. A session that comes
   before the audio (an agent's on-demand request before the AudioHook stream opens) creates
   that dialog, and the connector of the same owner later feeds it.
@@ -215,6 +215,13 @@ class Dialog:
 
     async def _end_unless_resumed(self, reason: str, wait_s: float) -> None:
         await asyncio.sleep(wait_s)
+        # Nothing came back: the call is over. Its last speech may have come after its last
+        # result (a hang-up ends a NICE call this way), so its final results go out first; a
+        # stream attaching meanwhile cancels this task and the call carries on.
+        try:
+            await self.publish_final_unless_said()
+        except Exception:                          # noqa: BLE001 - the end must still be published
+            self.log.exception("final_results_failed")
         self._resume = None
         if not self._fed:
             await self._spawn(self._end_call(reason))
@@ -372,6 +379,22 @@ class Dialog:
         if self.profile is not None and self.engine_session.speech_ms >= self.profile.settings.early_speech_ms:
             await self.score_so_far(v)
         return v, True
+
+    async def publish_final_unless_said(self, drain_s: float = 5.0) -> None:
+        """The final results of the call's verification (all its speech, `final`), unless its
+        latest result already covers all the speech: then they would only repeat it. For calls
+        fed by several streams that may each end (NICE: an in-band end, or a hold that never
+        resumed), where the agent must never get the same result twice."""
+        v = self.verification
+        if self.profile is None or v is None or self.no_customer_audio:
+            return
+        await self.drain(timeout=drain_s)
+        latest = self.verification_latest
+        if (latest is not None and isinstance(p := latest.payload, VerificationResults) and p.epoch == v.epoch
+                and p.results and p.results[0].speech_millis >= self.engine_session.speech_ms):
+            return
+        if self.verification is v:
+            await self.score_so_far(v, final=True)
 
     def kind_for(self, speech_ms: int) -> MilestoneKind:
         """The one rule for results computed outside the engine's milestones (a late request, a

@@ -61,10 +61,10 @@ async def error_text(resp: aiohttp.ClientResponse) -> str:
 
 
 async def create_token(http: aiohttp.ClientSession, base: str, pat: str, master_id: str, tenant: str,
-                       profile: str, ani: str | None = None) -> str:
+                       profile: str, ani: str | None = None, provider: str = "GENESYS") -> str:
     """A session token for dialog `master_id` from a PAT (POST /api/token/)."""
     body = {"agentId": "vbgw-cli", "agentSkill": "cli", "masterId": master_id, "tenantId": tenant,
-            "vbProfile": profile, "ccaasProvider": "GENESYS", "customProperties": {"Ani": ani} if ani else {}}
+            "vbProfile": profile, "ccaasProvider": provider, "customProperties": {"Ani": ani} if ani else {}}
     async with http.post(f"{base}/api/token/", json=body, headers={"Authorization": f"Bearer {pat}"}) as r:
         if r.status != 200:
             raise ClientError(f"the gateway refused a session token ({r.status}): {await error_text(r)}")

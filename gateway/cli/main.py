@@ -294,6 +294,8 @@ def build_parser(include_bench: bool = True) -> argparse.ArgumentParser:
 
     from gateway.cli.audiohook import add_cli as _add_audiohook
     _add_audiohook(sub, _settings)
+    from gateway.cli.nice import add_cli as _add_nice
+    _add_nice(sub, _settings)
     from gateway.cli.blocklist import add_cli as _add_blocklist
     _add_blocklist(sub, _settings)
     from gateway.cli.stream import add_cli as _add_stream
@@ -323,6 +325,7 @@ BENCHES = (
     ("speed", "tools.bench.speed", "encoder and VAD CPU cost"),
     ("stream", "tools.bench.stream", "concurrent real-time direct streams with verification"),
     ("audiohook", "tools.bench.audiohook", "concurrent real-time AudioHook calls with verification"),
+    ("nice", "tools.bench.nice", "concurrent real-time NICE CXone contacts (TX and RX sockets) with verification"),
     ("live", "tools.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
     ("slowclients", "tools.bench.slowclients", "idle, slowloris and never-reading clients: /healthz latency, "
                                                  "gateway memory, when each is let go"),

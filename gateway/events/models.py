@@ -17,9 +17,9 @@ Where they go: gateway/events/sinks.py; who builds them: gateway/events/publishe
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -144,6 +144,17 @@ class VbVerificationEvent(BaseModel):
     scd_nllr: float | None = None
     verification_origin: str | None = None
     non_target: bool = False
+    # vbgw's extension (not in the seed): true when the call's customer audio was mixed with the
+    # agent's (a NICE CXone MIX stream). Written only when true, so every other event is the
+    # seed's JSON exactly (docs/events.md).
+    mixed: bool = False
+
+    @model_serializer(mode="wrap")
+    def _without_unmixed(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("mixed"):
+            data.pop("mixed", None)
+        return data
 
 
 EVENT_TYPES: dict[str, type[BaseModel]] = {

@@ -64,8 +64,10 @@ class EventPublisher:
                                        vp_fail_reason=fail_reason)))
 
     async def verification(self, profile: Profile, dialog_id: str, step: int, r: "VerificationRow",
-                           emb: Embedding | None, change: SpeakerChange | None, origin: str = AGENT_SIDE) -> None:
-        """`vb_verification` of one result (the best of a verification)."""
+                           emb: Embedding | None, change: SpeakerChange | None, origin: str = AGENT_SIDE,
+                           mixed: bool = False) -> None:
+        """`vb_verification` of one result (the best of a verification). `mixed`: the call's
+        customer audio was mixed with the agent's (NICE MIX)."""
         info = self.info
         scored = r.voiceprint_id is not None
         await self.sink.publish(VbVerificationEvent(
@@ -85,4 +87,4 @@ class EventPublisher:
             verification_result=VerificationResult(r.bio_result),
             fail_reason="OK" if r.error_type is None else r.error_type,
             scd_llr=change.scd_llr if change else None, scd_nllr=change.scd_nllr if change else None,
-            verification_origin=origin, non_target=False))
+            verification_origin=origin, non_target=False, mixed=mixed))

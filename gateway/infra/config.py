@@ -12,6 +12,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from connectors.audiohook import AudioHookConfig
+from connectors.nice import NiceConfig
 from engine.config import EngineConfig
 from gateway.events.sinks import EventsConfig
 from gateway.infra.fetch import FetchConfig
@@ -213,6 +214,7 @@ class Settings(_Section):
     events: EventsConfig = EventsConfig()
     logging: LoggingConfig = LoggingConfig()
     audiohook: AudioHookConfig = AudioHookConfig()
+    nice: NiceConfig = NiceConfig()
     fraud: FraudConfig = FraudConfig()
     uploads: UploadsConfig = UploadsConfig()
     fetch: FetchConfig = FetchConfig()

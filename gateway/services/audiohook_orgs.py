@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.store.base import AudioHookOrg, Conflict, Repository
+from gateway.store.base import AudioHookOrg, Conflict, Repository, Tenant
 
 _INFO = b"vbgw audiohook client secret v1"
 _PREFIX = "v1:"
@@ -58,23 +58,33 @@ class SecretBox:
             return None
 
 
-async def add_org(store: Repository, box: SecretBox, org_id: str, tenant: str | None, profile: str | None,
-                  with_secret: bool = True, rotate: bool = False) -> tuple[AudioHookOrg, str, str | None]:
-    org_id = org_id.lower()
+async def owner_of(store: Repository, tenant: str | None, profile: str | None, fallback_tenant_id: str | None,
+                   fallback_tenant_name: str) -> tuple[Tenant, str | None]:
+    """Where a connector credential's calls go (`add-org`, `nice add-bu`): the tenant named (made
+    if missing), else the credential's current tenant (`fallback_tenant_id`, when it is being
+    rotated), else one named `fallback_tenant_name` (made if missing); and the id of `profile`
+    in it (Conflict if there is no such profile), None without one."""
     t = await store.get_tenant(tenant) if tenant else None
     if tenant and t is None:
         t = await store.ensure_tenant(tenant)
+    if t is None and fallback_tenant_id:
+        t = await store.get_tenant(fallback_tenant_id)
     if t is None:
-        existing = await store.get_audiohook_org(org_id)
-        t = (await store.get_tenant(existing.tenant_id)) if existing else await store.ensure_tenant(org_id)
-    assert t is not None
-    profile_id = None
-    if profile:
-        p = await store.get_profile(t.id, profile)
-        if p is None:
-            raise Conflict(f"no VB profile {profile!r} in tenant {t.name!r}; create it with "
-                           "`vbgw admin profile` or `vbgw admin bootstrap` first")
-        profile_id = p.id
+        t = await store.ensure_tenant(fallback_tenant_name)
+    if not profile:
+        return t, None
+    p = await store.get_profile(t.id, profile)
+    if p is None:
+        raise Conflict(f"no VB profile {profile!r} in tenant {t.name!r}; create it with "
+                       "`vbgw admin profile` or `vbgw admin bootstrap` first")
+    return t, p.id
+
+
+async def add_org(store: Repository, box: SecretBox, org_id: str, tenant: str | None, profile: str | None,
+                  with_secret: bool = True, rotate: bool = False) -> tuple[AudioHookOrg, str, str | None]:
+    org_id = org_id.lower()
+    existing = None if tenant else await store.get_audiohook_org(org_id)
+    t, profile_id = await owner_of(store, tenant, profile, existing.tenant_id if existing else None, org_id)
     api_key, secret = new_credentials()
     sealed = box.seal(org_id, base64.b64decode(secret)) if with_secret else None
     org = AudioHookOrg(org_id, t.id, profile_id, api_key_hash(api_key), sealed, int(time.time() * 1000))

@@ -105,7 +105,8 @@ class Verifier:
         """The call's next `vb_verification` (dialog_step counts them per call)."""
         assert dialog.profile is not None
         dialog.steps += 1
-        await self.events.verification(dialog.profile, dialog.dialog_id, dialog.steps, row, emb, change)
+        await self.events.verification(dialog.profile, dialog.dialog_id, dialog.steps, row, emb, change,
+                                       mixed=dialog.mixed)
 
     async def ondemand(self, dialog: "Dialog", user_ids: list[str]) -> VerificationRow:
         """One verification of the call's speech so far: the best of `user_ids` (no audio yet:

@@ -180,6 +180,17 @@ class AudioHookOrg:
     created_ms: int
 
 
+@dataclass(frozen=True)
+class NiceBusinessUnit:
+    """A NICE CXone business unit allowed to stream over the CAAE audio relay. Its API key is
+    stored only as its SHA-256 (gateway/services/nice_units.py)."""
+    bu_id: str                    # the CXone business unit number, as given to `vbgw nice add-bu`
+    tenant_id: str
+    profile_id: str | None        # default VB profile of its contacts (scriptParams may override)
+    api_key_hash: str
+    created_ms: int
+
+
 RiskLevel = Literal["LOW_RISK", "MEDIUM_RISK", "HIGH_RISK"]     # a blocklist's, on its matches
 RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
 FINGERPRINT_KINDS = ("ENROL", "VERIFY")
@@ -469,6 +480,20 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     async def delete_audiohook_org(self, org_id: str) -> bool:
         """Remove an organisation and its credentials; False if there is none."""
+
+    # NICE CXone business units (CAAE audio relay credentials)
+    @abc.abstractmethod
+    async def save_nice_bu(self, bu: NiceBusinessUnit, replace: bool = False) -> None:
+        """Insert (Conflict if the unit exists and not replace) or replace a business unit."""
+    @abc.abstractmethod
+    async def nice_bu_by_key(self, api_key_hash: str) -> NiceBusinessUnit | None: ...
+    @abc.abstractmethod
+    async def get_nice_bu(self, bu_id: str) -> NiceBusinessUnit | None: ...
+    @abc.abstractmethod
+    async def list_nice_bus(self) -> list[NiceBusinessUnit]: ...
+    @abc.abstractmethod
+    async def delete_nice_bu(self, bu_id: str) -> bool:
+        """Remove a business unit and its credential; False if there is none."""
 
     # fraud signals: blocklists (per group) and audio fingerprints (per user)
     @abc.abstractmethod

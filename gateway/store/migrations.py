@@ -210,6 +210,15 @@ MIGRATIONS: list[Migration] = [
         user_row BIGINT NOT NULL UNIQUE REFERENCES users(row_id) ON DELETE CASCADE,
         model BYTEA NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, key_id TEXT);
     """),
+    # NICE CXone business units allowed to stream over the CAAE audio relay (connectors/nice.py):
+    # the API key only as its SHA-256 (gateway/services/nice_units.py).
+    Migration(9, "NICE CXone business units (API key hashed)", """
+    CREATE TABLE nice_business_units (bu_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        profile_id TEXT, api_key_hash TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL);
+    """, """
+    CREATE TABLE nice_business_units (bu_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        profile_id TEXT, api_key_hash TEXT NOT NULL UNIQUE, created_ms BIGINT NOT NULL);
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

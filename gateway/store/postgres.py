@@ -31,7 +31,7 @@ import structlog
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AculabCall, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
-    Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
+    NiceBusinessUnit, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
     StoredFingerprint, StoreUnavailable, Tenant, User, UserGroupKey, UserGroupKeySettings, VerificationStats,
     Voiceprint, key_settings, key_settings_json,
 )
@@ -585,6 +585,46 @@ class PostgresRepository(Repository):
     async def delete_audiohook_org(self, org_id: str) -> bool:
         async def fn(c):
             return _count(await c.execute("DELETE FROM audiohook_orgs WHERE org_id=$1", org_id)) > 0
+        return await self._tx(fn, idempotent=True)
+
+    # -- NICE CXone business units -------------------------------------------------------------
+    @staticmethod
+    def _nice_bu(row) -> NiceBusinessUnit:
+        return NiceBusinessUnit(row["bu_id"], row["tenant_id"], row["profile_id"], row["api_key_hash"],
+                                row["created_ms"])
+
+    async def save_nice_bu(self, bu: NiceBusinessUnit, replace: bool = False) -> None:
+        async def fn(c):
+            if await c.fetchval("SELECT 1 FROM nice_business_units WHERE bu_id=$1 FOR UPDATE", bu.bu_id):
+                if not replace:
+                    raise Conflict(f"NICE business unit {bu.bu_id} already exists (use --rotate to replace its "
+                                   "API key)")
+                await c.execute("DELETE FROM nice_business_units WHERE bu_id=$1", bu.bu_id)
+            await c.execute("INSERT INTO nice_business_units VALUES ($1,$2,$3,$4,$5)", bu.bu_id, bu.tenant_id,
+                            bu.profile_id, bu.api_key_hash, bu.created_ms)
+        await self._tx(fn)
+
+    async def nice_bu_by_key(self, api_key_hash: str) -> NiceBusinessUnit | None:
+        async def fn(c):
+            row = await c.fetchrow("SELECT * FROM nice_business_units WHERE api_key_hash=$1", api_key_hash)
+            return self._nice_bu(row) if row else None
+        return await self._read(fn)
+
+    async def get_nice_bu(self, bu_id: str) -> NiceBusinessUnit | None:
+        async def fn(c):
+            row = await c.fetchrow("SELECT * FROM nice_business_units WHERE bu_id=$1", bu_id)
+            return self._nice_bu(row) if row else None
+        return await self._read(fn)
+
+    async def list_nice_bus(self) -> list[NiceBusinessUnit]:
+        async def fn(c):
+            return [self._nice_bu(r) for r in await c.fetch("SELECT * FROM nice_business_units"
+                                                            " ORDER BY created_ms, bu_id")]
+        return await self._read(fn)
+
+    async def delete_nice_bu(self, bu_id: str) -> bool:
+        async def fn(c):
+            return _count(await c.execute("DELETE FROM nice_business_units WHERE bu_id=$1", bu_id)) > 0
         return await self._tx(fn, idempotent=True)
 
     # -- fraud signals: blocklists and fingerprints ------------------------------------------

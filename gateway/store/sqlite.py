@@ -17,7 +17,7 @@ from gateway.infra.files import prepare_sqlite
 from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AculabCall, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
-    Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
+    NiceBusinessUnit, Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
     StoredFingerprint, Tenant, User, UserGroupKey, UserGroupKeySettings, VerificationStats, Voiceprint,
     key_settings, key_settings_json,
 )
@@ -449,6 +449,40 @@ class SqliteRepository(Repository):
     async def delete_audiohook_org(self, org_id: str) -> bool:
         return await self._tx(lambda c: c.execute("DELETE FROM audiohook_orgs WHERE org_id=?",
                                                   (org_id,)).rowcount > 0)
+
+    # -- NICE CXone business units -------------------------------------------------------------
+    @staticmethod
+    def _nice_bu(row) -> NiceBusinessUnit:
+        return NiceBusinessUnit(row["bu_id"], row["tenant_id"], row["profile_id"], row["api_key_hash"],
+                                row["created_ms"])
+
+    async def save_nice_bu(self, bu: NiceBusinessUnit, replace: bool = False) -> None:
+        def fn(c):
+            if not replace and c.execute("SELECT 1 FROM nice_business_units WHERE bu_id=?", (bu.bu_id,)).fetchone():
+                raise Conflict(f"NICE business unit {bu.bu_id} already exists (use --rotate to replace its API key)")
+            c.execute("INSERT OR REPLACE INTO nice_business_units VALUES (?,?,?,?,?)",
+                      (bu.bu_id, bu.tenant_id, bu.profile_id, bu.api_key_hash, bu.created_ms))
+        await self._tx(fn)
+
+    async def nice_bu_by_key(self, api_key_hash: str) -> NiceBusinessUnit | None:
+        def fn(c):
+            row = c.execute("SELECT * FROM nice_business_units WHERE api_key_hash=?", (api_key_hash,)).fetchone()
+            return self._nice_bu(row) if row else None
+        return await self._run(fn)
+
+    async def get_nice_bu(self, bu_id: str) -> NiceBusinessUnit | None:
+        def fn(c):
+            row = c.execute("SELECT * FROM nice_business_units WHERE bu_id=?", (bu_id,)).fetchone()
+            return self._nice_bu(row) if row else None
+        return await self._run(fn)
+
+    async def list_nice_bus(self) -> list[NiceBusinessUnit]:
+        return await self._run(lambda c: [self._nice_bu(r) for r in c.execute(
+            "SELECT * FROM nice_business_units ORDER BY created_ms, bu_id").fetchall()])
+
+    async def delete_nice_bu(self, bu_id: str) -> bool:
+        return await self._tx(lambda c: c.execute("DELETE FROM nice_business_units WHERE bu_id=?",
+                                                  (bu_id,)).rowcount > 0)
 
     # -- fraud signals: blocklists and fingerprints ------------------------------------------
     @staticmethod

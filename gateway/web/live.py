@@ -36,15 +36,21 @@ def status_payload(s: Status) -> dict:
     return out
 
 
+def _mixed(v: VerificationResults) -> dict:
+    # vbgw's extension (not in the seeds): present, and true, only for a call whose customer
+    # audio is mixed with the agent's (a NICE MIX stream): scores are less reliable there.
+    return {"mixed": True} if v.mixed else {}
+
+
 def sse_verification(v: VerificationResults) -> list[dict]:
     return [{"bio_result": r.bio_result, "bio_score": r.bio_score, "bio_user_id": _uid(r), "llr": r.llr,
-             "result_type": v.result_type, "speech_millis": r.speech_millis} for r in v.results]
+             "result_type": v.result_type, "speech_millis": r.speech_millis, **_mixed(v)} for r in v.results]
 
 
 def sio_verification(v: VerificationResults) -> list[dict]:
     return [{"limitType": v.result_type, "bioUserId": _uid(r), "bioResult": r.bio_result,
              "bioScore": r.bio_score, "llr": r.llr, "speechMillis": r.speech_millis,
-             "errorType": r.error_type} for r in v.results]
+             "errorType": r.error_type, **_mixed(v)} for r in v.results]
 
 
 def sio_clean_speech(c: CleanSpeech) -> dict:

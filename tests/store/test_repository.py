@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from gateway.store.base import (
-    AudioHookOrg, Blocklist, Conflict, OptedOutError, ProfileSettings, SessionRecord, StoredBiokey,
+    AudioHookOrg, Blocklist, Conflict, NiceBusinessUnit, OptedOutError, ProfileSettings, SessionRecord, StoredBiokey,
 )
 from store_support import vec, write
 
@@ -175,6 +175,25 @@ async def test_audiohook_orgs(repo):
     assert await repo.list_audiohook_orgs() == [rotated, second]
     assert await repo.delete_audiohook_org("0f0e") is True and await repo.delete_audiohook_org("0f0e") is False
     assert await repo.list_audiohook_orgs() == [second] and await repo.audiohook_org_by_key("kh2") is None
+
+
+# -- NICE CXone business units ------------------------------------------------------------------
+async def test_nice_business_units(repo):
+    t = await repo.ensure_tenant("acme")
+    bu = NiceBusinessUnit("4606881", t.id, None, "nk1", 1)
+    await repo.save_nice_bu(bu)
+    with pytest.raises(Conflict):
+        await repo.save_nice_bu(bu)
+    assert await repo.get_nice_bu("4606881") == bu and await repo.nice_bu_by_key("nk1") == bu
+    rotated = NiceBusinessUnit("4606881", t.id, None, "nk2", 2)
+    await repo.save_nice_bu(rotated, replace=True)
+    assert await repo.nice_bu_by_key("nk1") is None and await repo.get_nice_bu("4606881") == rotated
+    second = NiceBusinessUnit("100", t.id, None, "nk3", 3)
+    await repo.save_nice_bu(second)
+    assert await repo.list_nice_bus() == [rotated, second]
+    assert await repo.delete_nice_bu("4606881") is True and await repo.delete_nice_bu("4606881") is False
+    assert await repo.list_nice_bus() == [second] and await repo.nice_bu_by_key("nk2") is None
+    assert await repo.get_nice_bu("nobody") is None
 
 
 # -- fraud signals ------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 from tools.audiohook_sim import SimOptions, run_load
 from tools.bench.stream import (
     DEFAULT_PROTOCOL, REPO, Server, _call_audio, _p95_from_metrics, _parse_metrics, add_cluster_arguments,
-    drop_cluster_schema, enrol_bench_user,
+    drop_cluster_schema, enrol_bench_user, sweep,
 )
 
 LATE_PONG_S = 1.0
@@ -112,16 +111,8 @@ async def amain(args) -> int:
         calls = _call_audio(args.protocol, args.seconds)
         if not await enrol_bench_user(url, ws_url, pat, args.protocol):
             return 1
-        levels = [max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions]
-        best = 0
-        for n in levels:
-            res = await run_level(n, args, url, ws_url, org, calls, server)
-            res["mode"] = "shared (PostgreSQL, Redis)" if args.cluster else "single (SQLite)"
-            print(json.dumps(res), flush=True)
-            if res["passed"]:
-                best = n
-        print(f"largest N with no late pong (> {LATE_PONG_S:g} s), no dropped audio and no violation: {best}")
-        return 0
+        return await sweep(args, lambda n: run_level(n, args, url, ws_url, org, calls, server),
+                           f"no late pong (> {LATE_PONG_S:g} s), no dropped audio and no violation")
     finally:
         server.stop()
         await drop_cluster_schema(server.env)

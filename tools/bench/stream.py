@@ -18,7 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import numpy as np
@@ -238,27 +241,9 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
     # No connection cap: N long-lived SSE streams plus the metrics sampler share this session.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         normal: list = []
-        cpu0, wall0 = server.cpu_seconds(), time.monotonic()
-        backlog: list[tuple[float, float]] = []
-        rss: list[float] = [server.rss_mb()]
-        mtok = (server.data_dir / "metrics.token").read_text().strip()
-        at_ramp: dict[str, str] = {}
-
-        async def metrics_text() -> str:
-            async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {mtok}"}) as r:
-                return await r.text()
-
-        async def sample():
-            while True:
-                text = await metrics_text()
-                t = time.monotonic() - wall0
-                if t >= ramp and "text" not in at_ramp:
-                    at_ramp["text"] = text           # steady state starts: histogram baseline
-                backlog.append((t, _parse_metrics(text).get("vbgw_engine_queue_depth", 0.0)))
-                rss.append(server.rss_mb())
-                await asyncio.sleep(1.0)
-
-        sampler = asyncio.create_task(sample())
+        cpu0 = server.cpu_seconds()
+        steady = SteadyState(http, url, server, ramp, n)
+        steady.start()
         files = FileLoad(args, url, pat, server) if (args.uploads or args.aculab_verifies) else None
         if files is not None:
             await files.start(http)
@@ -280,25 +265,18 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
 
         await asyncio.gather(*(one(i) for i in range(n)))
         cpu = server.cpu_seconds() - cpu0
-        wall = time.monotonic() - wall0
-        sampler.cancel()
-        text = await metrics_text()
+        wall = steady.stop()
+        text = await steady.metrics_text()
         file_report = await files.stop() if files is not None else {}
-    # The engine keeps up when its backlog (audio received, not yet through the VAD) stays
-    # bounded once all streams run: per stream, under 2 s of audio at worst, the last third
-    # no worse than the first (no growth), and no audio dropped.
-    steady = [(t, d / 8000 / n) for t, d in backlog if t > ramp] or [(0.0, 0.0)]
-    span = max(wall - ramp, 1e-9)
-    first = [d for t, d in steady if t < ramp + span / 3] or [0.0]
-    last = [d for t, d in steady if t > wall - span / 3] or [0.0]
-    worst = max(d for _, d in steady)
+    # The engine keeps up (SteadyState) and no audio was dropped.
+    first, last, worst, grew = steady.backlog_per_call(wall)
     dropped = _parse_metrics(text).get("vbgw_engine_dropped_audio_seconds", 0.0)
-    grew = max(last) > max(first) + 1.0
-    p95 = _p95_from_metrics(text, "vbgw_normal_result_delay_seconds", at_ramp.get("text"))
+    p95 = steady.normal_p95(text)
+    rss = steady.rss
     return {"sessions": n, "ramp_s": ramp, "wall_s": round(wall, 1), "server_cpu_s": round(cpu, 1),
             "server_cores_per_stream": round(cpu / wall / n, 4) if n else 0.0,
-            "backlog_per_stream_s_first_third": round(max(first), 2),
-            "backlog_per_stream_s_last_third": round(max(last), 2), "backlog_per_stream_s_max": round(worst, 2),
+            "backlog_per_stream_s_first_third": round(first, 2),
+            "backlog_per_stream_s_last_third": round(last, 2), "backlog_per_stream_s_max": round(worst, 2),
             "backlog_grew": grew, "dropped_audio_s": dropped, "normal_results": len(normal),
             "failed_calls": len(errors),
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
@@ -433,6 +411,91 @@ def _p95_from_metrics(text: str, name: str, baseline: str | None = None) -> floa
     return None
 
 
+class SteadyState:
+    """What the concurrency benches measure while N calls run, started evenly over `ramp`
+    seconds: the engine's backlog (audio received, not yet through the VAD) and the gateway's
+    memory sampled every second from /metrics, and the metrics at the end of the ramp, the
+    baseline of the steady-state histograms. The engine keeps up when the backlog stays
+    bounded once all calls run: per call under 2 s of audio at worst, the last third of the
+    steady part no worse than the first (no growth)."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, server: Server, ramp: float, n: int):
+        self.http, self.url, self.server, self.ramp, self.n = http, url, server, ramp, n
+        self.mtok = (server.data_dir / "metrics.token").read_text().strip()
+        self.backlog: list[tuple[float, float]] = []
+        self.rss: list[float] = [server.rss_mb()]
+        self.at_ramp: str | None = None
+        self.wall0 = time.monotonic()
+        self._task: asyncio.Task | None = None
+
+    async def metrics_text(self) -> str:
+        async with self.http.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {self.mtok}"}) as r:
+            return await r.text()
+
+    def start(self) -> None:
+        self.wall0 = time.monotonic()
+        self._task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            text = await self.metrics_text()
+            t = time.monotonic() - self.wall0
+            if t >= self.ramp and self.at_ramp is None:
+                self.at_ramp = text                      # steady state starts: histogram baseline
+            self.backlog.append((t, _parse_metrics(text).get("vbgw_engine_queue_depth", 0.0)))
+            self.rss.append(self.server.rss_mb())
+            await asyncio.sleep(1.0)
+
+    def stop(self) -> float:
+        """Stop sampling; the wall time since start."""
+        if self._task is not None:
+            self._task.cancel()
+        return time.monotonic() - self.wall0
+
+    def backlog_per_call(self, wall: float) -> tuple[float, float, float, bool]:
+        """(worst in the first third, in the last third, worst overall, grew) of the steady part,
+        in seconds of audio per call."""
+        steady = [(t, d / 8000 / self.n) for t, d in self.backlog if t > self.ramp] or [(0.0, 0.0)]
+        span = max(wall - self.ramp, 1e-9)
+        first = [d for t, d in steady if t < self.ramp + span / 3] or [0.0]
+        last = [d for t, d in steady if t > wall - span / 3] or [0.0]
+        return max(first), max(last), max(d for _, d in steady), max(last) > max(first) + 1.0
+
+    def normal_p95(self, text: str) -> float | None:
+        """The steady-state p95 of the NORMAL result delay measured by the gateway."""
+        return _p95_from_metrics(text, "vbgw_normal_result_delay_seconds", self.at_ramp)
+
+
+@dataclass
+class BenchGateway:
+    server: Server
+    url: str
+    ws_url: str
+    pat: str
+    setup: Any = None                   # what fresh_gateway's `setup` returned
+
+
+@asynccontextmanager
+async def fresh_gateway(protocol: Path, prefix: str, setup: Callable[[Path], Any] | None = None,
+                        args: argparse.Namespace | None = None):
+    """A gateway in a subprocess on a new data directory (no backlog, dialogs or histogram
+    counts carried over from another level), `setup(data_dir)` run before it starts, and
+    `bench-user` enrolled; stopped on exit (with `args.cluster`, in shared mode on a PostgreSQL
+    schema of its own, dropped on exit). RuntimeError if the enrolment failed."""
+    server = Server(Path(tempfile.mkdtemp(prefix=prefix)), args)
+    pat = server.admin_bootstrap()
+    extra = setup(server.data_dir) if setup is not None else None
+    await server.start()
+    url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
+    try:
+        if not await enrol_bench_user(url, ws_url, pat, protocol):
+            raise RuntimeError("the enrolment of bench-user failed")
+        yield BenchGateway(server, url, ws_url, pat, extra)
+    finally:
+        server.stop()
+        await drop_cluster_schema(server.env)
+
+
 async def enrol_bench_user(url: str, ws_url: str, pat: str, protocol: Path) -> bool:
     """Enrol `bench-user` from the protocol's first two enrolment files (direct stream + /enrol)."""
     enrol_rows = [line.split(",") for line in (protocol / "enrol.csv").read_text().splitlines()[1:]]
@@ -448,29 +511,34 @@ async def enrol_bench_user(url: str, ws_url: str, pat: str, protocol: Path) -> b
     return True
 
 
-async def amain(args) -> int:
-    calls = _call_audio(args.protocol, args.seconds, args.speech_ratio)
-    levels = ([max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions])
+async def sweep(args, run_level: Callable[[int], Awaitable[dict]], criterion: str, verdict: str = "passed") -> int:
+    """The levels of `--sessions` (25, 50, 75 and 100 % of it with `--sweep`), each run by
+    `run_level(n)` (on one gateway, or a fresh one per level: see fresh_gateway): each level's
+    result as a JSON line, then the largest N whose result's `verdict` says it met `criterion`."""
+    levels = [max(1, args.sessions * k // 4) for k in (1, 2, 3, 4)] if args.sweep else [args.sessions]
     best = 0
     for n in levels:
-        # A fresh gateway per level: no backlog, dialogs or histogram counts carried over.
-        server = Server(Path(tempfile.mkdtemp(prefix="vbgw-bench-")), args)
-        pat = server.admin_bootstrap()
-        await server.start()
-        url, ws_url = f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}"
-        try:
-            if not await enrol_bench_user(url, ws_url, pat, args.protocol):
-                return 1
-            res = await run_level(n, args, url, ws_url, pat, calls, server)
-            res["mode"] = "shared (PostgreSQL, Redis)" if args.cluster else "single (SQLite)"
-        finally:
-            server.stop()
-            await drop_cluster_schema(server.env)
+        res = await run_level(n)
+        res.setdefault("mode", "shared (PostgreSQL, Redis)" if getattr(args, "cluster", False) else "single (SQLite)")
         print(json.dumps(res), flush=True)
-        if res["passes"]:
+        if res[verdict]:
             best = n
-    print(f"largest N that keeps up (backlog < 2 s per stream, no growth, no drop, steady NORMAL p95 < 1 s): {best}")
+    print(f"largest N with {criterion}: {best}")
     return 0
+
+
+async def amain(args) -> int:
+    calls = _call_audio(args.protocol, args.seconds, args.speech_ratio)
+
+    async def level(n: int) -> dict:
+        async with fresh_gateway(args.protocol, "vbgw-bench-", args=args) as gw:
+            return await run_level(n, args, gw.url, gw.ws_url, gw.pat, calls, gw.server)
+    try:
+        return await sweep(args, level, "backlog < 2 s per stream, no growth, no drop, steady NORMAL p95 < 1 s",
+                           verdict="passes")
+    except RuntimeError as exc:                  # bench-user could not be enrolled
+        print(exc)
+        return 1
 
 
 def main(args) -> int:

@@ -104,7 +104,7 @@
     }
     var match = r.band.indexOf("TRUE_") === 0;
     var strength = STRENGTH[r.band.split("_")[1]];
-    var basis = seconds(r.speech || 0) + " of speech";
+    var basis = seconds(r.speech || 0) + " of speech" + (r.mixed ? " (mixed with the agent's voice: less reliable)" : "");
     var provisional = r.kind === "EARLY" || (r.kind === "ON-DEMAND" && (r.speech || 0) < cfg.verify_min_speech_ms);
     if (state.speakerChanged) {
       // No score here: a number next to this warning would be read as a verdict on the new voice.
@@ -191,7 +191,7 @@
     }
     state.users = users;
     state.result = { user: r.bioUserId, band: r.bioResult, score: r.bioScore, kind: r.limitType,
-                     speech: r.speechMillis, errorType: r.errorType };
+                     speech: r.speechMillis, errorType: r.errorType, mixed: r.mixed === true };
     render();
   }
 
