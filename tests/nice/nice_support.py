@@ -59,6 +59,7 @@ class Unit:
     gw: object
     api_key: str
     header: str = "X-Api-Key"
+    headers: dict[str, str] = field(default_factory=dict)   # more upgrade headers (a load balancer's route)
 
     @property
     def uri(self) -> str:
@@ -66,7 +67,7 @@ class Unit:
 
     def connect(self, carrier: str = "header", key: str | None = None):
         key = self.api_key if key is None else key
-        uri, headers = self.uri, {}
+        uri, headers = self.uri, dict(self.headers)
         if carrier == "header":
             headers[self.header] = key
         elif carrier == "bearer":
