@@ -164,6 +164,7 @@ class _Opener:
             # Informational only: NICE does not document the field, so a mismatch is logged, not refused.
             self.log.warning("nice_business_unit_differs", handshake_bu=hs.business_unit[:64])
         profile = await self._profile(hs.script_params)
+        await self._refuse_if_elsewhere(hs, profile)
         # The connector fixes the call's owner: this profile's dialog (gateway/calls/dialog.py).
         dialog = self.services.dialogs.for_connector(self.bu.tenant_id, hs.contact_id, profile)
         key = (dialog.key, hs.perspective)
@@ -191,6 +192,28 @@ class _Opener:
         if hs.channel == "customer" and dialog.profile is not None:
             stream.track(asyncio.create_task(self._verify_automatically(dialog, hs)))
         return _NicePort(stream, hs.channel)
+
+    async def _refuse_if_elsewhere(self, hs: Handshake, profile: Profile | None) -> None:
+        """Several instances (docs/scale-out.md): a contact's call lives where its first socket
+        landed. A socket of the same contact that a load balancer sends to another instance
+        while a socket is open there cannot join that call (audio is not relayed between
+        instances); made into a second call here, it would take the contact's directory entry,
+        and the agent would follow an agent-only call. So it is refused, as a second direct
+        stream is: STREAM_BUSY, 1013 (CXone may retry, and land where the call is). A call
+        with no open socket there (on hold, ended, its instance gone) is taken over here. One
+        process never refuses (`locate` is None); an unowned call (no profile) is not checked."""
+        if profile is None:
+            return
+        try:
+            elsewhere = await self.services.dialogs.locate(self.bu.tenant_id, hs.contact_id, profile)
+        except Exception as exc:           # noqa: BLE001 - directory or owner away: the call is served here
+            self.log.warning("nice_directory_unavailable", error=type(exc).__name__)
+            return
+        if elsewhere is not None and elsewhere.active_streams > 0:
+            self.log.warning("nice_contact_elsewhere")
+            raise ConnectorError("STREAM_BUSY", f"another gateway instance holds the open sockets of contact "
+                                 f"{hs.contact_id}: keep one contact's sockets on one instance (docs/scale-out.md)",
+                                 CLOSE_TRY_AGAIN)
 
     def _attach(self, dialog: Dialog, hs: Handshake) -> StreamAttachment:
         # An RX socket carries no customer audio; the call has some if its TX feeds (or fed) it.

@@ -128,3 +128,38 @@ async def test_nice_contact_on_a_agent_on_b(cluster):
     msgs = events_of(await c.jetstream(min_count=2))
     ver = [e for t, e, _ in msgs if t == "vb_verification" and e["dialog_id"] == contact]
     assert ver and ver[-1]["verification_result"] in BANDS_TRUE, msgs
+
+
+async def test_a_contacts_rx_socket_landing_on_the_other_instance_is_refused(cluster):
+    """Behind a load balancer without affinity, CXone's TX socket of a contact may land on A and
+    its RX socket on B. The contact's call stays whole where its first socket landed: the RX
+    socket on B is refused (STREAM_BUSY, 1013: CXone may retry) instead of making a second,
+    agent-only call on B that would take the contact's directory entry, and the agent on B
+    sees the TX side's verification."""
+    c = cluster
+    creds = add_bu(c)
+    on_a, on_b = unit_on(c, creds, "a"), unit_on(c, creds, "b")
+    await enrol_on_a_asked_on_b(c, user=ANI)
+    contact = "700000001702"
+    tok = await nice_token(c, contact, route="b")
+    params = {"Ani": ANI, "vbgwToken": tok}
+    tx = asyncio.create_task(on_a.stream("TX", contact, speech(f"{A}_test0", f"{A}_test1", f"{A}_test2"), params,
+                                         end="stop", speed=4))
+    agent = await Agent().connect(c, headers=on("b"))
+    try:
+        await until_logged(c.a, "nice_verification_started")
+        rx = await on_b.stream("RX", contact, speech(f"{B}_test0"), params, end="stop", speed=4)
+        assert await agent.ask("status", req(tok)) == {"ok": True}
+        await agent.wait(lambda ev: any(r["limitType"] == "NORMAL" for batch in ev[f"verification-{tok}"]
+                                        for r in batch), timeout=40)
+        sio = [r for batch in agent.events[f"verification-{tok}"] for r in batch if r["limitType"] == "NORMAL"]
+        assert sio[-1]["bioResult"] in BANDS_TRUE, (sio, logs_of(c))
+        await tx
+    finally:
+        await agent.close()
+        if not tx.done():
+            tx.cancel()
+    assert rx.ack["status"] == "error" and rx.ack["error"]["code"] == "STREAM_BUSY" and rx.close_code == 1013, rx
+    assert "nice_contact_elsewhere" in c.b.log() and "nice_stream_started" not in c.b.log()
+    status, od = await c.call("b", "GET", "/verification/ondemand", tok, params={"users": ANI})
+    assert status == 200 and od["bio_result"] in BANDS_TRUE and od["speech_millis"] > 5000, od
