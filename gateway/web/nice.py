@@ -26,6 +26,7 @@ from connectors import nice
 from connectors.base import CLOSE_NORMAL, CLOSE_TRY_AGAIN, Channel, ConnectorError, Frame, StreamPort
 from connectors.nice import Handshake, norm_key
 from gateway.calls.attach import StreamAttachment, attach
+from gateway.calls.cluster import ClusterCallRegistry
 from gateway.calls.dialog import Dialog, DialogBusy
 from gateway.errors import ApiError, bad_request
 from gateway.services.nice_units import api_key_hash
@@ -201,16 +202,20 @@ class _Opener:
         and the agent would follow an agent-only call. So it is refused, as a second direct
         stream is: STREAM_BUSY, 1013 (CXone may retry, and land where the call is). A call
         with no open socket there (on hold, ended, its instance gone) is taken over here. One
-        process never refuses (`locate` is None); an unowned call (no profile) is not checked."""
-        if profile is None:
+        process never refuses; an unowned call (no profile) is not checked."""
+        registry = self.services.dialogs
+        if profile is None or not isinstance(registry, ClusterCallRegistry):
             return
         try:
-            elsewhere = await self.services.dialogs.locate(self.bu.tenant_id, hs.contact_id, profile)
+            # The owner's state now, not a mirror this instance may hold: a hold publishes
+            # nothing, so a followed call's mirror still counts the sockets that closed.
+            entry = await registry.owner_of(self.bu.tenant_id, hs.contact_id, profile)
+            state = await registry.link.call_state(entry) if entry is not None else None
         except Exception as exc:           # noqa: BLE001 - directory or owner away: the call is served here
             self.log.warning("nice_directory_unavailable", error=type(exc).__name__)
             return
-        if elsewhere is not None and elsewhere.active_streams > 0:
-            self.log.warning("nice_contact_elsewhere")
+        if state is not None and int(state.get("streams", 0)) > 0:
+            self.log.warning("nice_contact_elsewhere", owner=entry.instance if entry is not None else "")
             raise ConnectorError("STREAM_BUSY", f"another gateway instance holds the open sockets of contact "
                                  f"{hs.contact_id}: keep one contact's sockets on one instance (docs/scale-out.md)",
                                  CLOSE_TRY_AGAIN)

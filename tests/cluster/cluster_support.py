@@ -241,9 +241,9 @@ class Cluster:
             await nc.close()
 
 
-async def start_cluster(tmp: Path, pg_dsn: str, lease_s: float = 3.0) -> Cluster:
+async def start_cluster(tmp: Path, pg_dsn: str, lease_s: float = 3.0, extra_env: dict[str, str] | None = None) -> Cluster:
     """Everything up: database, Redis, NATS, two instances (a, b) and haproxy; bootstrapped
-    (tenant acme, profile retail, a PAT)."""
+    (tenant acme, profile retail, a PAT). `extra_env`: more VBGW_ settings of both instances."""
     import asyncpg
     dbname = services.unique("vbgw_cluster")
     conn = await asyncpg.connect(pg_dsn)
@@ -271,6 +271,7 @@ async def start_cluster(tmp: Path, pg_dsn: str, lease_s: float = 3.0) -> Cluster
         "VBGW_DIALOGS__RETAIN_AFTER_CLOSE_S": "600", "VBGW_SERVER__SHUTDOWN_GRACE_S": "2",
         "VBGW_LOGGING__LEVEL": "info",
     })
+    env.update(extra_env or {})
     insts = []
     for name, port in zip("ab", ports):
         data = tmp / f"var-{name}"

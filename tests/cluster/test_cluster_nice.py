@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from cluster_support import Cluster, enrol_on_a_asked_on_b, events_of, logs_of, on
+import pytest
+
+from cluster_support import Cluster, cleanup, enrol_on_a_asked_on_b, events_of, logs_of, on, start_cluster, \
+    stop_cluster, tmpdir
 from live_support import Agent, SseReader, req
 from support import REPO
 
@@ -24,6 +27,18 @@ from nice_support import A, B, Unit, speech  # noqa: E402
 
 ANI = "+15551688"                      # the caller's number, normalised: the user id it is enrolled as
 BANDS_TRUE = ("TRUE_HIGH", "TRUE_MEDIUM", "TRUE_LOW")
+RESUME_S = 3.0                         # nice.resume_idle_s of the hold test's cluster (default 120)
+
+
+@pytest.fixture
+async def short_resume_cluster(throwaway_pg):
+    tmp = tmpdir()
+    c = await start_cluster(tmp, throwaway_pg.dsn, extra_env={"VBGW_NICE__RESUME_IDLE_S": str(RESUME_S)})
+    try:
+        yield c
+    finally:
+        await stop_cluster(c)
+        cleanup(tmp)
 
 
 def add_bu(c: Cluster, bu_id: str = "4606881") -> dict[str, str]:
@@ -163,3 +178,42 @@ async def test_a_contacts_rx_socket_landing_on_the_other_instance_is_refused(clu
     assert "nice_contact_elsewhere" in c.b.log() and "nice_stream_started" not in c.b.log()
     status, od = await c.call("b", "GET", "/verification/ondemand", tok, params={"users": ANI})
     assert status == 200 and od["bio_result"] in BANDS_TRUE and od["speech_millis"] > 5000, od
+
+
+async def test_hold_on_a_resumed_on_b_is_a_new_call_there(short_resume_cluster):
+    """A hold closes the contact's sockets; the resumed ones may land on the other instance.
+    No socket is open on A then, so B takes the call: a new dialog there, verified again from
+    the script parameters on the speech after the hold only (audio state is not moved between
+    instances). A's part ends after the resume window with its CALL_CLOSED, which the agent's
+    open connection on B sees; the agent's next request follows the call on B."""
+    c = short_resume_cluster
+    creds = add_bu(c)
+    on_a, on_b = unit_on(c, creds, "a"), unit_on(c, creds, "b")
+    await enrol_on_a_asked_on_b(c, user=ANI)
+    contact = "700000001703"
+    tok = await nice_token(c, contact, route="b")
+    params = {"Ani": ANI, "vbgwToken": tok}
+    after_hold = speech(f"{A}_test2", f"{A}_test3", f"{A}_test4")
+    agent = await Agent().connect(c, headers=on("b"))
+    try:
+        before = asyncio.gather(on_a.stream("TX", contact, speech(f"{A}_test0", f"{A}_test1"), params, speed=4),
+                                on_a.stream("RX", contact, speech(f"{B}_test0"), params, speed=4))
+        await until_logged(c.a, "nice_verification_started")
+        assert await agent.ask("status", req(tok)) == {"ok": True}          # following the call on A
+        await before                                                       # hold: CXone closes both
+        tx, rx = await asyncio.gather(on_b.stream("TX", contact, after_hold, params, end="stop", speed=4),
+                                      on_b.stream("RX", contact, speech(f"{B}_test1"), params, end="stop", speed=4))
+        assert tx.ack["status"] == "ok" and rx.ack["status"] == "ok", (tx, rx)       # not refused: on hold on A
+        assert tx.messages == [{"status": "ended", "contactId": contact}]
+        # the agent's open connection sees A's part end once its resume window has passed
+        await agent.wait(lambda ev: {"status": "CALL_CLOSED"} in ev[f"status-{tok}"], timeout=RESUME_S + 30)
+        # its next request follows the call on B
+        assert await agent.ask("status", req(tok)) == {"ok": True}
+    finally:
+        await agent.close()
+    assert "nice_contact_elsewhere" not in c.b.log(), logs_of(c)
+    assert c.b.log().count("nice_stream_started") == 2 and "nice_verification_started" in c.b.log()
+    status, od = await c.call("b", "GET", "/verification/ondemand", tok, params={"users": ANI})
+    assert status == 200 and od["bio_result"] in BANDS_TRUE, od
+    # B's call holds the speech after the hold only
+    assert 0 < od["speech_millis"] <= len(after_hold) / 8, (od, len(after_hold) / 8)
