@@ -10,6 +10,7 @@ uploaded files are analysed (issue #12; docs/benchmarks.md)."""
 from __future__ import annotations
 
 import argparse
+import collections
 import asyncio
 import json
 import os
@@ -259,7 +260,7 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
                 try:
                     await _stream(ws_url, tok, dialog, calls[(i + k) % len(calls)], paced=True)
                 except (websockets.WebSocketException, OSError) as exc:
-                    errors.append(type(exc).__name__)      # a failed call fails the level
+                    errors.append(f"{type(exc).__name__}: {exc}"[:120])      # a failed call fails the level
                 await asyncio.sleep(0.5)
                 sse.cancel()
 
@@ -279,6 +280,7 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
             "backlog_per_stream_s_last_third": round(last, 2), "backlog_per_stream_s_max": round(worst, 2),
             "backlog_grew": grew, "dropped_audio_s": dropped, "normal_results": len(normal),
             "failed_calls": len(errors),
+            **({"failed_call_errors": dict(collections.Counter(errors).most_common(5))} if errors else {}),
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
             "server_rss_mb_start": round(rss[0]), "server_rss_mb_max": round(max(rss)),
             **file_report,
