@@ -45,10 +45,9 @@ async def cli_add_org(args, settings) -> int:
 
 async def cli_list_orgs(args, settings) -> int:
     """`vbgw audiohook list`: the organisations allowed to stream, never their credentials."""
-    from gateway.store.sqlite import SqliteRepository
+    from gateway.store.factory import open_repository
     announce_store(settings, "audiohook")
-    store = SqliteRepository(settings.sqlite_path)
-    await store.open()
+    store = await open_repository(settings)          # the configured store, SQLite or PostgreSQL
     try:
         print("org_id\ttenant\tdefault_profile\trequests\tcreated")
         for org in await store.list_audiohook_orgs():
@@ -63,10 +62,9 @@ async def cli_list_orgs(args, settings) -> int:
 
 async def cli_remove_org(args, settings) -> int:
     """`vbgw audiohook remove --org-id ID`: the organisation's credentials stop working at once."""
-    from gateway.store.sqlite import SqliteRepository
+    from gateway.store.factory import open_repository
     announce_store(settings, "audiohook")
-    store = SqliteRepository(settings.sqlite_path)
-    await store.open()
+    store = await open_repository(settings)
     try:
         removed = await store.delete_audiohook_org(args.org_id.lower())
     finally:
