@@ -141,8 +141,10 @@ async def test_nice_contact_on_a_agent_on_b(cluster):
 
     # the automatic verification's event, in JetStream, with the contact id as the dialog id
     msgs = events_of(await c.jetstream(min_count=2))
+    # (the other profile's on-demand verification above has an event too, NOT_SCORED, and the
+    # two instances' events reach the stream in either order: look for the caller's, not the last)
     ver = [e for t, e, _ in msgs if t == "vb_verification" and e["dialog_id"] == contact]
-    assert ver and ver[-1]["verification_result"] in BANDS_TRUE, msgs
+    assert any(e["verification_result"] in BANDS_TRUE for e in ver), msgs
 
 
 async def test_a_contacts_rx_socket_landing_on_the_other_instance_is_refused(cluster):
