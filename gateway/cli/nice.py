@@ -8,10 +8,11 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.cli.common import announce_store, utc_when
+
 
 async def cli_add_bu(args, settings) -> int:
     """`vbgw nice add-bu`: issue the API key of a NICE CXone business unit."""
-    from gateway.cli.main import announce_store
     from gateway.services.nice_units import BU_ID, add_bu, print_instructions
     from gateway.store.base import Conflict
     from gateway.store.factory import open_repository
@@ -39,7 +40,6 @@ async def cli_add_bu(args, settings) -> int:
 
 async def cli_list_bus(args, settings) -> int:
     """`vbgw nice list`: the business units allowed to stream, never their keys."""
-    from gateway.cli.common import announce_store, utc_when
     from gateway.store.factory import open_repository
     announce_store(settings, "nice")
     store = await open_repository(settings)
@@ -57,7 +57,6 @@ async def cli_list_bus(args, settings) -> int:
 
 async def cli_revoke_bu(args, settings) -> int:
     """`vbgw nice revoke --bu-id ID`: the unit's API key is refused from now on."""
-    from gateway.cli.main import announce_store
     from gateway.store.factory import open_repository
     announce_store(settings, "nice")
     store = await open_repository(settings)
