@@ -118,6 +118,10 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     metrics.gauge("vbgw_engine_queue_depth", lambda: eng.stats().queue_depth)
     metrics.gauge("vbgw_engine_overloaded", lambda: int(eng.stats().overloaded))
     metrics.gauge("vbgw_engine_dropped_audio_seconds", lambda: eng.stats().extra.get("dropped_audio_s", 0.0))
+    # Customer audio through the VAD, and the speech (windows, partials) through the encoder:
+    # their ratio is what a call costs the encoder (docs/benchmarks.md).
+    metrics.gauge("vbgw_engine_audio_seconds", lambda: eng.stats().audio_seconds)
+    metrics.gauge("vbgw_engine_encoder_audio_seconds", lambda: eng.stats().speech_seconds)
     metrics.gauge("vbgw_bus_subscribers", services.bus.subscriber_count)
     opening: asyncio.Task | None = None
     try:

@@ -57,7 +57,11 @@ def _setup():
         fb[:, i] = np.maximum(0.0, np.minimum(up, down))
     n = np.arange(N_FILT)
     dct = np.cos(np.pi / N_FILT * (n[None, :] + 0.5) * np.arange(N_CEP)[:, None]) * np.sqrt(2.0 / N_FILT)
-    bands = [(freqs >= lo) & (freqs < hi) for lo, hi in ((50, 1000), (1000, 2000), (2000, 3000), (3000, 3950))]
+    # the bins of each band, as slices (they are contiguous): no boolean-mask copies per frame
+    bands = []
+    for lo, hi in ((50, 1000), (1000, 2000), (2000, 3000), (3000, 3950)):
+        sel = np.flatnonzero((freqs >= lo) & (freqs < hi))
+        bands.append(slice(int(sel[0]), int(sel[-1]) + 1))
     k = np.arange(nbin)
     mgd_dct = np.cos(np.pi / nbin * (k[:, None] + 0.5) * np.arange(N_MGD)[None, :]) * np.sqrt(2.0 / nbin)
     quef = np.arange(NFFT)
@@ -106,42 +110,55 @@ class FrameFeatures:
             self.hist[:] = cep[0]
             self.have_hist = True
         allc = np.concatenate([self.hist, cep])
-        ctx = np.concatenate([allc[k:k + n] for k in range(CONTEXT)], axis=1)
         self.hist = allc[-(CONTEXT - 1):].copy()
-        logsp = np.log(spec)
-        flat = np.stack([np.exp(logsp[:, b].mean(axis=1)) / spec[:, b].mean(axis=1) for b in st["bands"]], axis=1)
-        # periodicity: normalised autocorrelation (from a 512-point power spectrum: no wrap)
-        ac = scipy.fft.irfft(np.abs(scipy.fft.rfft(fr, 512, axis=1)) ** 2, 512, axis=1)[:, :LAG_MAX + 1]
-        ac = ac / (ac[:, :1] + 1e-12)
-        lag = LAG_MIN + np.argmax(ac[:, LAG_MIN:], axis=1)
-        r = ac[np.arange(n), lag]
-        lags = np.where(r > VOICED_R, lag.astype(np.float64), np.nan)
-        prev_lags = np.concatenate([[self.prev_lag], lags[:-1]])
-        self.prev_lag = float(lags[-1])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            jit = np.abs(np.log(lags / prev_lags))
-        jit = np.where(np.isfinite(jit), np.minimum(jit, 0.7), -0.1)   # -0.1: not two voiced frames in a row
-        # modified group delay (phase: vocoders' excitation and phase models leave their mark)
-        Y = scipy.fft.rfft(fr * st["ramp"], NFFT, axis=1)
-        smooth = scipy.ndimage.uniform_filter1d(spec, 9, axis=1, mode="nearest")
-        tau = (X.real * Y.real + X.imag * Y.imag) / smooth ** MGD_GAMMA
-        mgd = (np.sign(tau) * np.abs(tau) ** MGD_ALPHA) @ st["mgd_dct"]
-        # cepstral peak prominence: how clearly harmonic the frame is
-        ceps = scipy.fft.irfft(logsp, NFFT, axis=1)[:, st["cpp_band"]]
-        cpp = ceps.max(axis=1) - ceps.mean(axis=1)
         prev_db = np.concatenate([[energy_db[0] if self.prev_db is None else self.prev_db], energy_db[:-1]])
         self.prev_db = float(energy_db[-1])
-        ddb = np.clip(energy_db - prev_db, -20, 20) / 10.0
         self.frames_seen += n
         # Gate: the running maximum is updated frame by frame in order, so chunking cannot
         # change which frames pass.
         run_max = np.maximum.accumulate(np.concatenate([[self.max_db], energy_db]))[1:]
         self.max_db = float(run_max[-1])
         keep = (energy_db > FLOOR_DB) & (energy_db > run_max - GATE_DB)
+        # Everything below is computed for the gated frames only (most of a call's customer
+        # audio is the agent's turns and pauses): the periodicity also for the frame before
+        # each gated one (its jitter) and for the last frame (the next block's).
+        need = keep.copy()
+        need[:-1] |= keep[1:]
+        need[-1] = True
+        idx = np.flatnonzero(need)
+        F = scipy.fft.rfft(fr[idx], 512, axis=1)
+        ac = scipy.fft.irfft(F.real ** 2 + F.imag ** 2, 512, axis=1)[:, :LAG_MAX + 1]
+        ac = ac / (ac[:, :1] + 1e-12)
+        lag_n = LAG_MIN + np.argmax(ac[:, LAG_MIN:], axis=1)
+        r_n = ac[np.arange(len(idx)), lag_n]
+        lags = np.full(n, np.nan)
+        lags[idx] = np.where(r_n > VOICED_R, lag_n.astype(np.float64), np.nan)
+        prev_lags = np.concatenate([[self.prev_lag], lags[:-1]])
+        self.prev_lag = float(lags[-1])
         if not keep.any():
             return np.zeros((0, DIM))
-        return np.concatenate([ctx[keep], np.log(flat[keep] + 1e-6), r[keep, None], jit[keep, None],
-                               ddb[keep, None], mgd[keep], cpp[keep, None]], axis=1)
+        k = np.flatnonzero(keep)
+        r = np.empty(n)
+        r[idx] = r_n
+        r = r[k]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            jit = np.abs(np.log(lags[k] / prev_lags[k]))
+        jit = np.where(np.isfinite(jit), np.minimum(jit, 0.7), -0.1)   # -0.1: not two voiced frames in a row
+        ctx = np.concatenate([allc[k + j] for j in range(CONTEXT)], axis=1)
+        spec_k, Xk, frk = spec[k], X[k], fr[k]
+        logsp = np.log(spec_k)
+        flat = np.stack([np.exp(logsp[:, b].mean(axis=1)) / spec_k[:, b].mean(axis=1) for b in st["bands"]], axis=1)
+        # modified group delay (phase: vocoders' excitation and phase models leave their mark)
+        Y = scipy.fft.rfft(frk * st["ramp"], NFFT, axis=1)
+        smooth = scipy.ndimage.uniform_filter1d(spec_k, 9, axis=1, mode="nearest")
+        tau = (Xk.real * Y.real + Xk.imag * Y.imag) / smooth ** MGD_GAMMA
+        mgd = (np.sign(tau) * np.abs(tau) ** MGD_ALPHA) @ st["mgd_dct"]
+        # cepstral peak prominence: how clearly harmonic the frame is
+        ceps = scipy.fft.irfft(logsp, NFFT, axis=1)[:, st["cpp_band"]]
+        cpp = ceps.max(axis=1) - ceps.mean(axis=1)
+        ddb = np.clip(energy_db[k] - prev_db[k], -20, 20) / 10.0
+        return np.concatenate([ctx, np.log(flat + 1e-6), r[:, None], jit[:, None],
+                               ddb[:, None], mgd, cpp[:, None]], axis=1)
 
     def nbytes(self) -> int:
         return int(self.tail.nbytes + self.hist.nbytes + 64)

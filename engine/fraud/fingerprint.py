@@ -53,30 +53,42 @@ def _peaks(spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Frame and bin indices of the landmark peaks of a spectrogram block."""
     s = spec[:, F_LO:F_HI]
     local = maximum_filter(s, size=(2 * NB_T + 1, 2 * NB_F + 1), mode="constant", cval=-1e9)
-    floor = np.median(s, axis=1, keepdims=True) + PEAK_FLOOR_DB
+    # the median of each frame's bins (as np.median: the mean of the two middle values of an
+    # even count), from one partition: np.median's own checks cost more than the partition
+    m = s.shape[1]
+    part = np.partition(s, (m // 2 - 1, m // 2), axis=1)
+    mid = part[:, m // 2 - 1:m // 2 + 1] if m % 2 == 0 else part[:, m // 2:m // 2 + 1]
+    floor = np.mean(mid, axis=1, keepdims=True) + PEAK_FLOOR_DB
     is_peak = (s == local) & (s > floor) & (s > ABS_FLOOR_DB)
     t, f = np.nonzero(is_peak)
     return t, f + F_LO
 
 
 def _pairs(t: np.ndarray, f: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes and anchor frames for the peaks selected by the boolean mask `anchors`."""
+    """Hashes and anchor frames for the peaks selected by the boolean mask `anchors`: each
+    anchor with the first FAN_OUT later peaks (in time, then frequency order) within DT_MAX
+    frames (dt >= 1) and DF_MAX bins, in that order."""
     order = np.lexsort((f, t))
-    t, f, anchors = t[order], f[order], anchors[order]
-    hashes, times = [], []
-    idx = np.nonzero(anchors)[0]
-    for i in idx:
-        n = 0
-        j = i + 1
-        while j < len(t) and t[j] - t[i] <= DT_MAX and n < FAN_OUT:
-            dt = t[j] - t[i]
-            df = int(f[j]) - int(f[i])
-            if dt >= 1 and abs(df) <= DF_MAX:
-                hashes.append((int(f[i]) << 14) | ((df + 128) << 6) | int(dt))
-                times.append(int(t[i]))
-                n += 1
-            j += 1
-    return np.asarray(hashes, np.uint32), np.asarray(times, np.uint32)
+    t, f, anchors = t[order].astype(np.int64), f[order].astype(np.int64), anchors[order]
+    idx = np.flatnonzero(anchors)
+    if not len(idx):
+        return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    # the peaks after each anchor within DT_MAX frames are a run of the sorted list: [i+1, hi)
+    hi = np.searchsorted(t, t[idx] + DT_MAX, side="right")
+    width = int((hi - idx - 1).max())
+    if width <= 0:
+        return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    j = idx[:, None] + 1 + np.arange(width)[None, :]
+    inside = j < hi[:, None]
+    j = np.minimum(j, len(t) - 1)
+    dt = t[j] - t[idx, None]
+    df = f[j] - f[idx, None]
+    ok = inside & (dt >= 1) & (np.abs(df) <= DF_MAX)
+    ok &= np.cumsum(ok, axis=1) <= FAN_OUT
+    rows, cols = np.nonzero(ok)                 # row-major: anchor by anchor, peaks in order
+    a = idx[rows]
+    hashes = (f[a] << 14) | ((df[rows, cols] + 128) << 6) | dt[rows, cols]
+    return hashes.astype(np.uint32), t[a].astype(np.uint32)
 
 
 class Fingerprinter:

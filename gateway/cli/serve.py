@@ -10,6 +10,7 @@ import structlog
 
 from gateway.app import create_app
 from gateway.infra.config import Settings
+from gateway.infra.eventloop import loop_factory
 from gateway.web.appkeys import SERVICES
 from gateway.web.server import ssl_context, start_site
 
@@ -36,7 +37,7 @@ async def _serve(settings: Settings) -> None:
         raise
     host, port = sock.getsockname()[:2]
     log.info("listening", url=f"{'https' if tls else 'http'}://{settings.server.host or host}:{port}",
-             data_dir=str(settings.data_dir.resolve()))
+             data_dir=str(settings.data_dir.resolve()), event_loop=loop_factory(settings.server.event_loop)[1])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -52,4 +53,6 @@ async def _serve(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    asyncio.run(_serve(settings))
+    factory, _ = loop_factory(settings.server.event_loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve(settings))

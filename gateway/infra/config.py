@@ -46,6 +46,9 @@ class ServerConfig(_Section):
     first_message_timeout_s: float = Field(default=10.0, gt=0)
     socketio_auth_timeout_s: float = Field(default=30.0, gt=0)
     max_connections_per_client: int = Field(default=256, ge=0)
+    # "uvloop" (the default; asyncio's own loop where uvloop is not installed, with a log
+    # line) or "asyncio" (gateway/infra/eventloop.py).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @model_validator(mode="before")
     @classmethod

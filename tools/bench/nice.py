@@ -30,9 +30,11 @@ import numpy as np
 
 from tools.bench.audiohook import _pct
 from tools.bench.stream import (
-    DEFAULT_PROTOCOL, REPO, BenchGateway, SteadyState, _call_audio, _histogram, _parse_metrics, fresh_gateway, sweep,
+    DEFAULT_PROTOCOL, REPO, BenchGateway, SteadyState, _call_audio, _histogram, _parse_metrics, encoder_share,
+    fresh_gateway, sweep,
 )
 from tools.nice_sim import ContactReport, SimOptions, run_contact
+from gateway.infra import eventloop
 
 BENCH_USER = "bench-user"          # enrolled by enrol_bench_user
 MAX_BACKLOG_S = 2.0
@@ -110,6 +112,7 @@ async def run_level(n: int, args, gw: BenchGateway, calls: list[np.ndarray]) -> 
             "backlog_per_contact_s_first_third": round(first, 2),
             "backlog_per_contact_s_last_third": round(last, 2), "backlog_per_contact_s_max": round(worst, 2),
             "backlog_grew": grew, "frames_sent": frames_sent, "frames_received": int(frames_in),
+            "encoder_audio_per_audio": encoder_share(m0, m1),
             "dropped_audio_s": dropped_s, "failed_calls": failed, "violations": violations,
             "normal_results": int(normal),
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
@@ -134,4 +137,4 @@ async def amain(args) -> int:
 
 
 def main(args) -> int:
-    return asyncio.run(amain(args))
+    return eventloop.run(amain(args))

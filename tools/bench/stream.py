@@ -30,6 +30,7 @@ import soundfile as sf
 import websockets
 
 from tools.protocol import read_audio
+from gateway.infra import eventloop
 
 REPO = Path(__file__).resolve().parents[2]
 # The calls' speech: the small in-repo cut of ls-other-tel unless --protocol names another
@@ -92,6 +93,14 @@ def _call_audio(protocol: Path, seconds: float, speech_ratio: float = 0.5, seed:
             i += 1
         calls.append(np.concatenate(parts)[:total])
     return calls
+
+
+def encoder_share(m0: dict[str, float], m1: dict[str, float]) -> float | None:
+    """Seconds of audio through the encoder per second of customer audio through the VAD
+    between two /metrics readings: what a call costs the encoder."""
+    audio = m1.get("vbgw_engine_audio_seconds", 0.0) - m0.get("vbgw_engine_audio_seconds", 0.0)
+    enc = m1.get("vbgw_engine_encoder_audio_seconds", 0.0) - m0.get("vbgw_engine_encoder_audio_seconds", 0.0)
+    return round(enc / audio, 3) if audio > 0 else None
 
 
 def _parse_metrics(text: str) -> dict[str, float]:
@@ -244,6 +253,7 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
         normal: list = []
         cpu0 = server.cpu_seconds()
         steady = SteadyState(http, url, server, ramp, n)
+        m0 = _parse_metrics(await steady.metrics_text())
         steady.start()
         files = FileLoad(args, url, pat, server) if (args.uploads or args.aculab_verifies) else None
         if files is not None:
@@ -271,7 +281,8 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
         file_report = await files.stop() if files is not None else {}
     # The engine keeps up (SteadyState) and no audio was dropped.
     first, last, worst, grew = steady.backlog_per_call(wall)
-    dropped = _parse_metrics(text).get("vbgw_engine_dropped_audio_seconds", 0.0)
+    m1 = _parse_metrics(text)
+    dropped = m1.get("vbgw_engine_dropped_audio_seconds", 0.0)
     p95 = steady.normal_p95(text)
     rss = steady.rss
     return {"sessions": n, "ramp_s": ramp, "wall_s": round(wall, 1), "server_cpu_s": round(cpu, 1),
@@ -279,6 +290,7 @@ async def run_level(n: int, args, url: str, ws_url: str, pat: str, calls: list[n
             "backlog_per_stream_s_first_third": round(first, 2),
             "backlog_per_stream_s_last_third": round(last, 2), "backlog_per_stream_s_max": round(worst, 2),
             "backlog_grew": grew, "dropped_audio_s": dropped, "normal_results": len(normal),
+            "encoder_audio_per_audio": encoder_share(m0, m1),
             "failed_calls": len(errors),
             **({"failed_call_errors": dict(collections.Counter(errors).most_common(5))} if errors else {}),
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
@@ -544,4 +556,4 @@ async def amain(args) -> int:
 
 
 def main(args) -> int:
-    return asyncio.run(amain(args))
+    return eventloop.run(amain(args))

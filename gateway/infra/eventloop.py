@@ -1,0 +1,36 @@
+"""Which event loop runs the gateway (and the bench clients): uvloop where it is installed.
+
+Why: a CXone contact is two sockets of 50 messages a second each, so at 100 contacts the loop
+wakes 10,000 times a second for 160-byte messages. aiohttp's WebSocket reader is already C;
+what is left per message is the loop itself (the readiness callback, recv, the task wakeup).
+Measured on the 2-core bench machine (docs/benchmarks.md, "NICE"): a bare aiohttp server
+receiving 20 ms messages from 200 sockets spends 31.5 us per message on asyncio's loop and
+17.8 us on uvloop's. Nothing else changes: aiohttp, python-socketio and the tests' clients
+run on either loop; the in-process tests keep pytest-aiohttp's asyncio loop, and the tests
+that start `vbgw serve` run it on uvloop, so both are exercised.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Coroutine, TypeVar
+
+T = TypeVar("T")
+
+
+def loop_factory(kind: str = "uvloop") -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """The factory for `asyncio.Runner` (None: asyncio's default) and the name of the loop it
+    makes: "uvloop" asked for but not installed (Windows has no wheels) falls back to asyncio."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            return None, "asyncio (uvloop is not installed)"
+        return uvloop.new_event_loop, "uvloop"
+    return None, "asyncio"
+
+
+def run(main: Coroutine[Any, Any, T], kind: str = "uvloop") -> T:
+    """asyncio.run on the chosen loop."""
+    factory, _ = loop_factory(kind)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
