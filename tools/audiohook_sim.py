@@ -28,7 +28,6 @@ from connectors.audiohook import MAX_MESSAGE_CHARS, ServerEnvelope, format_durat
 from connectors.audiohook_signature import authority_of, new_nonce, sign
 from connectors.codecs import FILE_RATES, encode_mulaw, read_wav_8k, wav_info
 from tools.sim_support import load_files, staggered, verification_lines
-from gateway.infra import eventloop
 
 STEREO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}
 MONO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}
@@ -488,7 +487,7 @@ def main(args) -> int:
                           pause_at_s=args.pause_at, pause_for_s=args.pause_for, discard_at_s=args.discard_at,
                           discard_s=args.discard, probe=args.probe, faults=frozenset(args.fault), **kw)
 
-    reports = eventloop.run(run_load(make, calls, args.sessions, args.rate))
+    reports = asyncio.run(run_load(make, calls, args.sessions, args.rate))
     bad = 0
     for r in reports:
         if args.json:

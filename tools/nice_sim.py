@@ -42,7 +42,6 @@ import websockets
 
 from connectors.codecs import FILE_RATES, encode_mulaw, read_wav_8k, wav_info
 from tools.sim_support import load_files, staggered, verification_lines
-from gateway.infra import eventloop
 
 PERSPECTIVES = ("TX", "RX", "MIX")
 OVERSIZED_BYTES = 70000
@@ -668,7 +667,7 @@ def main(args) -> int:
         print(f"vbgw nice-sim: {exc}", file=sys.stderr)
         return 2
     labels = [f.name for f in args.files]
-    reports = eventloop.run(_run(args, calls, labels))
+    reports = asyncio.run(_run(args, calls, labels))
     if args.probe:
         return _probe_answer(args, reports[0])
     for r in reports:

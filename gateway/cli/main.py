@@ -329,6 +329,7 @@ BENCHES = (
     ("live", "tools.bench.live", "Socket.IO and SSE agent clients following live calls: result delivery delay"),
     ("slowclients", "tools.bench.slowclients", "idle, slowloris and never-reading clients: /healthz latency, "
                                                  "gateway memory, when each is let go"),
+    ("wsloop", "tools.bench.wsloop", "CPU per WebSocket message of a bare aiohttp endpoint: asyncio's loop against uvloop's"),
     ("passphrase", "tools.bench.passphrase", "text-dependent verification (RSR2015-style TC/TW/IC trials on FSDD digits)"),
 )
 

@@ -3,9 +3,9 @@
 Why: a CXone contact is two sockets of 50 messages a second each, so at 100 contacts the loop
 wakes 10,000 times a second for 160-byte messages. aiohttp's WebSocket reader is already C;
 what is left per message is the loop itself (the readiness callback, recv, the task wakeup).
-Measured on the 2-core bench machine (docs/benchmarks.md, "NICE"): a bare aiohttp server
-receiving 20 ms messages from 200 sockets spends 31.5 us per message on asyncio's loop and
-17.8 us on uvloop's. Nothing else changes: aiohttp, python-socketio and the tests' clients
+Measured on the 2-core bench machine (`vbgw bench wsloop`, docs/benchmarks.md): a bare
+aiohttp endpoint receiving 20 ms messages from 200 sockets spends 24-28 us per message on
+asyncio's loop and 17-22 us on uvloop's, about a quarter less. Nothing else changes: aiohttp, python-socketio and the tests' clients
 run on either loop; the in-process tests keep pytest-aiohttp's asyncio loop, and the tests
 that start `vbgw serve` run it on uvloop, so both are exercised.
 """

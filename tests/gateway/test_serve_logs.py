@@ -10,6 +10,7 @@ import signal
 import aiohttp
 import websockets
 
+from gateway.infra import eventloop
 from support import serve_process
 
 
@@ -64,6 +65,10 @@ async def test_every_stderr_line_is_json_and_tokens_are_redacted(tmp_path):
             and any("bad_socketio_packet" in line for line in lines)
         for line in lines:
             assert isinstance(json.loads(line), dict), line          # one JSON object per line
+        # The process ran on uvloop (server.event_loop's default), so the hostile requests above
+        # went through uvloop's transports, not only asyncio's (the in-process tests' loop).
+        listening = next(json.loads(line) for line in lines if '"listening"' in line)
+        assert listening["event_loop"] == eventloop.loop_factory("uvloop")[1]
         for secret in (tok, pat, pat.removeprefix("vbgw_pat_")):
             assert secret not in err
     finally:

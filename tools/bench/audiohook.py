@@ -25,7 +25,6 @@ from tools.bench.stream import (
     DEFAULT_PROTOCOL, REPO, Server, _call_audio, _p95_from_metrics, _parse_metrics, add_cluster_arguments,
     drop_cluster_schema, enrol_bench_user, sweep,
 )
-from gateway.infra import eventloop
 
 LATE_PONG_S = 1.0
 
@@ -120,4 +119,4 @@ async def amain(args) -> int:
 
 
 def main(args) -> int:
-    return eventloop.run(amain(args))
+    return asyncio.run(amain(args))

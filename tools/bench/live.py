@@ -25,7 +25,6 @@ import aiohttp
 from gateway.web.socketio import NAMESPACE, PATH
 from tools.bench.stream import DEFAULT_PROTOCOL, Server, _call_audio, _p95_from_metrics, _stream, _token
 from tools.bench.stream import enrol_bench_user
-from gateway.infra import eventloop
 
 USER = "bench-user"
 
@@ -283,4 +282,4 @@ async def amain(args) -> int:
 
 
 def main(args) -> int:
-    return eventloop.run(amain(args))
+    return asyncio.run(amain(args))

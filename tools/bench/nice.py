@@ -34,7 +34,6 @@ from tools.bench.stream import (
     fresh_gateway, sweep,
 )
 from tools.nice_sim import ContactReport, SimOptions, run_contact
-from gateway.infra import eventloop
 
 BENCH_USER = "bench-user"          # enrolled by enrol_bench_user
 MAX_BACKLOG_S = 2.0
@@ -137,4 +136,4 @@ async def amain(args) -> int:
 
 
 def main(args) -> int:
-    return eventloop.run(amain(args))
+    return asyncio.run(amain(args))

@@ -30,7 +30,6 @@ import soundfile as sf
 import websockets
 
 from tools.protocol import read_audio
-from gateway.infra import eventloop
 
 REPO = Path(__file__).resolve().parents[2]
 # The calls' speech: the small in-repo cut of ls-other-tel unless --protocol names another
@@ -556,4 +555,4 @@ async def amain(args) -> int:
 
 
 def main(args) -> int:
-    return eventloop.run(amain(args))
+    return asyncio.run(amain(args))
