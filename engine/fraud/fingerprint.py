@@ -37,6 +37,7 @@ HOLD = DT_MAX + NB_T + 1       # frames kept back until more audio arrives
 MIN_MATCH = 12                 # hashes on one offset for a match (see docs/fraud-signals.md)
 MIN_MATCH_FRACTION = 0.04      # ... and at least this share of the query's hashes
 MAX_HASHES = 40000             # per stream (~10 min of speech); beyond that nothing is added
+PAIR_CELLS = 1 << 18           # candidate (anchor, peak) cells paired at once (memory bound)
 
 _WIN = np.hanning(NFFT)
 
@@ -71,24 +72,39 @@ def _pairs(t: np.ndarray, f: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarra
     order = np.lexsort((f, t))
     t, f, anchors = t[order].astype(np.int64), f[order].astype(np.int64), anchors[order]
     idx = np.flatnonzero(anchors)
-    if not len(idx):
-        return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
     # the peaks after each anchor within DT_MAX frames are a run of the sorted list: [i+1, hi)
     hi = np.searchsorted(t, t[idx] + DT_MAX, side="right")
-    width = int((hi - idx - 1).max())
-    if width <= 0:
+    out_h, out_t = [], []
+    start = 0
+    while start < len(idx):
+        # Anchors in chunks whose candidate matrix stays under PAIR_CELLS: speech has a few
+        # dozen peaks in a target zone, but crafted audio can have many more, and the memory
+        # must stay bounded whatever the input.
+        widths = hi[start:] - idx[start:] - 1
+        first = max(1, int(widths[0]))
+        stop = start + max(1, PAIR_CELLS // first)
+        width = int(widths[: stop - start].max())
+        while stop - start > 1 and (stop - start) * width > PAIR_CELLS:
+            stop = start + (stop - start) // 2
+            width = int(widths[: stop - start].max())
+        ci, chi = idx[start:stop], hi[start:stop]
+        start = stop
+        if width <= 0:
+            continue
+        j = ci[:, None] + 1 + np.arange(width)[None, :]
+        inside = j < chi[:, None]
+        j = np.minimum(j, len(t) - 1)
+        dt = t[j] - t[ci, None]
+        df = f[j] - f[ci, None]
+        ok = inside & (dt >= 1) & (np.abs(df) <= DF_MAX)
+        ok &= np.cumsum(ok, axis=1) <= FAN_OUT
+        rows, cols = np.nonzero(ok)             # row-major: anchor by anchor, peaks in order
+        a = ci[rows]
+        out_h.append((f[a] << 14) | ((df[rows, cols] + 128) << 6) | dt[rows, cols])
+        out_t.append(t[a])
+    if not out_h:
         return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
-    j = idx[:, None] + 1 + np.arange(width)[None, :]
-    inside = j < hi[:, None]
-    j = np.minimum(j, len(t) - 1)
-    dt = t[j] - t[idx, None]
-    df = f[j] - f[idx, None]
-    ok = inside & (dt >= 1) & (np.abs(df) <= DF_MAX)
-    ok &= np.cumsum(ok, axis=1) <= FAN_OUT
-    rows, cols = np.nonzero(ok)                 # row-major: anchor by anchor, peaks in order
-    a = idx[rows]
-    hashes = (f[a] << 14) | ((df[rows, cols] + 128) << 6) | dt[rows, cols]
-    return hashes.astype(np.uint32), t[a].astype(np.uint32)
+    return np.concatenate(out_h).astype(np.uint32), np.concatenate(out_t).astype(np.uint32)
 
 
 class Fingerprinter:

@@ -139,3 +139,25 @@ def test_streamed_fingerprint_of_a_call_is_unchanged_by_chunking():
     parts.finish()
     for a, b in zip(whole.landmarks(), parts.landmarks()):
         assert np.array_equal(a, b)
+
+
+def test_pairing_in_bounded_chunks_equals_the_definition(monkeypatch):
+    """Crafted audio can put thousands of peaks in one target zone (speech: a few dozen): the
+    pairing works through the anchors in chunks of at most PAIR_CELLS candidates, with the same
+    result as one pass, whatever the chunk size."""
+    rng = np.random.default_rng(11)
+    t = np.repeat(np.arange(60), 150)                     # 150 peaks in every frame, 60 frames
+    f = np.tile(np.arange(4, 154), 60)
+    anchors = rng.random(len(t)) < 0.3
+    ref = _pairs_definition(t, f, anchors)
+    for cells in (fp_mod.PAIR_CELLS, 5000, 1):
+        monkeypatch.setattr(fp_mod, "PAIR_CELLS", cells)
+        h, tt = fp_mod._pairs(t, f, anchors)
+        assert np.array_equal(h, ref[0]) and np.array_equal(tt, ref[1])
+    # speech-like sparse peaks in several chunks, too
+    x = _call().astype(np.float32) / 32768
+    pt, pf = fp_mod._peaks(fp_mod._spectrogram(x))
+    monkeypatch.setattr(fp_mod, "PAIR_CELLS", 300)
+    h, tt = fp_mod._pairs(pt, pf, np.ones(len(pt), bool))
+    rh, rtt = _pairs_definition(pt, pf, np.ones(len(pt), bool))
+    assert np.array_equal(h, rh) and np.array_equal(tt, rtt)
