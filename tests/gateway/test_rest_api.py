@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from support import admin, pat_of, protocol_audio
+from support import admin, pat_of, protocol_audio, read_mulaw_bytes
 
 
 async def test_every_endpoint_authenticates(gateway):
@@ -148,3 +148,29 @@ async def test_openapi_health_ready_metrics(gateway):
     mtok = (gw.settings.data_dir / "metrics.token").read_text().strip()
     status, text = await gw.call("GET", "/metrics", mtok)
     assert status == 200 and "vbgw_live_dialogs" in text and "vbgw_engine_queue_depth" in text
+
+
+def _gauge(text: str, name: str) -> float:
+    return float(next(line.rpartition(" ")[2] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+async def test_metrics_count_the_audio_and_what_the_encoder_embedded(gateway):
+    """vbgw_engine_audio_seconds (customer audio through the VAD) and
+    vbgw_engine_encoder_audio_seconds (speech and its padding through the encoder) move with a
+    call: their ratio is a call's encoder cost (docs/benchmarks.md)."""
+    gw = gateway
+    mtok = (gw.settings.data_dir / "metrics.token").read_text().strip()
+    before = (await gw.call("GET", "/metrics", mtok))[1]
+    payload = read_mulaw_bytes(protocol_audio("ls-other-tel", "1688_test0"))
+    tok = await gw.token("metrics-call")
+    await gw.stream(tok, "metrics-call", payload)
+    await gw.ondemand(tok, "nobody")                 # embeds the whole call: its windows and the partial
+    after = (await gw.call("GET", "/metrics", mtok))[1]
+    audio = _gauge(after, "vbgw_engine_audio_seconds") - _gauge(before, "vbgw_engine_audio_seconds")
+    enc = (_gauge(after, "vbgw_engine_encoder_audio_seconds")
+           - _gauge(before, "vbgw_engine_encoder_audio_seconds"))
+    sent = len(payload) / 8000
+    assert sent - 0.1 <= audio <= sent + 0.01                # all of it through the VAD (whole 32 ms chunks)
+    # a 4 s call embeds its EARLY partial, the window the first NORMAL cuts and the on-demand
+    # partial: 6.3 s of encoder audio for 4.0 s of call here (long calls: ~0.6, docs/benchmarks.md)
+    assert 0.3 * sent < enc <= 2.5 * sent, (audio, enc)
