@@ -60,7 +60,9 @@ class RouteTable:
                 app.router.add_route(s.method, p, s.handler)
 
 
-RAW_BODY = "vbgw_raw_body"      # a body already read (a signed request between instances: web/cluster.py)
+# A body already read (a signed request between instances: web/cluster.py). A typed request
+# key where aiohttp has them (3.13+; a plain string key makes 3.14 warn NotAppKeyWarning).
+RAW_BODY: Any = web.RequestKey("vbgw_raw_body", bytes) if hasattr(web, "RequestKey") else "vbgw_raw_body"
 
 
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
