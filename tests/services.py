@@ -119,8 +119,10 @@ class ThrowawayPostgres:
     def start(self) -> None:
         self._ctl("start")
 
-    def stop(self) -> None:
-        self._ctl("stop", "-m", "fast")
+    def stop(self, mode: str = "fast") -> None:
+        """`fast`: backends end their transactions and quit; `immediate`: every process quits at
+        once, as in a crash (nothing in flight can finish: the next start recovers)."""
+        self._ctl("stop", "-m", mode)
 
     def restart(self) -> None:
         self._ctl("restart", "-m", "fast")

@@ -70,7 +70,11 @@ async def test_an_outage_mid_enrolment_fails_clearly_and_leaves_nothing(store, t
     pid = store.profile.id
     store.retry_s = 2
     task, _ = await _blocked_write(throwaway_pg, store.schema, store.enrol(write(pid, "new", seed=3)))
-    await asyncio.to_thread(throwaway_pg.stop)
+    # A crash (immediate stop): every backend quits at once. (A fast stop ends the blocker's
+    # transaction first, and the write, given its lock, could reach its COMMIT before its own
+    # backend quits: then the honest answer is "outcome unknown", a different case; seen once
+    # in CI.)
+    await asyncio.to_thread(throwaway_pg.stop, "immediate")
     try:
         with pytest.raises(StoreUnavailable, match="nothing was written"):
             await asyncio.wait_for(task, 60)
@@ -82,8 +86,8 @@ async def test_an_outage_mid_enrolment_fails_clearly_and_leaves_nothing(store, t
     assert await store.get_user(pid, "new") is None          # the pool reconnects by itself
     conn = await asyncpg.connect(throwaway_pg.dsn, server_settings={"search_path": store.schema})
     try:
-        assert await conn.fetchval("SELECT count(*) FROM biokeys") == 0
-        assert await conn.fetchval("SELECT count(*) FROM users") == 0
+        for table in ("biokeys", "users", "voiceprints", "audio"):    # not even part of it
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
     finally:
         await conn.close()
     user, _ = await store.enrol(write(pid, "new", seed=3))
