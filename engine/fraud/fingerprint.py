@@ -74,19 +74,18 @@ def _pairs(t: np.ndarray, f: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarra
     idx = np.flatnonzero(anchors)
     # the peaks after each anchor within DT_MAX frames are a run of the sorted list: [i+1, hi)
     hi = np.searchsorted(t, t[idx] + DT_MAX, side="right")
+    widths = hi - idx - 1
     out_h, out_t = [], []
     start = 0
     while start < len(idx):
-        # Anchors in chunks whose candidate matrix stays under PAIR_CELLS: speech has a few
-        # dozen peaks in a target zone, but crafted audio can have many more, and the memory
-        # must stay bounded whatever the input.
-        widths = hi[start:] - idx[start:] - 1
-        first = max(1, int(widths[0]))
-        stop = start + max(1, PAIR_CELLS // first)
-        width = int(widths[: stop - start].max())
-        while stop - start > 1 and (stop - start) * width > PAIR_CELLS:
-            stop = start + (stop - start) // 2
-            width = int(widths[: stop - start].max())
+        # Anchors in chunks whose candidate matrix (anchors x the widest zone among them) stays
+        # under PAIR_CELLS: speech has a few dozen peaks in a target zone, crafted audio can have
+        # thousands, and the memory must stay bounded whatever the input. The cells of a chunk
+        # only grow with its length, so the longest that fits is one search.
+        zone = widths[start:start + PAIR_CELLS]
+        cells = np.maximum.accumulate(zone) * np.arange(1, len(zone) + 1)
+        stop = start + max(1, int(np.searchsorted(cells, PAIR_CELLS, side="right")))
+        width = int(widths[start:stop].max())
         ci, chi = idx[start:stop], hi[start:stop]
         start = stop
         if width <= 0:
