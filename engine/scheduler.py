@@ -2,8 +2,9 @@
 
 Three lanes, in priority order: urgent live jobs (a milestone waits for them), background
 live jobs (windows only speaker change waits for) and file work (uploaded files, block by
-block). Encoder threads take only live jobs; file threads take file work only while no live
-job is queued. See EncoderScheduler.
+block). Encoder threads take only live jobs, and with two or more threads background windows
+run one at a time (a thread stays free for the next milestone's job); file threads take file
+work only while no live job is queued. See EncoderScheduler.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from typing import Callable, Protocol, TypeVar
 
 from .state import EncoderJob
 from .threads import lower_thread_priority
-from .types import EngineError
+from .types import SAMPLE_RATE, EngineError
 
 log = logging.getLogger("vbgw.engine")
 T = TypeVar("T")
+
+BACKGROUND_SPILL_S = 30.0   # queued background audio beyond which every encoder thread takes it
 
 
 class JobRunner(Protocol):
@@ -61,6 +64,11 @@ class EncoderScheduler:
         self._background: deque[EncoderJob] = deque()
         self._files: deque[FileTask] = deque()
         self._running = 0
+        # With several encoder threads, one is kept for urgent jobs while background work
+        # waits (see _next_live); background work spills onto it only past BACKGROUND_SPILL_S.
+        self._background_slots = max(1, int(threads) - 1)
+        self._background_running = 0
+        self._background_samples = 0
         self.file_running = 0
         self._stop = False
         self.queued_samples = 0
@@ -78,7 +86,11 @@ class EncoderScheduler:
             return
         with self._cv:
             for j in jobs:
-                (self._urgent if j.urgent else self._background).append(j)
+                if j.urgent:
+                    self._urgent.append(j)
+                else:
+                    self._background.append(j)
+                    self._background_samples += len(j.audio)
                 self.queued_samples += len(j.audio)
             self._cv.notify_all()
 
@@ -101,6 +113,7 @@ class EncoderScheduler:
                 if id(j.state) in states:
                     j.urgent = True
                     self._urgent.append(j)
+                    self._background_samples -= len(j.audio)
                 else:
                     rest.append(j)
             self._background = rest
@@ -121,10 +134,18 @@ class EncoderScheduler:
 
     # -- the order (called with self._cv held) ---------------------------------------
     def _next_live(self) -> EncoderJob | None:
+        """Urgent jobs first; a background job only while fewer than `_background_slots`
+        run, so with two or more threads one is always free for the next milestone's job
+        (a milestone waiting behind two 10 s windows on contended cores). A background
+        queue past BACKGROUND_SPILL_S of audio takes every thread: windows must not fall
+        behind without bound (speaker change and refined NORMALs wait for them)."""
         if self._urgent:
             return self._urgent.popleft()
-        if self._background:
-            return self._background.popleft()
+        if self._background and (self._background_running < self._background_slots
+                                 or self._background_samples > BACKGROUND_SPILL_S * SAMPLE_RATE):
+            job = self._background.popleft()
+            self._background_samples -= len(job.audio)
+            return job
         return None
 
     def _next_file(self) -> FileTask | None:
@@ -147,6 +168,9 @@ class EncoderScheduler:
                     return
                 self.queued_samples -= len(job.audio)
                 self._running += 1
+                background = not job.urgent
+                if background:
+                    self._background_running += 1
                 if self._files and not (self._urgent or self._background):
                     self._cv.notify_all()           # the live queues drained: file work may go
             try:
@@ -158,6 +182,10 @@ class EncoderScheduler:
             finally:
                 with self._cv:
                     self._running -= 1
+                    if background:
+                        self._background_running -= 1
+                        if self._background:
+                            self._cv.notify()     # a background slot is free
                 self.finished.append(job)
                 self._on_done()
 

@@ -39,15 +39,19 @@ MIN_MATCH_FRACTION = 0.04      # ... and at least this share of the query's hash
 MAX_HASHES = 40000             # per stream (~10 min of speech); beyond that nothing is added
 PAIR_CELLS = 1 << 18           # candidate (anchor, peak) cells paired at once (memory bound)
 
-_WIN = np.hanning(NFFT)
+_WIN = np.hanning(NFFT).astype(np.float32)
 
 
 def _spectrogram(x: np.ndarray) -> np.ndarray:
-    """(frames, NFFT/2+1) log-magnitude in dB of float audio in [-1, 1)."""
+    """(frames, NFFT/2+1) log-magnitude in dB of float32 audio in [-1, 1), in float32: peaks
+    are decided by comparisons tens of dB apart, which float32's 7 digits resolve as float64
+    does (identical landmarks on the bench's calls), at 30 % less CPU (the FFT, the log, the
+    neighbourhood maximum and the median all move half the bytes)."""
+    x = np.asarray(x, np.float32)
     n = 1 + (len(x) - NFFT) // HOP
     fr = np.lib.stride_tricks.as_strided(x, (n, NFFT), (x.strides[0] * HOP, x.strides[0]))
-    mag = np.abs(scipy.fft.rfft(fr * _WIN, axis=1)) / (NFFT / 4)
-    return 20 * np.log10(mag + 1e-9)
+    mag = np.abs(scipy.fft.rfft(fr * _WIN, axis=1)) / np.float32(NFFT / 4)
+    return np.float32(20) * np.log10(mag + np.float32(1e-9))
 
 
 def _peaks(spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,8 +198,12 @@ def fingerprint(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack(hashes: np.ndarray, times: np.ndarray) -> bytes:
-    """Storage form: little-endian uint32 pairs (hash, frame)."""
-    return np.stack([np.asarray(hashes, "<u4"), np.asarray(times, "<u4")], axis=1).tobytes()
+    """Storage form: little-endian uint32 pairs (hash, frame), in hash order (stable), so a
+    stored fingerprint is matched without sorting it at every check (`match`). A set of
+    pairs: the order carries nothing else (fingerprints stored unsorted still match)."""
+    h, t = np.asarray(hashes, "<u4"), np.asarray(times, "<u4")
+    order = np.argsort(h, kind="stable")
+    return np.stack([h[order], t[order]], axis=1).tobytes()
 
 
 def unpack(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -223,8 +231,11 @@ def match(query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarra
     rh, rt = ref
     if not len(qh) or not len(rh):
         return Match(0, len(qh), 0)
-    order = np.argsort(rh, kind="stable")
-    rh_s, rt_s = rh[order], rt[order].astype(np.int64)
+    if len(rh) < 2 or bool(np.all(rh[1:] >= rh[:-1])):
+        rh_s, rt_s = rh, rt.astype(np.int64)       # stored by pack(): already in hash order
+    else:
+        order = np.argsort(rh, kind="stable")
+        rh_s, rt_s = rh[order], rt[order].astype(np.int64)
     lo = np.searchsorted(rh_s, qh, "left")
     hi = np.searchsorted(rh_s, qh, "right")
     cnt = hi - lo

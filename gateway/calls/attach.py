@@ -64,6 +64,8 @@ class StreamAttachment:
         # Keep at most BACKPRESSURE_S of unprocessed audio per stream; past the deadline the
         # engine's own overload rule (drop the oldest, flagged in metrics) applies instead.
         session = self.dialog.engine_session
+        if session.pending_s <= BACKPRESSURE_S:
+            return                      # the common case, once per message: no clock read
         deadline = time.monotonic() + BACKPRESSURE_MAX_WAIT_S
         while session.pending_s > BACKPRESSURE_S and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -319,6 +319,7 @@ class Dialog:
             if v is None or self.profile is None:
                 return
             scorer = self.services.scorer
+            scoring_from = time.monotonic()
             results = await scorer.score_call(self, m.embedding, list(v.users), m.speaker_change,
                                               result_type=m.kind, delayed=m.delayed)
             if not self.publish_verification(v, m.kind, results):
@@ -327,6 +328,8 @@ class Dialog:
             if m.arrived is not None:
                 # From the moment enough speech had arrived to the result leaving for its clients.
                 self.metrics.observe(f"vbgw_{m.kind.lower()}_result_delay_seconds", time.monotonic() - m.arrived)
+                # ... of which scoring (voiceprints, calibration, the PAD check): the rest is the engine's
+                self.metrics.observe(f"vbgw_{m.kind.lower()}_scoring_seconds", time.monotonic() - scoring_from)
             if m.kind == MilestoneKind.NORMAL:
                 await scorer.publish_call_event(self, results[0], m.embedding, m.speaker_change)
         except Exception:

@@ -36,7 +36,7 @@ class Metrics:
         self.gauges: dict[str, Callable[[], float]] = {}
 
     def inc(self, name: str, value: float = 1.0, **labels) -> None:
-        self.counters[(name, tuple(sorted(labels.items())))] += value
+        self.counters[(name, tuple(sorted(labels.items())) if labels else ())] += value
 
     def observe(self, name: str, value: float) -> None:
         self.histograms[name].observe(value)

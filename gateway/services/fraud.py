@@ -1,7 +1,7 @@
 """Fraud signals on live calls: blocklists, synthetic speech (TTS), replay/duplicate audio (PAD).
 
 Per dialog, `DialogFraud` receives the customer audio the dialog receives (push: an append) and
-turns it, on one dedicated worker thread (never on the event loop), into the TTS detector's
+turns it, on the fraud worker's threads (never on the event loop), into the TTS detector's
 running evidence (`TtsStream`: a few running sums) and landmark hashes (fingerprints); it keeps
 no audio beyond a short pending buffer. At each engine milestone (EARLY, NORMAL, refined NORMAL) `FraudService`:
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 import structlog
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from gateway.infra.metrics import Metrics
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SR = 8000
 PROCESS_EVERY_S = 4.0      # pending audio that triggers a background pass between milestones
@@ -72,74 +73,193 @@ def blocklist_results(engine, emb: Embedding, lists: list[tuple[Blocklist, list[
     return rows
 
 
+class FraudWorker:
+    """The threads (two) that run every call's fraud work: background passes in arrival
+    order (`submit`) and, ahead of them, the work a result waits for (`run`: a call's
+    catch-up before its TTS verdict or PAD check, the fingerprint match). A call's state is
+    processed by one thread at a time (DialogFraud's pass lock).
+
+    Measured at 100 NICE contacts on the 2-core bench machine (`vbgw bench nice`, NORMAL
+    p95 split into engine and scoring): with one background thread and the loop's pool of
+    six threads for the waited-for work, the PAD check's ~10 ms of numpy waited ~1 s (p95)
+    as six catch-ups took each other's GIL turns (NORMAL p95 2.9 s); with one thread for
+    both, that thread's share of two full cores was too small for the fraud work (~0.3
+    cores) and results queued behind it (4.8 s); two threads and one priority order: 1.5 s,
+    the PAD check's wait 0.4 s."""
+
+    def __init__(self, threads: int = 2, name: str = "vbgw-fraud"):
+        self._cv = threading.Condition()
+        self._now: deque[Callable[[], object]] = deque()
+        self._later: deque[Callable[[], object]] = deque()
+        self._stop = False
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+                         for i in range(max(1, threads))]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        with self._cv:
+            if self._stop:
+                return
+            self._later.append(fn)
+            self._cv.notify()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def settle(res=None, exc: BaseException | None = None) -> None:     # on the loop
+            if not fut.done():
+                fut.set_exception(exc) if exc is not None else fut.set_result(res)
+
+        def job() -> None:                                                 # on the worker
+            try:
+                res, exc = fn(), None
+            except Exception as e:  # noqa: BLE001 - the waiting caller gets it
+                res, exc = None, e
+            try:
+                loop.call_soon_threadsafe(settle, res, exc)
+            except RuntimeError:                  # the loop has closed: nobody waits
+                pass
+
+        with self._cv:
+            if self._stop:
+                raise RuntimeError("fraud worker stopped")
+            self._now.append(job)
+            self._cv.notify()
+        return await fut
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._now or self._later or self._stop):
+                    self._cv.wait()
+                if self._now:
+                    fn = self._now.popleft()
+                elif self._later:
+                    fn = self._later.popleft()
+                else:
+                    return                        # stopped, nothing left
+            try:
+                fn()
+            except Exception:                     # noqa: BLE001 - the worker must survive one bad pass
+                log.exception("fraud_worker_failed")
+
+    def close(self) -> None:
+        """Finish what is queued, then stop (blocking)."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join()
+
+
+class _Lane:
+    """One signal's share of a call's customer audio: what it has not consumed yet, and the
+    lock over its state (one catch-up at a time). The TTS statistics and the fingerprint are
+    two lanes fed the same audio (the same arrays, not copies) and caught up separately: a
+    PAD check waits only for the fingerprint's catch-up (about 40 % of the work), a TTS
+    verdict only for the TTS statistics', and the two can run on the worker's two threads
+    at once."""
+
+    def __init__(self, feed: Callable[[np.ndarray], object]):
+        self.feed = feed
+        self.lock = threading.Lock()           # pending (the event loop appends)
+        self.proc_lock = threading.Lock()      # the state `feed` updates
+        self.pending: list[np.ndarray] = []
+        self.samples = 0
+        self.dropped = 0
+
+    def push(self, samples: np.ndarray) -> int:
+        """Append (event loop); returns the samples now pending."""
+        with self.lock:
+            self.pending.append(samples)
+            self.samples += len(samples)
+            while self.samples > MAX_PENDING_S * SR and len(self.pending) > 1:
+                old = self.pending.pop(0)
+                self.samples -= len(old)
+                self.dropped += len(old)
+            return self.samples
+
+    def catch_up(self) -> None:
+        """Consume the pending audio, in one pass (fewer, larger numpy calls: fewer GIL
+        hand-overs with the engine's threads). Call with proc_lock held."""
+        with self.lock:
+            chunks, self.pending, self.samples = self.pending, [], 0
+        if chunks:
+            self.feed(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+
+
 class DialogFraud:
     """One dialog's fraud-signal state: pending audio, LFCC statistics, fingerprint."""
 
     def __init__(self, service: "FraudService"):
         self.service = service
         self._lock = threading.Lock()
-        self._proc_lock = threading.Lock()     # one pass at a time over this dialog's state
-        self._pending: list[np.ndarray] = []
-        self._pending_samples = 0
         self._scheduled = False
-        self.dropped_samples = 0
         self.tts: TtsStream | None = service.tts.stream() if service.tts is not None else None
         self.fp = Fingerprinter()
+        self._tts_lane = _Lane(self.tts.add) if self.tts is not None else None
+        self._fp_lane = _Lane(self.fp.add)
+        self._lanes = [lane for lane in (self._tts_lane, self._fp_lane) if lane is not None]
         self.verified_users: set[str] = set()
         self.last_tts: TtsResult | None = None
         self.last_blocklist: list[BlocklistRow] | None = None
+
+    @property
+    def dropped_samples(self) -> int:
+        """Customer audio a signal never saw (its worker fell MAX_PENDING_S behind)."""
+        return max(lane.dropped for lane in self._lanes)
 
     def push(self, samples: np.ndarray) -> None:
         """Event loop: append only (processing happens on the fraud worker)."""
         if not len(samples):
             return
+        a = np.asarray(samples, np.int16)
+        pending = max([lane.push(a) for lane in self._lanes])
         with self._lock:
-            self._pending.append(np.asarray(samples, np.int16))
-            self._pending_samples += len(samples)
-            while self._pending_samples > MAX_PENDING_S * SR and len(self._pending) > 1:
-                old = self._pending.pop(0)
-                self._pending_samples -= len(old)
-                self.dropped_samples += len(old)
-            due = self._pending_samples >= PROCESS_EVERY_S * SR and not self._scheduled
+            due = pending >= PROCESS_EVERY_S * SR and not self._scheduled
             if due:
                 self._scheduled = True
         if due:
             self.service.submit(self._process)
 
     def _process(self) -> None:
-        """Consume the pending audio (the fraud worker's background pass, or a result that
-        needs the call so far)."""
-        with self._proc_lock:
-            with self._lock:
-                chunks, self._pending, self._pending_samples = self._pending, [], 0
-                self._scheduled = False
-            if chunks:
-                # one pass over all of it: fewer, larger numpy calls, so fewer GIL hand-overs
-                # with the engine's threads
-                audio = np.concatenate(chunks)
-                if self.tts is not None:
-                    self.tts.add(audio)
-                self.fp.add(audio)
+        """The background pass: every lane consumes its pending audio."""
+        with self._lock:
+            self._scheduled = False
+        for lane in self._lanes:
+            with lane.proc_lock:
+                lane.catch_up()
 
     async def tts_result(self, detector: TtsDetector) -> TtsResult | None:
         """The TTS detector's verdict on the call so far (pending audio included), read
-        under the pass lock so a background pass cannot change the statistics mid-read."""
+        under the lane's lock so a background pass cannot change the statistics mid-read."""
+        lane = self._tts_lane
+        if lane is None or self.tts is None:
+            return None
+        tts = self.tts
+
         def fn():
-            self._process()
-            with self._proc_lock:
-                return detector.result(self.tts) if self.tts is not None else None
+            with lane.proc_lock:
+                lane.catch_up()
+                return detector.result(tts)
         return await self.service.run_now(fn)
 
     async def landmarks(self) -> tuple[np.ndarray, np.ndarray]:
         """The call's fingerprint so far (pending audio included)."""
+        lane = self._fp_lane
+
         def fn():
-            self._process()
-            with self._proc_lock:
+            with lane.proc_lock:
+                lane.catch_up()
                 return self.fp.landmarks(include_tail=True)
         return await self.service.run_now(fn)
 
     def memory_bytes(self) -> int:
-        return self._pending_samples * 2 + (self.tts.nbytes() if self.tts else 0) + self.fp.nbytes()
+        # the lanes hold the same arrays: the larger backlog is the audio held
+        return (max(lane.samples for lane in self._lanes) * 2 + (self.tts.nbytes() if self.tts else 0)
+                + self.fp.nbytes())
 
 
 class FraudService:
@@ -149,7 +269,7 @@ class FraudService:
         self.store = store
         self.bus = bus
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vbgw-fraud")
+        self._worker = FraudWorker()
         self.tts: TtsDetector | None = None
         if cfg.tts_enabled:
             try:
@@ -162,28 +282,19 @@ class FraudService:
 
     # -- plumbing -------------------------------------------------------------------------
     def submit(self, fn) -> None:
-        try:
-            self._executor.submit(self._guard, fn)
-        except RuntimeError:          # shut down
-            pass
-
-    @staticmethod
-    def _guard(fn):
-        try:
-            return fn()
-        except Exception:             # noqa: BLE001 - the worker must survive one bad pass
-            log.exception("fraud_worker_failed")
+        """A background pass (a call's pending audio): after the work results wait for."""
+        self._worker.submit(fn)
 
     async def run_now(self, fn):
-        """For work a request or result waits for: off the event loop, but not queued behind
-        the background passes of every live call on the fraud worker (`submit`)."""
-        return await asyncio.get_running_loop().run_in_executor(None, fn)
+        """Work a request or result waits for: off the event loop, ahead of the background
+        passes of every live call (see FraudWorker)."""
+        return await self._worker.run(fn)
 
     def open(self) -> DialogFraud:
         return DialogFraud(self)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        await asyncio.get_running_loop().run_in_executor(None, self._worker.close)
 
     @property
     def blocklist_threshold(self) -> float:

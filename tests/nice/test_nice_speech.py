@@ -68,6 +68,10 @@ async def test_enrolled_on_a_nice_call_verified_on_the_next_and_an_impostor_refu
     ev = events_of(gw, c2)
     assert ev and ev[-1]["verification_result"] in BANDS_TRUE and ev[-1]["enrolled_user"]["user_id"] == ANI
     assert "mixed" not in ev[-1]
+    # each NORMAL result was timed, and the scoring part of it (`vbgw bench nice` reports both)
+    h = core.metrics.histograms
+    assert h["vbgw_normal_scoring_seconds"].n == h["vbgw_normal_result_delay_seconds"].n >= 1
+    assert 0 < h["vbgw_normal_scoring_seconds"].total <= h["vbgw_normal_result_delay_seconds"].total
 
     # Call 3: another voice from the same number.
     c3 = "700000000103"

@@ -103,6 +103,7 @@ async def run_level(n: int, args, gw: BenchGateway, calls: list[np.ndarray]) -> 
     violations = sum(len(s.violations) for s in sockets)
     failed = sum(not r.ok for r in reports)
     p95 = steady.normal_p95(text)
+    scoring_p95 = steady.normal_p95(text, "vbgw_normal_scoring_seconds")
     normal = _histogram(text, "vbgw_normal_result_delay_seconds")[1]
     acks = [s.ack_latency_s for s in sockets if s.ack_latency_s is not None]
     return {"sessions": n, "sockets": len(sockets), "ramp_s": ramp, "wall_s": round(wall, 1),
@@ -115,6 +116,7 @@ async def run_level(n: int, args, gw: BenchGateway, calls: list[np.ndarray]) -> 
             "dropped_audio_s": dropped_s, "failed_calls": failed, "violations": violations,
             "normal_results": int(normal),
             "normal_result_delay_p95_s_steady": round(p95, 3) if p95 is not None else None,
+            "normal_scoring_p95_s_steady": round(scoring_p95, 3) if scoring_p95 is not None else None,
             "ack_p99_ms": round((_pct(acks, 0.99) or 0) * 1000, 1),
             "server_rss_mb_start": round(steady.rss[0]), "server_rss_mb_max": round(max(steady.rss)),
             "passed": (not grew and worst < MAX_BACKLOG_S and dropped_s == 0 and frames_in >= frames_sent

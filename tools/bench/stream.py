@@ -474,9 +474,10 @@ class SteadyState:
         last = [d for t, d in steady if t > wall - span / 3] or [0.0]
         return max(first), max(last), max(d for _, d in steady), max(last) > max(first) + 1.0
 
-    def normal_p95(self, text: str) -> float | None:
-        """The steady-state p95 of the NORMAL result delay measured by the gateway."""
-        return _p95_from_metrics(text, "vbgw_normal_result_delay_seconds", self.at_ramp)
+    def normal_p95(self, text: str, histogram: str = "vbgw_normal_result_delay_seconds") -> float | None:
+        """The steady-state p95 of the NORMAL result delay measured by the gateway (or of
+        another of its histograms: vbgw_normal_scoring_seconds, the part spent scoring)."""
+        return _p95_from_metrics(text, histogram, self.at_ramp)
 
 
 @dataclass
