@@ -245,6 +245,10 @@ async def start_cluster(tmp: Path, pg_dsn: str, lease_s: float = 3.0, extra_env:
     """Everything up: database, Redis, NATS, two instances (a, b) and haproxy; bootstrapped
     (tenant acme, profile retail, a PAT). `extra_env`: more VBGW_ settings of both instances."""
     import asyncpg
+    # Every binary first: a missing one skips the test before anything is started (a skip
+    # raised after the instances started left them, Redis and NATS running after the test).
+    services.need_binary("haproxy", "the cluster tests put haproxy in front of two instances "
+                                    "(apt-get install haproxy)")
     dbname = services.unique("vbgw_cluster")
     conn = await asyncpg.connect(pg_dsn)
     try:
@@ -253,8 +257,21 @@ async def start_cluster(tmp: Path, pg_dsn: str, lease_s: float = 3.0, extra_env:
         await conn.close()
     dsn = pg_dsn.rsplit("/", 1)[0] + "/" + dbname
     redis, nats = redis_server(tmp), nats_server(tmp)
+    started: list[Daemon | Instance] = []
+    try:
+        return await _start_cluster(tmp, pg_dsn, dsn, redis, nats, started, lease_s, extra_env)
+    except BaseException:
+        for d in reversed(started):       # stop_cluster never sees a cluster that failed to start
+            d.stop() if isinstance(d, Instance) else d.kill()
+        raise
+
+
+async def _start_cluster(tmp: Path, pg_dsn: str, dsn: str, redis: Daemon, nats: Daemon,
+                         started: list, lease_s: float, extra_env: dict[str, str] | None) -> Cluster:
     redis.start()
+    started.append(redis)
     nats.start()
+    started.append(nats)
     prefix = services.unique("c")
     stream = services.unique("EV").upper()
     ports = services.free_port(), services.free_port()
@@ -289,9 +306,12 @@ async def start_cluster(tmp: Path, pg_dsn: str, lease_s: float = 3.0, extra_env:
                     "--tenant", "acme", "--name", "other"], cwd=REPO, env=a.env, capture_output=True, check=True,
                    timeout=120)
     a.start()
+    started.append(a)
     b.start()
+    started.append(b)
     lb = haproxy(tmp, a.port, b.port)
     lb.start()
+    started.append(lb)
     await asyncio.gather(a.ready(), b.ready())
     c = Cluster(tmp, dsn, redis, nats, lb, a, b, env, pat, prefix, stream)
     c.http = aiohttp.ClientSession()

@@ -9,9 +9,11 @@ from cluster_support import cleanup, start_cluster, stop_cluster, tmpdir
 @pytest.fixture
 async def cluster(throwaway_pg):
     tmp = tmpdir()
-    c = await start_cluster(tmp, throwaway_pg.dsn)
     try:
-        yield c
+        c = await start_cluster(tmp, throwaway_pg.dsn)
+        try:
+            yield c
+        finally:
+            await stop_cluster(c)
     finally:
-        await stop_cluster(c)
         cleanup(tmp)

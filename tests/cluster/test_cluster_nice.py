@@ -33,11 +33,13 @@ RESUME_S = 3.0                         # nice.resume_idle_s of the hold test's c
 @pytest.fixture
 async def short_resume_cluster(throwaway_pg):
     tmp = tmpdir()
-    c = await start_cluster(tmp, throwaway_pg.dsn, extra_env={"VBGW_NICE__RESUME_IDLE_S": str(RESUME_S)})
     try:
-        yield c
+        c = await start_cluster(tmp, throwaway_pg.dsn, extra_env={"VBGW_NICE__RESUME_IDLE_S": str(RESUME_S)})
+        try:
+            yield c
+        finally:
+            await stop_cluster(c)
     finally:
-        await stop_cluster(c)
         cleanup(tmp)
 
 
