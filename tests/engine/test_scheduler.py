@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from engine.scheduler import BACKGROUND_SPILL_S, EncoderScheduler
 from engine.state import EncoderJob
@@ -41,54 +42,54 @@ class _Gated:
         job.done = True
 
 
-def test_one_thread_stays_free_for_urgent_jobs_while_background_work_waits():
-    core = _Gated()
-    sched = EncoderScheduler(core, 2, lambda: None, file_threads=1, file_nice=0)
-    try:
-        bg = [core.job() for _ in range(3)]
-        sched.submit(bg)
-        assert core.started[id(bg[0])].wait(WAIT)
-        # the second thread does not take the next window while the first runs one
-        assert not core.started[id(bg[1])].wait(0.3)
-        urgent = core.job(urgent=True)
-        sched.submit([urgent])
-        assert core.started[id(urgent)].wait(WAIT)       # at once, beside the running window
-        assert core.running == {id(bg[0]), id(urgent)}
-        core.release[id(urgent)].set()
-        core.release[id(bg[0])].set()
-        assert core.started[id(bg[1])].wait(WAIT)
-        assert not core.started[id(bg[2])].wait(0.3)     # still one window at a time
-    finally:
-        for e in core.release.values():
-            e.set()
+@pytest.fixture
+def gated():
+    """(runner, make(threads) -> scheduler); every job released and every scheduler stopped after."""
+    core, made = _Gated(), []
+
+    def make(threads: int) -> EncoderScheduler:
+        made.append(EncoderScheduler(core, threads, lambda: None, file_threads=1, file_nice=0))
+        return made[-1]
+    yield core, make
+    for e in core.release.values():
+        e.set()
+    for sched in made:
         sched.stop()
 
 
-def test_a_long_background_queue_spills_onto_every_thread():
-    core = _Gated()
-    sched = EncoderScheduler(core, 2, lambda: None, file_threads=1, file_nice=0)
-    try:
-        n = int(BACKGROUND_SPILL_S / 10) + 3                 # 10 s windows: past the spill level
-        bg = [core.job(10.0) for _ in range(n)]
-        sched.submit(bg)
-        assert core.started[id(bg[0])].wait(WAIT)
-        assert core.started[id(bg[1])].wait(WAIT)        # both threads take windows
-    finally:
-        for e in core.release.values():
-            e.set()
-        sched.stop()
+def test_one_thread_stays_free_for_urgent_jobs_while_background_work_waits(gated):
+    core, make = gated
+    sched = make(2)
+    bg = [core.job() for _ in range(3)]
+    sched.submit(bg)
+    assert core.started[id(bg[0])].wait(WAIT)
+    # the second thread does not take the next window while the first runs one
+    assert not core.started[id(bg[1])].wait(0.3)
+    urgent = core.job(urgent=True)
+    sched.submit([urgent])
+    assert core.started[id(urgent)].wait(WAIT)       # at once, beside the running window
+    assert core.running == {id(bg[0]), id(urgent)}
+    core.release[id(urgent)].set()
+    core.release[id(bg[0])].set()
+    assert core.started[id(bg[1])].wait(WAIT)
+    assert not core.started[id(bg[2])].wait(0.3)     # still one window at a time
 
 
-def test_one_thread_runs_background_work_too():
-    core = _Gated()
-    sched = EncoderScheduler(core, 1, lambda: None, file_threads=1, file_nice=0)
-    try:
-        bg = [core.job() for _ in range(2)]
-        sched.submit(bg)
-        assert core.started[id(bg[0])].wait(WAIT)
-        core.release[id(bg[0])].set()
-        assert core.started[id(bg[1])].wait(WAIT)
-    finally:
-        for e in core.release.values():
-            e.set()
-        sched.stop()
+def test_a_long_background_queue_spills_onto_every_thread(gated):
+    core, make = gated
+    sched = make(2)
+    n = int(BACKGROUND_SPILL_S / 10) + 3                 # 10 s windows: past the spill level
+    bg = [core.job(10.0) for _ in range(n)]
+    sched.submit(bg)
+    assert core.started[id(bg[0])].wait(WAIT)
+    assert core.started[id(bg[1])].wait(WAIT)        # both threads take windows
+
+
+def test_one_thread_runs_background_work_too(gated):
+    core, make = gated
+    sched = make(1)
+    bg = [core.job() for _ in range(2)]
+    sched.submit(bg)
+    assert core.started[id(bg[0])].wait(WAIT)
+    core.release[id(bg[0])].set()
+    assert core.started[id(bg[1])].wait(WAIT)

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 import websockets
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.streams import StreamReader
@@ -49,12 +50,13 @@ def test_a_bad_size_is_refused():
         client_frames(b"abc", 0)
 
 
-async def _server(received: dict[str, list[tuple[float, bytes]]], close_after: int | None = None):
+def _app(received: dict[str, list[tuple[float, bytes]]], close_after: int | None = None) -> web.Application:
+    """A WebSocket endpoint recording each binary message's arrival (per `?name=`), closing
+    after `close_after` of them, answering a text message with "bye"."""
     async def ws(request):
         sock = web.WebSocketResponse()
         await sock.prepare(request)
-        name = request.query["name"]
-        got = received.setdefault(name, [])
+        got = received.setdefault(request.query["name"], [])
         async for msg in sock:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 got.append((time.monotonic(), msg.data))
@@ -67,23 +69,21 @@ async def _server(received: dict[str, list[tuple[float, bytes]]], close_after: i
 
     app = web.Application()
     app.router.add_get("/ws", ws)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"ws://127.0.0.1:{port}/ws"
+    return app
+
+
+def _ws_url(server: TestServer, name: str) -> str:
+    return str(server.make_url("/ws").with_scheme("ws").with_query(name=name))
 
 
 async def test_the_pacer_sends_every_stream_in_order_at_its_own_pace():
     received: dict[str, list[tuple[float, bytes]]] = {}
-    runner, url = await _server(received)
     pacer = FramePacer()
     period = 0.02
-    try:
+    async with TestServer(_app(received)) as server:
         async def one(name: str, start_after: float) -> tuple[int, float]:
             await asyncio.sleep(start_after)
-            async with websockets.connect(f"{url}?name={name}") as ws:
+            async with websockets.connect(_ws_url(server, name)) as ws:
                 payload = bytes(range(256)) * 5
                 t0 = time.monotonic()
                 sent = await pacer.send(ws.transport, client_frames(payload, 160), period)
@@ -93,8 +93,6 @@ async def test_the_pacer_sends_every_stream_in_order_at_its_own_pace():
                 return sent, elapsed
 
         results = await asyncio.gather(*(one(f"s{i}", i * 0.007) for i in range(5)))
-    finally:
-        await runner.cleanup()
     payload = bytes(range(256)) * 5
     for (sent, elapsed), i in zip(results, range(5)):
         assert sent == 8
@@ -107,15 +105,12 @@ async def test_the_pacer_sends_every_stream_in_order_at_its_own_pace():
 
 async def test_the_pacer_stops_a_stream_whose_connection_closed():
     received: dict[str, list[tuple[float, bytes]]] = {}
-    runner, url = await _server(received, close_after=3)
     pacer = FramePacer()
-    try:
-        async with websockets.connect(f"{url}?name=c") as ws:
+    async with TestServer(_app(received, close_after=3)) as server:
+        async with websockets.connect(_ws_url(server, "c")) as ws:
             sent = await pacer.send(ws.transport, client_frames(b"\x01" * 160 * 50, 160), 0.01,
                                     closed=lambda: ws.protocol.state is not State.OPEN)
             await ws.wait_closed()
-    finally:
-        await runner.cleanup()
     assert 3 <= sent < 50
     assert len(received["c"]) == 3
 
@@ -126,19 +121,14 @@ def test_a_pacer_serves_one_event_loop_after_another():
     pacer = FramePacer()
 
     async def run(cut_short: bool) -> int:
-        received: dict[str, list[tuple[float, bytes]]] = {}
-        runner, url = await _server(received)
-        try:
-            async with websockets.connect(f"{url}?name=x") as ws:
-                send = pacer.send(ws.transport, client_frames(b"\x02" * 160 * 10, 160), 0.02)
-                if cut_short:
-                    try:
-                        return await asyncio.wait_for(send, 0.05)
-                    except asyncio.TimeoutError:
-                        return -1
-                return await send
-        finally:
-            await runner.cleanup()
+        async with TestServer(_app({})) as server, websockets.connect(_ws_url(server, "x")) as ws:
+            send = pacer.send(ws.transport, client_frames(b"\x02" * 160 * 10, 160), 0.02)
+            if cut_short:
+                try:
+                    return await asyncio.wait_for(send, 0.05)
+                except asyncio.TimeoutError:
+                    return -1
+            return await send
 
     assert asyncio.run(run(cut_short=True)) == -1
     assert asyncio.run(run(cut_short=False)) == 10
