@@ -185,7 +185,9 @@ class EncoderScheduler:
                     if background:
                         self._background_running -= 1
                         if self._background:
-                            self._cv.notify()     # a background slot is free
+                            # a background slot is free: every waiter (a file thread woken
+                            # alone would find live work queued and sleep again)
+                            self._cv.notify_all()
                 self.finished.append(job)
                 self._on_done()
 
