@@ -183,11 +183,9 @@ class EncoderScheduler:
                 with self._cv:
                     self._running -= 1
                     if background:
+                        # the slot is free; this thread takes the next window itself when it
+                        # loops round, so no other thread needs waking
                         self._background_running -= 1
-                        if self._background:
-                            # a background slot is free: every waiter (a file thread woken
-                            # alone would find live work queued and sleep again)
-                            self._cv.notify_all()
                 self.finished.append(job)
                 self._on_done()
 

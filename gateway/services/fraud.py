@@ -243,10 +243,9 @@ class DialogFraud:
     async def tts_result(self, detector: TtsDetector) -> TtsResult | None:
         """The TTS detector's verdict on the call so far (pending audio included), read
         under the lane's lock so a background pass cannot change the statistics mid-read."""
-        lane = self._tts_lane
-        if lane is None or self.tts is None:
+        lane, tts = self._tts_lane, self.tts
+        if lane is None or tts is None:          # the detector is off (one implies the other)
             return None
-        tts = self.tts
 
         def fn():
             with lane.proc_lock:
