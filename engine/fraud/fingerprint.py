@@ -257,3 +257,78 @@ def match(query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarra
     # count each query hash once at that offset window
     sel = np.abs(d - vals[best]) <= 1
     return Match(int(len(np.unique(qi[sel]))), len(qh), int(vals[best]))
+
+
+_GROUP_SHIFT = 40               # match_many's sort key: reference index above, offset below
+_OFFSET_BIAS = 1 << 39          # offsets are frame differences, far inside ±2^39
+
+
+class FingerprintIndex:
+    """Many stored fingerprints in one hash-sorted table, matched against a query in one
+    vectorised pass: `match_many(query)[i] == match(query, refs[i])` for every i (tested),
+    at a fraction of the cost when a user has hundreds of stored fingerprints: one search of
+    the merged table instead of one search, sort and count per fingerprint, and no Python
+    step per fingerprint. Immutable once built; 12 bytes per stored hash (hash, frame,
+    reference)."""
+
+    def __init__(self, refs: list[tuple[np.ndarray, np.ndarray]]):
+        self.size = len(refs)
+        lens = np.array([len(h) for h, _ in refs], np.int64)
+        if not len(refs) or not lens.sum():
+            self.h = np.zeros(0, np.uint32)
+            self.t = np.zeros(0, np.uint32)
+            self.ref = np.zeros(0, np.int32)
+            return
+        h = np.concatenate([np.asarray(r[0], np.uint32) for r in refs])
+        t = np.concatenate([np.asarray(r[1], np.uint32) for r in refs])
+        order = np.argsort(h, kind="stable")
+        self.h, self.t = h[order], t[order]
+        self.ref = np.repeat(np.arange(len(refs), dtype=np.int32), lens)[order]
+
+    @property
+    def entries(self) -> int:
+        return len(self.h)
+
+    def nbytes(self) -> int:
+        return int(self.h.nbytes + self.t.nbytes + self.ref.nbytes)
+
+    def match_many(self, query: tuple[np.ndarray, np.ndarray]) -> list[Match]:
+        """`match(query, ref)` for each reference, in the order they were given."""
+        qh, qt = query
+        nq = len(qh)
+        out = [Match(0, nq, 0)] * self.size
+        if not nq or not len(self.h):
+            return out
+        lo = np.searchsorted(self.h, qh, "left")
+        cnt = np.searchsorted(self.h, qh, "right") - lo
+        total = int(cnt.sum())
+        if not total:
+            return out
+        # every (query hash, stored entry) pair with the same hash, as in match()
+        qi = np.repeat(np.arange(nq), cnt)
+        ri = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
+        g = self.ref[ri].astype(np.int64)
+        d = self.t[ri].astype(np.int64) - np.asarray(qt).astype(np.int64)[qi]
+        # (reference, offset) histogram, sorted by reference then offset; a key ±1 stays
+        # inside its reference (the bias keeps offsets far from the reference's bits)
+        vals, counts = np.unique((g << _GROUP_SHIFT) + (d + _OFFSET_BIAS), return_counts=True)
+        tot = counts.copy()
+        for nb in (-1, 1):
+            j = np.searchsorted(vals, vals + nb)
+            ok = (j < len(vals)) & (vals[np.minimum(j, len(vals) - 1)] == vals + nb)
+            tot[ok] += counts[j[ok]]
+        grp = vals >> _GROUP_SHIFT
+        starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
+        gid = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(vals)]))
+        # each reference's best offset: its first (smallest) offset with the largest count,
+        # as np.argmax over match()'s sorted offsets picks
+        cand = np.flatnonzero(tot == np.maximum.reduceat(tot, starts)[gid])
+        first = cand[np.r_[True, gid[cand][1:] != gid[cand][:-1]]]
+        best = np.zeros(self.size, np.int64)
+        best[grp[first]] = (vals[first] & ((1 << _GROUP_SHIFT) - 1)) - _OFFSET_BIAS
+        # each query hash counted once per reference within ±1 frame of its best offset
+        sel = np.abs(d - best[g]) <= 1
+        hits = np.bincount(np.unique(g[sel] * nq + qi[sel]) // nq, minlength=self.size)
+        for r in grp[first].tolist():
+            out[r] = Match(int(hits[r]), nq, int(best[r]))
+        return out

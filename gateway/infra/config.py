@@ -138,6 +138,9 @@ class FraudConfig(_Section):
     # verify_fingerprint_retention_s, at most keep_verify_fingerprints per user (the most recent).
     keep_verify_fingerprints: int = Field(default=1000, ge=1, le=100000)
     verify_fingerprint_retention_s: float = Field(default=90 * 86400.0, gt=0)
+    # Users' stored fingerprints kept unpacked and indexed between PAD checks, least recently
+    # used out first (gateway/services/stored_prints.py; 12 bytes per stored hash, ~18 KB per 40 s of speech).
+    fingerprint_cache_mb: int = Field(default=64, ge=0, le=65536)
 
 
 class UploadsConfig(_Section):

@@ -29,7 +29,7 @@ from engine import Engine
 from gateway.infra.config import AculabConfig
 from gateway.infra.fetch import FetchError, UrlFetcher
 from gateway.infra.metrics import Metrics
-from gateway.services.fraud import FraudService, match_all
+from gateway.services.fraud import FraudService
 from gateway.services.uploads import Uploads, seconds_text
 from gateway.services.users import Users
 from gateway.infra.clock import now_ms
@@ -520,10 +520,7 @@ class AculabUsers:
         fraud, detector = self.fraud, self.fraud.tts
         tts = await self.engine.run_file_work(lambda: detector.score_pcm(pcm)) if detector is not None else None
 
-        async def matches_of(stored):
-            query = unpack(fp) if fp is not None else None
-            return await fraud.run_now(lambda: match_all(query, stored))
-        return await fraud.pad_for(profile.id, user_id, matches_of, tts)
+        return await fraud.pad_for(profile.id, user_id, lambda: unpack(fp) if fp is not None else None, tts)
 
     async def delete(self, scope: KeyScope, user_id: str, instance_id: str) -> User:
         """Like OCP opt-out: voiceprints, biokeys, fingerprints and counts go in one transaction."""

@@ -19,17 +19,18 @@ import asyncio
 import threading
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 import structlog
 
 from engine.fraud import TtsDetector, TtsResult, TtsStream, pad_detected
-from engine.fraud.fingerprint import Fingerprinter, Match, match, pack, unpack
+from engine.fraud.fingerprint import Fingerprinter, pack
 from engine.types import Embedding, EngineError, MilestoneKind
 from gateway.calls.results import BlocklistResults, BlocklistRow, TtsVerdict, VerificationRow
 from gateway.services.blocklists import MATCH, NO_MATCH, NO_RISK
-from gateway.store.base import Blocklist, BlocklistEntry, Repository, StoredFingerprint
+from gateway.services.stored_prints import StoredPrints
+from gateway.store.base import Blocklist, BlocklistEntry, Repository
 
 if TYPE_CHECKING:
     from engine import Engine
@@ -71,14 +72,6 @@ def blocklist_results(engine, emb: Embedding, lists: list[tuple[Blocklist, list[
                                  llr=round(best, 3) if best is not None else None))
     rows.sort(key=lambda r: (r.label != MATCH, -(r.llr if r.llr is not None else -1e9)))
     return rows
-
-
-def match_all(query: tuple[np.ndarray, np.ndarray] | None,
-              stored: list[StoredFingerprint]) -> list[tuple[str, Match]]:
-    """(kind, match) of `query` against each stored fingerprint (none without a query)."""
-    if query is None:
-        return []
-    return [(f.kind, match(query, unpack(f.hashes))) for f in stored]
 
 
 class FraudWorker:
@@ -253,8 +246,9 @@ class DialogFraud:
                 return detector.result(tts)
         return await self.service.run_now(fn)
 
-    def _landmarks_now(self) -> tuple[np.ndarray, np.ndarray]:
-        """On the worker: the fingerprint's catch-up, then the call's landmarks so far."""
+    def landmarks_now(self) -> tuple[np.ndarray, np.ndarray]:
+        """On the worker: the fingerprint's catch-up, then the call's landmarks so far
+        (pending audio included)."""
         lane = self._fp_lane
         with lane.proc_lock:
             lane.catch_up()
@@ -262,12 +256,7 @@ class DialogFraud:
 
     async def landmarks(self) -> tuple[np.ndarray, np.ndarray]:
         """The call's fingerprint so far (pending audio included)."""
-        return await self.service.run_now(self._landmarks_now)
-
-    async def matches(self, stored: list[StoredFingerprint]) -> list[tuple[str, Match]]:
-        """The call so far (pending audio included) against `stored`, as one job on the worker:
-        a result's PAD check waits for one turn there, not two."""
-        return await self.service.run_now(lambda: match_all(self._landmarks_now(), stored))
+        return await self.service.run_now(self.landmarks_now)
 
     def memory_bytes(self) -> int:
         # the lanes hold the same arrays: the larger backlog is the audio held
@@ -283,6 +272,7 @@ class FraudService:
         self.bus = bus
         self.metrics = metrics
         self._worker = FraudWorker()
+        self.prints = StoredPrints(store, self.run_now, max_bytes=cfg.fingerprint_cache_mb << 20)
         self.tts: TtsDetector | None = None
         if cfg.tts_enabled:
             try:
@@ -337,14 +327,14 @@ class FraudService:
                                        risk_level=rows[0].risk_level, result_type=kind)
 
     async def pad_for(self, profile_id: str, user_id: str,
-                      matches_of: Callable[[list[StoredFingerprint]], Awaitable[list[tuple[str, Match]]]],
+                      query: Callable[[], tuple[np.ndarray, np.ndarray] | None],
                       tts: TtsResult | None, exclude_dialog: str | None = None) -> dict | None:
-        """Aculab `pad_detected` (None: nothing detected) for audio whose matches against the
-        user's stored enrolment/verification fingerprints `await matches_of(stored)` gives
-        (asked for only when there are any), plus the TTS verdict."""
-        stored = [f for f in await self.store.fingerprints(profile_id, user_id)
-                  if exclude_dialog is None or f.dialog_id != exclude_dialog]
-        matches = await matches_of(stored) if stored else []
+        """Aculab `pad_detected` (None: nothing detected) for audio whose landmarks `query()`
+        gives (called on the fraud worker, only when the user has stored fingerprints), against
+        the user's stored enrolment/verification fingerprints, plus the TTS verdict. The
+        landmarks and the match are one job on the worker: a result waits for one turn."""
+        prints = await self.prints.get(profile_id, user_id)
+        matches = await self.run_now(lambda: prints.matches(query(), exclude_dialog)) if prints else []
         found = pad_detected(matches, tts)
         if found is not None:
             self.metrics.inc("vbgw_pad_detected_total", type=found["type"])
@@ -354,7 +344,7 @@ class FraudService:
         """`pad_detected` for `user_id` on this call so far (None: nothing detected)."""
         if dialog.profile is None:
             return None
-        found = await self.pad_for(dialog.profile.id, user_id, dialog.fraud.matches, dialog.fraud.last_tts,
+        found = await self.pad_for(dialog.profile.id, user_id, dialog.fraud.landmarks_now, dialog.fraud.last_tts,
                                    exclude_dialog=dialog.dialog_id)
         if found is not None:
             dialog.log.warning("pad_detected", pad_type=found["type"])

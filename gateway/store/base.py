@@ -6,7 +6,7 @@ import abc
 import re
 from dataclasses import dataclass, field
 
-from typing import Annotated, Literal, Protocol, get_args
+from typing import Annotated, Collection, Literal, Protocol, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -234,6 +234,14 @@ class StoredFingerprint:
     dialog_id: str
     hashes: bytes                 # engine.fraud.fingerprint.pack() form
     created_ms: int
+
+
+@dataclass(frozen=True)
+class FingerprintRef:
+    """A stored fingerprint's row, without its hashes."""
+    id: int
+    kind: str                     # ENROL | VERIFY
+    dialog_id: str
 
 
 # Bounds of the per-key speech minimums (ms of net speech): the shortest lengths
@@ -525,7 +533,13 @@ class Repository(abc.ABC):
         the user's VERIFY fingerprints of the last `max_age_ms` (None: any age), at most the
         `keep_verify` most recent of them (replay detection over a retention period, bounded)."""
     @abc.abstractmethod
-    async def fingerprints(self, profile_id: str, user_id: str) -> list[StoredFingerprint]: ...
+    async def fingerprints(self, profile_id: str, user_id: str,
+                           ids: Collection[int] | None = None) -> list[StoredFingerprint]:
+        """The enrolled user's stored fingerprints, oldest first; with `ids`, only those rows."""
+    @abc.abstractmethod
+    async def fingerprint_refs(self, profile_id: str, user_id: str) -> list[FingerprintRef]:
+        """The same rows without their hashes (what a cache of them is checked against: a
+        row's hashes never change, a new fingerprint is a new row id)."""
 
     # Aculab Users API: user group keys and per-user verification counts
     @abc.abstractmethod

@@ -32,7 +32,7 @@ from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AculabCall, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError, Pat,
     NiceBusinessUnit, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
-    StoredFingerprint, StoreUnavailable, Tenant, User, UserGroupKey, UserGroupKeySettings, VerificationStats,
+    FingerprintRef, StoredFingerprint, StoreUnavailable, Tenant, User, UserGroupKey, UserGroupKeySettings, VerificationStats,
     Voiceprint, key_settings, key_settings_json,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
@@ -765,12 +765,27 @@ class PostgresRepository(Repository):
             return True
         return await self._tx(fn)
 
-    async def fingerprints(self, profile_id, user_id) -> list[StoredFingerprint]:
+    async def fingerprints(self, profile_id, user_id, ids=None) -> list[StoredFingerprint]:
+        sql = ("SELECT f.* FROM fingerprints f JOIN users u ON u.row_id=f.user_row"
+               " WHERE u.profile_id=$1 AND u.user_id=$2 AND u.status='ENROLLED'")
+
         async def fn(c):
+            if ids is None:
+                rows = await c.fetch(sql + " ORDER BY f.id", profile_id, user_id)
+            else:
+                rows = await c.fetch(sql + " AND f.id = ANY($3::bigint[]) ORDER BY f.id",
+                                     profile_id, user_id, sorted(set(ids)))
             return [StoredFingerprint(r["id"], r["kind"], r["dialog_id"],
                                       open_opt(self.keys, r["hashes"], r["key_id"], aad("fingerprints", r["user_row"])),
                                       r["created_ms"])
-                    for r in await c.fetch("SELECT f.* FROM fingerprints f JOIN users u ON u.row_id=f.user_row"
+                    for r in rows]
+        return await self._read(fn)
+
+    async def fingerprint_refs(self, profile_id, user_id) -> list[FingerprintRef]:
+        async def fn(c):
+            return [FingerprintRef(r["id"], r["kind"], r["dialog_id"])
+                    for r in await c.fetch("SELECT f.id, f.kind, f.dialog_id FROM fingerprints f"
+                                           " JOIN users u ON u.row_id=f.user_row"
                                            " WHERE u.profile_id=$1 AND u.user_id=$2 AND u.status='ENROLLED'"
                                            " ORDER BY f.id", profile_id, user_id)]
         return await self._read(fn)

@@ -18,7 +18,7 @@ from gateway.infra.clock import now_ms
 from gateway.store.base import (
     AculabCall, AudioHookOrg, Blocklist, BlocklistEntry, Conflict, Credential, EnrolmentWrite, Group, HashKeyUsage, OptedOutError,
     NiceBusinessUnit, Pat, Profile, ProfileSettings, RecordingJob, Repository, SessionRecord, StoredBiokey,
-    StoredFingerprint, Tenant, User, UserGroupKey, UserGroupKeySettings, VerificationStats, Voiceprint,
+    FingerprintRef, StoredFingerprint, Tenant, User, UserGroupKey, UserGroupKeySettings, VerificationStats, Voiceprint,
     key_settings, key_settings_json,
 )
 from gateway.store.keys import DataKeys, aad, open_opt, seal_opt
@@ -611,12 +611,31 @@ class SqliteRepository(Repository):
             return True
         return await self._tx(fn)
 
-    async def fingerprints(self, profile_id, user_id) -> list[StoredFingerprint]:
+    async def fingerprints(self, profile_id, user_id, ids=None) -> list[StoredFingerprint]:
+        sql = ("SELECT f.* FROM fingerprints f JOIN users u ON u.row_id=f.user_row"
+               " WHERE u.profile_id=? AND u.user_id=? AND u.status='ENROLLED'")
+        wanted = None if ids is None else sorted(set(ids))
+
         def fn(c):
+            if wanted is None:
+                rows = c.execute(sql + " ORDER BY f.id", (profile_id, user_id)).fetchall()
+            else:                   # in slices: SQLite's limit on bound parameters
+                rows = []
+                for i in range(0, len(wanted), 500):
+                    part = wanted[i:i + 500]
+                    rows += c.execute(sql + f" AND f.id IN ({','.join('?' * len(part))}) ORDER BY f.id",
+                                      (profile_id, user_id, *part)).fetchall()
             return [StoredFingerprint(r["id"], r["kind"], r["dialog_id"],
                                       open_opt(self.keys, r["hashes"], r["key_id"], aad("fingerprints", r["user_row"])),
                                       r["created_ms"])
-                    for r in c.execute("SELECT f.* FROM fingerprints f JOIN users u ON u.row_id=f.user_row"
+                    for r in rows]
+        return await self._run(fn)
+
+    async def fingerprint_refs(self, profile_id, user_id) -> list[FingerprintRef]:
+        def fn(c):
+            return [FingerprintRef(r["id"], r["kind"], r["dialog_id"])
+                    for r in c.execute("SELECT f.id, f.kind, f.dialog_id FROM fingerprints f"
+                                       " JOIN users u ON u.row_id=f.user_row"
                                        " WHERE u.profile_id=? AND u.user_id=? AND u.status='ENROLLED'"
                                        " ORDER BY f.id", (profile_id, user_id))]
         return await self._run(fn)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.fraud import (FrameFeatures, TtsDetector, fingerprint, match, pack, pad_detected, unpack)
-from engine.fraud.fingerprint import Fingerprinter, Match
+from engine.fraud.fingerprint import FingerprintIndex, Fingerprinter, Match
 from engine.fraud.tts import NO_TTS_DETECTED, TTS_DETECTED, TtsResult
 from support import protocol_audio
 from tools.protocol import read_audio
@@ -55,6 +55,32 @@ def test_stored_fingerprints_are_in_hash_order_and_match_as_unsorted_ones_do(enr
         assert match(q, (ph, pt)) == match(q, (h, t))
     other = fingerprint(pcm("1688_test0"))
     assert match(other, (ph, pt)) == match(other, (h, t))
+
+
+def test_index_of_many_fingerprints_matches_as_each_one_does(enrol):
+    """FingerprintIndex.match_many gives, for every stored fingerprint, exactly what match()
+    gives against it alone: replays (a trimmed cut of the same audio, with a gain change and
+    a time shift), other recordings of the same and other speakers, an empty fingerprint,
+    stored rows in hash order and unsorted, and a query that hits nothing."""
+    x, (h, t) = enrol
+    others = ["1688_enrol1", "1688_test0", "1998_test0", "1998_enrol0"]
+    refs = [(h, t), unpack(pack(h, t)), (np.zeros(0, np.uint32), np.zeros(0, np.uint32))]
+    refs += [fingerprint(pcm(n)) for n in others]
+    shifted = np.concatenate([np.zeros(40, np.int16), x[8000:]])
+    refs.append(fingerprint(i16(shifted * 0.5)))
+    index = FingerprintIndex(refs)
+    assert index.entries == sum(len(r[0]) for r in refs) and index.nbytes() == 12 * index.entries
+    queries = [fingerprint(x[s:s + 4 * 8000]) for s in (0, 20000, 40000)]
+    queries += [fingerprint(pcm("1688_test0")), fingerprint(pcm("george_test0", "fsdd-tel")),
+                (np.array([7], np.uint32), np.array([3], np.uint32)),
+                (np.zeros(0, np.uint32), np.zeros(0, np.uint32))]
+    seen_match = 0
+    for q in queries:
+        got = index.match_many(q)
+        assert got == [match(q, r) for r in refs]
+        seen_match += sum(m.is_match for m in got)
+    assert seen_match >= 6                      # the replays matched, through the index too
+    assert FingerprintIndex([]).match_many(queries[0]) == []
 
 
 @pytest.mark.parametrize("name,transform", [

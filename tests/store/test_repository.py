@@ -243,6 +243,29 @@ async def test_fingerprints_replace_per_call_and_keep_the_most_recent(repo, prof
     assert fps[0].hashes == b"\x01" * 16 and fps[-1].hashes == b"\x09" * 8
 
 
+async def test_fingerprint_refs_and_fingerprints_by_id(repo, profile):
+    """fingerprint_refs lists the rows without their hashes; fingerprints(ids=...) reads just
+    those rows (of this enrolled user only, in id order; more ids than SQLite binds at once)."""
+    await repo.enrol(write(profile.id, "u1", fingerprint=b"\x01" * 16))
+    await repo.enrol(write(profile.id, "u2", fingerprint=b"\x02" * 16))
+    for i in range(3):
+        await repo.add_fingerprint(profile.id, "u1", "VERIFY", f"call-{i}", bytes([10 + i]) * 8)
+    refs = await repo.fingerprint_refs(profile.id, "u1")
+    full = await repo.fingerprints(profile.id, "u1")
+    assert [(r.id, r.kind, r.dialog_id) for r in refs] == [(f.id, f.kind, f.dialog_id) for f in full]
+    assert [r.kind for r in refs] == ["ENROL", "VERIFY", "VERIFY", "VERIFY"]
+    other = (await repo.fingerprint_refs(profile.id, "u2"))[0].id
+    picked = await repo.fingerprints(profile.id, "u1", ids=[refs[3].id, refs[1].id, other, 10 ** 9])
+    assert [(f.id, f.hashes) for f in picked] == [(refs[1].id, b"\x0a" * 8), (refs[3].id, b"\x0c" * 8)]
+    assert await repo.fingerprints(profile.id, "u1", ids=[]) == []
+    many = list(range(1, 1200)) + [refs[0].id]
+    assert [f.id for f in await repo.fingerprints(profile.id, "u1", ids=many)] == [r.id for r in refs]
+    assert await repo.fingerprint_refs(profile.id, "ghost") == []
+    await repo.opt_out(profile.id, "u1")
+    assert await repo.fingerprint_refs(profile.id, "u1") == []
+    assert await repo.fingerprints(profile.id, "u1", ids=[r.id for r in refs]) == []
+
+
 async def test_user_group_keys_and_verification_stats(repo, profile):
     k = await repo.create_user_group_key(profile.tenant_id, profile.group_id, profile.id, "k", "kh" * 32)
     assert await repo.find_user_group_key("kh" * 32) == k and await repo.find_user_group_key("zz") is None

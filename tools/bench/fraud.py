@@ -110,6 +110,40 @@ def blocklist_main(args) -> int:
 # ----------------------------------------------------------------------------- replay
 def replay_args(ap: argparse.ArgumentParser) -> None:
     _common(ap)
+    ap.add_argument("--stored", type=int, action="append", metavar="N",
+                    help="stored fingerprints per user for the check's CPU cost (default: 150 and 1000)")
+
+
+def _check_cost(test_fps: list, stored_counts: list[int], rng) -> dict:
+    """CPU of one PAD check of a call against a user's N stored fingerprints (the protocol's
+    test calls, repeated up to N): every row unpacked and matched one by one (the check before
+    the cache) against one match of the cached index (gateway/services/stored_prints.py),
+    with identical answers; and the index's one-off build and memory."""
+    from engine.fraud import match, pack, unpack
+    from engine.fraud.fingerprint import FingerprintIndex
+    blobs = [pack(*fp) for fp in test_fps if len(fp[0])]
+    queries = [test_fps[int(i)] for i in rng.choice(len(test_fps), 5, replace=False)]
+    out: dict = {}
+    for n in stored_counts:
+        rows = [blobs[i % len(blobs)] for i in range(n)]
+        t0 = time.process_time()
+        index = FingerprintIndex([unpack(b) for b in rows])
+        build = time.process_time() - t0
+        per_row = cached = 0.0
+        for q in queries:
+            t0 = time.process_time()
+            one_by_one = [match(q, unpack(b)) for b in rows]
+            per_row += time.process_time() - t0
+            t0 = time.process_time()
+            many = index.match_many(q)
+            cached += time.process_time() - t0
+            if many != one_by_one:
+                raise AssertionError("the index answered differently from matching each row")
+        out[str(n)] = {"per_row_ms": round(1000 * per_row / len(queries), 2),
+                       "index_ms": round(1000 * cached / len(queries), 2),
+                       "index_build_ms": round(1000 * build, 1), "index_mb": round(index.nbytes() / 2 ** 20, 2),
+                       "stored_hashes": index.entries, "query_hashes_mean": int(np.mean([len(q[0]) for q in queries]))}
+    return out
 
 
 def _to_i16(x: np.ndarray) -> np.ndarray:
@@ -224,6 +258,7 @@ def replay_main(args) -> int:
                 n_other += 1
                 fp_other += int(pad_detected([(k, match(q, fp)) for k, fp in stored_for(s2)]) is not None)
         res["false_positive"] = {"same_speaker": [fp_same, n_same], "other_speakers": [fp_other, n_other]}
+        res["check_cost"] = _check_cost(list(test_fp.values()), args.stored or [150, 1000], rng)
         out["protocols"][proto.name] = res
         print(f"{proto.name}:")
         print("  Type B (enrolment audio replayed), 4 s crops:")
@@ -235,6 +270,11 @@ def replay_main(args) -> int:
         print(f"  false positives, fresh audio vs the same speaker's fingerprints: "
               f"{_pct(fp_same / max(n_same, 1))} ({fp_same}/{n_same}); vs other users': "
               f"{_pct(fp_other / max(n_other, 1))} ({fp_other}/{n_other})")
+        print("  CPU of one PAD check (a test call against N stored calls), identical answers:")
+        for n, c in res["check_cost"].items():
+            print(f"    N={n:>5}: each row unpacked and matched {c['per_row_ms']:8.2f} ms; cached index "
+                  f"{c['index_ms']:7.2f} ms (built once in {c['index_build_ms']} ms, {c['index_mb']} MB, "
+                  f"{c['stored_hashes']} hashes; query {c['query_hashes_mean']} hashes)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
