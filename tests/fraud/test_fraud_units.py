@@ -74,10 +74,12 @@ def test_index_of_many_fingerprints_matches_as_each_one_does(enrol):
     queries += [fingerprint(pcm("1688_test0")), fingerprint(pcm("george_test0", "fsdd-tel")),
                 (np.array([7], np.uint32), np.array([3], np.uint32)),
                 (np.zeros(0, np.uint32), np.zeros(0, np.uint32))]
+    grown = FingerprintIndex(refs[:2]).extended(refs[2:5]).extended(refs[5:])    # rows arriving later
+    assert grown.entries == index.entries and (grown.h[1:] >= grown.h[:-1]).all()
     seen_match = 0
     for q in queries:
         got = index.match_many(q)
-        assert got == [match(q, r) for r in refs]
+        assert got == [match(q, r) for r in refs] == grown.match_many(q)
         seen_match += sum(m.is_match for m in got)
     assert seen_match >= 6                      # the replays matched, through the index too
     assert FingerprintIndex([]).match_many(queries[0]) == []

@@ -65,6 +65,7 @@ async def test_checks_match_the_store_and_read_only_new_rows(repo, profile):
     got = await cache.get(profile.id, "u1")
     new_id = (await repo.fingerprint_refs(profile.id, "u1"))[-1].id
     assert store.reads[-1] == [new_id]
+    assert len(got.blocks) == 1                          # merged into the block, not one per call
     assert got.matches(unpack(d)) == await expected(repo, profile.id, "u1", unpack(d))
 
     # retention drops the oldest VERIFY rows: a block mostly of deleted rows is rebuilt from
@@ -110,3 +111,22 @@ async def test_profiles_and_users_are_kept_apart_within_the_memory_bound(repo, p
     for _ in range(2):
         assert pad_detected((await none.get(profile.id, "u1")).matches(unpack(a))) == {"type": "TypeB"}
     assert none.nbytes == 0 and len(none.store.reads) == 2
+
+
+async def test_blocks_split_at_their_bound_and_answer_the_same(repo, profile, monkeypatch):
+    import gateway.services.stored_prints as sp
+    names = ["1688_enrol0", "1688_test0", "1998_test0", "1998_enrol0", "1688_enrol1"]
+    prints = [prints_of(n) for n in names]
+    monkeypatch.setattr(sp, "BLOCK_ENTRIES", max(len(p) // 8 for p in prints) + 50)
+    await repo.enrol(write(profile.id, "u1", fingerprint=prints[0]))
+    cache = StoredPrints(Counting(repo), run)
+    await cache.get(profile.id, "u1")
+    for i, p in enumerate(prints[1:]):
+        await repo.add_fingerprint(profile.id, "u1", "VERIFY", f"call-{i}", p)
+        if i == 1:
+            await cache.get(profile.id, "u1")               # rows arrive in twos and ones
+    got = await cache.get(profile.id, "u1")
+    assert len(got.blocks) >= 3 and all(b.index.entries <= sp.BLOCK_ENTRIES for b in got.blocks)
+    assert sum(len(b.refs) for b in got.blocks) == len(prints)
+    for p in prints:
+        assert got.matches(unpack(p)) == await expected(repo, profile.id, "u1", unpack(p))
