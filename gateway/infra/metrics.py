@@ -2,8 +2,21 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections import defaultdict
 from typing import Callable
+
+
+def sample_text(v: float) -> str:
+    """A sample value as the exposition format writes it, exactly: whole numbers as integers,
+    others in Python's shortest round-trip form, +Inf, -Inf, NaN. (`:g` kept six significant
+    digits: a counter past a million moved in steps of ten or more.)"""
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return str(int(v)) if v.is_integer() and abs(v) < 2 ** 53 else repr(v)
 
 
 class Histogram:
@@ -52,14 +65,14 @@ class Metrics:
                 lines.append(f"# TYPE {name} counter")
                 seen.add(name)
             lab = ",".join(f'{k}="{v}"' for k, v in labels)
-            lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
+            lines.append(f"{name}{{{lab}}} {sample_text(value)}" if lab else f"{name} {sample_text(value)}")
         for name, fn in sorted(self.gauges.items()):
             try:
                 value = fn()
             except Exception:  # noqa: BLE001 - a failing gauge is left out of the page
                 continue
             lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {value:g}")
+            lines.append(f"{name} {sample_text(value)}")
         for name, h in sorted(self.histograms.items()):
             lines.append(f"# TYPE {name} histogram")
             acc = 0
@@ -67,6 +80,6 @@ class Metrics:
                 acc += c
                 lines.append(f'{name}_bucket{{le="{le}"}} {acc}')
             lines.append(f'{name}_bucket{{le="+Inf"}} {h.n}')
-            lines.append(f"{name}_sum {h.total:g}")
+            lines.append(f"{name}_sum {sample_text(h.total)}")
             lines.append(f"{name}_count {h.n}")
         return "\n".join(lines) + "\n"

@@ -381,6 +381,11 @@ class FraudService:
                                                   keep_verify=self.cfg.keep_verify_fingerprints,
                                                   max_age_ms=int(self.cfg.verify_fingerprint_retention_s * 1000))
 
+    def forget(self, profile_id: str, user_id: str) -> None:
+        """The user's stored fingerprints leave this process's cache (opt-out: at once, not at
+        the next check or eviction)."""
+        self.prints.forget(profile_id, user_id)
+
     async def dialog_fingerprint(self, dialog: "Dialog") -> bytes | None:
         h, t = await dialog.fraud.landmarks()
         return pack(h, t) if len(h) else None

@@ -102,10 +102,17 @@ class StoredPrints:
             self._set(key, entry, blocks if live else ())
         return UserPrints(blocks, live)
 
+    def forget(self, profile_id: str, user_id: str) -> None:
+        """Drop the user's entry (opt-out). A check that began before it still answers from
+        what it read; nothing of it is kept afterwards."""
+        e = self._entries.pop((profile_id, user_id), None)
+        if e is not None:
+            self.nbytes -= e.nbytes
+            e.blocks, e.nbytes = (), 0
+
     def _set(self, key: tuple[str, str], entry: _Entry, blocks: tuple[_Block, ...]) -> None:
-        if self._entries.get(key) is not entry:     # evicted while this read was indexing
-            entry.nbytes = 0
-            self._entries[key] = entry
+        if self._entries.get(key) is not entry:     # evicted or forgotten meanwhile: not kept
+            return
         size = sum(b.index.nbytes() for b in blocks)
         self.nbytes += size - entry.nbytes
         entry.blocks, entry.nbytes = blocks, size

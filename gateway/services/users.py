@@ -40,6 +40,8 @@ class BiokeyLike(Protocol):
 class CallFingerprints(Protocol):
     """Fraud signals, as enrolment from a call sees them (gateway/services/fraud.py)."""
     async def dialog_fingerprint(self, dialog: "Dialog") -> bytes | None: ...
+    def forget(self, profile_id: str, user_id: str) -> None:
+        """Drop what this process holds of the user's stored fingerprints (opt-out)."""
 
 
 def _unlink_all(paths: list[str]) -> int:
@@ -280,6 +282,7 @@ class Users:
         """Opt a user out (OCP /users/optout, Aculab delete): voiceprints, biokeys, fingerprints
         and counts go in one transaction, then the kept audio files."""
         user, paths = await self.store.opt_out(profile.id, user_id)
+        self.fingerprints.forget(profile.id, user_id)
         # where the files are now (a moved data directory keeps the rows' old paths)
         failed = await asyncio.to_thread(_unlink_all, [str(self.audio_dir.joinpath(*Path(p).parts[-3:]))
                                                        for p in paths])

@@ -218,11 +218,14 @@ async def test_live_call_blocklist_tts_and_replay(gateway):
     assert last["dialog_id"] == "call-splice" and last["user_changed"] is True
     assert last["scd_llr"] is not None and last["scd_llr"] < 4.0 and last["scd_nllr"] is not None
 
-    # Opt-out deletes the user's fingerprints.
+    # Opt-out deletes the user's fingerprints, and the PAD checks' in-memory copy of them.
     db = sqlite3.connect(gw.settings.sqlite_path)
     assert db.execute("SELECT count(*) FROM fingerprints").fetchone()[0] >= 2
+    prints = core.fraud.prints
+    assert prints.nbytes > 0 and any(uid == "cust-1688" for _, uid in prints._entries)
     await gw.call("POST", "/users/optout", tok2, json={"user_id": "cust-1688"})
     assert db.execute("SELECT count(*) FROM fingerprints").fetchone()[0] == 0
+    assert prints.nbytes == 0 and not any(uid == "cust-1688" for _, uid in prints._entries)
     db.close()
 
 

@@ -79,6 +79,13 @@ async def test_checks_match_the_store_and_read_only_new_rows(repo, profile):
         assert got.matches(q) == await expected(repo, profile.id, "u1", q)
     assert len(got.matches(unpack(c))) == 2
 
+    # forgotten (what opt-out does first): nothing kept, the next check reads every row again
+    cache.forget(profile.id, "u1")
+    assert cache.nbytes == 0
+    reads = len(store.reads)
+    got = await cache.get(profile.id, "u1")
+    assert store.reads[reads:] == [[r.id for r in live]] and cache.nbytes == got.nbytes() > 0
+
     await repo.opt_out(profile.id, "u1")
     got = await cache.get(profile.id, "u1")
     assert not got and got.matches(replay_of_call_1) == [] and cache.nbytes == 0
