@@ -38,6 +38,7 @@ MIN_MATCH = 12                 # hashes on one offset for a match (see docs/frau
 MIN_MATCH_FRACTION = 0.04      # ... and at least this share of the query's hashes
 MAX_HASHES = 40000             # per stream (~10 min of speech); beyond that nothing is added
 PAIR_CELLS = 1 << 18           # candidate (anchor, peak) cells paired at once (memory bound)
+PAIR_CHUNK = 1 << 20           # (query hash, stored entry) pairs matched at once (~65 MB; speech: ~0.1 M)
 
 _WIN = np.hanning(NFFT).astype(np.float32)
 
@@ -227,36 +228,89 @@ class Match:
 
 
 def match(query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> Match:
-    qh, qt = query
     rh, rt = ref
-    if not len(qh) or not len(rh):
-        return Match(0, len(qh), 0)
-    if len(rh) < 2 or bool(np.all(rh[1:] >= rh[:-1])):
-        rh_s, rt_s = rh, rt.astype(np.int64)       # stored by pack(): already in hash order
-    else:
-        order = np.argsort(rh, kind="stable")
-        rh_s, rt_s = rh[order], rt[order].astype(np.int64)
-    lo = np.searchsorted(rh_s, qh, "left")
-    hi = np.searchsorted(rh_s, qh, "right")
-    cnt = hi - lo
-    if not cnt.any():
-        return Match(0, len(qh), 0)
-    qi = np.repeat(np.arange(len(qh)), cnt)
-    starts = np.repeat(lo, cnt)
-    within = np.arange(len(qi)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    ri = starts + within
-    d = rt_s[ri] - qt.astype(np.int64)[qi]
-    vals, counts = np.unique(d, return_counts=True)
-    # tolerate ±1 frame of jitter (a time shift that is not a whole hop)
+    if len(rh) >= 2 and not bool(np.all(rh[1:] >= rh[:-1])):
+        order = np.argsort(rh, kind="stable")     # stored by pack(): already in hash order
+        rh, rt = rh[order], rt[order]
+    return _match_table(query, rh, rt, np.zeros(len(rh), np.int32), 1)[0]
+
+
+def _match_table(query: tuple[np.ndarray, np.ndarray], th: np.ndarray, tt: np.ndarray, tref: np.ndarray,
+                 size: int) -> list[Match]:
+    """The match of `query` against each of `size` references merged in one table sorted by
+    hash (`th`; `tt` the entries' frames, `tref` their reference): every (query hash, entry)
+    pair with the same hash votes for its reference's time offset; a reference's best offset
+    is its first (smallest) with the most votes, counting the offsets ±1 frame next to it;
+    its matches are the query hashes with a pair within ±1 frame of that offset.
+
+    The pairs are built PAIR_CHUNK at a time (query hashes in hash order, in runs): a
+    stationary sound (a tone, a hum) repeats a few hashes at every frame, and a 60 s tone
+    against a stored copy of itself pairs 70 million times; all at once that was ~3 GB, and
+    a 10-minute one ~15 GB, enough to take the gateway down. Speech pairs in one chunk."""
+    qh, qt = query
+    nq = len(qh)
+    out = [Match(0, nq, 0)] * size
+    if not nq or not len(th):
+        return out
+    # the query in hash order: the table is searched in one sweep (3-4x faster than in the
+    # call's time order; nothing below depends on the query's order)
+    order = np.argsort(qh, kind="stable")
+    qh, qt = np.asarray(qh)[order], np.asarray(qt).astype(np.int64)[order]
+    lo = np.searchsorted(th, qh, "left")
+    cnt = np.searchsorted(th, qh, "right") - lo
+    cum = np.cumsum(cnt)
+    if not cum[-1]:
+        return out
+    chunks = []
+    start = 0
+    while start < nq:
+        base = int(cum[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(cum, base + PAIR_CHUNK, side="right")))
+        chunks.append((start, min(stop, nq)))
+        start = stop
+
+    def pairs(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = cnt[a:b]
+        total = int(c.sum())
+        qi = np.repeat(np.arange(a, b), c)
+        ri = np.repeat(lo[a:b] - (np.cumsum(c) - c), c) + np.arange(total)
+        return qi, tref[ri].astype(np.int64), tt[ri].astype(np.int64) - qt[qi]
+
+    # (reference, offset) votes, sorted by reference then offset; a key ±1 stays inside its
+    # reference (the bias keeps offsets far from the reference's bits)
+    vals = np.zeros(0, np.int64)
+    counts = np.zeros(0, np.int64)
+    kept = None
+    for a, b in chunks:
+        qi, g, d = pairs(a, b)
+        v, c = np.unique((g << _GROUP_SHIFT) + (d + _OFFSET_BIAS), return_counts=True)
+        if len(vals):
+            v, inv = np.unique(np.concatenate([vals, v]), return_inverse=True)
+            c = np.bincount(inv, weights=np.concatenate([counts, c])).astype(np.int64)
+        vals, counts = v, c
+        kept = (qi, g, d) if len(chunks) == 1 else None
     tot = counts.copy()
     for nb in (-1, 1):
         j = np.searchsorted(vals, vals + nb)
         ok = (j < len(vals)) & (vals[np.minimum(j, len(vals) - 1)] == vals + nb)
         tot[ok] += counts[j[ok]]
-    best = int(np.argmax(tot))
-    # count each query hash once at that offset window
-    sel = np.abs(d - vals[best]) <= 1
-    return Match(int(len(np.unique(qi[sel]))), len(qh), int(vals[best]))
+    grp = vals >> _GROUP_SHIFT
+    starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
+    gid = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(vals)]))
+    cand = np.flatnonzero(tot == np.maximum.reduceat(tot, starts)[gid])
+    first = cand[np.r_[True, gid[cand][1:] != gid[cand][:-1]]]
+    best = np.zeros(size, np.int64)
+    best[grp[first]] = (vals[first] & ((1 << _GROUP_SHIFT) - 1)) - _OFFSET_BIAS
+    # each query hash counted once per reference within ±1 frame of its best offset (the
+    # chunks split the query's hashes, so their counts add up)
+    hits = np.zeros(size, np.int64)
+    for a, b in chunks:
+        qi, g, d = kept if kept is not None else pairs(a, b)
+        sel = np.abs(d - best[g]) <= 1
+        hits += np.bincount(np.unique(g[sel] * nq + qi[sel]) // nq, minlength=size)
+    for r in grp[first].tolist():
+        out[r] = Match(int(hits[r]), nq, int(best[r]))
+    return out
 
 
 _GROUP_SHIFT = 40               # match_many's sort key: reference index above, offset below
@@ -306,45 +360,4 @@ class FingerprintIndex:
 
     def match_many(self, query: tuple[np.ndarray, np.ndarray]) -> list[Match]:
         """`match(query, ref)` for each reference, in the order they were given."""
-        qh, qt = query
-        nq = len(qh)
-        out = [Match(0, nq, 0)] * self.size
-        if not nq or not len(self.h):
-            return out
-        # the query in hash order: the table is searched in one sweep (3-4x faster than in
-        # the call's time order; the counts below do not depend on the order)
-        order = np.argsort(qh, kind="stable")
-        qh, qt = np.asarray(qh)[order], np.asarray(qt)[order]
-        lo = np.searchsorted(self.h, qh, "left")
-        cnt = np.searchsorted(self.h, qh, "right") - lo
-        total = int(cnt.sum())
-        if not total:
-            return out
-        # every (query hash, stored entry) pair with the same hash, as in match()
-        qi = np.repeat(np.arange(nq), cnt)
-        ri = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
-        g = self.ref[ri].astype(np.int64)
-        d = self.t[ri].astype(np.int64) - qt.astype(np.int64)[qi]
-        # (reference, offset) histogram, sorted by reference then offset; a key ±1 stays
-        # inside its reference (the bias keeps offsets far from the reference's bits)
-        vals, counts = np.unique((g << _GROUP_SHIFT) + (d + _OFFSET_BIAS), return_counts=True)
-        tot = counts.copy()
-        for nb in (-1, 1):
-            j = np.searchsorted(vals, vals + nb)
-            ok = (j < len(vals)) & (vals[np.minimum(j, len(vals) - 1)] == vals + nb)
-            tot[ok] += counts[j[ok]]
-        grp = vals >> _GROUP_SHIFT
-        starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
-        gid = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(vals)]))
-        # each reference's best offset: its first (smallest) offset with the largest count,
-        # as np.argmax over match()'s sorted offsets picks
-        cand = np.flatnonzero(tot == np.maximum.reduceat(tot, starts)[gid])
-        first = cand[np.r_[True, gid[cand][1:] != gid[cand][:-1]]]
-        best = np.zeros(self.size, np.int64)
-        best[grp[first]] = (vals[first] & ((1 << _GROUP_SHIFT) - 1)) - _OFFSET_BIAS
-        # each query hash counted once per reference within ±1 frame of its best offset
-        sel = np.abs(d - best[g]) <= 1
-        hits = np.bincount(np.unique(g[sel] * nq + qi[sel]) // nq, minlength=self.size)
-        for r in grp[first].tolist():
-            out[r] = Match(int(hits[r]), nq, int(best[r]))
-        return out
+        return _match_table(query, self.h, self.t, self.ref, self.size)

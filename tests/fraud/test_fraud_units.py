@@ -85,6 +85,31 @@ def test_index_of_many_fingerprints_matches_as_each_one_does(enrol):
     assert FingerprintIndex([]).match_many(queries[0]) == []
 
 
+def test_a_stationary_sound_matches_in_bounded_memory(monkeypatch):
+    """A tone repeats a few hashes at every frame: 20 s of it against a stored copy pair ~8
+    million times (a 10-minute one ~320 million: ~15 GB at once, enough to take the gateway
+    down). The pairs are matched PAIR_CHUNK at a time, with the answer of one pass."""
+    import importlib
+    import tracemalloc
+    fpmod = importlib.import_module("engine.fraud.fingerprint")    # the package's `fingerprint` is the function
+    t = np.arange(20 * 8000) / 8000
+    tone = fingerprint(i16(np.sin(2 * np.pi * 1000 * t) * 8000))
+    later = fingerprint(i16(np.sin(2 * np.pi * 1000 * t[:12 * 8000] + 1.0) * 4000))   # another call of it
+    assert len(np.unique(tone[0])) <= 8 and len(tone[0]) > 6000
+
+    def peak(fn):
+        tracemalloc.start()
+        try:
+            return fn(), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    chunked, chunked_peak = peak(lambda: (match(later, tone), FingerprintIndex([tone, tone]).match_many(later)))
+    monkeypatch.setattr(fpmod, "PAIR_CHUNK", 1 << 40)
+    whole, whole_peak = peak(lambda: (match(later, tone), FingerprintIndex([tone, tone]).match_many(later)))
+    assert chunked == whole and chunked[0].is_match and chunked[1] == [chunked[0]] * 2
+    assert whole_peak > 4 * chunked_peak and chunked_peak < 200 << 20, (whole_peak >> 20, chunked_peak >> 20)
+
+
 @pytest.mark.parametrize("name,transform", [
     ("gain -12 dB", lambda x, r: i16(x * 0.25)),
     ("gain +6 dB clipped", lambda x, r: i16(x * 2.0)),

@@ -152,7 +152,29 @@ def _check_cost(test_fps: list, stored_counts: list[int], rng) -> dict:
                        "index_ms": round(1000 * cached / len(queries), 2),
                        "index_build_ms": round(1000 * build, 1), "index_mb": round(index.nbytes() / 2 ** 20, 2),
                        "stored_hashes": index.entries, "query_hashes_mean": int(np.mean([len(q[0]) for q in queries]))}
+    out["tone"] = _tone_cost()
     return out
+
+
+def _tone_cost(seconds: float = 60.0) -> dict:
+    """The worst case speech never reaches: a tone (a few hashes repeated at every frame)
+    against a stored copy of itself. CPU and peak memory (tracemalloc) of one check."""
+    import tracemalloc
+
+    from engine.fraud import fingerprint, match
+    t = np.arange(int(seconds * 8000)) / 8000
+    stored = fingerprint((np.sin(2 * np.pi * 1000 * t) * 8000).astype(np.int16))
+    call = fingerprint((np.sin(2 * np.pi * 1000 * t + 1.0) * 4000).astype(np.int16))
+    pairs = sum(int(np.count_nonzero(stored[0] == h)) * int(np.count_nonzero(call[0] == h))
+                for h in np.unique(call[0]))
+    tracemalloc.start()
+    t0 = time.process_time()
+    m = match(call, stored)
+    cpu = time.process_time() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"seconds": seconds, "pairs": pairs, "cpu_s": round(cpu, 2), "peak_mb": round(peak / 2 ** 20),
+            "is_match": m.is_match}
 
 
 def _to_i16(x: np.ndarray) -> np.ndarray:
@@ -281,6 +303,10 @@ def replay_main(args) -> int:
               f"{_pct(fp_other / max(n_other, 1))} ({fp_other}/{n_other})")
         print("  CPU of one PAD check (a ~32 s call against N stored calls), identical answers:")
         for n, c in res["check_cost"].items():
+            if n == "tone":
+                print(f"    a {c['seconds']:g} s tone against its stored copy ({c['pairs']:,} hash pairs): "
+                      f"{c['cpu_s']} CPU s, peak {c['peak_mb']} MB, match {c['is_match']}")
+                continue
             print(f"    N={n:>5}: each row unpacked and matched {c['per_row_ms']:8.2f} ms; cached index "
                   f"{c['index_ms']:7.2f} ms (built once in {c['index_build_ms']} ms, {c['index_mb']} MB, "
                   f"{c['stored_hashes']} hashes; query {c['query_hashes_mean']} hashes)")
