@@ -10,7 +10,9 @@ a 32-bit hash (f1: 8 bits, f2 - f1: 8 bits, dt: 6 bits) and the anchor's frame i
 Two recordings of the same audio share many hashes at one constant time offset, whatever the
 gain (peaks are local maxima), the codec (mu-law/A-law/L16), a time shift or trimming (the
 offset absorbs it) and mild noise (strong peaks survive). Different audio shares a handful of
-hashes at scattered offsets. `match()` counts the hashes that agree on the best offset.
+hashes at scattered offsets. `match()` counts the hashes that agree on the best offset, of
+the distinctive ones (`distinctive`: a stationary sound's endlessly repeated hashes align at
+every offset and tell nothing).
 
 `Fingerprinter.add()` takes audio in pieces of any size and emits exactly the landmarks a
 single pass would: peaks are purely local, and the frames that could still change (the last
@@ -38,6 +40,7 @@ MIN_MATCH = 12                 # hashes on one offset for a match (see docs/frau
 MIN_MATCH_FRACTION = 0.04      # ... and at least this share of the query's hashes
 MAX_HASHES = 40000             # per stream (~10 min of speech); beyond that nothing is added
 PAIR_CELLS = 1 << 18           # candidate (anchor, peak) cells paired at once (memory bound)
+MAX_REPEATS = 16               # a hash more frequent than this in one fingerprint is a stationary sound's
 PAIR_CHUNK = 1 << 20           # (query hash, stored entry) pairs matched at once (~65 MB; speech: ~0.1 M)
 
 _WIN = np.hanning(NFFT).astype(np.float32)
@@ -227,8 +230,25 @@ class Match:
         return self.matches >= MIN_MATCH and self.fraction >= MIN_MATCH_FRACTION
 
 
+def distinctive(hashes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The landmarks that can tell one recording from another: those whose hash occurs at most
+    MAX_REPEATS times in the fingerprint. A stationary sound (a line's hum, a tone) peaks at the
+    same bins in every quiet frame and repeats a few hashes hundreds of times; they align at
+    every offset, so two different calls on one humming line "matched" (18 % of a call's hashes
+    on one offset: a false replay), and they pair quadratically. Speech repeats a hash at most
+    5-8 times in 6-9 minutes (ls-other-tel, fsdd-tel), so speech loses nothing."""
+    h = np.asarray(hashes)
+    if len(h) <= MAX_REPEATS:
+        return h, np.asarray(times)
+    u, inv, c = np.unique(h, return_inverse=True, return_counts=True)
+    keep = c[inv] <= MAX_REPEATS
+    return (h, np.asarray(times)) if keep.all() else (h[keep], np.asarray(times)[keep])
+
+
 def match(query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> Match:
-    rh, rt = ref
+    """`query` against `ref`, on their distinctive landmarks (`distinctive`): `matches` of the
+    query's `query_hashes` distinctive hashes agree on the best offset (±1 frame)."""
+    rh, rt = distinctive(*ref)
     if len(rh) >= 2 and not bool(np.all(rh[1:] >= rh[:-1])):
         order = np.argsort(rh, kind="stable")     # stored by pack(): already in hash order
         rh, rt = rh[order], rt[order]
@@ -247,7 +267,7 @@ def _match_table(query: tuple[np.ndarray, np.ndarray], th: np.ndarray, tt: np.nd
     stationary sound (a tone, a hum) repeats a few hashes at every frame, and a 60 s tone
     against a stored copy of itself pairs 70 million times; all at once that was ~3 GB, and
     a 10-minute one ~15 GB, enough to take the gateway down. Speech pairs in one chunk."""
-    qh, qt = query
+    qh, qt = distinctive(*query)
     nq = len(qh)
     out = [Match(0, nq, 0)] * size
     if not nq or not len(th):
@@ -322,10 +342,11 @@ class FingerprintIndex:
     vectorised pass: `match_many(query)[i] == match(query, refs[i])` for every i (tested),
     at a fraction of the cost when a user has hundreds of stored fingerprints: one search of
     the merged table instead of one search, sort and count per fingerprint, and no Python
-    step per fingerprint. Immutable once built; 12 bytes per stored hash (hash, frame,
-    reference)."""
+    step per fingerprint. Immutable once built; 12 bytes per stored distinctive hash (hash,
+    frame, reference)."""
 
     def __init__(self, refs: list[tuple[np.ndarray, np.ndarray]]):
+        refs = [distinctive(h, t) for h, t in refs]
         self.size = len(refs)
         lens = np.array([len(h) for h, _ in refs], np.int64)
         if not len(refs) or not lens.sum():

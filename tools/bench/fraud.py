@@ -157,11 +157,13 @@ def _check_cost(test_fps: list, stored_counts: list[int], rng) -> dict:
 
 
 def _tone_cost(seconds: float = 60.0) -> dict:
-    """The worst case speech never reaches: a tone (a few hashes repeated at every frame)
-    against a stored copy of itself. CPU and peak memory (tracemalloc) of one check."""
+    """The case speech never reaches: a tone (a few hashes repeated at every frame) against a
+    stored copy of itself: its hash pairs, its distinctive landmarks (none: it no longer pairs
+    at all), CPU and peak memory (tracemalloc) of one check."""
     import tracemalloc
 
     from engine.fraud import fingerprint, match
+    from engine.fraud.fingerprint import distinctive
     t = np.arange(int(seconds * 8000)) / 8000
     stored = fingerprint((np.sin(2 * np.pi * 1000 * t) * 8000).astype(np.int16))
     call = fingerprint((np.sin(2 * np.pi * 1000 * t + 1.0) * 4000).astype(np.int16))
@@ -173,8 +175,8 @@ def _tone_cost(seconds: float = 60.0) -> dict:
     cpu = time.process_time() - t0
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return {"seconds": seconds, "pairs": pairs, "cpu_s": round(cpu, 2), "peak_mb": round(peak / 2 ** 20),
-            "is_match": m.is_match}
+    return {"seconds": seconds, "pairs": pairs, "hashes": len(call[0]), "distinctive": len(distinctive(*call)[0]),
+            "cpu_s": round(cpu, 2), "peak_mb": round(peak / 2 ** 20), "is_match": m.is_match}
 
 
 def _to_i16(x: np.ndarray) -> np.ndarray:
@@ -304,8 +306,9 @@ def replay_main(args) -> int:
         print("  CPU of one PAD check (a ~32 s call against N stored calls), identical answers:")
         for n, c in res["check_cost"].items():
             if n == "tone":
-                print(f"    a {c['seconds']:g} s tone against its stored copy ({c['pairs']:,} hash pairs): "
-                      f"{c['cpu_s']} CPU s, peak {c['peak_mb']} MB, match {c['is_match']}")
+                print(f"    a {c['seconds']:g} s tone against its stored copy ({c['pairs']:,} hash pairs of "
+                      f"{c['hashes']} hashes, {c['distinctive']} distinctive): {c['cpu_s']} CPU s, peak "
+                      f"{c['peak_mb']} MB, match {c['is_match']}")
                 continue
             print(f"    N={n:>5}: each row unpacked and matched {c['per_row_ms']:8.2f} ms; cached index "
                   f"{c['index_ms']:7.2f} ms (built once in {c['index_build_ms']} ms, {c['index_mb']} MB, "
