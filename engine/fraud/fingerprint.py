@@ -234,13 +234,13 @@ def distinctive(hashes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.n
     """The landmarks that can tell one recording from another: those whose hash occurs at most
     MAX_REPEATS times in the fingerprint. A stationary sound (a line's hum, a tone) peaks at the
     same bins in every quiet frame and repeats a few hashes hundreds of times; they align at
-    every offset, so two different calls on one humming line "matched" (18 % of a call's hashes
+    every offset, so two different calls on one humming line "matched" (~290 of ~3,750 hashes
     on one offset: a false replay), and they pair quadratically. Speech repeats a hash at most
     5-8 times in 6-9 minutes (ls-other-tel, fsdd-tel), so speech loses nothing."""
     h = np.asarray(hashes)
     if len(h) <= MAX_REPEATS:
         return h, np.asarray(times)
-    u, inv, c = np.unique(h, return_inverse=True, return_counts=True)
+    _, inv, c = np.unique(h, return_inverse=True, return_counts=True)
     keep = c[inv] <= MAX_REPEATS
     return (h, np.asarray(times)) if keep.all() else (h[keep], np.asarray(times)[keep])
 
@@ -253,6 +253,10 @@ def match(query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarra
         order = np.argsort(rh, kind="stable")     # stored by pack(): already in hash order
         rh, rt = rh[order], rt[order]
     return _match_table(query, rh, rt, np.zeros(len(rh), np.int32), 1)[0]
+
+
+_GROUP_SHIFT = 40               # _match_table's vote key: reference index above, offset below
+_OFFSET_BIAS = 1 << 39          # offsets are frame differences, far inside ±2^39
 
 
 def _match_table(query: tuple[np.ndarray, np.ndarray], th: np.ndarray, tt: np.ndarray, tref: np.ndarray,
@@ -331,10 +335,6 @@ def _match_table(query: tuple[np.ndarray, np.ndarray], th: np.ndarray, tt: np.nd
     for r in grp[first].tolist():
         out[r] = Match(int(hits[r]), nq, int(best[r]))
     return out
-
-
-_GROUP_SHIFT = 40               # match_many's sort key: reference index above, offset below
-_OFFSET_BIAS = 1 << 39          # offsets are frame differences, far inside ±2^39
 
 
 class FingerprintIndex:

@@ -77,8 +77,8 @@ def blocklist_results(engine, emb: Embedding, lists: list[tuple[Blocklist, list[
 class FraudWorker:
     """The threads (two) that run every call's fraud work: background passes in arrival
     order (`submit`) and, ahead of them, the work a result waits for (`run`: a call's
-    catch-up before its TTS verdict or PAD check, the fingerprint match). A call's state is
-    processed by one thread at a time (DialogFraud's pass lock).
+    catch-up before its TTS verdict or PAD check, the fingerprint match). Each of a call's
+    signals is processed by one thread at a time (its lane's proc_lock).
 
     Measured at 100 NICE contacts on the 2-core bench machine (`vbgw bench nice`, NORMAL
     p95 split into engine and scoring): with one background thread and the loop's pool of

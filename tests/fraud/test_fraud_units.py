@@ -86,10 +86,11 @@ def test_index_of_many_fingerprints_matches_as_each_one_does(enrol):
 
 
 def with_hum(x: np.ndarray, level: float) -> np.ndarray:
-    """A line's hum (100 Hz and two harmonics) under the audio, and 0.5 s pauses every 2 s."""
+    """A line's hum (100 Hz and two harmonics) under the audio, and 1 s pauses every 2 s
+    (turn-taking: the hum alone is what the pauses carry)."""
     parts = []
     for i in range(0, len(x), 16000):
-        parts += [x[i:i + 16000], np.zeros(4000, np.int16)]
+        parts += [x[i:i + 16000], np.zeros(8000, np.int16)]
     y = np.concatenate(parts).astype(np.float64)
     t = np.arange(len(y)) / 8000
     return i16(y + level * sum(np.sin(2 * np.pi * 100 * k * t) / k for k in (1, 2, 3)))
@@ -98,7 +99,7 @@ def with_hum(x: np.ndarray, level: float) -> np.ndarray:
 def test_two_calls_on_one_humming_line_are_not_a_replay_and_a_replay_still_is():
     """Found by reading the check: a hum peaks at the same bins in every pause, repeating a few
     hashes hundreds of times at every offset; two *different* calls over one humming line
-    agreed on 285 of 1519 hashes (a false TypeA replay). Hashes more frequent than MAX_REPEATS
+    agreed on 285 of 3758 hashes at each level below (a false TypeA replay). Hashes more frequent than MAX_REPEATS
     in a fingerprint no longer take part; the same audio replayed over that line still matches."""
     a = np.concatenate([pcm(n) for n in ("1688_test0", "1688_test1", "1998_test0", "2033_test0", "2414_test0")])
     b = np.concatenate([pcm(n) for n in ("1688_enrol1", "1998_enrol1", "2033_enrol0", "2414_enrol0", "3005_test0")])
